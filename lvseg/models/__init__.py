@@ -1,0 +1,40 @@
+"""Model families. Importing this package is cheap: a family's code is imported when a model is built."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import ConfigError
+from .base import ModelConfig, PreprocessConfig, RVOSModel
+
+__all__ = ["FAMILIES", "ModelConfig", "PreprocessConfig", "RVOSModel", "get_model_class", "register_family"]
+
+# architecture name (config.json "architecture") -> "module:Class" of its RVOSModel subclass
+FAMILIES: dict[str, str] = {}
+
+_CLASSES: dict[str, type[RVOSModel]] = {}
+
+
+def register_family(model_class: type[RVOSModel]) -> type[RVOSModel]:
+    """Make a model class loadable by its ``architecture`` name (usable as a class decorator)."""
+    name = model_class.architecture
+    if not name:
+        raise ConfigError(f"{model_class.__name__} has no 'architecture' name")
+    _CLASSES[name] = model_class
+    return model_class
+
+
+def get_model_class(architecture: str) -> type[RVOSModel]:
+    """The RVOSModel subclass for an architecture name, importing its family on first use."""
+    if architecture in _CLASSES:
+        return _CLASSES[architecture]
+    if architecture not in FAMILIES:
+        known = sorted(set(FAMILIES) | set(_CLASSES))
+        raise ConfigError(
+            f"unknown architecture {architecture!r} (known: {', '.join(known) or 'none'}); "
+            "the model was probably saved by a newer lvseg: upgrade lvseg (pip install -U lvseg)"
+        )
+    module_name, class_name = FAMILIES[architecture].split(":")
+    cls = getattr(importlib.import_module(module_name, __name__), class_name)
+    _CLASSES[architecture] = cls
+    return cls

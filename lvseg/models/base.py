@@ -1,0 +1,274 @@
+"""The contract every lvseg model family implements.
+
+A family provides
+
+* a config dataclass deriving from :class:`ModelConfig` (it round-trips through ``config.json``), and
+* a model class deriving from :class:`RVOSModel` that implements :meth:`RVOSModel.forward` (raw outputs for the
+  training losses) and :meth:`RVOSModel.segment` (the family's official inference protocol).
+
+The :class:`~lvseg.predictor.Predictor` only talks to :meth:`RVOSModel.segment_window`, so it stays model-agnostic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence, TypeVar, Union
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InvalidTextError
+
+__all__ = ["PreprocessConfig", "ModelConfig", "RVOSModel", "validate_texts"]
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+@dataclass
+class PreprocessConfig:
+    """How frames must be prepared for a model (it travels with the weights, like timm's ``pretrained_cfg``).
+
+    Frames are resized so that the short side is ``short_side`` unless that makes the long side exceed
+    ``max_size`` (then the long side is ``max_size``), converted to float in [0, 1] and normalised with
+    ``mean``/``std``. The Predictor runs the model on windows of ``window`` frames that overlap by
+    ``overlap`` frames; ``window=0`` means the whole video in one pass.
+    """
+
+    short_side: int = 360
+    max_size: int = 640
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    size_divisor: int = 1
+    window: int = 36
+    overlap: int = 0
+    max_text_tokens: int = 77
+
+    def __post_init__(self) -> None:
+        if self.short_side <= 0 or self.max_size < self.short_side:
+            raise ConfigError(
+                f"preprocessing needs 0 < short_side <= max_size, got short_side={self.short_side}, "
+                f"max_size={self.max_size}"
+            )
+        if self.window < 0 or self.overlap < 0 or (self.window and self.overlap >= self.window):
+            raise ConfigError(
+                f"preprocessing needs window >= 0 and 0 <= overlap < window, got window={self.window}, "
+                f"overlap={self.overlap}"
+            )
+        if self.interpolation not in ("bilinear", "bicubic", "nearest", "area"):
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}; use bilinear, bicubic, nearest or area")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) a frame of size ``height x width`` is resized to (DETR's short-side rule)."""
+        short, long = min(height, width), max(height, width)
+        scale = self.short_side / short
+        if long * scale > self.max_size:
+            scale = self.max_size / long
+        new_h, new_w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+        return new_h, new_w
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Turn a JSON value back into the type a dataclass field declares (nested dataclasses, tuples)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {where!r} must be an object, got {type(value).__name__}")
+        return _from_dict(hint, value, where)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], where) for v in value)
+        return tuple(value)
+    if origin is list and isinstance(value, list):
+        (arg,) = typing.get_args(hint) or (Any,)
+        return [_convert(v, arg, where) for v in value]
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config field(s) {unknown} for {cls.__name__}{' in ' + where if where else ''}; "
+            "the config was probably written by a newer lvseg: upgrade lvseg (pip install -U lvseg)"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid config for {cls.__name__}: {exc}") from exc
+
+
+@dataclass
+class ModelConfig:
+    """Base of every family's configuration. Subclasses add their architecture fields.
+
+    ``architecture`` names the family (a key of :data:`lvseg.models.FAMILIES`); ``preprocessing`` says how to
+    prepare the input. The whole dataclass round-trips through ``config.json``.
+    """
+
+    architecture: str = ""
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        data = dict(data)
+        data.pop("lvseg_version", None)
+        return _from_dict(cls, data)
+
+    def to_json_string(self) -> str:
+        from .. import __version__
+
+        return json.dumps({**self.to_dict(), "lvseg_version": __version__}, indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        from ..utils import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json_string())
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc}); re-download or re-convert the model") from exc
+        return cls.from_dict(data)
+
+
+def validate_texts(text: str | Sequence[str]) -> list[str]:
+    """Check referring expressions and return them as a list of stripped strings.
+
+    Raises :class:`~lvseg.errors.InvalidTextError` for a non-string, an empty or a whitespace-only expression.
+    """
+    items = [text] if isinstance(text, str) else text
+    if not isinstance(items, (list, tuple)):
+        raise InvalidTextError(
+            f"the expression must be a string or a list of strings, got {type(text).__name__}"
+        )
+    if not items:
+        raise InvalidTextError("no expression given: pass a sentence such as 'the man riding a bike'")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidTextError(
+                f"expression {i} must be a string, got {type(item).__name__} ({item!r})"
+            )
+        if not item.strip():
+            raise InvalidTextError(
+                f"expression {i} is empty or whitespace only: describe the object to segment, "
+                "e.g. 'the man riding a bike'"
+            )
+        out.append(" ".join(item.split()))
+    return out
+
+
+class RVOSModel(nn.Module):
+    """Base class of every referring video segmentation model.
+
+    Subclasses set ``config_class`` and ``architecture`` and implement :meth:`forward` and :meth:`segment`.
+    A model that needs a tokenizer keeps it in ``self.tokenizer`` (a ``transformers`` tokenizer); it is saved
+    with the weights by :func:`lvseg.hub.save_pretrained` and restored by :func:`lvseg.hub.from_pretrained`.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    architecture: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+        self.tokenizer: Any = None
+
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        return self.config.preprocessing
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    def forward(self, frames: torch.Tensor, text: Sequence[str]) -> Any:  # pragma: no cover - abstract
+        """Raw per-query outputs used by the training losses.
+
+        Args:
+            frames: normalised frames, float [B, T, 3, H, W].
+            text: ``B`` referring expressions.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    def segment(self, frames: torch.Tensor, text: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the family's official inference protocol.
+
+        Args:
+            frames: normalised frames, float [B, T, 3, H, W] (one video per expression; the Predictor passes an
+                expanded view, so a model must not write into it).
+            text: ``B`` referring expressions.
+
+        Returns:
+            ``(mask_logits, scores)``: float [B, T, h, w] logits of the referred object (``> 0`` is foreground;
+            ``h, w`` may be smaller than ``H, W``, the Predictor resizes) and float [B, T] confidences in [0, 1].
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement segment()")  # pragma: no cover
+
+    def segment_window(
+        self, frames: torch.Tensor, text: Sequence[str], state: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Segment one window of a longer video; ``state`` carries what a family links across windows.
+
+        The default treats windows independently. A family that follows one object across windows (e.g. by
+        matching its query to the previous window's choice) overrides this and returns its new state.
+        """
+        logits, scores = self.segment(frames, text)
+        return logits, scores, None
+
+    def predict(self, video: Any, text: str | Sequence[str], **kwargs: Any) -> Any:
+        """Segment ``text`` in ``video``; see :class:`lvseg.Predictor` for the accepted inputs and options."""
+        from ..predictor import Predictor
+
+        return Predictor(self, **kwargs)(video, text)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Path:
+        """Write a Hub-format folder (see :func:`lvseg.hub.save_pretrained`)."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "RVOSModel":
+        """Load a model from a registry name, ``hf-hub:`` id or local folder (see :func:`lvseg.load`)."""
+        from ..hub import load
+
+        model = load(name_or_path, **kwargs)
+        if not isinstance(model, cls):
+            raise ConfigError(f"{name_or_path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model

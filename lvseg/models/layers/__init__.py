@@ -1,0 +1,1 @@
+"""Building blocks shared by two or more model families (backbones, text encoders, position encodings, ...)."""

@@ -1,0 +1,189 @@
+"""The table of released models: one :class:`ModelEntry` per name.
+
+Families declare their entries in a light module (``lvseg/models/<family>/entries.py``) that imports no model
+code, so listing models is fast; the model itself is imported only when :func:`lvseg.load` builds it.
+
+Names follow timm's ``arch.tag`` convention: ``referformer-swin-l.joint`` is the Swin-L ReferFormer trained
+jointly on Ref-COCO + Ref-YouTube-VOS; a bare ``referformer-swin-l`` is the default tag of that architecture.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .errors import ModelNotFoundError
+
+__all__ = [
+    "PaperMetric",
+    "SourceCheckpoint",
+    "ModelEntry",
+    "register",
+    "list_models",
+    "get_entry",
+    "model_info",
+    "format_table",
+]
+
+# Modules that call register(); imported on first use of the registry. Families add themselves here.
+ENTRY_MODULES: list[str] = []
+
+
+@dataclass(frozen=True)
+class PaperMetric:
+    """One number a paper or official README reports for a checkpoint (not measured by lvseg)."""
+
+    dataset: str  # e.g. "Ref-YouTube-VOS"
+    split: str  # e.g. "valid"
+    metric: str  # e.g. "J&F", "mAP", "oIoU"
+    value: float
+    source: str  # where the number comes from, e.g. "ReferFormer README, Table 'Ref-Youtube-VOS'"
+
+    def __str__(self) -> str:
+        return f"{self.dataset} {self.split} {self.metric} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class SourceCheckpoint:
+    """The official checkpoint a registry entry is converted from."""
+
+    url: str
+    sha256: str | None = None  # only when known; never invented
+    filename: str | None = None
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A released model: what it is, where its weights live, and what its paper reports.
+
+    ``hub_revision`` is a pinned commit of ``hub_repo`` so that a name always means the same bytes; an entry
+    whose weights are not published yet has ``hub_revision=None`` and must be converted from ``source``.
+    """
+
+    name: str
+    family: str  # the package under lvseg.models, e.g. "referformer"
+    backbone: str
+    training_data: str
+    config: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # config.json overrides
+    hub_repo: str | None = None
+    hub_revision: str | None = None
+    paper_metrics: tuple[PaperMetric, ...] = ()
+    source: SourceCheckpoint | None = None
+    license: str = "apache-2.0"
+    paper: str = ""
+    description: str = ""
+    default: bool = False  # the entry a bare architecture name (without ".tag") points to
+    bundled: str | None = None  # a folder inside the lvseg package holding the weights (embedded models)
+
+    @property
+    def architecture(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1] if "." in self.name else ""
+
+    @property
+    def published(self) -> bool:
+        return self.bundled is not None or (self.hub_repo is not None and self.hub_revision is not None)
+
+
+_ENTRIES: dict[str, ModelEntry] = {}
+_DEFAULTS: dict[str, str] = {}
+_loaded = False
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add an entry to the registry (families call this from their ``entries`` module)."""
+    if entry.name in _ENTRIES and _ENTRIES[entry.name] != entry:
+        raise ValueError(f"two different registry entries are named {entry.name!r}")
+    _ENTRIES[entry.name] = entry
+    if entry.default or entry.architecture not in _DEFAULTS:
+        if entry.default or "." not in entry.name:
+            _DEFAULTS[entry.architecture] = entry.name
+    return entry
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in ENTRY_MODULES:
+            importlib.import_module(module)
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str | Iterable[str] = "*", *, published_only: bool = False) -> list[str]:
+    """Names of the registered models that match an ``fnmatch`` pattern (or any of several), sorted naturally.
+
+    >>> lvseg.list_models("mttr-*")  # doctest: +SKIP
+    ['mttr-swin-t.a2d', 'mttr-swin-t.a2d-w8', 'mttr-swin-t.ytvos']
+    """
+    _ensure_loaded()
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    names = [
+        name
+        for name, entry in _ENTRIES.items()
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns) and (entry.published or not published_only)
+    ]
+    return sorted(names, key=_natural_key)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The entry for ``name`` (``arch.tag``, or a bare ``arch`` meaning its default tag).
+
+    Raises :class:`~lvseg.errors.ModelNotFoundError` with close matches when the name is unknown.
+    """
+    _ensure_loaded()
+    if name in _ENTRIES:
+        return _ENTRIES[name]
+    if name in _DEFAULTS:
+        return _ENTRIES[_DEFAULTS[name]]
+    candidates = sorted(set(_ENTRIES) | set(_DEFAULTS))
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ModelNotFoundError(
+        f"unknown model {name!r}.{hint} Run `lvseg list` to see all names; a local folder or "
+        "'hf-hub:org/repo' also works."
+    )
+
+
+def model_info(name: str) -> ModelEntry:
+    """The registry entry of a model name (alias of :func:`get_entry`)."""
+    return get_entry(name)
+
+
+def format_table(names: Iterable[str] | None = None) -> str:
+    """A plain-text table of registry entries (what ``lvseg list`` prints)."""
+    _ensure_loaded()
+    names = list_models() if names is None else list(names)
+    header = ("name", "family", "backbone", "training data", "paper metrics", "weights")
+    rows = []
+    for name in names:
+        entry = _ENTRIES[name]
+        metrics = "; ".join(str(m) for m in entry.paper_metrics) or "-"
+        if entry.bundled:
+            weights = "bundled with lvseg"
+        elif entry.published:
+            weights = f"{entry.hub_repo}@{entry.hub_revision[:8]}"  # type: ignore[index]
+        else:
+            weights = f"not on the Hub yet: lvseg convert {entry.family} ..."
+        rows.append((name + (" *" if _DEFAULTS.get(entry.architecture) == name else ""), entry.family,
+                     entry.backbone, entry.training_data, metrics, weights))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    if rows:
+        lines.append(f"\n{len(rows)} model(s); * marks the default tag of an architecture.")
+    else:
+        lines.append("(no models registered)")
+    return "\n".join(lines)
