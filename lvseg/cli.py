@@ -1,0 +1,215 @@
+"""The ``lvseg`` command line. Exit codes: 0 success, 1 a runtime error (bad input, missing weights, ...),
+2 a usage error (unknown command or option)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import InvalidInputError, LVSegError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("lvseg")
+
+# family -> module with convert_to_folder(checkpoint, output_dir, *, tokenizer, backbone, name)
+CONVERTERS = {"referformer": "lvseg.models.referformer.convert", "mttr": "lvseg.models.mttr.convert"}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .registry import format_table, list_models
+
+    names = list_models(args.pattern or "*", published_only=args.published)
+    if args.json:
+        from .registry import get_entry
+
+        rows = []
+        for name in names:
+            e = get_entry(name)
+            rows.append({"name": name, "family": e.family, "backbone": e.backbone, "training_data": e.training_data,
+                         "hub_repo": e.hub_repo, "hub_revision": e.hub_revision, "published": e.published,
+                         "paper_metrics": [vars(m) for m in e.paper_metrics]})
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(names))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .hub import load
+    from .predictor import Predictor, save_overlay
+
+    model = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+    predictor = Predictor(model, window=args.window, overlap=args.overlap, progress=not args.quiet)
+    results = predictor(args.video, list(args.text))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for i, result in enumerate(results):
+        item = {"text": result.text, "frames": len(result), "mean_score": round(float(result.scores.mean()), 4)}
+        if "png" in args.format:
+            item["pngs"] = str(result.save_pngs(out / f"expression_{i}"))
+        if "rle" in args.format:
+            rle_path = out / f"expression_{i}.rle.json"
+            from .utils import atomic_write_text
+
+            atomic_write_text(rle_path, json.dumps({"text": result.text, "frames": result.frame_names,
+                                                    "rle": result.to_rle()}))
+            item["rle"] = str(rle_path)
+        summary.append(item)
+    if "overlay" in args.format:
+        overlay = out / f"overlay{args.overlay_ext}"
+        save_overlay(results, overlay)
+        for item in summary:
+            item["overlay"] = str(overlay)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .hub import download, from_pretrained
+
+    folder = download(args.model, revision=args.revision, force_download=args.force)
+    from_pretrained(folder, device="cpu")  # check the files before saying they are fine
+    if args.output:
+        from .hub import copy_folder
+
+        folder = copy_folder(folder, args.output)
+    print(folder)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    commit = push_to_hub(args.directory, args.repo, revision=args.revision, private=args.private or None,
+                         commit_message=args.message)
+    print(f"pushed {args.directory} to {args.repo} at commit {commit}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    if args.family not in CONVERTERS:
+        raise InvalidInputError(f"no converter for {args.family!r}; available: {', '.join(sorted(CONVERTERS))}")
+    try:
+        module = importlib.import_module(CONVERTERS[args.family])
+    except ModuleNotFoundError as exc:
+        raise InvalidInputError(
+            f"the {args.family} family is not available in lvseg {__version__} yet ({exc.name} is missing)"
+        ) from exc
+    if not Path(args.checkpoint).is_file():
+        raise InvalidInputError(f"checkpoint {args.checkpoint} does not exist")
+    folder = module.convert_to_folder(args.checkpoint, args.output, tokenizer=args.tokenizer,
+                                      backbone=args.backbone, name=args.name)
+    print(f"wrote {folder}; load it with lvseg.load({str(folder)!r})")
+    return 0
+
+
+def _delegate(module_name: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        module = importlib.import_module(module_name)
+        return int(getattr(module, function)(args.rest) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvseg", description="Language-guided video segmentation model zoo.")
+    parser.add_argument("--version", action="version", version=f"lvseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("list", help="show the model registry")
+    p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'referformer-*'")
+    p.add_argument("--published", action="store_true", help="only models whose weights can be downloaded")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("predict", help="segment the object an expression refers to in a video")
+    p.add_argument("video", help="video file (mp4, webm, avi, ...) or folder of frames")
+    p.add_argument("text", nargs="+", help="one or more referring expressions (quote each)")
+    p.add_argument("-m", "--model", default=None, help="registry name, hf-hub:org/repo or folder")
+    p.add_argument("-o", "--output", default="lvseg_output", help="output folder (default: lvseg_output)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--window", type=int, default=None, help="frames per model pass (0: whole video)")
+    p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows")
+    p.add_argument("--format", nargs="+", default=["overlay", "png"], choices=["overlay", "png", "rle"],
+                   help="what to write (default: overlay png)")
+    p.add_argument("--overlay-ext", default=".mp4", choices=[".mp4", ".gif", ".webm", ".mkv"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("download", help="download a model into the Hugging Face cache and check it")
+    p.add_argument("model", help="registry name or hf-hub:org/repo")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("-o", "--output", default=None, help="also copy the files to this folder")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub")
+    p.add_argument("directory", help="a folder written by save_pretrained or lvseg convert")
+    p.add_argument("repo", help="org/name on the Hub")
+    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--message", default="Upload lvseg model", help="commit message")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("convert", help="convert an official checkpoint into an lvseg model folder")
+    p.add_argument("family", help=f"model family: {', '.join(sorted(CONVERTERS))}")
+    p.add_argument("checkpoint", help="the official .pth file")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--backbone", default=None, help="backbone name (inferred from the keys when omitted)")
+    p.add_argument("--tokenizer", default=None, help="folder with the text encoder's tokenizer files (offline)")
+    p.add_argument("--name", default=None, help="registry name, for the model card's metadata")
+    p.set_defaults(func=_cmd_convert)
+
+    for name, module, function, help_text in [
+        ("evaluate", "lvseg.metrics.evaluate", "main_cli", "evaluate a model on a benchmark"),
+        ("train", "lvseg.train.api", "main_cli", "train or fine-tune a model"),
+        ("demo", "lvseg.demo", "main_cli", "run the embedded model on a generated video"),
+        ("build-ops", "lvseg.ops.build", "main", "compile the deformable attention kernels ahead of time"),
+    ]:
+        try:
+            available = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            available = False
+        if available:
+            p = sub.add_parser(name, help=help_text, add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=_delegate(module, function))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "command", None) == "predict" and args.model is None:
+        from .registry import list_models
+
+        defaults = list_models(published_only=True)
+        if not defaults:
+            parser.error("no model given and no published model is registered: pass -m NAME_OR_FOLDER")
+        args.model = defaults[0]
+    try:
+        return args.func(args)
+    except LVSegError as exc:
+        print(f"lvseg: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lvseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

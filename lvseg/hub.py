@@ -1,0 +1,524 @@
+"""Loading and saving models: registry names, ``hf-hub:`` ids and local folders.
+
+Everything that touches the Hub goes through ``huggingface_hub`` (its cache layout, ``HF_HOME``/``HF_HUB_CACHE``,
+``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, tokens), and only safetensors are ever read from it: lvseg never unpickles a
+file that came from the network.
+
+A Hub-format model folder holds::
+
+    config.json          the ModelConfig (architecture, sizes, preprocessing)
+    model.safetensors    all weights, the text encoder included
+    tokenizer files      when the model has a tokenizer (tokenizer.json, vocab.json, merges.txt, ...)
+    README.md            a model card with YAML metadata (library_name: lvseg, license, datasets, model-index)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    HubError,
+    InvalidInputError,
+    OfflineError,
+    UnsupportedDtypeError,
+    WeightsNotPublishedError,
+)
+from .models import get_model_class
+from .models.base import ModelConfig, RVOSModel
+from .registry import ModelEntry, get_entry
+from .utils import atomic_path, atomic_write_text
+
+__all__ = [
+    "load",
+    "download",
+    "save_pretrained",
+    "from_pretrained",
+    "push_to_hub",
+    "resolve_device",
+    "resolve_dtype",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+HF_HUB_PREFIX = "hf-hub:"
+# What a model folder may contain; pickles (.bin, .pth, .pt, .pkl) are never fetched.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md", "*.model"]
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+}
+
+
+# --------------------------------------------------------------------------------------------- device / dtype
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; a requested device that is absent raises a clear error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInputError(f"invalid device {device!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(
+                "device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or install a CUDA build "
+                "of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError("device 'mps' was requested but MPS is not available; use device='cpu'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """Check that ``device`` can run ``dtype`` (``None`` keeps the weights' dtype, float32)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key not in _DTYPES:
+            raise UnsupportedDtypeError(
+                f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, float64"
+            )
+        dtype = _DTYPES[key]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise UnsupportedDtypeError(
+            f"models run in a floating-point dtype, got {dtype}; use torch.float32, torch.bfloat16 or torch.float16"
+        )
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UnsupportedDtypeError(
+            f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use dtype=torch.float16 or torch.float32"
+        )
+    if device.type in ("cpu", "mps") and dtype != torch.float32:
+        # Probe the two ops every model needs; old CPU builds lack half-precision kernels.
+        try:
+            x = torch.ones(2, 3, 4, 4, dtype=dtype, device=device)
+            torch.nn.functional.conv2d(x, torch.ones(1, 3, 1, 1, dtype=dtype, device=device))
+            x.flatten(1) @ torch.ones(48, 2, dtype=dtype, device=device)
+        except RuntimeError as exc:
+            raise UnsupportedDtypeError(
+                f"{device.type} cannot run {dtype} on this PyTorch build ({exc}); use dtype=torch.float32"
+            ) from exc
+    return dtype
+
+
+# --------------------------------------------------------------------------------------------- saving
+def _model_card(model: RVOSModel, entry: ModelEntry | None, name: str) -> str:
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    metrics = entry.paper_metrics if entry else ()
+    eval_results = [
+        EvalResult(
+            task_type="referring-video-object-segmentation",
+            task_name="Referring Video Object Segmentation",
+            dataset_type=m.dataset.lower().replace(" ", "-"),
+            dataset_name=m.dataset,
+            dataset_split=m.split,
+            metric_type=m.metric,
+            metric_name=f"{m.metric} (paper)",
+            metric_value=m.value,
+            source_name=m.source,
+            source_url=entry.source.url if entry and entry.source else None,
+        )
+        for m in metrics
+    ]
+    datasets = sorted({m.dataset for m in metrics})
+    data = ModelCardData(
+        library_name="lvseg",
+        license=entry.license if entry else "apache-2.0",
+        tags=["lvseg", "referring-video-object-segmentation", "video-segmentation", model.config.architecture],
+        datasets=datasets or None,
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    lines = [f"# {name}", ""]
+    if entry and entry.description:
+        lines += [entry.description, ""]
+    lines += [
+        f"A `{model.config.architecture}` model for referring video object segmentation, packaged for "
+        "[lvseg](https://pypi.org/project/lvseg/).",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import lvseg",
+        f'model = lvseg.load("{name}")',
+        'result = model.predict("clip.mp4", "the man riding a bike")',
+        'result.save_overlay("overlay.mp4")',
+        "```",
+        "",
+    ]
+    if entry:
+        lines += ["## Provenance", "", f"- backbone: {entry.backbone}", f"- training data: {entry.training_data}"]
+        if entry.source:
+            lines.append(f"- converted from the official checkpoint: {entry.source.url}")
+            if entry.source.sha256:
+                lines.append(f"  (sha256 {entry.source.sha256})")
+            if entry.source.notes:
+                lines.append(f"  {entry.source.notes}")
+        if entry.paper:
+            lines.append(f"- paper: {entry.paper}")
+        lines.append("")
+    if metrics:
+        lines += ["## Results (as reported by the paper / official README, not re-measured by lvseg)", "",
+                  "| dataset | split | metric | value | source |", "|---|---|---|---|---|"]
+        lines += [f"| {m.dataset} | {m.split} | {m.metric} | {m.value:g} | {m.source} |" for m in metrics]
+        lines.append("")
+    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
+    return str(card)
+
+
+def save_pretrained(
+    model: RVOSModel,
+    save_directory: str | Path,
+    *,
+    entry: ModelEntry | None = None,
+    name: str | None = None,
+    model_card: bool = True,
+) -> Path:
+    """Write ``model`` as a Hub-format folder (config, safetensors weights, tokenizer, model card).
+
+    Every file is written atomically, so an interrupted save never leaves a half-written weights file.
+
+    Args:
+        model: the model to save (its weights are saved in their current dtype).
+        save_directory: the folder to write (created if needed).
+        entry: the registry entry the weights belong to; its paper metrics and provenance go into the card.
+        name: the model's name in the card (default: ``entry.name`` or the folder name).
+        model_card: write ``README.md``.
+    """
+    from safetensors.torch import save_model
+
+    if not isinstance(model, RVOSModel):
+        raise InvalidInputError(f"save_pretrained needs an lvseg RVOSModel, got {type(model).__name__}")
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save(directory / CONFIG_NAME)
+    from . import __version__
+
+    metadata = {"format": "pt", "architecture": model.config.architecture, "lvseg_version": __version__}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        # save_model de-duplicates tied tensors (e.g. shared embeddings) so the file loads back strictly.
+        save_model(model, str(tmp), metadata=metadata)
+    if model.tokenizer is not None:
+        with tempfile.TemporaryDirectory(dir=directory) as tmp_dir:
+            model.tokenizer.save_pretrained(tmp_dir)
+            for file in Path(tmp_dir).iterdir():
+                os.replace(file, directory / file.name)
+    if model_card:
+        card_name = name or (entry.name if entry else directory.resolve().name)
+        atomic_write_text(directory / "README.md", _model_card(model, entry, card_name))
+    logger.info("saved %s to %s", model.config.architecture, directory)
+    return directory
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _read_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {CONFIG_NAME}: it is not an lvseg model folder. Convert an official checkpoint "
+            "with `lvseg convert FAMILY CHECKPOINT -o DIR` or save one with model.save_pretrained(DIR)."
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); re-download or re-convert the model") from exc
+    if not isinstance(raw, dict) or "architecture" not in raw:
+        raise ConfigError(f"{path} has no 'architecture' field: it is not an lvseg config")
+    cls = get_model_class(raw["architecture"])
+    return cls.config_class.from_dict(raw)
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path.parent} has no {WEIGHTS_NAME}. lvseg loads safetensors only; convert official .pth checkpoints "
+            "with `lvseg convert FAMILY CHECKPOINT -o DIR`."
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({exc}). Delete it and download again (`lvseg download NAME "
+            "--force`, or remove the model from the Hugging Face cache with `hf cache delete`)."
+        ) from exc
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``model`` and fail with a readable list of what does not match."""
+    expected = model.state_dict()
+    # Tied parameters appear under several names in state_dict() but only once in a de-duplicated file.
+    by_storage: dict[tuple[int, int], list[str]] = {}
+    for key, tensor in expected.items():
+        if tensor.device.type != "meta" and tensor.numel():
+            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(key)
+    aliases = {k: names for names in by_storage.values() if len(names) > 1 for k in names}
+    missing = [
+        k for k in expected
+        if k not in state_dict and not any(a in state_dict for a in aliases.get(k, ()))
+    ]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in state_dict
+        if k in expected and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:10]) + (f" ... and {len(items) - 10} more" if len(items) > 10 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {show(mismatched)}")
+        raise CheckpointError(
+            f"the weights in {source} do not fit the {type(model).__name__} described by its config.json: "
+            + "; ".join(parts)
+            + ". Likely causes: config.json and model.safetensors come from different models, or the file is an "
+            "official checkpoint that was not converted (use `lvseg convert`)."
+        )
+    for key, names in aliases.items():
+        if key not in state_dict:
+            state_dict[key] = next(state_dict[a] for a in names if a in state_dict)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def from_pretrained(
+    directory: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> RVOSModel:
+    """Build the model a Hub-format folder describes, load its weights strictly, and put it in eval mode."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"model folder {directory} does not exist")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    config = _read_config(directory)
+    model_class = get_model_class(config.architecture)
+    state_dict = _load_weights(directory / WEIGHTS_NAME)
+    model = model_class(config)
+    load_state_dict_strict(model, state_dict, str(directory / WEIGHTS_NAME))
+    if (directory / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        model.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model.eval()
+    model.to(device=torch_device, dtype=torch_dtype)
+    return model
+
+
+def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path | None, token: str | bool | None,
+                  force_download: bool) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not at import, so a changed env var is honoured
+    where = f"{repo_id}@{revision or 'main'}"
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            endpoint=endpoint,
+            allow_patterns=ALLOW_PATTERNS,
+            force_download=force_download,
+            library_name="lvseg",
+        )
+    except RevisionNotFoundError as exc:
+        raise HubError(f"revision {revision!r} does not exist in the Hub repo {repo_id}; check the revision") from exc
+    except GatedRepoError as exc:
+        raise HubError(
+            f"{repo_id} is gated: accept its conditions on the Hub and log in (`hf auth login` or HF_TOKEN)"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise HubError(
+            f"Hub repo {repo_id} was not found (or it is private): check the name, or log in with `hf auth login` "
+            "/ set HF_TOKEN if it is private"
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        cache = cache_dir or constants.HF_HUB_CACHE
+        if constants.is_offline_mode():
+            raise OfflineError(
+                f"offline mode is on (HF_HUB_OFFLINE=1) and {where} is not in the cache ({cache}). Download it "
+                "once with network access (`lvseg download NAME`), or unset HF_HUB_OFFLINE."
+            ) from exc
+        raise OfflineError(
+            f"could not reach the Hub at {endpoint or constants.ENDPOINT} to fetch {where}, and it is not in the "
+            f"cache ({cache}). Check the network (or HF_ENDPOINT / proxy settings) and try again."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise HubError(f"the Hub could not serve {where}: {exc}") from exc
+    return Path(path)
+
+
+def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, Any, str | None]:
+    """-> (kind, target, revision) with kind one of 'local', 'hub', 'registry'."""
+    text = str(name_or_path)
+    if not text.strip():
+        raise InvalidInputError("no model name given: pass a registry name (see `lvseg list`), 'hf-hub:org/repo' "
+                                "or a local folder")
+    if text.startswith(HF_HUB_PREFIX):
+        repo = text[len(HF_HUB_PREFIX):]
+        if "@" in repo:
+            repo, at_revision = repo.split("@", 1)
+            if revision is not None and revision != at_revision:
+                raise InvalidInputError(f"two revisions given: '@{at_revision}' in the name and revision={revision!r}")
+            revision = at_revision
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise InvalidInputError(f"{text!r} is not a valid 'hf-hub:org/repo[@revision]' id")
+        return "hub", repo, revision
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return "local", path, revision
+    if isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.startswith("."):
+        raise CheckpointError(
+            f"{text!r} is not a model folder (it does not exist). For a Hub repo write 'hf-hub:{text}'."
+            if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1
+            else f"model folder {text!r} does not exist"
+        )
+    return "registry", get_entry(text), revision
+
+
+def _not_published_message(entry: ModelEntry) -> str:
+    lines = [f"the weights of {entry.name!r} are not published on the Hub yet, so they cannot be downloaded by name."]
+    if entry.source:
+        lines.append(f"Get the official checkpoint from {entry.source.url}" +
+                     (f" ({entry.source.notes})" if entry.source.notes else "") + ", then convert it:")
+    else:
+        lines.append("Convert the official checkpoint:")
+    lines.append(f"    lvseg convert {entry.family} CHECKPOINT.pth -o {entry.name} --name {entry.name}")
+    lines.append(f"and load the folder: lvseg.load('{entry.name}/') (or publish it with `lvseg push`).")
+    return "\n".join(lines)
+
+
+def download(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Path:
+    """Resolve a model name to a local folder, downloading into the Hugging Face cache if needed."""
+    kind, target, revision = _parse_source(name_or_path, revision)
+    if kind == "local":
+        return target
+    if kind == "hub":
+        return _hub_snapshot(target, revision, cache_dir=cache_dir, token=token, force_download=force_download)
+    entry: ModelEntry = target
+    if entry.bundled and revision is None:
+        return PACKAGE_ROOT / entry.bundled
+    if not entry.published or entry.hub_repo is None:
+        raise WeightsNotPublishedError(_not_published_message(entry))
+    return _hub_snapshot(entry.hub_repo, revision or entry.hub_revision, cache_dir=cache_dir, token=token,
+                         force_download=force_download)
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> RVOSModel:
+    """Load a model ready for inference (eval mode, on ``device`` in ``dtype``).
+
+    Args:
+        name_or_path: a registry name (``lvseg.list_models()``), ``"hf-hub:org/repo"`` (optionally
+            ``"hf-hub:org/repo@revision"``), or a local Hub-format folder.
+        revision: a Hub branch, tag or commit; by default a registry name uses its pinned commit.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        dtype: ``torch.float32`` (default), ``torch.bfloat16``, ``torch.float16`` or their names.
+        cache_dir, token, force_download: passed to ``huggingface_hub``.
+
+    Raises:
+        ModelNotFoundError, WeightsNotPublishedError, OfflineError, HubError, CheckpointError, ConfigError,
+        UnsupportedDtypeError (all subclasses of :class:`lvseg.errors.LVSegError`).
+    """
+    torch_device = resolve_device(device)
+    resolve_dtype(dtype, torch_device)  # fail before any download
+    folder = download(name_or_path, revision=revision, cache_dir=cache_dir, token=token,
+                      force_download=force_download)
+    return from_pretrained(folder, device=torch_device, dtype=dtype)
+
+
+def push_to_hub(
+    directory: str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    commit_message: str = "Upload lvseg model",
+) -> str:
+    """Upload a Hub-format model folder to ``repo_id`` (created if needed) and return the new commit id.
+
+    The folder is checked first (it must load strictly), so a broken model is never published.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    directory = Path(directory)
+    from_pretrained(directory, device="cpu")  # validates config, weights and tokenizer
+    stray = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth", ".pt", ".pkl"))
+    if stray:
+        raise InvalidInputError(f"{directory} contains pickled files {stray}; remove them (lvseg publishes safetensors only)")
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token, library_name="lvseg")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(directory),
+            revision=revision,
+            commit_message=commit_message,
+            allow_patterns=ALLOW_PATTERNS,
+        )
+    except HfHubHTTPError as exc:
+        raise HubError(f"could not push {directory} to {repo_id}: {exc}") from exc
+    return info.oid
+
+
+def copy_folder(source: str | Path, destination: str | Path) -> Path:
+    """Copy a model folder (e.g. out of the Hub cache, whose files are symlinks) to a plain folder."""
+    destination = Path(destination)
+    shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    return destination
