@@ -1,0 +1,387 @@
+"""Just-in-time build of the compiled MSDA backends, with a persistent cache and a safe fallback.
+
+The extensions are compiled on first use with ``torch.utils.cpp_extension.load`` (ninja) from the sources in
+``lvseg/ops/csrc`` and cached on disk under a folder whose name is a hash of everything that makes a binary
+different: the sources, the torch version, the CUDA version, the compiler (path and ``--version``), the
+Python ABI, the flags and, for CUDA, the target architectures. Later processes import the cached binary
+directly (no ninja run, no recompile).
+
+Cache location, first match wins:
+
+1. ``$LVSEG_CACHE_DIR/ops``
+2. ``$TORCH_EXTENSIONS_DIR/lvseg`` (you asked torch to keep extensions there)
+3. ``$XDG_CACHE_HOME/lvseg/ops``, by default ``~/.cache/lvseg/ops``
+
+Build output is quiet unless ``LVSEG_VERBOSE_BUILD=1``. Any failure (no compiler, no ninja, no nvcc, a
+compile error) is reported once per process as an :class:`MSDABuildWarning` saying why and how to fix it, and
+the caller falls back to the ``reference`` backend.
+
+Run ``python -m lvseg.ops.build`` to compile ahead of time (e.g. in a Docker image) and see what was built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "MSDABuildWarning",
+    "BuildError",
+    "BuildInfo",
+    "cache_root",
+    "build_info",
+    "load_extension",
+    "build",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+VERBOSE_ENV = "LVSEG_VERBOSE_BUILD"
+KINDS = ("cpu", "cuda")
+
+# Sources of each extension (relative to csrc/). Every file in csrc/ is hashed into the key of both, so an
+# edit of a shared header rebuilds both.
+_SOURCES = {
+    "cpu": ["ms_deform_attn_cpu.cpp"],
+    "cuda": ["ms_deform_attn_cuda_bind.cpp", "ms_deform_attn_cuda.cu"],
+}
+_CFLAGS = ["-O3", "-fopenmp", "-std=c++17"]
+_LDFLAGS = ["-fopenmp"]
+_CUDA_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+
+
+class MSDABuildWarning(RuntimeWarning):
+    """A compiled MSDA backend could not be built or loaded; the pure-PyTorch backend is used instead."""
+
+
+class BuildError(RuntimeError):
+    """Why a compiled backend cannot be built, with the fix in the message."""
+
+
+@dataclass
+class BuildInfo:
+    """What identifies one build of one extension (all of it goes into the cache key)."""
+
+    kind: str
+    name: str
+    directory: Path
+    sources: list[Path]
+    compiler: str
+    compiler_version: str
+    key_parts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def library(self) -> Path:
+        """The shared library that ``cpp_extension.load`` writes."""
+        return self.directory / f"{self.name}.so"
+
+    @property
+    def marker(self) -> Path:
+        """Written after a successful build and import; its presence makes later processes skip ninja."""
+        return self.directory / "lvseg-build.json"
+
+
+_lock = threading.RLock()
+_loaded: dict[str, Optional[ModuleType]] = {}
+_warned: set[str] = set()
+
+
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_root() -> Path:
+    """Folder that holds the builds (see the module docstring for the order of precedence)."""
+    if os.environ.get("LVSEG_CACHE_DIR"):
+        return Path(os.environ["LVSEG_CACHE_DIR"]).expanduser() / "ops"
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"]).expanduser() / "lvseg"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "lvseg" / "ops"
+
+
+def _compiler() -> tuple[str, str]:
+    """(resolved compiler path, first line of its ``--version``) of the C++ compiler torch will use."""
+    raw = os.environ.get("CXX") or "c++"
+    parts = shlex.split(raw) or ["c++"]
+    resolved = shutil.which(parts[0])
+    source = "$CXX" if os.environ.get("CXX") else "the default compiler 'c++'"
+    if resolved is None:
+        raise BuildError(
+            f"the C++ compiler {parts[0]!r} ({source}) was not found. Install one (e.g. `apt-get install g++`) or "
+            "point $CXX at a working compiler."
+        )
+    try:
+        proc = subprocess.run(
+            [resolved, *parts[1:], "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(
+            f"the C++ compiler {resolved!r} ({source}) does not run ({exc}). Point $CXX at a working compiler."
+        ) from exc
+    if proc.returncode != 0:
+        raise BuildError(
+            f"the C++ compiler {resolved!r} ({source}) failed `--version` (exit {proc.returncode}). Point $CXX at "
+            "a working compiler such as g++."
+        )
+    first_line = (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr) else ""
+    return " ".join([resolved, *parts[1:]]), first_line
+
+
+def _nvcc_version(cuda_home: str) -> str:
+    nvcc = Path(cuda_home) / "bin" / "nvcc"
+    try:
+        proc = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(
+            f"nvcc ({nvcc}) does not run ({exc}). Install the CUDA toolkit matching torch's CUDA "
+            f"{torch.version.cuda} and set $CUDA_HOME."
+        ) from exc
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _cuda_arch_tag() -> str:
+    """The architectures the CUDA build targets (torch uses TORCH_CUDA_ARCH_LIST, else the visible GPUs)."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return f"list:{env}"
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return "gpus:" + ",".join(f"{a}.{b}" for a, b in caps)
+    return "none"
+
+
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def build_info(kind: str) -> BuildInfo:
+    """Everything that identifies the ``kind`` ("cpu" or "cuda") build, and where it lives.
+
+    Raises:
+        BuildError: the toolchain for this kind is missing (no compiler, no nvcc, no CUDA-enabled torch).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    sources = [CSRC / s for s in _SOURCES[kind]]
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise BuildError(
+            f"the kernel sources {missing} are missing from the installed package; reinstall lvseg "
+            "(`pip install --force-reinstall lvseg`)."
+        )
+    compiler, compiler_version = _compiler()
+    parts = {
+        "kind": kind,
+        "sources": _sources_digest(),
+        "torch": torch.__version__,
+        "torch_cuda": str(torch.version.cuda),
+        "compiler": compiler,
+        "compiler_version": compiler_version,
+        "python": sys.implementation.cache_tag or sys.version,
+        "abi": str(sysconfig.get_config_var("SOABI")),
+        "machine": platform.machine(),
+        "cxx11_abi": str(int(torch._C._GLIBCXX_USE_CXX11_ABI)),
+        "cflags": " ".join(_CFLAGS + _LDFLAGS),
+    }
+    if kind == "cuda":
+        from torch.utils import cpp_extension
+
+        if torch.version.cuda is None:
+            raise BuildError(
+                f"this torch ({torch.__version__}) is built without CUDA; install a CUDA build of torch to use "
+                "the cuda backend."
+            )
+        cuda_home = cpp_extension.CUDA_HOME
+        if not cuda_home or not (Path(cuda_home) / "bin" / "nvcc").exists():
+            raise BuildError(
+                f"nvcc was not found (CUDA_HOME={cuda_home!r}). Install the CUDA toolkit matching torch's CUDA "
+                f"{torch.version.cuda} and set $CUDA_HOME to it."
+            )
+        parts["nvcc"] = _nvcc_version(cuda_home)
+        parts["cuda_home"] = str(cuda_home)
+        parts["arch"] = _cuda_arch_tag()
+        parts["cuda_flags"] = " ".join(_CUDA_FLAGS)
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"lvseg_msda_{kind}_{digest}"
+    return BuildInfo(kind, name, cache_root() / name, sources, compiler, compiler_version, parts)
+
+
+def _import_library(info: BuildInfo) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(info.name, info.library)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {info.library}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _quiet_build():
+    """Silence torch's build chatter (ABI notices, CUDA_HOME notices, ninja output) unless verbose."""
+    if _verbose():
+        yield
+        return
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    old_level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        torch_logger.setLevel(old_level)
+
+
+def build(kind: str, force: bool = False) -> ModuleType:
+    """Compile (or reuse from the cache) and import the ``kind`` extension.
+
+    Args:
+        kind: ``"cpu"`` or ``"cuda"``.
+        force: rebuild even if a cached build exists.
+
+    Raises:
+        BuildError: with the reason and the fix.
+    """
+    info = build_info(kind)
+    if not force and info.marker.is_file() and info.library.is_file():
+        try:
+            return _import_library(info)
+        except ImportError as exc:  # a damaged cache entry: rebuild it
+            logger.info("cached MSDA %s build %s does not import (%s); rebuilding", kind, info.library, exc)
+    with _quiet_build():
+        from torch.utils import cpp_extension
+
+        if not cpp_extension.is_ninja_available():
+            raise BuildError("ninja was not found. Install it with `pip install ninja` (or your package manager).")
+        info.directory.mkdir(parents=True, exist_ok=True)
+        if force:
+            with contextlib.suppress(FileNotFoundError):
+                info.marker.unlink()
+        start = time.perf_counter()
+        logger.info("building the MSDA %s extension into %s (once; takes about a minute)", kind, info.directory)
+        env_cxx = os.environ.get("CXX")
+        try:
+            module = cpp_extension.load(
+                name=info.name,
+                sources=[str(s) for s in info.sources],
+                extra_cflags=list(_CFLAGS),
+                extra_ldflags=list(_LDFLAGS),
+                extra_cuda_cflags=list(_CUDA_FLAGS) if kind == "cuda" else None,
+                extra_include_paths=[str(CSRC)],
+                build_directory=str(info.directory),
+                with_cuda=(kind == "cuda"),
+                verbose=_verbose(),
+            )
+        except Exception as exc:  # compiler errors, linker errors, ninja failures
+            detail = str(exc).strip()
+            if len(detail) > 3000:
+                detail = "...\n" + detail[-3000:]
+            raise BuildError(
+                f"compiling the {kind} extension with {info.compiler!r} failed:\n{detail}\n"
+                f"Check the compiler (CXX={env_cxx!r}) and, for cuda, that nvcc matches torch's CUDA "
+                f"{torch.version.cuda}; run `LVSEG_VERBOSE_BUILD=1 python -m lvseg.ops.build` for the full log."
+            ) from exc
+    payload = {
+        **info.key_parts,
+        "name": info.name,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    tmp = info.marker.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, info.marker)
+    logger.info("built the MSDA %s extension in %.1f s", kind, payload["seconds"])
+    return module
+
+
+def load_extension(kind: str) -> Optional[ModuleType]:
+    """The ``kind`` extension, built on first use; ``None`` (after one warning) if it cannot be built."""
+    with _lock:
+        if kind in _loaded:
+            return _loaded[kind]
+        try:
+            module: Optional[ModuleType] = build(kind)
+        except Exception as exc:  # never crash a user because of a toolchain problem
+            module = None
+            if kind not in _warned:
+                _warned.add(kind)
+                warnings.warn(
+                    f"lvseg: the compiled MSDA {kind} backend is unavailable, using the slower pure-PyTorch "
+                    f"'reference' backend instead. Reason: {exc} (Set LVSEG_MSDA_BACKEND=reference to skip "
+                    "the build attempt.)",
+                    MSDABuildWarning,
+                    stacklevel=3,
+                )
+        _loaded[kind] = module
+        return module
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m lvseg.ops.build``: build the extensions ahead of time and report."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lvseg.ops.build", description="Compile lvseg's MSDA extensions into the cache."
+    )
+    parser.add_argument(
+        "--kind", choices=("auto", "cpu", "cuda", "all"), default="auto",
+        help="auto: cpu, plus cuda when a CUDA torch and nvcc are available (default)",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    if args.kind == "auto":
+        from torch.utils import cpp_extension
+
+        kinds = ["cpu"]
+        if torch.version.cuda is not None and cpp_extension.CUDA_HOME and torch.cuda.is_available():
+            kinds.append("cuda")
+    elif args.kind == "all":
+        kinds = list(KINDS)
+    else:
+        kinds = [args.kind]
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), cache {cache_root()}")
+    failed = 0
+    for kind in kinds:
+        start = time.perf_counter()
+        try:
+            build(kind, force=args.force)
+            info = build_info(kind)
+        except BuildError as exc:
+            failed += 1
+            print(f"[FAIL] {kind}: {exc}")
+            continue
+        print(f"[ OK ] {kind}: {info.library} ({time.perf_counter() - start:.1f} s; compiler {info.compiler_version})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
