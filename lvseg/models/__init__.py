@@ -11,6 +11,7 @@ __all__ = ["FAMILIES", "ModelConfig", "PreprocessConfig", "RVOSModel", "get_mode
 
 # architecture name (config.json "architecture") -> "module:Class" of its RVOSModel subclass
 FAMILIES: dict[str, str] = {}
+FAMILIES["referformer"] = ".referformer.model:ReferFormer"
 
 _CLASSES: dict[str, type[RVOSModel]] = {}
 

@@ -1,0 +1,109 @@
+"""ReferFormer configuration (round-trips through config.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import ConfigError
+from ..base import ModelConfig, PreprocessConfig
+from ..layers.text import ROBERTA_BASE_CONFIG
+
+__all__ = ["ReferFormerConfig", "SwinConfig", "BACKBONES", "SWIN_PRESETS", "PROTOCOLS"]
+
+RESNETS = ("resnet50", "resnet101")
+
+# name -> (embed_dim, depths, num_heads, drop_path_rate); official swin_*_p4w7 / video_swin_*_p4w7 configs
+SWIN_PRESETS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], float]] = {
+    "swin-t": (96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
+    "swin-s": (96, (2, 2, 18, 2), (3, 6, 12, 24), 0.2),
+    "swin-b": (128, (2, 2, 18, 2), (4, 8, 16, 32), 0.3),
+    "swin-l": (192, (2, 2, 18, 2), (6, 12, 24, 48), 0.3),
+    "video-swin-t": (96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
+    "video-swin-s": (96, (2, 2, 18, 2), (3, 6, 12, 24), 0.2),
+    "video-swin-b": (128, (2, 2, 18, 2), (4, 8, 16, 32), 0.2),
+}
+BACKBONES = RESNETS + tuple(SWIN_PRESETS)
+
+# Ref-YouTube-VOS: one query for the whole video (frame-averaged score); Ref-DAVIS: the same per 36-frame clip;
+# frame: the best query of every frame on its own (A2D/JHMDB annotated frame, RefCOCO images).
+PROTOCOLS = ("ytvos", "davis", "frame")
+
+
+@dataclass
+class SwinConfig:
+    """Swin / Video-Swin sizes; ``window`` is (Wd, Wh, Ww): (1, 7, 7) for 2-D Swin, (8, 7, 7) for Video Swin."""
+
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window: tuple[int, ...] = (1, 7, 7)
+    drop_path_rate: float = 0.2
+
+
+def _ytvos_preprocessing() -> PreprocessConfig:
+    # Ref-YouTube-VOS inference: short side 360 (max 640 for the usual 16:9 and 4:3 videos), ImageNet stats.
+    # window 0: the Predictor hands the whole video to segment(), which links passes itself (max_frames_per_pass)
+    return PreprocessConfig(short_side=360, max_size=640, window=0, overlap=0, max_text_tokens=512)
+
+
+@dataclass
+class ReferFormerConfig(ModelConfig):
+    """All sizes of a ReferFormer model. Defaults are those of every released checkpoint (ResNet-50 shown).
+
+    ``text_encoder`` holds ``transformers.RobertaConfig`` arguments (roberta-base by default); the model is
+    built from them with random weights, and the checkpoint provides all weights (pooler included).
+    ``protocol`` is the inference protocol of :meth:`ReferFormer.segment` (see ``PROTOCOLS``);
+    ``max_frames_per_pass`` > 0 runs longer clips in passes of that many frames and still picks one query for
+    the whole clip by the Ref-YouTube-VOS rule; 0 = one pass whatever the length (the paper's protocol, which
+    needs about 24 GB for a typical Ref-YouTube-VOS video).
+    """
+
+    architecture: str = "referformer"
+    preprocessing: PreprocessConfig = field(default_factory=_ytvos_preprocessing)
+    backbone: str = "resnet50"
+    swin: SwinConfig | None = None
+    hidden_dim: int = 256
+    num_queries: int = 5
+    enc_layers: int = 4
+    dec_layers: int = 4
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    nheads: int = 8
+    num_feature_levels: int = 4
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    num_classes: int = 1
+    mask_dim: int = 256
+    controller_layers: int = 3
+    dynamic_mask_channels: int = 8
+    rel_coord: bool = True
+    text_encoder: dict[str, Any] = field(default_factory=lambda: dict(ROBERTA_BASE_CONFIG))
+    protocol: str = "ytvos"
+    davis_clip_frames: int = 36
+    max_frames_per_pass: int = 36
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown ReferFormer backbone {self.backbone!r}; use one of {', '.join(BACKBONES)}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        if self.num_feature_levels != 4:
+            raise ConfigError("ReferFormer needs num_feature_levels=4 (3 backbone levels + 1 extra)")
+        if self.controller_layers < 2:
+            raise ConfigError("controller_layers must be >= 2")
+        if self.hidden_dim % 32 or self.hidden_dim % self.nheads:
+            raise ConfigError(f"hidden_dim={self.hidden_dim} must be a multiple of 32 and of nheads={self.nheads}")
+        if self.max_frames_per_pass < 0 or self.davis_clip_frames <= 0:
+            raise ConfigError("max_frames_per_pass must be >= 0 and davis_clip_frames > 0")
+        if self.swin is None and self.backbone in SWIN_PRESETS:
+            dim, depths, heads, dpr = SWIN_PRESETS[self.backbone]
+            window = (8, 7, 7) if self.backbone.startswith("video") else (1, 7, 7)
+            self.swin = SwinConfig(dim, depths, heads, window, dpr)
+        if self.swin is not None and self.backbone in RESNETS:
+            raise ConfigError(f"backbone {self.backbone!r} is a ResNet: remove the 'swin' section")
+
+    @property
+    def is_video_backbone(self) -> bool:
+        return self.backbone.startswith("video")
