@@ -1,0 +1,95 @@
+"""The ``lvseg`` command line: list, predict, download, push, convert; help and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lvseg.cli import main
+
+from hubserver import LocalHub
+from toymodels import color_video, make_color_model
+
+BIN = Path(sys.executable).parent
+
+
+def test_console_script_help_and_exit_codes():
+    out = subprocess.run([str(BIN / "lvseg"), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "predict" in out.stdout and "download" in out.stdout
+    bad = subprocess.run([str(BIN / "lvseg"), "no-such-command"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    module = subprocess.run([sys.executable, "-m", "lvseg", "list"], capture_output=True, text=True, timeout=60)
+    assert module.returncode == 0 and "name" in module.stdout and "family" in module.stdout
+
+
+@pytest.mark.parametrize("command", ["list", "predict", "download", "push", "convert"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: lvseg " + command in capsys.readouterr().out
+
+
+def test_list_json_and_pattern(capsys):
+    from lvseg.registry import ModelEntry, PaperMetric, register
+
+    register(ModelEntry(name="test-cli-net.a2d", family="test", backbone="tiny", training_data="A2D",
+                        paper_metrics=(PaperMetric("A2D-Sentences", "test", "mAP", 46.1, "README"),)))
+    assert main(["list", "test-cli-*"]) == 0
+    table = capsys.readouterr().out
+    assert "test-cli-net.a2d" in table and "A2D-Sentences test mAP 46.1" in table and "lvseg convert test" in table
+    assert main(["list", "test-cli-*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["name"] == "test-cli-net.a2d" and rows[0]["published"] is False
+
+
+def test_predict_writes_overlay_pngs_and_rle(tmp_path, capsys):
+    from lvseg.video import write_video
+
+    frames, masks = color_video(num_frames=6)
+    video = write_video(iter(frames), tmp_path / "clip.mp4", fps=6)
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    code = main(["predict", str(video), "the red square", "the blue background", "-m", str(model_dir), "-o",
+                 str(out), "--format", "overlay", "png", "rle", "-q", "--device", "cpu"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [s["text"] for s in summary] == ["the red square", "the blue background"]
+    assert (out / "overlay.mp4").stat().st_size > 0
+    assert len(list((out / "expression_0").glob("*.png"))) == 6
+    rle = json.loads((out / "expression_1.rle.json").read_text())
+    assert rle["text"] == "the blue background" and len(rle["rle"]) == 6
+
+
+def test_predict_errors_exit_1(tmp_path, capsys):
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    assert main(["predict", str(tmp_path / "missing.mp4"), "red", "-m", str(model_dir)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing.mp4"), "  ", "-m", str(model_dir)]) == 1
+    assert main(["predict", "x.mp4", "red", "-m", "no-such-model"]) == 1
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_download_and_push_through_a_local_hub(tmp_path, monkeypatch, capsys):
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    with LocalHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        assert main(["push", str(model_dir), "lvseg-test/cli"]) == 0
+        assert "pushed" in capsys.readouterr().out
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+        assert main(["download", "hf-hub:lvseg-test/cli", "-o", str(tmp_path / "copy")]) == 0
+        assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+    assert main(["push", str(tmp_path), "lvseg-test/cli"]) == 1  # not a model folder
+    assert "not an lvseg model folder" in capsys.readouterr().err
+
+
+def test_convert_unknown_family(tmp_path, capsys):
+    ckpt = tmp_path / "x.pth"
+    ckpt.write_bytes(b"")
+    assert main(["convert", "nosuchfamily", str(ckpt), "-o", str(tmp_path / "o")]) == 1
+    assert "no converter" in capsys.readouterr().err

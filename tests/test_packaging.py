@@ -1,0 +1,64 @@
+"""``python -m build`` makes an sdist and a wheel; the wheel installed into a fresh venv imports and lists models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_sdist_and_wheel_contents(dist):
+    wheel = next(dist.glob("lvseg-*.whl"))
+    sdist = next(dist.glob("lvseg-*.tar.gz"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lvseg/__init__.py" in names and "lvseg/py.typed" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+    csrc = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "lvseg/ops/csrc").rglob("*") if p.is_file()) \
+        if (ROOT / "lvseg/ops/csrc").is_dir() else []
+    assert set(csrc) <= set(names), "the op sources must ship in the wheel so it can JIT-compile"
+    with tarfile.open(sdist) as tar:
+        members = tar.getnames()
+    assert any(m.endswith("/LICENSE") for m in members) and any(m.endswith("/pyproject.toml") for m in members)
+    assert not any("/tests/" in n for n in names), "tests must not ship in the wheel"
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
+    wheel = next(dist.glob("lvseg-*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    # Dependencies (torch, ...) come from the test environment's site-packages, lvseg from the wheel only.
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    check = subprocess.run(
+        [str(python), "-c", "import lvseg; print(lvseg.__file__); print(lvseg.list_models())"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert str(env_dir) in check.stdout.splitlines()[0], "lvseg must be imported from the installed wheel"
+    cli = subprocess.run([str(env_dir / "bin" / "lvseg"), "list"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=120)
+    assert cli.returncode == 0 and "family" in cli.stdout, cli.stderr
