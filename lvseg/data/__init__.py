@@ -1,0 +1,11 @@
+"""Datasets in their official on-disk layouts, joint video transforms, batching, and the procedural Shapes set.
+
+Every dataset is a ``torch.utils.data.Dataset`` constructed as ``Cls(root, split=...)`` whose samples are plain
+dicts (``frames``, ``masks``, ``text``, ``boxes``, ``valid``, ids); see ``docs/datasets.md`` for the exact keys.
+"""
+
+from lvseg.data import shapes
+from lvseg.data._common import ClipSampling, sample_frame_indices
+from lvseg.data.ytvos import RefYouTubeVOS
+
+__all__ = ["ClipSampling", "RefYouTubeVOS", "sample_frame_indices", "shapes"]
