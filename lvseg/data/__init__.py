@@ -4,8 +4,10 @@ Every dataset is a ``torch.utils.data.Dataset`` constructed as ``Cls(root, split
 dicts (``frames``, ``masks``, ``text``, ``boxes``, ``valid``, ids); see ``docs/datasets.md`` for the exact keys.
 """
 
-from lvseg.data import shapes
+from lvseg.data import shapes, transforms
 from lvseg.data._common import ClipSampling, sample_frame_indices
+from lvseg.data.collate import ClipCollator, collate_clips
 from lvseg.data.ytvos import RefYouTubeVOS
 
-__all__ = ["ClipSampling", "RefYouTubeVOS", "sample_frame_indices", "shapes"]
+__all__ = ["ClipCollator", "ClipSampling", "RefYouTubeVOS", "collate_clips", "sample_frame_indices", "shapes",
+           "transforms"]
