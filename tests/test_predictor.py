@@ -208,3 +208,25 @@ def test_bad_arrays():
         make_color_model().predict([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], "red")
     with pytest.raises(InvalidInputError, match="window"):
         lvseg.Predictor(make_color_model(), window=4, overlap=4)
+
+
+def test_rotation_from_the_mp4_display_matrix(tmp_path):
+    """A phone-style video: frames stored landscape, the track header says 'rotate 90 degrees clockwise'."""
+    import struct
+
+    frames = np.zeros((3, 32, 64, 3), dtype=np.uint8)
+    frames[:, :, :8] = 255  # a white stripe on the stored frame's left edge
+    path = write_mp4(tmp_path / "stored.mp4", frames)
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd") - 4
+    offset = box + (60 if data[box + 8] == 1 else 48)  # the 3x3 matrix inside the tkhd box (version 1 or 0)
+    data[offset: offset + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    rotated = tmp_path / "rotated.mp4"
+    rotated.write_bytes(bytes(data))
+    source = open_video(rotated)
+    assert (source.height, source.width) == (64, 32)
+    first = next(iter(source))
+    assert first.shape == (64, 32, 3)
+    assert first[:6].mean() > 240 and first[10:].mean() < 15  # the stripe is now on top
+    result = make_color_model().predict(rotated, "white", progress=False)
+    assert result.masks.shape == (3, 64, 32) and result.masks[:, :6].all() and not result.masks[:, 12:].any()
