@@ -7,7 +7,9 @@ dicts (``frames``, ``masks``, ``text``, ``boxes``, ``valid``, ids); see ``docs/d
 from lvseg.data import shapes, transforms
 from lvseg.data._common import ClipSampling, sample_frame_indices
 from lvseg.data.collate import ClipCollator, collate_clips
+from lvseg.data.davis import RefDAVIS17
+from lvseg.data.mevis import MeViS
 from lvseg.data.ytvos import RefYouTubeVOS
 
-__all__ = ["ClipCollator", "ClipSampling", "RefYouTubeVOS", "collate_clips", "sample_frame_indices", "shapes",
-           "transforms"]
+__all__ = ["ClipCollator", "ClipSampling", "MeViS", "RefDAVIS17", "RefYouTubeVOS", "collate_clips",
+           "sample_frame_indices", "shapes", "transforms"]
