@@ -23,14 +23,16 @@ def _interleave_sin_cos(pos: torch.Tensor) -> torch.Tensor:
 class PositionEmbeddingSine2D(nn.Module):
     """2-D sine encoding of a padding mask, Deformable-DETR variant.
 
-    With ``normalize=True`` the cumulative position is offset by -0.5 and divided by the last valid position
-    (+1e-6) before scaling by 2*pi. Output channels are ``(pos_y, pos_x)``, ``2 * num_pos_feats`` in all.
+    With ``normalize=True`` the cumulative position is offset by ``offset`` (-0.5, Deformable-DETR) and divided
+    by the last valid position (+1e-6) before scaling by 2*pi; DETR and MTTR use ``offset=0.0``. Output channels
+    are ``(pos_y, pos_x)``, ``2 * num_pos_feats`` in all.
     """
 
     def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float | None = None) -> None:
+                 scale: float | None = None, offset: float = -0.5) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
+        self.offset = offset
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
@@ -42,8 +44,11 @@ class PositionEmbeddingSine2D(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * self.scale
+            y_last, x_last = y_embed[:, -1:, :], x_embed[:, :, -1:]
+            if self.offset:
+                y_embed, x_embed = y_embed + self.offset, x_embed + self.offset
+            y_embed = y_embed / (y_last + eps) * self.scale
+            x_embed = x_embed / (x_last + eps) * self.scale
         dim_t = _frequencies(self.num_pos_feats, self.temperature, mask.device)
         pos_x = _interleave_sin_cos(x_embed[..., None] / dim_t)
         pos_y = _interleave_sin_cos(y_embed[..., None] / dim_t)
