@@ -20,7 +20,7 @@ multiples of the window (e.g. 90x160 at 360x640 input), so the released weights 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["SwinBackbone", "WindowAttention3D", "effective_window", "shifted_window_mask"]
+__all__ = ["SwinBackbone", "WindowAttention3D", "effective_window", "shifted_window_mask", "shifted_window_regions"]
 
 Triple = tuple[int, int, int]
 
@@ -89,9 +89,12 @@ def _relative_position_index(window: Triple) -> torch.Tensor:
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside (shifted) windows with a learned relative-position bias."""
 
-    def __init__(self, dim: int, window: Triple, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, window: Triple, num_heads: int, qkv_bias: bool = True, fused: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
+        # fused: scaled_dot_product_attention with the bias (+ shift mask) as attn_mask, in chunks of windows
+        self.fused = fused
+        self._index_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.scale = (dim // num_heads) ** -0.5
         table_size = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_size, num_heads))
@@ -101,8 +104,27 @@ class WindowAttention3D(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
+    def _sliced_index(self, n: int) -> torch.Tensor:
+        """The flat [n * n] bias-table index for an actual window volume ``n`` (cached per size and device)."""
+        index = self.relative_position_index
+        key = (n, index.device)
+        cached = self._index_cache.get(key)
+        if cached is None:
+            cached = index[:n, :n].reshape(-1).contiguous()
+            self._index_cache[key] = cached
+        return cached
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B * nW, N, C]; mask: [nW, N, N] additive or None -> [B * nW, N, C]."""
+        """x: [B * nW, N, C]; mask -> [B * nW, N, C].
+
+        ``mask`` is None, an additive [nW, N, N] mask (0 / -100), or, for the fused path, the integer region id
+        of every token of every window [nW, N] (tokens of different regions do not attend to each other), which
+        is N times smaller than the additive mask.
+        """
+        if self.fused:
+            return self._forward_fused(x, mask)
+        if mask is not None and not mask.is_floating_point():
+            mask = _region_mask(mask, x.dtype)
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -117,6 +139,53 @@ class WindowAttention3D(nn.Module):
             attn = attn.view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c))
+
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b_, n, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B * nW, nH, N, hd]
+        bias = self.relative_position_bias_table[self._sliced_index(n)].reshape(n, n, heads).permute(2, 0, 1)
+        bias = bias.to(q.dtype)  # [nH, N, N], broadcast over windows
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            nw = mask.shape[0]
+            q, k, v = (t.reshape(b_ // nw, nw, heads, n, -1) for t in (q, k, v))
+            out = q.new_empty(q.shape)
+            # chunks of windows keep the materialised [chunk, nH, N, N] mask small (~64 MB in fp32)
+            chunk = max(1, (1 << 24) // (heads * n * n))
+            for s in range(0, nw, chunk):
+                e = min(nw, s + chunk)
+                part = mask[s:e]
+                extra = _region_mask(part, q.dtype) if not part.is_floating_point() else part.to(q.dtype)
+                out[:, s:e] = F.scaled_dot_product_attention(
+                    q[:, s:e], k[:, s:e], v[:, s:e], attn_mask=bias + extra.unsqueeze(1), scale=self.scale
+                )
+            out = out.view(b_, heads, n, -1)
+        return self.proj(out.transpose(1, 2).reshape(b_, n, c))
+
+
+def _region_mask(regions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Region ids [nW, N] -> additive mask [nW, N, N]: 0 within a region, -100 across (as the official mask)."""
+    different = regions.unsqueeze(1) != regions.unsqueeze(2)
+    return different.to(dtype) * -100.0
+
+
+def shifted_window_regions(padded: Triple, window: Triple, shift: Triple, device: torch.device) -> torch.Tensor:
+    """Region id [nW, N] of every token of every window after the cyclic shift (int16).
+
+    ``_region_mask(shifted_window_regions(...))`` equals :func:`shifted_window_mask`.
+    """
+    img_mask = torch.zeros((1, *padded, 1), device=device, dtype=torch.int16)
+    region = 0
+    slices = [(slice(-window[i]), slice(-window[i], -shift[i]), slice(-shift[i], None)) for i in range(3)]
+    for sd in slices[0]:
+        for sh in slices[1]:
+            for sw in slices[2]:
+                img_mask[:, sd, sh, sw, :] = region
+                region += 1
+    return window_partition(img_mask, window).squeeze(-1)
 
 
 class SwinMlp(nn.Module):
@@ -134,11 +203,11 @@ class SwinBlock(nn.Module):
     """Pre-norm (shifted-)window attention + MLP, on [B, D, H, W, C]."""
 
     def __init__(self, dim: int, num_heads: int, window: Triple, shifted: bool, mlp_ratio: float,
-                 drop_path: float) -> None:
+                 drop_path: float, fused: bool = False) -> None:
         super().__init__()
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention3D(dim, window, num_heads)
+        self.attn = WindowAttention3D(dim, window, num_heads, fused=fused)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = SwinMlp(dim, int(dim * mlp_ratio))
@@ -148,7 +217,8 @@ class SwinBlock(nn.Module):
         x = self.norm1(x)
         # pad to window multiples first, then shift (the order matters for the released weights)
         pads = [(window[i] - s % window[i]) % window[i] for i, s in enumerate((d, h, w))]
-        x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        if any(pads):
+            x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
         _, dp, hp, wp, _ = x.shape
         if any(shift):
             x = torch.roll(x, shifts=(-shift[0], -shift[1], -shift[2]), dims=(1, 2, 3))
@@ -185,10 +255,11 @@ class PatchMerging(nn.Module):
 
 class SwinStage(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window: Triple, mlp_ratio: float,
-                 drop_path: Sequence[float]) -> None:
+                 drop_path: Sequence[float], fused: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, shifted=i % 2 == 1, mlp_ratio=mlp_ratio, drop_path=drop_path[i])
+            SwinBlock(dim, num_heads, window, shifted=i % 2 == 1, mlp_ratio=mlp_ratio, drop_path=drop_path[i],
+                      fused=fused)
             for i in range(depth)
         )
 
@@ -202,9 +273,14 @@ class SwinBackbone(nn.Module):
 
     def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], *, video: bool,
                  window: Sequence[int] = (1, 7, 7), patch_size: int = 4, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.2, gradient_checkpointing: bool = False) -> None:
+                 drop_path_rate: float = 0.2, gradient_checkpointing: bool = False,
+                 fused_attention: bool = False) -> None:
         super().__init__()
         self.video = video
+        # fused_attention: SDPA window attention with region-id shift masks (less memory, same math up to
+        # rounding); False keeps the eager reference path.
+        self.fused_attention = fused_attention
+        self._mask_cache: dict[tuple[Any, ...], torch.Tensor] = {}
         self.window: Triple = tuple(int(v) for v in window)  # type: ignore[assignment]
         self.shift: Triple = tuple(v // 2 for v in self.window)  # type: ignore[assignment]
         self.patch_size = patch_size
@@ -214,7 +290,7 @@ class SwinBackbone(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = proj_cls(3, embed_dim, kernel_size=kernel, stride=kernel)
         self.patch_embed.norm = nn.LayerNorm(embed_dim)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.num_channels = [embed_dim * 2**i for i in range(len(depths))]
         self.strides = [patch_size * 2**i for i in range(len(depths))]
         self.layers = nn.ModuleList()
@@ -223,11 +299,25 @@ class SwinBackbone(nn.Module):
         for i, depth in enumerate(depths):
             dim = self.num_channels[i]
             self.layers.append(SwinStage(dim, depth, num_heads[i], self.window, mlp_ratio,
-                                         rates[start:start + depth]))
+                                         rates[start:start + depth], fused=fused_attention))
             start += depth
             if i < len(depths) - 1:
                 self.downsamples.append(PatchMerging(dim))
         self.out_norms = None if video else nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels)
+
+    def _shift_mask(self, padded: Triple, window: Triple, shift: Triple, x: torch.Tensor) -> torch.Tensor:
+        """The shift mask of one geometry, cached (a few entries): region ids [nW, N] for the fused path,
+        the additive [nW, N, N] mask otherwise (not cached: it can take hundreds of MB)."""
+        if not self.fused_attention:
+            return shifted_window_mask(padded, window, shift, x.device).to(x.dtype)
+        key = (padded, window, shift, x.device)
+        regions = self._mask_cache.get(key)
+        if regions is None:
+            if len(self._mask_cache) >= 16:
+                self._mask_cache.clear()
+            regions = shifted_window_regions(padded, window, shift, x.device)
+            self._mask_cache[key] = regions
+        return regions
 
     def _embed(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         p = self.patch_size
@@ -250,9 +340,7 @@ class SwinBackbone(nn.Module):
             b, d, h, w, _ = x.shape
             window, shift = effective_window((d, h, w), self.window, self.shift, clamp=self.video)
             padded = tuple(int(math.ceil(s / win)) * win for s, win in zip((d, h, w), window))
-            mask = shifted_window_mask(padded, window, shift, x.device) if any(shift) else None  # type: ignore[arg-type]
-            if mask is not None:
-                mask = mask.to(x.dtype)
+            mask = self._shift_mask(padded, window, shift, x) if any(shift) else None  # type: ignore[arg-type]
             for block in stage.blocks:
                 if self.gradient_checkpointing and self.training and x.requires_grad:
                     x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
