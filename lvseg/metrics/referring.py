@@ -33,7 +33,14 @@ logger = logging.getLogger(__name__)
 
 
 def a2d_image_id(video: str, frame: Any, instance: Any | None = None) -> str:
-    """MTTR's COCO image id: ``v_<video>_f_<frame>_i_<instance>`` (A2D) or ``v_<video>_f_<frame>`` (JHMDB)."""
+    """MTTR's COCO image id: ``v_<video>_f_<frame>_i_<instance>`` (A2D) or ``v_<video>_f_<frame>`` (JHMDB).
+
+    ``frame`` is the official annotation's frame number (A2D: the ``.h5`` file stem, JHMDB: the ``.png`` stem,
+    both 1-based); a numeric name such as ``"00011"`` is written as ``11``, as MTTR's ``int(...)`` does. The ids
+    matter beyond naming: pycocotools orders images by id, which decides ties between equal scores.
+    """
+    if isinstance(frame, str) and frame.isdigit():
+        frame = int(frame)
     base = f"v_{video}_f_{frame}"
     return base if instance is None else f"{base}_i_{instance}"
 
@@ -104,7 +111,8 @@ class MTTREvaluator(Evaluator):
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
         """Every annotated frame of ``sample`` (``annotated`` bool [T]; default all) is one GT image.
 
-        ``sample`` needs ``video`` and ``masks`` ([T, H, W]); ``frame_names`` and ``instance_id`` build the image id.
+        ``sample`` needs ``video`` and ``masks`` ([T, H, W]); ``frame_ids`` (official frame names) and
+        ``instance_id`` (A2D) build the image id, see :func:`a2d_image_id`.
         """
         if "video" not in sample or "masks" not in sample:
             raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
