@@ -198,3 +198,16 @@ def sample_frame_indices(num_total: int, anchor: int, sampling: ClipSampling,
 def clean_text(text: str) -> str:
     """Lower-case and collapse whitespace, as ReferFormer/MTTR do before tokenising: ``" ".join(t.lower().split())``."""
     return " ".join(text.lower().split())
+
+
+def centered_window(center: int, num_frames: int, total: int, stride: int = 1) -> tuple[list[int], int]:
+    """Indices of a ``num_frames`` clip centred on ``center`` (0-based), clamped to ``[0, total - 1]``.
+
+    The clip is ``center + stride * (i - num_frames // 2)`` for ``i < num_frames`` (MTTR's A2D/JHMDB window:
+    ``num_frames // 2`` frames before the annotated one); out-of-range entries repeat the edge frames. Returns the
+    indices and the position of the centre frame in the clip (``num_frames // 2``).
+    """
+    if num_frames < 1 or stride < 1:
+        raise InvalidInputError(f"num_frames and stride must be >= 1, got {num_frames} and {stride}.")
+    half = num_frames // 2
+    return [min(max(center + stride * (i - half), 0), total - 1) for i in range(num_frames)], half
