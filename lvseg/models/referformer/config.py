@@ -23,7 +23,11 @@ SWIN_PRESETS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], float]] = {
     "video-swin-s": (96, (2, 2, 18, 2), (3, 6, 12, 24), 0.2),
     "video-swin-b": (128, (2, 2, 18, 2), (4, 8, 16, 32), 0.2),
 }
-BACKBONES = RESNETS + tuple(SWIN_PRESETS)
+# "swin" / "video-swin": custom sizes given in the ``swin`` section (e.g. small test models)
+BACKBONES = RESNETS + tuple(SWIN_PRESETS) + ("swin", "video-swin")
+# "timm": any timm CNN named by ``timm_model`` (features_only, built without pretrained weights), e.g. small
+# models trained from scratch; ``temporal_kernel`` > 0 mixes its features across frames
+BACKBONES = BACKBONES + ("timm",)
 
 # Ref-YouTube-VOS: one query for the whole video (frame-averaged score); Ref-DAVIS: the same per 36-frame clip;
 # frame: the best query of every frame on its own (A2D/JHMDB annotated frame, RefCOCO images).
@@ -83,6 +87,8 @@ class ReferFormerConfig(ModelConfig):
     davis_clip_frames: int = 36
     max_frames_per_pass: int = 36
     gradient_checkpointing: bool = False
+    timm_model: str = ""
+    temporal_kernel: int = 0
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -101,6 +107,12 @@ class ReferFormerConfig(ModelConfig):
             dim, depths, heads, dpr = SWIN_PRESETS[self.backbone]
             window = (8, 7, 7) if self.backbone.startswith("video") else (1, 7, 7)
             self.swin = SwinConfig(dim, depths, heads, window, dpr)
+        if self.swin is None and self.backbone in ("swin", "video-swin"):
+            raise ConfigError(f"backbone {self.backbone!r} needs a 'swin' section with its sizes")
+        if self.backbone == "timm" and not self.timm_model:
+            raise ConfigError("backbone 'timm' needs timm_model, a timm model name such as 'test_convnext'")
+        if self.backbone != "timm" and (self.timm_model or self.temporal_kernel):
+            raise ConfigError(f"timm_model/temporal_kernel apply to backbone 'timm' only, not {self.backbone!r}")
         if self.swin is not None and self.backbone in RESNETS:
             raise ConfigError(f"backbone {self.backbone!r} is a ResNet: remove the 'swin' section")
 

@@ -22,6 +22,7 @@ from ..layers.mlp import MLP
 from ..layers.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
 from ..layers.resnet import ResNetBackbone
 from ..layers.swin import SwinBackbone
+from ..layers.timm_backbone import TimmBackbone
 from ..layers.text import build_roberta
 from .config import ReferFormerConfig
 from .fpn import CrossModalFPN, VisionLanguageFusion
@@ -46,6 +47,9 @@ class FeatureResizer(nn.Module):
 
 
 def _build_backbone(config: ReferFormerConfig) -> nn.Module:
+    if config.backbone == "timm":
+        return TimmBackbone(config.timm_model, temporal_kernel=config.temporal_kernel,
+                            gradient_checkpointing=config.gradient_checkpointing)
     if config.backbone.startswith("resnet"):
         return ResNetBackbone(config.backbone, gradient_checkpointing=config.gradient_checkpointing)
     swin = config.swin
@@ -194,7 +198,7 @@ class ReferFormer(RVOSModel):
         valid_w = (~pad.view(b, t, height, width)[:, 0, 0, :]).sum(-1)
         image_size = torch.stack([valid_w, valid_h], -1).to(frames.dtype)  # [b, 2]
 
-        if isinstance(self.backbone, SwinBackbone) and self.backbone.video:
+        if isinstance(self.backbone, (SwinBackbone, TimmBackbone)) and self.backbone.video:
             feats = self.backbone(samples, num_frames=t)
         else:
             feats = self.backbone(samples)
@@ -277,29 +281,43 @@ class ReferFormer(RVOSModel):
             [b, t, q, h, w] mask logits.
         """
         b, t, c, h, w = features.shape
+        q = params.shape[2]
         ch = self.config.dynamic_mask_channels
         n_layers = len(self.weight_nums)
-        splits = list(torch.split(params, self.weight_nums + self.bias_nums, dim=-1))
-        weights, biases = splits[:n_layers], splits[n_layers:]
-        w0 = weights[0].reshape(b, t, -1, ch, weights[0].shape[-1] // ch)  # [b, t, q, ch, C(+2)]
-        # first layer on the shared features without repeating them per query: [b, t, q, ch, h, w]
-        x = torch.einsum("btqoc,btchw->btqohw", w0[..., :c], features)
         if self.config.rel_coord:
             stride = 4
             shifts_x = torch.arange(0, w * stride, step=stride, dtype=torch.float32, device=features.device)
             shifts_y = torch.arange(0, h * stride, step=stride, dtype=torch.float32, device=features.device)
             loc_y, loc_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             locations = torch.stack((loc_x, loc_y), 0).to(features.dtype) + stride // 2  # [2, h, w]
-            ref = centers * image_size[:, None, None, :]  # [b, t, q, 2] in pixels
+            ref = centers * image_size[:, None, None, :]  # [b, t, q, 2] in input pixels
             rel = ref[..., :, None, None] - locations  # [b, t, q, 2, h, w], (dx, dy)
-            x = x + torch.einsum("btqoc,btqchw->btqohw", w0[..., c:], rel)
-        x = x + biases[0][..., None, None]
-        for i in range(1, n_layers):
-            x = F.relu(x)
-            out_ch = ch if i < n_layers - 1 else 1
-            wi = weights[i].reshape(b, t, -1, out_ch, ch)
-            x = torch.einsum("btqoc,btqchw->btqohw", wi, x) + biases[i][..., None, None]
-        return x.squeeze(3)
+        # One grouped 1x1-conv stack per query, as the official code does (same summation order, so the
+        # logits match it to float rounding); run a few frames at a time because the input is repeated per
+        # query ([q, C + 2, h, w] per frame).
+        per_frame = features.flatten(0, 1)  # [(b t), C, h, w]
+        flat_params = params.flatten(0, 1)  # [(b t), q, P]
+        flat_rel = rel.flatten(0, 1) if self.config.rel_coord else None
+        chunk = 8
+        outputs = []
+        for start in range(0, b * t, chunk):
+            feats = per_frame[start:start + chunk]
+            n = feats.shape[0]
+            x = feats[:, None].expand(n, q, c, h, w)
+            if flat_rel is not None:
+                x = torch.cat([x, flat_rel[start:start + chunk]], 2)
+            x = x.reshape(1, -1, h, w)
+            p = flat_params[start:start + chunk].reshape(n * q, -1)
+            splits = list(torch.split(p, self.weight_nums + self.bias_nums, dim=1))
+            for i in range(n_layers):
+                out_ch = ch if i < n_layers - 1 else 1
+                weight = splits[i].reshape(n * q * out_ch, -1, 1, 1)
+                bias = splits[n_layers + i].reshape(n * q * out_ch)
+                x = F.conv2d(x, weight, bias=bias, groups=n * q)
+                if i < n_layers - 1:
+                    x = F.relu(x)
+            outputs.append(x.reshape(n, q, h, w))
+        return torch.cat(outputs, 0).view(b, t, q, h, w)
 
     # ---------------------------------------------------------------------------------------------- segment
     @torch.no_grad()
