@@ -68,7 +68,7 @@ def load_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"frame not found: '{path}' is listed by the dataset's annotations but missing on disk; "
                            "re-extract the dataset archive.")
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def load_index_mask(path: Path) -> np.ndarray:
