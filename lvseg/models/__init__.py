@@ -12,6 +12,7 @@ __all__ = ["FAMILIES", "ModelConfig", "PreprocessConfig", "RVOSModel", "get_mode
 # architecture name (config.json "architecture") -> "module:Class" of its RVOSModel subclass
 FAMILIES: dict[str, str] = {}
 FAMILIES["referformer"] = ".referformer.model:ReferFormer"
+FAMILIES["mttr"] = ".mttr.model:MTTR"
 
 _CLASSES: dict[str, type[RVOSModel]] = {}
 

@@ -1,0 +1,26 @@
+"""MTTR (CVPR 2022): ``config``, ``model``, ``convert`` and the registry ``entries``.
+
+Nothing is imported eagerly, so that listing the registry does not load model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["MTTR", "MTTRConfig", "convert", "convert_to_folder", "postprocess_masks", "a2d_window_indices"]
+
+_LAZY = {
+    "MTTR": ".model",
+    "MTTRConfig": ".config",
+    "postprocess_masks": ".model",
+    "a2d_window_indices": ".model",
+    "convert": ".convert",
+    "convert_to_folder": ".convert",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
