@@ -51,6 +51,7 @@ __all__ = [
     "BuildInfo",
     "cache_root",
     "build_info",
+    "compile_cuda_object",
     "load_extension",
     "build",
     "main",
@@ -68,9 +69,9 @@ _SOURCES = {
     "cpu": ["ms_deform_attn_cpu.cpp"],
     "cuda": ["ms_deform_attn_cuda_bind.cpp", "ms_deform_attn_cuda.cu"],
 }
-_CFLAGS = ["-O3", "-fopenmp", "-std=c++17"]
+_CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
-_CUDA_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+_CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 
 
 class MSDABuildWarning(RuntimeWarning):
@@ -182,6 +183,51 @@ def _sources_digest() -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def _cxx_standard_flag() -> str:
+    """The C++ standard torch's headers need (torch >= 2.10 needs C++20, older releases C++17)."""
+    aten = Path(torch.__file__).resolve().parent / "include" / "ATen" / "ATen.h"
+    try:
+        needs_20 = "C++20" in aten.read_text(errors="ignore")
+    except OSError:
+        needs_20 = False
+    return "-std=c++20" if needs_20 else "-std=c++17"
+
+
+def compile_cuda_object(output_dir: Path, arch: str = "80") -> Path:
+    """Compile the CUDA kernel source to an object file with nvcc, without linking or needing a GPU.
+
+    Uses the include paths and flags of the JIT build; this is how the CUDA source is checked on machines
+    with a CUDA toolkit but no GPU (CI). ``arch`` is a compute capability without the dot (e.g. ``"80"``).
+
+    Raises:
+        BuildError: nvcc is missing or the compilation failed (the compiler output is in the message).
+    """
+    from torch.utils import cpp_extension
+
+    cuda_home = cpp_extension.CUDA_HOME
+    nvcc = Path(cuda_home) / "bin" / "nvcc" if cuda_home else None
+    if nvcc is None or not nvcc.exists():
+        raise BuildError(f"nvcc was not found (CUDA_HOME={cuda_home!r}); install the CUDA toolkit or set $CUDA_HOME.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    source = CSRC / _SOURCES["cuda"][1]
+    obj = output_dir / (source.stem + ".o")
+    includes = [f"-I{p}" for p in cpp_extension.include_paths(device_type="cuda")] + [f"-I{CSRC}"]
+    cmd = [
+        str(nvcc), "-c", str(source), "-o", str(obj), *includes, _cxx_standard_flag(),
+        *cpp_extension.COMMON_NVCC_FLAGS, *_CUDA_FLAGS,
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        "-Xcompiler", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        "-DTORCH_EXTENSION_NAME=lvseg_msda_cuda_check",
+        # the deprecated ATen APIs of the official kernel (.type(), .data<T>()) must not creep back in
+        "-Werror", "deprecated-declarations", "-Xcompiler", "-Werror=deprecated-declarations",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"nvcc failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}\ncommand: {shlex.join(cmd)}")
+    return obj
 
 
 def build_info(kind: str) -> BuildInfo:
