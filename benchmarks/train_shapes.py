@@ -1,0 +1,87 @@
+"""Reproduce the embedded ``referformer-tiny.shapes`` model from scratch on CPU, and its text-blind control.
+
+    python benchmarks/train_shapes.py --output-dir runs/shapes            # the model (about 1-2 h on 1 CPU core)
+    python benchmarks/train_shapes.py --output-dir runs/shapes-blind --control   # shuffled expressions
+    python benchmarks/train_shapes.py --output-dir runs/shapes --resume   # continue an interrupted run
+    python benchmarks/train_shapes.py --output-dir runs/shapes --export lvseg/assets/referformer-tiny-shapes
+
+Data: Shapes generated with seed 0 under ``--data-root`` (train: 1200 videos, valid: 60 for model selection,
+test: 100 held out for the reported number), 8 frames of 96x96. The recipe is the ``referformer-tiny-shapes``
+preset. At the end the best checkpoint (by valid J&F) is scored on the test split with the Ref-YouTube-VOS-style
+J&F evaluator and the numbers are written to ``<output-dir>/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("LVSEG_MSDA_BACKEND", "reference")  # no compile step; same numbers everywhere
+
+import torch  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--data-root", default="data/shapes96")
+    p.add_argument("--control", action="store_true", help="train on shuffled expressions (text-blind control)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 3000 steps")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--num-test", type=int, default=100)
+    p.add_argument("--export", default=None, help="copy the best model to this Hub-format folder")
+    p.add_argument("--eval-only", action="store_true", help="score an existing run's best model on test")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import lvseg
+    from lvseg.data import RefYouTubeVOS, shapes
+    from lvseg.train.engine import evaluate_jf
+    from lvseg.train.presets import SHAPES_FRAMES, SHAPES_SIZE, ShuffledExpressions, get_preset, shapes_data
+
+    root = Path(args.data_root)
+    train_ds, val_ds = shapes_data(root)
+    if not (root / "meta_expressions" / "test" / "meta_expressions.json").is_file():
+        shapes.generate(root, "test", num_videos=args.num_test, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=0,
+                        progress=False)
+    test_ds = RefYouTubeVOS(root, "test")
+    out = Path(args.output_dir)
+    t0 = time.time()
+    if not args.eval_only:
+        if args.control:
+            train_ds = ShuffledExpressions(train_ds, seed=0)
+        options = {"resume": args.resume}
+        if args.max_steps is not None:
+            options["max_steps"] = args.max_steps
+        preset = get_preset("referformer-tiny-shapes")
+        lvseg.train(preset.model, train_ds, val_ds, out, preset="referformer-tiny-shapes", **options)
+    train_s = time.time() - t0
+    best = out / "best" if (out / "best").is_dir() else out / "final"
+    model = lvseg.load(str(best), device="cpu")
+    metrics = evaluate_jf(model, test_ds, progress=True)
+    params = sum(p.numel() for p in model.parameters())
+    size_mb = (best / "model.safetensors").stat().st_size / 2**20
+    result = {"run": str(out), "control": args.control, "checkpoint": str(best), "test_expressions":
+              metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"], "F": metrics["F"],
+              "parameters": params, "weights_MB": round(size_mb, 2), "train_seconds": round(train_s, 1)}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    if args.export:
+        dst = Path(args.export)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(best, dst)
+        print(f"exported {best} -> {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

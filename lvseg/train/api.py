@@ -1,0 +1,175 @@
+"""``lvseg.train(...)`` and ``lvseg train ...``: one entry point from a laptop CPU to multi-node torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch.utils.data import ConcatDataset, Dataset
+
+from ..errors import ConfigError, LVSegError
+from ..models.base import ModelConfig, RVOSModel
+from .distributed import init_distributed
+from .engine import TrainConfig, Trainer, TrainResult
+from .presets import PRESETS, get_preset
+
+__all__ = ["train", "main_cli"]
+
+logger = logging.getLogger(__name__)
+
+
+def _build_model(model: Any, tokenizer: Any = None) -> RVOSModel:
+    if isinstance(model, RVOSModel):
+        if tokenizer is not None:
+            model.tokenizer = tokenizer
+        return model
+    if isinstance(model, ModelConfig):
+        from ..models import get_model_class
+
+        cls = get_model_class(model.architecture)
+        built = cls(model)
+        if tokenizer is not None:
+            built.tokenizer = tokenizer
+        return built
+    if callable(model):
+        return _build_model(model(), tokenizer)
+    if isinstance(model, (str, Path)):
+        from ..hub import load
+
+        loaded = load(str(model), device="cpu")
+        if tokenizer is not None:
+            loaded.tokenizer = tokenizer
+        return loaded
+    raise ConfigError(f"model must be a registry name, 'hf-hub:org/repo', a local folder, an RVOSModel or a "
+                      f"ModelConfig, got {type(model).__name__}")
+
+
+def _as_dataset(data: Any, what: str) -> Dataset | None:
+    if data is None:
+        return None
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise ConfigError(f"{what} is an empty list: give one dataset or a list of datasets")
+        parts = [_as_dataset(d, what) for d in data]
+        return ConcatDataset(parts)  # type: ignore[arg-type]
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise ConfigError(f"{what} must be a dataset (with __getitem__ and __len__) or a list of them, got "
+                          f"{type(data).__name__}")
+    if len(data) == 0:
+        raise ConfigError(f"{what} is empty (0 samples): check the data root and split")
+    return data
+
+
+def train(
+    model: Any = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    output_dir: str | Path = "runs/lvseg",
+    *,
+    preset: str | None = None,
+    data_root: str | Path | None = None,
+    tokenizer: Any = None,
+    **options: Any,
+) -> TrainResult:
+    """Train or fine-tune a model; runs data-parallel when started under ``torchrun``.
+
+    Args:
+        model: a registry name (starts from its weights), ``"hf-hub:org/repo"``, a local Hub folder, an
+            :class:`~lvseg.models.base.RVOSModel`, a model config (random init; pass ``tokenizer``), or None to
+            use the preset's model.
+        train_data: a dataset (e.g. ``lvseg.data.RefYouTubeVOS(root, "train", sampling=...)``) or a list of
+            datasets trained on jointly; None builds the preset's datasets from ``data_root``.
+        val_data: optional dataset with ground truth, scored with Ref-YouTube-VOS-style J&F every ``eval_every``
+            steps (default: at the end of every epoch); the best model is kept in ``<output_dir>/best``.
+        output_dir: where checkpoints, ``log.jsonl``, ``curves.png``, ``final/`` and ``best/`` go.
+        preset: a recipe from :data:`lvseg.train.presets.PRESETS` (e.g. ``"referformer-r50-ytvos"``).
+        options: any :class:`~lvseg.train.engine.TrainConfig` field (``epochs``, ``batch_size``, ``lr``,
+            ``resume``, ``precision``, ``grad_accum``, ``gradient_checkpointing``, ``max_steps``, ...).
+
+    Returns:
+        a :class:`~lvseg.train.engine.TrainResult`; ``result.best_checkpoint`` / ``final_checkpoint`` are
+        Hub-format folders that ``lvseg.load`` reads.
+    """
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {unknown}; valid options: {', '.join(sorted(fields))}")
+    values: dict[str, Any] = {}
+    chosen = get_preset(preset) if preset is not None else None
+    if chosen is not None:
+        values.update(chosen.train)
+        if model is None:
+            model = chosen.model
+        if train_data is None:
+            if chosen.data is None or data_root is None:
+                raise ConfigError(f"preset {chosen.name!r} needs data_root (or pass train_data)")
+            train_data, default_val = chosen.data(data_root)
+            val_data = default_val if val_data is None else val_data
+    if model is None:
+        raise ConfigError("no model given: pass model=<registry name | folder | RVOSModel> or a preset")
+    if train_data is None:
+        raise ConfigError("no training data given: pass train_data=<dataset> (or a preset with data_root)")
+    values.update(options)
+    values["output_dir"] = str(output_dir)
+    config = TrainConfig(**values)
+    train_ds = _as_dataset(train_data, "train_data")
+    val_ds = _as_dataset(val_data, "val_data")
+    info = init_distributed(config.device)
+    built = _build_model(model, tokenizer)
+    if chosen is not None and built.config.architecture != chosen.family:
+        raise ConfigError(f"preset {chosen.name!r} trains the {chosen.family!r} family but the model is a "
+                          f"{built.config.architecture!r}: pick a {chosen.family} model or another preset")
+    if getattr(built, "tokenizer", None) is None:
+        raise ConfigError("the model has no tokenizer: load it with lvseg.load(...) or pass tokenizer=...")
+    trainer = Trainer(built, train_ds, config, val_ds, info)  # type: ignore[arg-type]
+    return trainer.fit()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lvseg train", description="Train or fine-tune a model (torchrun for DDP).")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a training recipe")
+    p.add_argument("--model", "-m", help="registry name, hf-hub:org/repo or local folder (default: the preset's)")
+    p.add_argument("--data-root", help="dataset root for the preset's datasets")
+    p.add_argument("--output-dir", "-o", required=True, help="run folder (checkpoints, logs, best/, final/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+    for name, kind in (("epochs", int), ("max-steps", int), ("batch-size", int), ("lr", float),
+                       ("lr-backbone", float), ("lr-text-encoder", float), ("weight-decay", float),
+                       ("clip-max-norm", float), ("grad-accum", int), ("seed", int), ("num-workers", int),
+                       ("eval-every", int), ("eval-max-samples", int), ("checkpoint-every", int),
+                       ("keep-last", int), ("log-every", int), ("warmup-steps", int)):
+        p.add_argument(f"--{name}", type=kind, default=None)
+    p.add_argument("--lr-drops", type=int, nargs="*", default=None, help="epochs at which the LR is multiplied by 0.1")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument("--freeze-text-encoder", action="store_true", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main_cli(argv: Sequence[str] | None = None) -> int:
+    """``lvseg train ...``: parse ``argv`` and run :func:`train`; returns the exit status."""
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    if args.preset is None and args.model is None:
+        raise ConfigError("give --preset NAME (see `lvseg train --help`) or --model with a preset's data")
+    if args.preset is None:
+        raise ConfigError("--model alone does not say which data to train on: add --preset (e.g. "
+                          "referformer-r50-ytvos) and --data-root")
+    options: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in ("preset", "model", "data_root", "output_dir", "no_progress") or value is None:
+            continue
+        options[key] = tuple(value) if key == "lr_drops" else value
+    if args.no_progress:
+        options["progress"] = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        result = train(args.model, preset=args.preset, data_root=args.data_root, output_dir=args.output_dir, **options)
+    except LVSegError:
+        raise
+    logger.info("done: %d steps; final model %s; best %s (J&F %s)", result.steps, result.final_checkpoint,
+                result.best_checkpoint, result.best_metric)
+    return 0

@@ -1,0 +1,134 @@
+"""ReferFormer's training objective: Hungarian matching over the clip, then focal class, L1 + GIoU box, and sigmoid
+focal + dice mask losses on the matched query, with the same losses on every auxiliary decoder layer.
+
+Normalisation follows DETR: every term is summed and divided by ``num_boxes`` (the number of target-frames in the
+global batch, averaged over ranks), so the gradient of a data-parallel run equals that of one process with the
+whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from .matcher import HungarianMatcher, MatchCosts, VideoTarget, downsample_masks
+
+__all__ = ["LossWeights", "ReferFormerCriterion", "sigmoid_focal_loss", "dice_loss"]
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """Element-wise sigmoid focal loss (Lin et al. 2017); same shape as ``logits``. ``alpha < 0`` disables it."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-mask dice loss ``1 - (2 |p g| + 1) / (|p| + |g| + 1)``: logits, targets [N, P] -> [N]."""
+    prob = logits.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Loss coefficients (ReferFormer: class 2, L1 5, GIoU 2, mask focal 2, dice 5)."""
+
+    cls: float = 2.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    mask: float = 2.0
+    dice: float = 5.0
+
+
+class ReferFormerCriterion(torch.nn.Module):
+    """Matching + losses for :class:`lvseg.models.referformer.ReferFormer` outputs.
+
+    ``forward(outputs, targets, num_boxes)`` returns a dict of weighted loss terms (``loss_ce``, ``loss_bbox``,
+    ``loss_giou``, ``loss_mask``, ``loss_dice`` and ``<name>_<i>`` for auxiliary layer ``i``) and ``loss``, their
+    sum. ``num_boxes`` is the global number of target-frames (see :func:`count_boxes`).
+    """
+
+    def __init__(self, weights: LossWeights | None = None, costs: MatchCosts | None = None,
+                 focal_alpha: float = 0.25, aux_loss: bool = True, mask_stride: int = 4) -> None:
+        super().__init__()
+        self.weights = weights or LossWeights()
+        self.matcher = HungarianMatcher(costs, mask_stride=mask_stride)
+        self.focal_alpha = focal_alpha
+        self.aux_loss = aux_loss
+        self.mask_stride = mask_stride
+
+    @staticmethod
+    def count_boxes(targets: Sequence[VideoTarget]) -> float:
+        """Target-frames in this process's batch (objects x real frames), at least 1."""
+        return float(max(sum(int(t.labels.numel()) * int(t.frames.sum()) for t in targets), 1))
+
+    def layer_losses(self, outputs: dict[str, Any], targets: Sequence[VideoTarget],
+                     num_boxes: float) -> dict[str, torch.Tensor]:
+        """Unweighted losses of one decoder layer's outputs."""
+        logits, boxes, masks = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_masks"]
+        matches = self.matcher(outputs, targets)
+        b, t, q, k = logits.shape
+        device = logits.device
+
+        # classification: every query of every real frame; the matched query is positive where its target is
+        # visible, everything else is negative (focal loss handles the imbalance)
+        onehot = torch.zeros_like(logits, dtype=torch.float32)
+        frame_weight = torch.zeros((b, t, 1, 1), dtype=torch.float32, device=device)
+        l1_terms, giou_terms, src_masks, tgt_masks = [], [], [], []
+        for i, (target, (src, tgt)) in enumerate(zip(targets, matches)):
+            frame_weight[i, target.frames.to(device).bool()] = 1.0
+            for s, j in zip(src.tolist(), tgt.tolist()):
+                vis = target.valid[j].to(device).bool()
+                onehot[i, vis, s, int(target.labels[j])] = 1.0
+                if vis.any():
+                    pb = boxes[i, vis, s].float()
+                    tb = target.boxes[j, vis].to(device).float()
+                    l1_terms.append((pb - tb).abs().sum())
+                    giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(tb)))
+                    giou_terms.append((1 - giou).sum())
+                keep = target.frames.to(device).bool()
+                pm = masks[i, keep, s].float()  # [t', h, w]
+                tm = downsample_masks(target.masks[j, keep].to(device).float(), tuple(pm.shape[-2:]),
+                                      self.mask_stride)
+                src_masks.append(pm.flatten(1))
+                tgt_masks.append(tm.flatten(1))
+        focal = sigmoid_focal_loss(logits.float(), onehot, self.focal_alpha) * frame_weight
+        zero = logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) when nothing is matched
+        losses = {"loss_ce": focal.sum() / num_boxes}
+        losses["loss_bbox"] = (torch.stack(l1_terms).sum() / num_boxes) if l1_terms else zero + boxes.sum() * 0
+        losses["loss_giou"] = (torch.stack(giou_terms).sum() / num_boxes) if giou_terms else zero + boxes.sum() * 0
+        if src_masks:
+            pm, tm = torch.cat(src_masks), torch.cat(tgt_masks)
+            losses["loss_mask"] = sigmoid_focal_loss(pm, tm, self.focal_alpha).mean(1).sum() / num_boxes
+            losses["loss_dice"] = dice_loss(pm, tm).sum() / num_boxes
+        else:
+            losses["loss_mask"] = zero + masks.sum() * 0
+            losses["loss_dice"] = zero + masks.sum() * 0
+        return losses
+
+    def forward(self, outputs: dict[str, Any], targets: Sequence[VideoTarget],
+                num_boxes: float | None = None) -> dict[str, torch.Tensor]:
+        if num_boxes is None:
+            num_boxes = self.count_boxes(targets)
+        w = self.weights
+        coef = {"loss_ce": w.cls, "loss_bbox": w.bbox, "loss_giou": w.giou, "loss_mask": w.mask, "loss_dice": w.dice}
+        out: dict[str, torch.Tensor] = {}
+        layers = [("", outputs)]
+        if self.aux_loss:
+            layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        for suffix, layer in layers:
+            for name, value in self.layer_losses(layer, targets, num_boxes).items():
+                out[name + suffix] = value * coef[name]
+        out["loss"] = torch.stack(list(out.values())).sum()
+        return out

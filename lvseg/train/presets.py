@@ -1,0 +1,188 @@
+"""Training recipes: the official ReferFormer schedules and the small Shapes model that lvseg ships.
+
+A :class:`Preset` names the model family it trains, the model it starts from, the :class:`TrainConfig` values and
+how to build the training/validation datasets from a data root. ``lvseg.train(preset=...)`` and
+``lvseg train --preset ...`` use them; every value can be overridden.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+
+__all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
+           "build_shapes_tiny", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES"]
+
+logger = logging.getLogger(__name__)
+
+SHAPES_SIZE = 96  # frame size of the embedded Shapes model (square)
+SHAPES_FRAMES = 8  # frames per generated Shapes video
+SHAPES_CLIP = 4  # training clip length (consecutive frames)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe. ``model`` is a registry name or a callable returning a fresh model; ``data`` builds
+    ``(train, val)`` datasets from a data root (``val`` may be None)."""
+
+    name: str
+    family: str
+    model: str | Callable[[], Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    data: Callable[[str | Path], tuple[Dataset, Dataset | None]] | None = None
+    description: str = ""
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 400, max_length: int = 32) -> Any:
+    """A RoBERTa-style byte-level BPE tokenizer trained on ``corpus`` (``<s>``, ``<pad>``, ``</s>``, ``<unk>``,
+    ``<mask>`` = ids 0-4, like roberta-base), as a ``transformers`` tokenizer that saves with the model."""
+    import tempfile
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=1, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.save_model(tmp)
+        return RobertaTokenizerFast(vocab=f"{tmp}/vocab.json", merges=f"{tmp}/merges.txt", model_max_length=max_length)
+
+
+def shapes_tokenizer() -> Any:
+    """The BPE tokenizer of the Shapes vocabulary (every word, sentence-initial and after a space)."""
+    from ..data.shapes import VOCABULARY
+
+    words = list(VOCABULARY)
+    corpus = [" ".join(words)] * 4 + [f"{w} {v}" for w in words for v in words]
+    return train_bpe_tokenizer(corpus, vocab_size=400)
+
+
+def shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
+    """The ReferFormer configuration of the embedded Shapes model (~1 M parameters).
+
+    A timm ConvNeXt test-size CNN (strides 4-32, LayerNorm, trained from scratch) with a temporal convolution per
+    level (so motion expressions can be grounded), 2 encoder + 3 decoder layers of width 64 and a 2-layer RoBERTa
+    of width 64 on a BPE vocabulary of the Shapes words.
+    """
+    from ..models.base import PreprocessConfig
+    from ..models.referformer.config import ReferFormerConfig
+
+    text = {
+        "vocab_size": vocab_size, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 128, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 40, "type_vocab_size": 1,
+        "initializer_range": 0.02, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+    }
+    pre = PreprocessConfig(short_side=size, max_size=size, window=0, overlap=0, max_text_tokens=32)
+    return ReferFormerConfig(
+        preprocessing=pre, backbone="timm", timm_model="test_convnext", temporal_kernel=3, hidden_dim=64,
+        nheads=4, enc_layers=2, dec_layers=3, dim_feedforward=128, dropout=0.0, mask_dim=32, num_queries=5,
+        text_encoder=text, max_frames_per_pass=36,
+    )
+
+
+def build_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
+    """A freshly initialised embedded-model architecture with its tokenizer (random weights)."""
+    from ..models.referformer.model import ReferFormer
+
+    tokenizer = shapes_tokenizer()
+    return ReferFormer(shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------ data
+class ShuffledExpressions(Dataset):
+    """A text-blind control: every sample keeps its video and masks but gets the expression of another sample
+    (a fixed random permutation), so a model trained on it cannot learn language grounding."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset = dataset
+        n = len(dataset)  # type: ignore[arg-type]
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        self.texts = [self._text(order[i]) for i in range(n)]
+
+    def _text(self, index: int) -> str:
+        ds = self.dataset
+        if hasattr(ds, "samples") and hasattr(ds, "videos"):  # RefYouTubeVOS-style index: no frame decoding
+            vid, exp_id, _ = ds.samples[index]
+            return ds.videos[vid]["expressions"][exp_id]["exp"]
+        return ds[index]["text"]  # type: ignore[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = dict(self.dataset[index])  # type: ignore[index]
+        sample["text"] = self.texts[index]
+        return sample
+
+
+def shapes_data(root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0,
+                size: int = SHAPES_SIZE) -> tuple[Dataset, Dataset]:
+    """Shapes train/valid at ``root`` (generated first when missing) as training clips and evaluation videos."""
+    from ..data import ClipSampling, RefYouTubeVOS, shapes
+    from ..data.transforms import RandomHorizontalFlip
+
+    root = Path(root)
+    for split, n in (("train", num_train), ("valid", num_val)):
+        if not (root / "meta_expressions" / split / "meta_expressions.json").is_file():
+            logger.info("generating Shapes %s (%d videos) under %s", split, n, root)
+            shapes.generate(root, split, num_videos=n, frames=SHAPES_FRAMES, size=size, seed=seed, progress=False)
+    train = RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=SHAPES_CLIP, mode="random"),
+                          transform=RandomHorizontalFlip(0.5))
+    val = RefYouTubeVOS(root, "valid")
+    return train, val
+
+
+def ytvos_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
+    """Ref-YouTube-VOS train with ReferFormer's clip sampling (5 frames) and augmentation; no local validation."""
+    from ..data import ClipSampling, RefYouTubeVOS
+    from ..data.transforms import train_transforms
+
+    return RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=5, mode="referformer"),
+                         transform=train_transforms()), None
+
+
+_REFERFORMER_FINETUNE = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
+                             batch_size=1, epochs=6, lr_drops=(3, 5), freeze_text_encoder=True)
+
+PRESETS: dict[str, Preset] = {
+    "referformer-tiny-shapes": Preset(
+        "referformer-tiny-shapes", "referformer", build_shapes_tiny,
+        train=dict(lr=5e-4, lr_backbone=5e-4, lr_text_encoder=5e-4, weight_decay=1e-4, clip_max_norm=1.0,
+                   batch_size=2, epochs=1, max_steps=3000, warmup_steps=150, lr_drop_steps=(2400,),
+                   disable_dropout=True, eval_every=500, eval_max_samples=60, checkpoint_every=250, log_every=25),
+        data=shapes_data,
+        description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU)"),
+    "referformer-r50-ytvos": Preset(
+        "referformer-r50-ytvos", "referformer", "referformer-r50", train=dict(_REFERFORMER_FINETUNE), data=ytvos_data,
+        description="official Ref-YouTube-VOS fine-tuning (6 epochs, LR drops at 3 and 5, text encoder frozen)"),
+    "referformer-swin-l-ytvos": Preset(
+        "referformer-swin-l-ytvos", "referformer", "referformer-swin-l",
+        train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
+        description="official Swin-L Ref-YouTube-VOS fine-tuning (gradient checkpointing as --use_checkpoint)"),
+    "referformer-video-swin-b-ytvos": Preset(
+        "referformer-video-swin-b-ytvos", "referformer", "referformer-video-swin-b",
+        train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
+        description="official Video-Swin-B Ref-YouTube-VOS fine-tuning"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (a clear error lists the known ones)."""
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown training preset {name!r}.{hint} Known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
