@@ -31,6 +31,7 @@ __all__ = [
 
 # Modules that call register(); imported on first use of the registry. Families add themselves here.
 ENTRY_MODULES: list[str] = []
+ENTRY_MODULES.append("lvseg.models.referformer.entries")
 ENTRY_MODULES.append("lvseg.models.mttr.entries")
 
 

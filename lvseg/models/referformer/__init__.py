@@ -1,5 +1,24 @@
-"""ReferFormer (CVPR 2022). Importing this package is cheap; the model is in :mod:`.model`."""
+"""ReferFormer (CVPR 2022): ``config``, ``model``, ``convert`` and the registry ``entries``.
 
-from .config import ReferFormerConfig
+Nothing is imported eagerly, so that listing the registry does not load model code.
+"""
 
-__all__ = ["ReferFormerConfig"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["ReferFormer", "ReferFormerConfig", "convert", "convert_to_folder"]
+
+_LAZY = {
+    "ReferFormer": ".model",
+    "ReferFormerConfig": ".config",
+    "convert": ".convert",
+    "convert_to_folder": ".convert",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
