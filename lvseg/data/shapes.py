@@ -20,9 +20,11 @@ those splits have no ``Annotations``; the ``<split>_gt`` copy holds them so J&F 
 An expression that refers to several objects stores ``"obj_id"`` as a list of strings (MeViS style) instead of a
 single string.
 
-Determinism: all randomness comes from ``numpy.random.Generator(PCG64)`` seeded by ``(seed, split, video index)``
-(so video ``i`` is identical whatever ``num_videos`` is), and shapes are rasterised with integer arithmetic in
-1/16-pixel fixed point, so masks, texts and raw frames are identical on every machine. Frames are JPEG-encoded
+Determinism: all randomness comes from the raw output of NumPy's PCG64 bit generator seeded by
+``(seed, split, video index)`` (so video ``i`` is identical whatever ``num_videos`` is) and turned into numbers
+with lvseg's own arithmetic (NumPy's ``Generator`` methods may change between versions, its bit generators do
+not); shapes are rasterised with integer arithmetic in 1/16-pixel fixed point. So masks, texts and raw frames
+are identical on every machine. Frames are JPEG-encoded
 with Pillow (``quality=90``); the JPEG bytes depend on the libjpeg build, the decoded pixels barely.
 """
 
@@ -33,7 +35,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -148,6 +150,42 @@ class ShapesVideo:
     expressions: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
 
+class _Stream:
+    """Random numbers drawn from the raw 64-bit output of PCG64 with our own (documented) arithmetic.
+
+    NumPy keeps bit generators stable across versions but not the algorithms of ``Generator.integers`` and
+    friends, so integers (``raw % n``; the bias is below n / 2**64), floats (top 53 bits) and permutations
+    (Fisher-Yates) are derived here, which makes Shapes independent of the NumPy version.
+    """
+
+    def __init__(self, seed_sequence: np.random.SeedSequence | int) -> None:
+        self._bits = np.random.PCG64(seed_sequence)
+
+    def integers(self, low: int, high: int | None = None, size: int | tuple[int, ...] | None = None) -> Any:
+        """Uniform integers in ``[low, high)`` (``[0, low)`` with one argument): an int, or int64 array of ``size``."""
+        if high is None:
+            low, high = 0, low
+        n = int(high) - int(low)
+        if n <= 0:
+            raise ValueError(f"empty range [{low}, {high})")
+        if size is None:
+            return int(low) + int(self._bits.random_raw()) % n
+        raw = self._bits.random_raw(int(np.prod(size)))
+        return (raw % np.uint64(n)).astype(np.int64).reshape(size) + int(low)
+
+    def random(self) -> float:
+        """A float in ``[0, 1)`` with 53 random bits."""
+        return (int(self._bits.random_raw()) >> 11) * (1.0 / 9007199254740992.0)
+
+    def permutation(self, n: int) -> list[int]:
+        """A random permutation of ``range(n)`` (Fisher-Yates)."""
+        out = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self.integers(i + 1)
+            out[i], out[j] = out[j], out[i]
+        return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rasterisation (integer arithmetic only).
 def _shape_mask(obj: ShapeObject, t: int, height: int, width: int) -> tuple[slice, slice, np.ndarray] | None:
@@ -198,11 +236,11 @@ def _polygon_mask(verts: Sequence[tuple[int, int]], X: np.ndarray, Y: np.ndarray
 def render_video(video: ShapesVideo) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Rasterise a video: frames ``uint8 [H, W, 3]`` and object-id maps ``uint8 [H, W]`` (0 = background)."""
     H, W = video.height, video.width
-    noise_rng = np.random.Generator(np.random.PCG64(video.noise_seed))
+    noise_rng = _Stream(video.noise_seed)
     frames, ids = [], []
     for t in range(video.num_frames):
         # mild per-frame sensor noise so that no frame is an exact copy of another
-        noise = noise_rng.integers(-4, 5, size=(H, W, 1), dtype=np.int16)
+        noise = noise_rng.integers(-4, 5, size=(H, W, 1)).astype(np.int16)
         frame = np.clip(video.background.astype(np.int16) + noise, 0, 255).astype(np.uint8)
         idmap = np.zeros((H, W), dtype=np.uint8)
         for obj in video.objects:  # later objects are drawn on top
@@ -217,7 +255,7 @@ def render_video(video: ShapesVideo) -> tuple[list[np.ndarray], list[np.ndarray]
     return frames, ids
 
 
-def _background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
+def _background(rng: _Stream, H: int, W: int) -> np.ndarray:
     """A low-saturation textured background ``uint8 [H, W, 3]`` (stripes, checks or blocks plus noise)."""
     base = int(rng.integers(70, 151))
     tint = rng.integers(-12, 13, size=3)
@@ -244,7 +282,7 @@ def _background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Scene sampling.
-def _trajectory(rng: np.random.Generator, motion: str, ext: int, T: int, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+def _trajectory(rng: _Stream, motion: str, ext: int, T: int, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame centres (1/16 px) for a motion; axis motions stay inside the frame, bouncing reflects off it."""
     lo_x, hi_x = ext, W * _FP - ext
     lo_y, hi_y = ext, H * _FP - ext
@@ -285,7 +323,7 @@ def _reflect(u: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return lo + np.where(w > length, 2 * length - w, w)
 
 
-def _sample_objects(rng: np.random.Generator, T: int, H: int, W: int) -> list[ShapeObject]:
+def _sample_objects(rng: _Stream, T: int, H: int, W: int) -> list[ShapeObject]:
     n = int(rng.integers(2, 6))
     colors, shapes = list(COLORS), list(SHAPES)
     objs: list[ShapeObject] = []
@@ -401,7 +439,7 @@ def _candidate_expressions(objs: Sequence[ShapeObject]) -> list[tuple[str, str, 
     return unique
 
 
-def _choose_expressions(rng: np.random.Generator, objs: Sequence[ShapeObject],
+def _choose_expressions(rng: _Stream, objs: Sequence[ShapeObject],
                         per_object: int) -> list[tuple[str, tuple[int, ...]]]:
     cands = _candidate_expressions(objs)
     chosen: list[tuple[str, tuple[int, ...]]] = []
@@ -443,9 +481,9 @@ def _visible_enough(video: ShapesVideo, ids: list[np.ndarray]) -> bool:
     return True
 
 
-def _video_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def _video_rng(seed: int, split: str, index: int) -> _Stream:
     key = [int(seed), len(split), *split.encode("utf-8"), int(index)]
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+    return _Stream(np.random.SeedSequence(key))
 
 
 def make_video(seed: int, split: str, index: int, num_frames: int, height: int, width: int,
