@@ -6,7 +6,6 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -42,7 +41,8 @@ def test_a2dplus_masks_labels_and_query_fixes(tmp_path: Path) -> None:
     assert len(ds) == 2
     s = ds[0]
     assert s["text"] == "the person in red is standing"  # Locater's typo table
-    assert s["frame_ids"] == ["00001", "00002", "00003", "00004"] and s["frames"][:, 0, 0, 0].tolist() == [0, 25, 50, 75]
+    assert s["frame_ids"] == ["00001", "00002", "00003", "00004"]
+    assert s["frames"][:, 0, 0, 0].tolist() == [0, 25, 50, 75]
     assert s["annotated"].tolist() == [False, True, False, True] and s["valid"].tolist() == [False, True, False, True]
     expected = torch.zeros(H, W, dtype=torch.bool)
     expected[2:6, 4:9] = True
@@ -104,7 +104,8 @@ def write_refcoco(root: Path) -> None:
             {"id": 11, "image_id": 2, "category_id": 1, "bbox": [0, 0, 12, 10],
              "segmentation": [_polygon_square(0, 0, 8, 8), _polygon_square(4, 4, 12, 10)]},
             {"id": 12, "image_id": 2, "category_id": 3, "bbox": [0, 0, 3, 20], "segmentation": rle},
-            {"id": 13, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "segmentation": [_polygon_square(0, 0, 1, 1)]},
+            {"id": 13, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1],
+             "segmentation": [_polygon_square(0, 0, 1, 1)]},
         ],
         "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]})
 

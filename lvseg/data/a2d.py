@@ -169,7 +169,8 @@ class A2DSentences(Dataset):
                                        "re-extract a2d_annotation_with_instances.")
                 if self.frames_dir is None and not (self.video_dir / f"{video}.mp4").is_file():
                     raise DatasetError(f"video {video!r} is in the {self.split} split but "
-                                       f"'{self.video_dir / (video + '.mp4')}' is missing; re-extract Release/clips320H.")
+                                       f"'{self.video_dir / (video + '.mp4')}' is missing; "
+                                       "re-extract Release/clips320H.")
                 frame_instances[video] = [(int(p.stem), read_a2d_frame_annotation(p)[0])
                                           for p in sorted(folder.glob("*.h5"))]
             for frame_idx, instances in frame_instances[video]:

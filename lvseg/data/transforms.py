@@ -137,7 +137,8 @@ class ResizeShortSide:
 
     def __init__(self, size: int, max_size: int | None = None) -> None:
         if size < 1 or (max_size is not None and max_size < size):
-            raise InvalidInputError(f"ResizeShortSide needs 1 <= size <= max_size, got size={size}, max_size={max_size}.")
+            raise InvalidInputError(f"ResizeShortSide needs 1 <= size <= max_size, got size={size}, "
+                                    f"max_size={max_size}.")
         self.size, self.max_size = size, max_size
 
     def __call__(self, sample: Sample) -> Sample:
@@ -275,7 +276,8 @@ class ColorJitter:
         return sample
 
     def __repr__(self) -> str:
-        return f"ColorJitter({self.jitter.brightness}, {self.jitter.contrast}, {self.jitter.saturation}, {self.jitter.hue})"
+        j = self.jitter
+        return f"ColorJitter({j.brightness}, {j.contrast}, {j.saturation}, {j.hue})"
 
 
 class Normalize:
