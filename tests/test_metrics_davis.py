@@ -24,7 +24,8 @@ from lvseg.metrics import (
     boundary_map,
     boundary_radius,
     db_statistics,
-    disk_rectangles,
+    disk_half_widths,
+    region_and_boundary,
     region_similarity,
 )
 
@@ -123,13 +124,34 @@ def test_boundary_map_definition() -> None:
 
 
 @pytest.mark.parametrize("radius", list(range(0, 16)))
-def test_disk_rectangles_cover_exactly_the_disk(radius: int) -> None:
-    size = 2 * radius + 1
-    covered = np.zeros((size, size), bool)
-    for half_h, half_w in disk_rectangles(radius):
-        covered[radius - half_h:radius + half_h + 1, radius - half_w:radius + half_w + 1] = True
+def test_disk_half_widths_describe_exactly_the_disk(radius: int) -> None:
+    widths = disk_half_widths(radius)
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    covered = np.abs(xx) <= np.array([widths[abs(dy)] for dy in range(-radius, radius + 1)])[:, None]
     assert covered.tolist() == (yy ** 2 + xx ** 2 <= radius ** 2).tolist()
+
+
+def test_f_equals_explicit_dilation_on_random_masks() -> None:
+    """F from boundary lookups equals the textbook definition with an explicit disk dilation (zero border)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    for shape, radius in [((3, 50, 70), 2), ((2, 31, 17), 5), ((2, 9, 200), 1)]:
+        pred = rng.random(shape) < 0.3
+        gt = ndimage.binary_dilation(rng.random(shape) < 0.02, iterations=2)
+        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        disk = yy ** 2 + xx ** 2 <= radius ** 2
+        expected = []
+        for p, g in zip(pred, gt):
+            pb, gb = boundary_map(p), boundary_map(g)
+            p_dil, g_dil = ndimage.binary_dilation(pb, disk), ndimage.binary_dilation(gb, disk)
+            precision = (pb & g_dil).sum() / pb.sum() if pb.sum() else 1.0
+            recall = (gb & p_dil).sum() / gb.sum() if gb.sum() else 1.0
+            expected.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+        assert boundary_f(pred, gt, bound_th=radius).tolist() == pytest.approx(expected, abs=1e-15)
+        j, f = region_and_boundary(pred, gt, bound_th=radius)
+        assert f.tolist() == boundary_f(pred, gt, bound_th=radius).tolist()
+        assert j.tolist() == region_similarity(pred, gt).tolist()
 
 
 def test_boundary_radius_rule() -> None:

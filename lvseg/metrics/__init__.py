@@ -14,7 +14,15 @@ One evaluator per benchmark protocol: :class:`ExpressionJF` (MeViS, Ref-YouTube-
 """
 
 from .coco import COCO_MAP_KEYS, coco_mask_map, encode_rle
-from .davis import boundary_f, boundary_map, boundary_radius, db_statistics, disk_rectangles, region_similarity
+from .davis import (
+    boundary_f,
+    boundary_map,
+    boundary_radius,
+    db_statistics,
+    disk_half_widths,
+    region_and_boundary,
+    region_similarity,
+)
 from .evaluate import build_dataset, evaluate, format_result, make_evaluator
 from .iou import (
     LAVT,
@@ -45,7 +53,8 @@ __all__ = [
     "boundary_f",
     "boundary_map",
     "boundary_radius",
-    "disk_rectangles",
+    "disk_half_widths",
+    "region_and_boundary",
     "db_statistics",
     "IoUProtocol",
     "MTTR",

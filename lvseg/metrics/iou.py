@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from ._arrays import as_mask_tensor, check_same_shape
+from ._arrays import as_mask_array, check_same_shape
 
 __all__ = [
     "IoUProtocol",
@@ -91,13 +91,15 @@ def intersection_union(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(I, U)``: int64 numpy arrays of shape [...] (0-d for a single mask).
     """
-    p, _ = as_mask_tensor(pred, "pred")
-    g, _ = as_mask_tensor(gt, "gt")
+    p, _ = as_mask_array(pred, "pred")
+    g, _ = as_mask_array(gt, "gt")
     check_same_shape(p, g, ("pred", "gt"))
-    g = g.to(p.device)
-    i = (p & g).flatten(-2).sum(-1, dtype=torch.int64)
-    u = (p | g).flatten(-2).sum(-1, dtype=torch.int64)
-    return i.cpu().numpy(), u.cpu().numpy()
+    lead = p.shape[:-2]
+    p = p.reshape(-1, p.shape[-2] * p.shape[-1])
+    g = g.reshape(p.shape)
+    i = np.count_nonzero(p & g, axis=1).astype(np.int64).reshape(lead)
+    u = np.count_nonzero(p | g, axis=1).astype(np.int64).reshape(lead)
+    return i, u
 
 
 def sample_ious(intersection: Any, union: Any, protocol: IoUProtocol | str = "mttr") -> np.ndarray:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..errors import DatasetError, InvalidInputError
 from .base import Evaluator, format_table
-from .davis import boundary_f, db_statistics, region_similarity
+from .davis import db_statistics, region_and_boundary
 
 __all__ = [
     "DAVIS_MEASURES",
@@ -130,8 +130,7 @@ class DAVISUnsupervised:
         # every (proposal, object) pair at once: [P, G, T, H, W]
         pairs_pred = np.broadcast_to(proposals[:, None], (n_prop, n_gt, *pred.shape))
         pairs_gt = np.broadcast_to(gt_objects[None], (n_prop, n_gt, *gt.shape))
-        j = region_similarity(pairs_pred, pairs_gt, void)
-        f = boundary_f(pairs_pred, pairs_gt, self.bound_th, void)
+        j, f = region_and_boundary(pairs_pred, pairs_gt, self.bound_th, void)
         cost = (np.mean(j, axis=2) + np.mean(f, axis=2)) / 2
         from scipy.optimize import linear_sum_assignment
 

@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import DatasetError, InvalidInputError
 from ..utils import atomic_path
 from .base import Evaluator, to_numpy_masks
-from .davis import boundary_f, region_similarity
+from .davis import region_and_boundary
 
 __all__ = [
     "ExpressionJF",
@@ -91,8 +91,8 @@ class ExpressionJF(Evaluator):
                 f"{video}/{exp_id}: prediction {p.shape} and ground truth {g.shape} differ; predict every listed "
                 "frame at the original resolution"
             )
-        j = float(np.mean(region_similarity(p, g)))
-        f = float(np.mean(boundary_f(p, g, self.bound_th)))
+        j_frames, f_frames = region_and_boundary(p, g, self.bound_th)
+        j, f = float(np.mean(j_frames)), float(np.mean(f_frames))
         self.per_expression[self._key(video, exp_id)] = (j, f)
         return j, f
 
