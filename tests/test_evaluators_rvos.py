@@ -268,3 +268,33 @@ def test_submission_layout_and_zip(tmp_path: Path) -> None:
         assert zf.namelist() == ["v/0/00000.png"]
     with pytest.raises(InvalidInputError, match="frame names"):
         write_expression_pngs(tmp_path / "x", "v", "0", masks, ["00000"])
+
+
+def test_evaluate_on_lvseg_mevis_dataset_matches_official(tmp_path: Path) -> None:
+    """lvseg.data.MeViS on the miniature valid_u split + lvseg.evaluate give eval_mevis.py's numbers."""
+    import torch
+
+    import lvseg
+    from lvseg.data import MeViS
+
+    split = tmp_path / "mevis" / "valid_u"
+    write_mini_mevis(split, tmp_path / "pred", skip=())
+    for vid, (n, h, w) in MEVIS_VIDEOS.items():
+        for t in range(n):
+            path = split / "JPEGImages" / vid / f"{t:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path)
+
+    def runner(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        vid, exp = sample["video"], sample["exp_id"]
+        n, h, w = MEVIS_VIDEOS[vid]
+        if (vid, exp) == ("vid_b", "5"):  # the expression with no prediction folder in the official run
+            masks = np.zeros((n, h, w), bool)
+        else:
+            masks = np.stack([mini_mevis_pred(vid, exp, t, h, w) for t in range(n)])
+        return torch.from_numpy(masks), torch.ones(n)
+
+    result = lvseg.evaluate(None, MeViS(tmp_path / "mevis", "valid_u"), runner=runner, progress=False)
+    golden = GOLDEN["mevis"]
+    assert result["J"] == 100 * golden["J_raw"] and result["F"] == 100 * golden["F_raw"]
+    assert round(result["J&F"], 2) == golden["J&F"]

@@ -231,7 +231,10 @@ def evaluate(
                 )
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-    has_gt = bool(getattr(dataset, "has_ground_truth", True))
+    has_gt = getattr(dataset, "has_ground_truth", None)
+    if has_gt is None:  # no attribute: look at the first sample
+        first = dataset[0]
+        has_gt = isinstance(first, Mapping) and first.get("masks") is not None
     evaluator = make_evaluator(protocol, dataset, output_dir=out, davis_root=davis_root, has_ground_truth=has_gt)
     run = runner or _default_runner(model)
     reused = 0

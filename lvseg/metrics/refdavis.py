@@ -250,20 +250,19 @@ class RefDAVIS17Evaluator(Evaluator):
         self._tables = None
 
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
-        """``sample`` needs ``video`` and either ``obj_id`` + ``anno_id`` or an integer ``exp_id`` (= obj * 4 + anno).
-
-        ``obj_id`` is the object's position among the video's objects (0-based), as in ReferFormer's loop.
+        """``sample`` needs ``video`` and an integer ``exp_id`` = ``k * 4 + annotator`` where ``k`` is the object's
+        position among the video's objects (ReferFormer's numbering, also :class:`lvseg.data.RefDAVIS17`'s);
+        ``annotator`` (0-3) is read from the sample when present.
         """
         if "video" not in sample:
             raise InvalidInputError("Ref-DAVIS17 evaluation needs sample['video']")
-        if "anno_id" in sample and "obj_id" in sample:
-            obj, anno = int(sample["obj_id"]), int(sample["anno_id"])
+        if "exp_id" in sample and "annotator" in sample:
+            obj, anno = int(sample["exp_id"]) // self.annotators, int(sample["annotator"])
         elif "exp_id" in sample:
             exp = int(sample["exp_id"])
             obj, anno = exp // self.annotators, exp % self.annotators
         else:
-            raise InvalidInputError("Ref-DAVIS17 evaluation needs sample['obj_id'] and sample['anno_id'] "
-                                    "(or an integer sample['exp_id'])")
+            raise InvalidInputError("Ref-DAVIS17 evaluation needs an integer sample['exp_id'] (object * 4 + annotator)")
         self.add(str(sample["video"]), obj, anno, masks)
 
     def _labels(self, video: str, annotator: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -111,8 +111,9 @@ class MTTREvaluator(Evaluator):
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
         """Every annotated frame of ``sample`` (``annotated`` bool [T]; default all) is one GT image.
 
-        ``sample`` needs ``video`` and ``masks`` ([T, H, W]); ``frame_ids`` (official frame names) and
-        ``instance_id`` (A2D) build the image id, see :func:`a2d_image_id`.
+        ``sample`` needs ``video`` and ``masks`` ([T, H, W]). A sample with one annotated frame and an ``image_id``
+        (as :class:`lvseg.data.A2DSentences` / ``JHMDBSentences`` give) uses that id; otherwise ``frame_ids``
+        (official frame names) and ``instance_id`` (A2D) build it, see :func:`a2d_image_id`.
         """
         if "video" not in sample or "masks" not in sample:
             raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
@@ -120,9 +121,14 @@ class MTTREvaluator(Evaluator):
         pred = to_numpy_masks(masks, "masks", 3)
         score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
                            dtype=np.float64).reshape(-1)
+        frames = _annotated_frames(sample, gt.shape[0])
+        given = sample.get("image_id")
+        if isinstance(given, str) and len(frames) == 1:  # lvseg.data's A2D/JHMDB samples: one annotated frame
+            self.add(given, gt[frames[0]], pred[frames[0]], score[frames[0]])
+            return
         names = _frame_names(sample, gt.shape[0])
         instance = sample.get("instance_id")
-        for t in _annotated_frames(sample, gt.shape[0]):
+        for t in frames:
             image_id = a2d_image_id(str(sample["video"]), names[t], instance)
             self.add(image_id, gt[t], pred[t], score[t])
 
