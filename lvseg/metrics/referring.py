@@ -17,7 +17,7 @@ evaluator           what it reproduces                                        nu
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
