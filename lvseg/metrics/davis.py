@@ -76,18 +76,20 @@ def _crop(p: np.ndarray, g: np.ndarray) -> tuple[slice, slice] | None:
     extra row/column below/right is background on both masks so the window's own last row/column rule gives no
     boundary there, and dilation windows clipped to it contain the same boundary pixels as clipped to the image.
     """
-    rows = np.flatnonzero(p.any(axis=(0, 2)) | g.any(axis=(0, 2)))
+    rows = np.flatnonzero(p.any(axis=2).any(axis=0) | g.any(axis=2).any(axis=0))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(p.any(axis=(0, 1)) | g.any(axis=(0, 1)))
+    band = slice(int(rows[0]), int(rows[-1]) + 1)
+    cols = np.flatnonzero(p[:, band].any(axis=1).any(axis=0) | g[:, band].any(axis=1).any(axis=0))
     height, width = p.shape[-2:]
     return (slice(max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, height)),
             slice(max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, width)))
 
 
 def _count(x: np.ndarray) -> np.ndarray:
-    """Foreground pixels per frame of bool [n, h, w] -> int64 [n]."""
-    return np.count_nonzero(x.reshape(x.shape[0], -1), axis=1).astype(np.int64)
+    """Foreground pixels per frame of bool [n, h, w] -> int64 [n] (per-frame ``count_nonzero`` without ``axis``
+    takes NumPy's fast path)."""
+    return np.array([np.count_nonzero(frame) for frame in x], dtype=np.int64)
 
 
 def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None,
@@ -222,7 +224,8 @@ def _count_near(src: np.ndarray, dst: np.ndarray, half_widths: Sequence[int]) ->
     Equals ``sum(src * dilate(dst, disk))`` with a zero border, without dilating anything: for every row ``dy`` of
     the disk, a ``src`` pixel at ``(k, y, x)`` looks for a ``dst`` index in ``[(k, y + dy, x - w), (k, y + dy, x + w)]``
     with two binary searches in the sorted ``dst`` indices (row-major order keeps each row segment contiguous).
-    Matched pixels stop searching, and rows are visited from the centre out, so most pixels need one or two rows.
+    Matched pixels stop searching, rows are visited from the centre out (most pixels need one or two rows), and a
+    coarse block map of ``dst`` settles pixels with no ``dst`` pixel anywhere near before any search.
 
     Args:
         src, dst: ``(flat_indices int64 [K] sorted, (n, h, w))`` as returned by :func:`_boundary_indices`.
@@ -234,9 +237,20 @@ def _count_near(src: np.ndarray, dst: np.ndarray, half_widths: Sequence[int]) ->
     frame_rows = src_idx // width  # k * h + y
     y = frame_rows % height
     x = src_idx % width
-    todo = np.arange(src_idx.size)  # the src pixels not matched yet
-    matched = np.zeros(src_idx.size, dtype=bool)
     radius = len(half_widths) - 1
+    # coarse pre-filter: blocks of (2r + 1)² pixels that hold a dst pixel; a src pixel whose neighbourhood
+    # (at most 2 x 2 blocks) holds none cannot match, which settles isolated boundary pixels at once
+    block = 2 * radius + 1
+    grid_h, grid_w = -(-height // block), -(-width // block)
+    dst_rows = dst_idx // width
+    occupied = np.zeros((n_frames, grid_h + 1, grid_w + 1), dtype=bool)  # +1: a zero border for the lookups
+    occupied[dst_rows // height, (dst_rows % height) // block, (dst_idx % width) // block] = True
+    frame = frame_rows // height
+    by0, by1 = np.maximum(y - radius, 0) // block, (y + radius) // block
+    bx0, bx1 = np.maximum(x - radius, 0) // block, (x + radius) // block
+    near = occupied[frame, by0, bx0] | occupied[frame, by0, bx1] | occupied[frame, by1, bx0] | occupied[frame, by1, bx1]
+    todo = np.flatnonzero(near)  # the src pixels not settled yet
+    matched = np.zeros(src_idx.size, dtype=bool)
     for dy in sorted(range(-radius, radius + 1), key=abs):
         if todo.size == 0:
             break
