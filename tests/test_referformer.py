@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gzip
 import json
 import sys
@@ -42,7 +43,8 @@ def official_checkpoint(name: str, path: Path) -> tuple[Path, dict]:
     """Rebuild the official-format checkpoint of fixture ``name`` (the weights the golden outputs came from)."""
     meta = json.loads((FIXTURES / f"{name}.json").read_text())
     rows = meta["state_dict"]
-    floats = {k: tuple(s) for k, s, dt in rows if dt.startswith("float") and not k.startswith("transformer.decoder.bbox")}
+    floats = {k: tuple(s) for k, s, dt in rows
+              if dt.startswith("float") and not k.startswith("transformer.decoder.bbox_embed.")}
     state = fill_official_state(floats)
     for k, s, dt in rows:
         if k.startswith("transformer.decoder.bbox_embed."):
@@ -255,6 +257,35 @@ def test_bfloat16_agrees_with_float32(r50):
     assert (out["pred_logits"].float().sigmoid() - ref["pred_logits"].sigmoid()).abs().max() < 0.05
     agreement = ((out["pred_masks"].float() > 0) == (ref["pred_masks"] > 0)).float().mean()
     assert agreement > 0.95
+
+
+def test_a2d_valid_frame_is_decoded_alone_after_the_backbone(r50):
+    """A2D/JHMDB: only the annotated frame goes past the backbone; with a per-frame (2-D) backbone that equals
+    running the model on that frame alone."""
+    model, meta, _, frames = r50
+    frames = frames[:, :, :, :32, :48]
+    texts = meta["expressions"]
+    with torch.no_grad():
+        out = model(frames, texts, valid_indices=[2, 0])
+        alone = [model(frames[i:i + 1, [f]], texts[i:i + 1]) for i, f in enumerate((2, 0))]
+    assert out["pred_masks"].shape[:3] == (2, 1, 5)
+    for i in range(2):
+        assert torch.allclose(out["pred_masks"][i], alone[i]["pred_masks"][0], atol=1e-4)
+        assert torch.allclose(out["pred_logits"][i], alone[i]["pred_logits"][0], atol=1e-5)
+    with pytest.raises(InvalidInputError, match="valid_indices"):
+        model(frames, texts, valid_indices=[3, 0])
+
+
+def test_fused_attention_agrees_with_the_exact_path(r50):
+    model, meta, _, frames = r50
+    frames = frames[:, :2, :, :32, :48]
+    fused = ReferFormer(dataclasses.replace(model.config, fused_attention=True), tokenizer=model.tokenizer).eval()
+    fused.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ref, out = model(frames, meta["expressions"]), fused(frames, meta["expressions"])
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):
+        scale = ref[key].abs().max().item()
+        assert (out[key] - ref[key]).abs().max().item() <= 1e-5 * max(1.0, scale), key
 
 
 def test_bad_inputs_raise_clear_errors(r50):

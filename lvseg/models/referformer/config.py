@@ -60,7 +60,9 @@ class ReferFormerConfig(ModelConfig):
     ``protocol`` is the inference protocol of :meth:`ReferFormer.segment` (see ``PROTOCOLS``);
     ``max_frames_per_pass`` > 0 runs longer clips in passes of that many frames and still picks one query for
     the whole clip by the Ref-YouTube-VOS rule; 0 = one pass whatever the length (the paper's protocol, which
-    needs about 24 GB for a typical Ref-YouTube-VOS video).
+    needs about 24 GB for a typical Ref-YouTube-VOS video). ``fused_attention`` runs the standard attention
+    layers through PyTorch's fused kernels: less memory and time for long clips, but results differ from the
+    official code by float rounding (~1e-6 relative) instead of matching it bit for bit.
     """
 
     architecture: str = "referformer"
@@ -87,6 +89,7 @@ class ReferFormerConfig(ModelConfig):
     davis_clip_frames: int = 36
     max_frames_per_pass: int = 36
     gradient_checkpointing: bool = False
+    fused_attention: bool = False
     timm_model: str = ""
     temporal_kernel: int = 0
 

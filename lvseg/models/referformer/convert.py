@@ -132,7 +132,8 @@ def _text_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return cfg
 
 
-def infer_config(state: dict[str, torch.Tensor], args: dict[str, Any], backbone: str | None = None) -> ReferFormerConfig:
+def infer_config(state: dict[str, torch.Tensor], args: dict[str, Any],
+                 backbone: str | None = None) -> ReferFormerConfig:
     """The :class:`ReferFormerConfig` an official state dict was built with."""
     detected = detect_backbone(state)
     if backbone is not None and backbone != detected:
@@ -143,8 +144,10 @@ def infer_config(state: dict[str, torch.Tensor], args: dict[str, Any], backbone:
         hidden = int(state["query_embed.weight"].shape[1])
         nheads = int(args.get("nheads", 8))
         n_levels = int(state["transformer.level_embed"].shape[0])
-        enc_points = state["transformer.encoder.layers.0.self_attn.attention_weights.weight"].shape[0] // (nheads * n_levels)
-        dec_points = state["transformer.decoder.layers.0.cross_attn.attention_weights.weight"].shape[0] // (nheads * n_levels)
+        enc_weights = state["transformer.encoder.layers.0.self_attn.attention_weights.weight"]
+        dec_weights = state["transformer.decoder.layers.0.cross_attn.attention_weights.weight"]
+        enc_points = enc_weights.shape[0] // (nheads * n_levels)
+        dec_points = dec_weights.shape[0] // (nheads * n_levels)
         config = ReferFormerConfig(
             backbone=name,
             swin=swin,
@@ -196,10 +199,11 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: ReferFormerConfig
                 raise CheckpointError(f"{key} is not an exact copy of {twin}; the checkpoint is inconsistent")
             continue
         if key.endswith("relative_position_index"):
-            n = value.shape[0]
-            expected = _relative_position_index(tuple(config.swin.window))  # type: ignore[union-attr]
-            if value.shape != expected.shape or (not value.is_meta and not torch.equal(value.cpu().long(), expected)):
-                raise CheckpointError(f"{key} ({n}x{n}) differs from the index of window {config.swin.window}")  # type: ignore[union-attr]
+            window = tuple(config.swin.window) if config.swin else ()
+            expected = _relative_position_index(window)  # type: ignore[arg-type]
+            same = value.is_meta or torch.equal(value.cpu().long(), expected)
+            if value.shape != expected.shape or not same:
+                raise CheckpointError(f"{key} {tuple(value.shape)} differs from the index of window {window}")
             continue
         out[_map_key(key)] = value
     _check_keys(out, config)
@@ -232,7 +236,8 @@ def _check_keys(state: dict[str, torch.Tensor], config: ReferFormerConfig) -> No
         raise CheckpointError("cannot convert the ReferFormer checkpoint: " + "; ".join(parts))
 
 
-def convert(checkpoint_path: str | Path, backbone: str | None = None) -> tuple[dict[str, torch.Tensor], ReferFormerConfig]:
+def convert(checkpoint_path: str | Path,
+            backbone: str | None = None) -> tuple[dict[str, torch.Tensor], ReferFormerConfig]:
     """Read an official ReferFormer checkpoint; returns (lvseg state dict, config).
 
     ``backbone`` (e.g. ``"swin-l"``) checks the inferred backbone; it is inferred from the keys otherwise.

@@ -15,15 +15,16 @@ __all__ = ["VisionLanguageFusion", "VisionLanguageBlock", "CrossModalFPN"]
 class VisionLanguageFusion(nn.Module):
     """Early fusion: visual tokens attend to the words; the result *multiplies* the visual tokens (no residual)."""
 
-    def __init__(self, d_model: int, nhead: int) -> None:
+    def __init__(self, d_model: int, nhead: int, fused_attention: bool = False) -> None:
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=0.0)
+        self.fused_attention = fused_attention
 
     def forward(self, visual: torch.Tensor, words: torch.Tensor, words_mask: torch.Tensor,
                 words_pos: torch.Tensor) -> torch.Tensor:
         """visual: [S, B, C]; words, words_pos: [L, B, C]; words_mask: bool [B, L] -> [S, B, C]."""
         attended = self.multihead_attn(query=visual, key=words + words_pos, value=words,
-                                       key_padding_mask=words_mask)[0]
+                                       key_padding_mask=words_mask, need_weights=not self.fused_attention)[0]
         return visual * attended
 
 
@@ -33,8 +34,11 @@ class VisionLanguageBlock(nn.Module):
     attention output is bilinearly upsampled back."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 sr_ratio: int = 1) -> None:
+                 sr_ratio: int = 1, fused_attention: bool = False) -> None:
         super().__init__()
+        # fused_attention: PyTorch's fused kernels (need_weights=False); no [heads, S, S] matrix in memory, but
+        # the summation order differs from the official code (~1e-6 relative)
+        self.fused_attention = fused_attention
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -67,14 +71,15 @@ class VisionLanguageBlock(nn.Module):
             key_mask = tgt_mask.reshape(b * t, h, w)
             key_mask = F.interpolate(key_mask[None].float(), size=(new_h, new_w), mode="nearest").bool()[0]
             key_mask = key_mask.reshape(b, t, new_h, new_w).flatten(1)
-        attn = self.self_attn(q, k, value=v, key_padding_mask=key_mask)[0]
+        attn = self.self_attn(q, k, value=v, key_padding_mask=key_mask,
+                              need_weights=not self.fused_attention)[0]
         if self.sr_ratio > 1:
             attn = rearrange(attn, "(t h w) b c -> (b t) c h w", t=t, h=new_h, w=new_w)
             attn = F.interpolate(attn, size=(h, w), mode="bilinear", align_corners=False)
             attn = rearrange(attn, "(b t) c h w -> (t h w) b c", t=t)
         tgt = self.norm1(tgt + self.dropout1(attn))
         attn = self.multihead_attn(query=tgt + query_pos, key=memory + memory_pos, value=memory,
-                                   key_padding_mask=memory_mask)[0]
+                                   key_padding_mask=memory_mask, need_weights=not self.fused_attention)[0]
         tgt = self.norm2(tgt + self.dropout2(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn))
@@ -104,14 +109,15 @@ class CrossModalFPN(nn.Module):
     """
 
     def __init__(self, s4_channels: int, conv_dim: int = 256, mask_dim: int = 256, dim_feedforward: int = 2048,
-                 nhead: int = 8) -> None:
+                 nhead: int = 8, fused_attention: bool = False) -> None:
         super().__init__()
         in_channels = [s4_channels, conv_dim, conv_dim, conv_dim]
         sr_ratios = [8, 4, 2, 1]
         for k in range(4):
             self.add_module(f"adapter_{k + 1}", ConvNorm(in_channels[k], conv_dim, 1, relu=False))
             self.add_module(f"layer_{k + 1}", ConvNorm(conv_dim, conv_dim, 3, relu=True))
-            block = VisionLanguageBlock(conv_dim, nhead, dim_feedforward=dim_feedforward, sr_ratio=sr_ratios[k])
+            block = VisionLanguageBlock(conv_dim, nhead, dim_feedforward=dim_feedforward, sr_ratio=sr_ratios[k],
+                                        fused_attention=fused_attention)
             for p in block.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)

@@ -86,7 +86,7 @@ class ReferFormer(RVOSModel):
         self.transformer = DeformableTransformer(
             d_model=d, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,
             dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, num_feature_levels=cfg.num_feature_levels,
-            enc_n_points=cfg.enc_n_points, dec_n_points=cfg.dec_n_points,
+            enc_n_points=cfg.enc_n_points, dec_n_points=cfg.dec_n_points, fused_attention=cfg.fused_attention,
         )
         self.class_embed = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.dec_layers))
         self.bbox_embed = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(cfg.dec_layers))
@@ -94,10 +94,11 @@ class ReferFormer(RVOSModel):
         self.text_encoder = build_roberta(cfg.text_encoder)
         text_dim = int(cfg.text_encoder.get("hidden_size", 768))
         self.resizer = FeatureResizer(text_dim, d, dropout=0.1)
-        self.fusion_module = VisionLanguageFusion(d, nhead=8)
+        self.fusion_module = VisionLanguageFusion(d, nhead=8, fused_attention=cfg.fused_attention)
         self.text_pos = PositionEmbeddingSine1D(d, normalize=True)
         self.pixel_decoder = CrossModalFPN(channels[0], conv_dim=d, mask_dim=cfg.mask_dim,
-                                           dim_feedforward=cfg.dim_feedforward, nhead=8)
+                                           dim_feedforward=cfg.dim_feedforward, nhead=8,
+                                           fused_attention=cfg.fused_attention)
         # dynamic mask head: (mask_dim + 2 rel. coords) -> ch -> ... -> 1, all 1x1 convs, generated per query
         ch = cfg.dynamic_mask_channels
         in_ch = cfg.mask_dim + (2 if cfg.rel_coord else 0)

@@ -49,8 +49,10 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Post-norm: self-attention -> norm2 -> deformable cross-attention -> norm1 -> FFN -> norm3."""
 
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int,
+                 fused_attention: bool = False) -> None:
         super().__init__()
+        self.fused_attention = fused_attention
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -68,7 +70,8 @@ class DecoderLayer(nn.Module):
                 padding_mask: torch.Tensor | None) -> torch.Tensor:
         """tgt, query_pos: [N, Q, C]; reference_points: [N, Q, L, 2|4]; memory: [N, S, C] -> [N, Q, C]."""
         q = (tgt + query_pos).transpose(0, 1)
-        attn = self.self_attn(q, q, tgt.transpose(0, 1))[0].transpose(0, 1)
+        attn = self.self_attn(q, q, tgt.transpose(0, 1), need_weights=not self.fused_attention)[0]
+        attn = attn.transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(attn))
         attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index,
                                padding_mask)
@@ -117,14 +120,14 @@ class DeformableTransformer(nn.Module):
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 4, num_decoder_layers: int = 4,
                  dim_feedforward: int = 2048, dropout: float = 0.1, num_feature_levels: int = 4,
-                 enc_n_points: int = 4, dec_n_points: int = 4) -> None:
+                 enc_n_points: int = 4, dec_n_points: int = 4, fused_attention: bool = False) -> None:
         super().__init__()
         self.d_model = d_model
         self.num_feature_levels = num_feature_levels
         self.encoder = Encoder([EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                              enc_n_points) for _ in range(num_encoder_layers)])
         self.decoder = Decoder([DecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
-                                             dec_n_points) for _ in range(num_decoder_layers)])
+                                             dec_n_points, fused_attention) for _ in range(num_decoder_layers)])
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.reference_points = nn.Linear(d_model, 2)
         self._reset_parameters()
