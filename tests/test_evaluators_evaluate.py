@@ -68,8 +68,9 @@ class MiniRVOS:
     protocol = "mevis"
     split = "valid_u"
 
-    def __init__(self, has_ground_truth: bool = True, protocol: str = "mevis") -> None:
-        self.has_ground_truth = has_ground_truth
+    def __init__(self, has_ground_truth: bool = True, protocol: str = "mevis", declare: bool = True) -> None:
+        self.with_masks = has_ground_truth
+        self.has_ground_truth = has_ground_truth if declare else None
         self.protocol = protocol
         frames, red, blue = _video()
         self.items = [("the red square", red), ("the blue square", blue), ("the green square", red)]
@@ -82,7 +83,7 @@ class MiniRVOS:
         text, gt = self.items[i]
         sample = {"frames": self.frames, "text": text, "video": "vid", "exp_id": str(i), "instance_id": i,
                   "frame_ids": [f"{t:05d}" for t in range(len(gt))]}
-        if self.has_ground_truth:
+        if self.with_masks:
             sample["masks"] = torch.from_numpy(gt)
         return sample
 
@@ -169,3 +170,14 @@ def test_evaluate_input_errors(model: ColourModel) -> None:
 def test_cli_reports_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main_cli(["-m", "no-such-model-xyz", "--dataset", "mevis", "--root", "/nonexistent"]) == 1
     assert "no-such-model-xyz" in capsys.readouterr().err
+
+
+def test_ground_truth_is_detected_from_the_first_sample(model: ColourModel, tmp_path: Path) -> None:
+    labelled = MiniRVOS(declare=False)
+    assert labelled.has_ground_truth is None  # unknown: evaluate looks at the first sample
+    assert lvseg.evaluate(model, labelled, progress=False)["J&F"] == pytest.approx(200 / 3)
+    result = lvseg.evaluate(model, MiniRVOS(has_ground_truth=False, declare=False), output_dir=tmp_path,
+                            progress=False)
+    assert result["benchmark"] == "MeViS" and Path(result["submission"]).is_file()
+    with zipfile.ZipFile(result["submission"]) as zf:
+        assert sorted(zf.namelist())[0] == "vid/0/00000.png"  # MeViS: video folders at the top

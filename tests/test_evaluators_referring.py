@@ -111,3 +111,17 @@ def test_lavt_evaluator_resizes_ground_truth_to_480() -> None:
     ev.add_sample({"masks": gt[None]}, gt[None], None)
     assert ev.summary()["overall_iou"] == 100.0
     assert LAVT.comparison == ">=" and LAVT.empty_iou == 0.0
+
+
+def test_mttr_add_sample_uses_the_dataset_image_id() -> None:
+    """lvseg.data.A2DSentences samples: one annotated frame in a clip and MTTR's image id."""
+    masks = np.zeros((4, 40, 50), bool)
+    masks[2] = _square(5, 5, 12)
+    sample = {"video": "abc", "masks": masks, "annotated": [False, False, True, False],
+              "image_id": "v_abc_f_17_i_3", "instance_id": 3}
+    pred = np.zeros_like(masks)
+    pred[2] = _square(6, 5, 12)
+    ev = MTTREvaluator()
+    ev.add_sample(sample, pred, [0.0, 0.0, 0.7, 0.0])
+    assert [g["image_id"] for g in ev.ground_truth] == ["v_abc_f_17_i_3"]
+    assert ev.summary()["overall_iou"] == 100 * 132 / 156

@@ -191,7 +191,7 @@ def test_ref_davis_evaluator_from_expressions(mini: Path) -> None:
             labels = np.stack([read_indexed_png(mini / "davis_results" / f"anno_{k}" / seq / f"{t:05d}.png")
                                for t in range(T)])
             for obj in range(int(labels.max())):
-                sample = {"video": seq, "exp_id": str(obj * 4 + k)}
+                sample = {"video": seq, "exp_id": str(obj * 4 + k), "annotator": k}
                 evaluator.add_sample(sample, labels == obj + 1, None)
     assert evaluator.tables()["average"] == GOLDEN["davis"]["average"]
     summary = evaluator.summary()

@@ -34,6 +34,7 @@ __all__ = [
     "DATASET_PROTOCOLS",
     "evaluate",
     "make_evaluator",
+    "benchmark_name",
     "infer_protocol",
     "build_dataset",
     "main_cli",
@@ -107,12 +108,23 @@ def _davis_root(dataset: Any, davis_root: str | Path | None) -> Path:
     )
 
 
+def benchmark_name(protocol: str, dataset: Any = None) -> str:
+    """The benchmark's name as papers and the registry write it (RefCOCO+/RefCOCOg from the dataset's variant)."""
+    if protocol == "refcoco":
+        variant = str(getattr(dataset, "dataset", "refcoco"))
+        return {"refcoco+": "RefCOCO+", "refcocog": "RefCOCOg"}.get(variant, "RefCOCO")
+    return PROTOCOL_NAMES[protocol]
+
+
 def make_evaluator(protocol: str, dataset: Any = None, *, output_dir: str | Path | None = None,
                    davis_root: str | Path | None = None, has_ground_truth: bool = True) -> Evaluator:
     """The evaluator of a protocol (see :data:`PROTOCOL_NAMES`)."""
     if protocol not in PROTOCOL_NAMES:
         raise InvalidInputError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOL_NAMES)}")
-    name = PROTOCOL_NAMES[protocol]
+    name = benchmark_name(protocol, dataset)
+    if protocol == "refcoco" and getattr(dataset, "overlap", "lavt") != "lavt":
+        logger.warning("LAVT's protocol reads REFER masks with overlap='lavt' (pixels covered by two polygon parts "
+                       "are background); this dataset uses overlap=%r", getattr(dataset, "overlap", None))
     if protocol in ("ytvos", "mevis"):
         if has_ground_truth:
             return ExpressionJF(name)
@@ -238,7 +250,7 @@ def evaluate(
     evaluator = make_evaluator(protocol, dataset, output_dir=out, davis_root=davis_root, has_ground_truth=has_gt)
     run = runner or _default_runner(model)
     reused = 0
-    bar = tqdm(range(n), desc=f"evaluating {PROTOCOL_NAMES[protocol]}", disable=not progress, unit="sample")
+    bar = tqdm(range(n), desc=f"evaluating {benchmark_name(protocol, dataset)}", disable=not progress, unit="sample")
     for index in bar:
         sample = dataset[index]
         if not isinstance(sample, Mapping):
@@ -257,7 +269,7 @@ def evaluate(
     if reused:
         logger.info("reused %d stored prediction(s) from %s", reused, pred_dir)
 
-    result: dict[str, Any] = {"benchmark": PROTOCOL_NAMES[protocol], "protocol": protocol, "samples": n}
+    result: dict[str, Any] = {"benchmark": benchmark_name(protocol, dataset), "protocol": protocol, "samples": n}
     if isinstance(evaluator, SubmissionWriter):
         result["submission"] = str(evaluator.finalize())
     else:
@@ -280,8 +292,9 @@ def build_dataset(name: str, root: str | Path, split: str | None = None, **kwarg
             f"unknown dataset {name!r}; choose one of {sorted(set(_DATASET_ALIASES))} (lvseg.data provides "
             f"{sorted(n for n in getattr(data, '__all__', []) if n[:1].isupper())})"
         )
-    if key in ("refcoco+", "refcocog"):
+    if key in ("refcoco", "refcoco+", "refcocog"):
         kwargs.setdefault("dataset", key)
+        kwargs.setdefault("overlap", "lavt")  # LAVT's reading of REFER masks, part of its protocol
     if split is not None:
         kwargs["split"] = split
     return cls(root, **kwargs)
