@@ -298,3 +298,15 @@ def test_evaluate_on_lvseg_mevis_dataset_matches_official(tmp_path: Path) -> Non
     golden = GOLDEN["mevis"]
     assert result["J"] == 100 * golden["J_raw"] and result["F"] == 100 * golden["F_raw"]
     assert round(result["J&F"], 2) == golden["J&F"]
+
+
+def test_mevis_folder_missing_frame_is_a_clear_error(mini: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lvseg.errors import DatasetError
+
+    pred = tmp_path / "pred"
+    shutil.copytree(mini / "mevis_pred", pred)
+    (pred / "vid_a" / "0" / "00003.png").unlink()
+    with pytest.raises(DatasetError, match="00003.png"):
+        evaluate_mevis_folder(pred, mini / "mevis" / "meta_expressions.json", mini / "mevis" / "mask_dict.json")

@@ -50,6 +50,9 @@ def read_binary_png(path: str | Path) -> np.ndarray:
     luminance instead; both are nonzero exactly where the index is, for any palette whose non-background colours are
     not black, such as the DAVIS one).
     """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"prediction '{path}' is missing: predict every frame listed in meta_expressions.json")
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA"):
             arr = np.asarray(im.convert("L"))
