@@ -62,6 +62,9 @@ int best_isa() {
   return kIsaDefault;
 }
 
+// Work (multiply-adds) below which a loop runs on the calling thread only.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 20;
+
 std::atomic<int> g_isa_override{-1};  // -1: the best the CPU supports
 
 int current_isa() {
@@ -196,17 +199,18 @@ MSDA_ALWAYS_INLINE inline void forward_rows(const scalar_t* value, const int64_t
   }
 }
 
-// Backward for the queries [q_begin, q_end) of one (n, m): accumulates into gv (grad_value rows of this
-// (n, m), stride row_stride, or nullptr when grad_value is not needed) and writes the location/weight
-// gradients of those queries.
+// Backward for the queries [q_begin, q_end) of one (n, m). Works on head-major copies: value_hm and the
+// grad_value accumulator are [N, M, S, D], so the rows of one (n, m) are contiguous (with the [N, S, M, D]
+// layout they sit 1 KiB apart for M*D = 256 floats, which maps them onto 1/16 of the cache sets and made this
+// loop 4x slower). gv: this (n, m)'s [S, D] accumulator, or nullptr when grad_value is not needed. Writes the
+// location/weight gradients of those queries.
 template <typename scalar_t, typename acc_t>
-MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value, const int64_t* shapes, const int64_t* starts, const acc_t* loc,
-                      const acc_t* attn, const scalar_t* grad_out, acc_t* gv, int64_t gv_row_stride,
-                      acc_t* grad_loc, acc_t* grad_attn, const Dims& d, int64_t n, int64_t m, int64_t q_begin,
+MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value_hm, const int64_t* shapes,
+                                                const int64_t* starts, const acc_t* loc, const acc_t* attn,
+                                                const scalar_t* grad_out, acc_t* gv, acc_t* grad_loc, acc_t* grad_attn, const Dims& d, int64_t n, int64_t m, int64_t q_begin,
                       int64_t q_end, std::vector<acc_t>& scratch, std::vector<acc_t>& go_buf,
                       const std::vector<scalar_t>& zeros) {
   const int64_t LP = d.L * d.P;
-  const int64_t row_stride = d.M * d.D;
   Footprint<acc_t> f;
   acc_t* sink[4] = {scratch.data(), scratch.data() + d.D, scratch.data() + 2 * d.D, scratch.data() + 3 * d.D};
   for (int64_t q = q_begin; q < q_end; ++q) {
@@ -219,8 +223,8 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value, const int
     }
     for (int64_t l = 0; l < d.L; ++l) {
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const scalar_t* level = value + ((n * d.S + starts[l]) * d.M + m) * d.D;
-      acc_t* glevel = gv == nullptr ? nullptr : gv + starts[l] * gv_row_stride;
+      const scalar_t* level = value_hm + ((n * d.M + m) * d.S + starts[l]) * d.D;
+      acc_t* glevel = gv == nullptr ? nullptr : gv + starts[l] * d.D;
       for (int64_t p = 0; p < d.P; ++p) {
         const int64_t i = nqm * LP + l * d.P + p;
         grad_attn[i] = acc_t(0);
@@ -232,8 +236,8 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value, const int
         const scalar_t* r[4];
         acc_t* g[4];
         for (int c = 0; c < 4; ++c) {
-          r[c] = f.valid[c] ? level + f.pix[c] * row_stride : zeros.data();
-          g[c] = (f.valid[c] && glevel != nullptr) ? glevel + f.pix[c] * gv_row_stride : sink[c];
+          r[c] = f.valid[c] ? level + f.pix[c] * d.D : zeros.data();
+          g[c] = (f.valid[c] && glevel != nullptr) ? glevel + f.pix[c] * d.D : sink[c];
         }
         const acc_t w0 = f.weight[0], w1 = f.weight[1], w2 = f.weight[2], w3 = f.weight[3];
         const acc_t hy = f.hy, ly = f.ly, hx = f.hx, lx = f.lx;
@@ -247,21 +251,24 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value, const int
         acc_t* __restrict g2 = g[2];
         acc_t* __restrict g3 = g[3];
         const acc_t aw0 = a * w0, aw1 = a * w1, aw2 = a * w2, aw3 = a * w3;
-        acc_t sum_s = 0, sum_x = 0, sum_y = 0;
-#pragma omp simd reduction(+ : sum_s, sum_x, sum_y)
+        // dot products of grad_out with the four corner rows; the weight gradient and both location gradients
+        // are combinations of them (fewer operations per channel than expanding the bilinear formula)
+        acc_t dot0 = 0, dot1 = 0, dot2 = 0, dot3 = 0;
+#pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
         for (int64_t k = 0; k < d.D; ++k) {
-          const acc_t v0 = static_cast<acc_t>(r0[k]), v1 = static_cast<acc_t>(r1[k]);
-          const acc_t v2 = static_cast<acc_t>(r2[k]), v3 = static_cast<acc_t>(r3[k]);
           const acc_t gk = go[k];
-          sum_s += gk * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3);
-          sum_x += gk * (hy * (v1 - v0) + ly * (v3 - v2));
-          sum_y += gk * (hx * (v2 - v0) + lx * (v3 - v1));
+          dot0 += gk * static_cast<acc_t>(r0[k]);
+          dot1 += gk * static_cast<acc_t>(r1[k]);
+          dot2 += gk * static_cast<acc_t>(r2[k]);
+          dot3 += gk * static_cast<acc_t>(r3[k]);
           g0[k] += aw0 * gk;
           g1[k] += aw1 * gk;
           g2[k] += aw2 * gk;
           g3[k] += aw3 * gk;
         }
-        grad_attn[i] = sum_s;
+        grad_attn[i] = w0 * dot0 + w1 * dot1 + w2 * dot2 + w3 * dot3;
+        const acc_t sum_x = hy * (dot1 - dot0) + ly * (dot3 - dot2);
+        const acc_t sum_y = hx * (dot2 - dot0) + lx * (dot3 - dot1);
         // d pixel / d loc = size (2 from g = 2 loc - 1, size / 2 from unnormalising)
         grad_loc[2 * i] = a * sum_x * static_cast<acc_t>(W);
         grad_loc[2 * i + 1] = a * sum_y * static_cast<acc_t>(H);
@@ -271,22 +278,23 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value, const int
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts, const acc_t* loc,
-                     const acc_t* attn, const scalar_t* grad_out, acc_t* grad_value, acc_t* grad_loc,
+void backward_kernel(const scalar_t* value_hm, const int64_t* shapes, const int64_t* starts, const acc_t* loc,
+                     const acc_t* attn, const scalar_t* grad_out, acc_t* grad_value_hm, acc_t* grad_loc,
                      acc_t* grad_attn, const Dims& d) {
   const int isa = current_isa();
   const int64_t pairs = d.N * d.M;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   // split queries into chunks only when (n, m) pairs alone cannot keep the threads busy
+  const int64_t work = d.N * d.Lq * d.M * d.L * d.P * 4 * d.D;
+  const bool small = work < kMinWorkPerThread;  // run inline, see forward_kernel
   int64_t chunks = 1;
-  if (pairs < threads && d.Lq >= 2) chunks = std::min<int64_t>(d.Lq, (threads + pairs - 1) / pairs);
+  if (!small && pairs < threads && d.Lq >= 2) chunks = std::min<int64_t>(d.Lq, (threads + pairs - 1) / pairs);
   const int64_t q_per_chunk = (d.Lq + chunks - 1) / chunks;
-  const int64_t row_stride = d.M * d.D;
   // private grad_value buffers ([S, D] per (pair, chunk > 0)) when chunking
   std::vector<acc_t> extra;
-  if (grad_value != nullptr && chunks > 1) extra.assign(static_cast<size_t>(pairs * (chunks - 1) * d.S * d.D), 0);
+  if (grad_value_hm != nullptr && chunks > 1) extra.assign(static_cast<size_t>(pairs * (chunks - 1) * d.S * d.D), 0);
 
-  at::parallel_for(0, pairs * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, pairs * chunks, small ? pairs * chunks : 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(4 * d.D);
     std::vector<acc_t> go_buf(d.D);
     std::vector<scalar_t> zeros(d.D, scalar_t(0));
@@ -296,37 +304,29 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
       const int64_t q0 = chunk * q_per_chunk, q1 = std::min(d.Lq, q0 + q_per_chunk);
       if (q0 >= q1) continue;
       acc_t* gv = nullptr;
-      int64_t gv_stride = row_stride;
-      if (grad_value != nullptr) {
-        if (chunk == 0) {
-          gv = grad_value + (n * d.S * d.M + m) * d.D;
-        } else {
-          gv = extra.data() + ((pair * (chunks - 1) + chunk - 1) * d.S) * d.D;
-          gv_stride = d.D;
-        }
+      if (grad_value_hm != nullptr) {
+        gv = chunk == 0 ? grad_value_hm + pair * d.S * d.D
+                        : extra.data() + ((pair * (chunks - 1) + chunk - 1) * d.S) * d.D;
       }
 #ifdef MSDA_X86_DISPATCH
       if (isa == kIsaAvx2) {
-        backward_queries_avx2<scalar_t, acc_t>(value, shapes, starts, loc, attn, grad_out, gv, gv_stride, grad_loc,
+        backward_queries_avx2<scalar_t, acc_t>(value_hm, shapes, starts, loc, attn, grad_out, gv, grad_loc,
                                                grad_attn, d, n, m, q0, q1, scratch, go_buf, zeros);
         continue;
       }
 #endif
-      backward_queries<scalar_t, acc_t>(value, shapes, starts, loc, attn, grad_out, gv, gv_stride, grad_loc,
+      backward_queries<scalar_t, acc_t>(value_hm, shapes, starts, loc, attn, grad_out, gv, grad_loc,
                                         grad_attn, d, n, m, q0, q1, scratch, go_buf, zeros);
     }
   });
-  if (grad_value != nullptr && chunks > 1) {
+  if (grad_value_hm != nullptr && chunks > 1) {
     // fixed-order sum of the private buffers into grad_value
     at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
       for (int64_t pair = begin; pair < end; ++pair) {
-        const int64_t n = pair / d.M, m = pair % d.M;
+        acc_t* dst = grad_value_hm + pair * d.S * d.D;
         for (int64_t c = 1; c < chunks; ++c) {
           const acc_t* src = extra.data() + ((pair * (chunks - 1) + c - 1) * d.S) * d.D;
-          for (int64_t s = 0; s < d.S; ++s) {
-            acc_t* dst = grad_value + ((n * d.S + s) * d.M + m) * d.D;
-            for (int64_t k = 0; k < d.D; ++k) dst[k] += src[s * d.D + k];
-          }
+          for (int64_t e = 0; e < d.S * d.D; ++e) dst[e] += src[e];
         }
       }
     });
@@ -348,8 +348,11 @@ template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts, const acc_t* loc,
                     const acc_t* attn, scalar_t* out, const Dims& d) {
   const int isa = current_isa();
-  // ~M*L*P*4*D multiply-adds per (n, q)
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, d.M * d.L * d.P * 4 * d.D));
+  // ~M*L*P*4*D multiply-adds per (n, q); give each thread at least ~1M of them, so that small problems (a
+  // decoder with a handful of queries) run inline instead of paying for waking threads (milliseconds on a
+  // loaded machine)
+  const int64_t per_row = std::max<int64_t>(1, d.M * d.L * d.P * 4 * d.D);
+  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / per_row);
   at::parallel_for(0, d.N * d.Lq, grain, [&](int64_t begin, int64_t end) {
 #ifdef MSDA_X86_DISPATCH
     if (isa == kIsaAvx2) return forward_rows_avx2<scalar_t, acc_t>(value, shapes, starts, loc, attn, out, d, begin, end);
@@ -386,18 +389,19 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
               "grad_output must be a contiguous [N, Lq, M*D] tensor of value's dtype");
   const auto acc_type = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto acc_opts = value.options().dtype(acc_type);
-  // float/double accumulate straight into the result; half/bfloat16 into a float buffer converted at the end
-  at::Tensor grad_value_acc;
-  if (need_value_grad) grad_value_acc = at::zeros(value.sizes(), acc_opts);
+  // head-major [N, M, S, D] copies (see backward_queries); no copy when M == 1
+  const at::Tensor value_hm = value.permute({0, 2, 1, 3}).contiguous();
+  at::Tensor grad_value_hm;
+  if (need_value_grad) grad_value_hm = at::zeros({d.N, d.M, d.S, d.D}, acc_opts);
   auto grad_loc = at::empty(sampling_loc.sizes(), acc_opts);
   auto grad_attn = at::empty(attn_weight.sizes(), acc_opts);
   if (d.N * d.Lq * d.M > 0 && d.L * d.P > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      backward_kernel<scalar_t, acc_t>(value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
+      backward_kernel<scalar_t, acc_t>(value_hm.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
                                        level_start_index.data_ptr<int64_t>(), sampling_loc.data_ptr<acc_t>(),
                                        attn_weight.data_ptr<acc_t>(), grad_output.data_ptr<scalar_t>(),
-                                       need_value_grad ? grad_value_acc.data_ptr<acc_t>() : nullptr,
+                                       need_value_grad ? grad_value_hm.data_ptr<acc_t>() : nullptr,
                                        grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), d);
     });
   } else {
@@ -406,8 +410,9 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
   }
   at::Tensor grad_value;
   if (need_value_grad) {
-    grad_value = grad_value_acc.scalar_type() == value.scalar_type() ? grad_value_acc
-                                                                     : grad_value_acc.to(value.scalar_type());
+    // back to [N, S, M, D] in value's dtype, in one pass
+    grad_value = at::empty(value.sizes(), value.options());
+    grad_value.copy_(grad_value_hm.permute({0, 2, 1, 3}));
   }
   return {grad_value, grad_loc, grad_attn};
 }
