@@ -109,16 +109,17 @@ def test_resnet50_matches_the_official_outputs(r50):
         assert torch.allclose(scores[i], golden["pred_logits"][i, :, q, 0].sigmoid(), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["swin", "video-swin"])
+@pytest.mark.parametrize("name", ["swin", "video-swin", "video-swin-10f"])
 def test_swin_backbones_match_the_official_outputs(name, tmp_path):
     """Tiny Swin / Video Swin (the official code with reduced sizes): 64x96 input makes the late stages smaller
-    than the 7x7 window, exercising 2-D padding and Video-Swin window clamping with index slicing."""
+    than the 7x7 window, exercising 2-D padding and Video-Swin window clamping with index slicing; the 10-frame
+    clip (32x48) exercises the full temporal window of 8 with shift 4 and temporal padding."""
     path, meta = official_checkpoint(name, tmp_path / "checkpoint.pth")
     folder = convert_to_folder(path, tmp_path / "model", tokenizer=str(TOKENIZER))
     from lvseg.hub import from_pretrained
 
     model = from_pretrained(folder, device="cpu")
-    assert model.config.backbone == name and model.config.swin.embed_dim == 32
+    assert model.config.backbone == meta["backbone"] and model.config.swin.embed_dim == 32
     golden = load_file(str(FIXTURES / f"{name}.safetensors"))
     assert_matches_golden(model, meta, golden, golden_frames(meta, golden))
 
