@@ -170,6 +170,13 @@ def test_evaluate_input_errors(model: ColourModel) -> None:
 def test_cli_reports_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main_cli(["-m", "no-such-model-xyz", "--dataset", "mevis", "--root", "/nonexistent"]) == 1
     assert "no-such-model-xyz" in capsys.readouterr().err
+    from lvseg.cli import main
+
+    # through `lvseg evaluate MODEL ...` (the model first, so the CLI hands every argument over)
+    assert main(["evaluate", "no-such-model-xyz", "--dataset", "mevis", "--root", "/nonexistent"]) == 1
+    assert "no-such-model-xyz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main_cli(["--dataset", "mevis", "--root", "/x"])
 
 
 def test_ground_truth_is_detected_from_the_first_sample(model: ColourModel, tmp_path: Path) -> None:

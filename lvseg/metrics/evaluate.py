@@ -314,10 +314,15 @@ def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main_cli(argv: Sequence[str] | None = None) -> int:
-    """``lvseg evaluate -m MODEL --dataset NAME --root DIR [--split S] [-o OUT]``: print the benchmark's table."""
+    """``lvseg evaluate MODEL --dataset NAME --root DIR [--split S] [-o OUT]``: print the benchmark's table.
+
+    The model may also be given as ``-m MODEL``.
+    """
     parser = argparse.ArgumentParser(prog="lvseg evaluate", description="Evaluate a model on a benchmark with "
                                      "its official protocol (resumable when --output is given).")
-    parser.add_argument("-m", "--model", required=True, help="registry name, hf-hub:org/repo or local folder")
+    parser.add_argument("model_name", nargs="?", metavar="MODEL",
+                        help="registry name, hf-hub:org/repo or local folder")
+    parser.add_argument("-m", "--model", default=None, help="the same as MODEL")
     parser.add_argument("--dataset", required=True, help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, "
                         "jhmdb-sentences, a2d-s+, refcoco, refcoco+, refcocog")
     parser.add_argument("--root", required=True, help="the dataset's root folder (official layout)")
@@ -331,7 +336,13 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="extra keyword for the dataset constructor (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    args = parser.parse_args(argv)
+    args.model = args.model or args.model_name
+    if not args.model:
+        parser.error("give the model: lvseg evaluate MODEL --dataset NAME --root DIR")
     try:
         from ..hub import load
 
