@@ -310,3 +310,39 @@ def test_mevis_folder_missing_frame_is_a_clear_error(mini: Path, tmp_path: Path)
     (pred / "vid_a" / "0" / "00003.png").unlink()
     with pytest.raises(DatasetError, match="00003.png"):
         evaluate_mevis_folder(pred, mini / "mevis" / "meta_expressions.json", mini / "mevis" / "mask_dict.json")
+
+
+def test_ref_davis_incremental_labels_equal_referformer_argmax() -> None:
+    """Objects added one at a time, in any order, give argmax([0.1, p_1, ...]) with p < 0.5 -> 0."""
+    rng = np.random.default_rng(5)
+    t_len, h, w = 2, 6, 7
+    gt = np.zeros((t_len, h, w), np.uint8)
+    gt[:, :3] = 1
+    probs = rng.choice([0.0, 0.3, 0.5, 0.6, 0.6, 0.9, 1.0], size=(4, t_len, h, w)).astype(np.float32)
+    expected = objects_to_labels(probs)
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+        ev = RefDAVIS17Evaluator(annotators=1)
+        ev.set_ground_truth("v", gt)
+        for i in order:
+            ev.add("v", i, 0, probs[i])
+        assert ev._labels[0].tolist() == expected.tolist()
+    masks = probs >= 0.5
+    ev = RefDAVIS17Evaluator(annotators=1)
+    ev.set_ground_truth("v", gt)
+    for i in (2, 0, 3, 1):
+        ev.add("v", i, 0, masks[i])
+    assert ev._labels[0].tolist() == objects_to_labels(masks).tolist()
+
+
+def test_ref_davis_videos_must_arrive_together() -> None:
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, :2] = 1
+    ev = RefDAVIS17Evaluator()
+    ev.set_ground_truth("a", gt)
+    ev.set_ground_truth("b", gt)
+    ev.add("a", 0, 0, gt == 1)
+    ev.add("b", 0, 0, gt == 1)
+    with pytest.raises(InvalidInputError, match="together"):
+        ev.add("a", 0, 1, gt == 1)
+    with pytest.raises(InvalidInputError, match="original"):
+        ev.add("b", 0, 1, np.zeros((1, 3, 3), bool))

@@ -21,7 +21,6 @@ ReferDINO ``eval/eval_davis.py`` / SAMWISE for the mean over the four annotators
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -127,10 +126,12 @@ class DAVISUnsupervised:
         t_len = gt.shape[0]
         if n_gt == 0:
             return np.zeros((0, t_len)), np.zeros((0, t_len))
-        # every (proposal, object) pair at once: [P, G, T, H, W]
-        pairs_pred = np.broadcast_to(proposals[:, None], (n_prop, n_gt, *pred.shape))
-        pairs_gt = np.broadcast_to(gt_objects[None], (n_prop, n_gt, *gt.shape))
-        j, f = region_and_boundary(pairs_pred, pairs_gt, self.bound_th, void)
+        # J and F of every (proposal, object) pair: [P, G, T], one pair at a time to keep memory at one video
+        j = np.zeros((n_prop, n_gt, t_len))
+        f = np.zeros((n_prop, n_gt, t_len))
+        for pi in range(n_prop):
+            for gi in range(n_gt):
+                j[pi, gi], f[pi, gi] = region_and_boundary(proposals[pi], gt_objects[gi], self.bound_th, void)
         cost = (np.mean(j, axis=2) + np.mean(f, axis=2)) / 2
         from scipy.optimize import linear_sum_assignment
 
@@ -215,24 +216,30 @@ def evaluate_ref_davis_folder(
 
 
 class RefDAVIS17Evaluator(Evaluator):
-    """Collects per-expression masks, builds the per-annotator indexed predictions and scores them.
+    """Builds the per-annotator indexed predictions from per-expression masks and scores them.
+
+    Expressions arrive video by video (as :class:`lvseg.data.RefDAVIS17` yields them); when a new video starts, the
+    previous one is scored for every annotator and only its statistics are kept, so memory stays at one video.
+    Each annotator's label map is built incrementally with ReferFormer's rule (see :func:`objects_to_labels`).
 
     Args:
-        davis_root: the DAVIS 2017 folder with ``Annotations_unsupervised/480p`` (and ``ImageSets/2017`` for the
-            sequence order); ground truth may instead be given per video with :meth:`set_ground_truth`.
+        davis_root: the DAVIS 2017 folder with ``Annotations_unsupervised/480p``; ground truth may instead be given
+            per video with :meth:`set_ground_truth` (before the video's first expression).
         annotators: 4 for Ref-DAVIS17 (expression ``i`` is object ``i // 4``, annotator ``i % 4``).
     """
 
     benchmark = "Ref-DAVIS17"
     source = "DAVIS 2017 unsupervised (davis2017-evaluation @ac7c43f), per annotator as ReferFormer, averaged"
 
-    def __init__(self, davis_root: str | Path | None = None, annotators: int = 4, subset: str = "val") -> None:
+    def __init__(self, davis_root: str | Path | None = None, annotators: int = 4) -> None:
         self.davis_root = Path(davis_root) if davis_root is not None else None
         self.annotators = annotators
-        self.subset = subset
-        # video -> annotator -> object index -> masks/probabilities [T, H, W]
-        self.predictions: dict[str, dict[int, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
+        self.evaluations = [DAVISUnsupervised() for _ in range(annotators)]
         self.ground_truth: dict[str, np.ndarray] = {}
+        self.done: list[str] = []
+        self._video: str | None = None
+        self._labels: dict[int, np.ndarray] = {}  # annotator -> uint8 [T, H, W]
+        self._best: dict[int, np.ndarray] = {}  # annotator -> float32 [T, H, W] winning probability so far
         self._tables: dict[str, dict[str, float]] | None = None
 
     def set_ground_truth(self, video: str, labels: Any) -> None:
@@ -240,13 +247,46 @@ class RefDAVIS17Evaluator(Evaluator):
         self.ground_truth[video] = np.asarray(labels)
 
     def add(self, video: str, obj_index: int, annotator: int, masks: Any) -> None:
-        """One expression's masks (bool) or probabilities (float) [T, H, W] at the original resolution."""
-        if not 0 <= int(annotator) < self.annotators:
+        """One expression's masks (bool) or probabilities (float in [0, 1]) [T, H, W] at the original size.
+
+        Args:
+            obj_index: the object's position among the video's objects (0-based; label ``obj_index + 1``).
+        """
+        annotator, obj_index = int(annotator), int(obj_index)
+        if not 0 <= annotator < self.annotators:
             raise InvalidInputError(f"annotator must be in [0, {self.annotators}), got {annotator}")
+        if not 0 <= obj_index < 254:
+            raise InvalidInputError(f"object index must be in [0, 254) for an 8-bit PNG, got {obj_index}")
         arr = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
         if arr.ndim != 3:
             raise InvalidInputError(f"{video}: masks must be [T, H, W], got shape {arr.shape}")
-        self.predictions[video][int(annotator)][int(obj_index)] = arr
+        if video != self._video:
+            if video in self.done:
+                raise InvalidInputError(
+                    f"expressions of {video} arrived after another video: add each video's expressions together"
+                )
+            self._flush()
+            self._video = video
+        gt_shape = self._gt(video).shape
+        if arr.shape != gt_shape:
+            raise InvalidInputError(f"{video}: prediction {arr.shape} vs ground truth {gt_shape}; predict every "
+                                    "frame at the original (480p) resolution")
+        label = obj_index + 1
+        labels = self._labels.setdefault(annotator, np.zeros(gt_shape, np.uint8))
+        # argmax([0.1, p_1, ...]) with p < 0.5 -> 0: object i wins a pixel if its value beats the current winner,
+        # or equals it with a lower index (argmax takes the first maximum)
+        if arr.dtype == np.bool_ and annotator not in self._best:
+            wins = arr & ((labels == 0) | (labels > label))
+        else:
+            p = arr.astype(np.float32)
+            p[p < 0.5] = 0
+            best = self._best.get(annotator)
+            if best is None:  # switching from boolean to probability input: masks so far count as 1.0
+                best = np.where(labels > 0, np.float32(1.0), np.float32(0.1)).astype(np.float32)
+                self._best[annotator] = best
+            wins = (p > best) | ((p == best) & (labels > label))
+            best[wins] = p[wins]
+        labels[wins] = label
         self._tables = None
 
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
@@ -254,30 +294,12 @@ class RefDAVIS17Evaluator(Evaluator):
         position among the video's objects (ReferFormer's numbering, also :class:`lvseg.data.RefDAVIS17`'s);
         ``annotator`` (0-3) is read from the sample when present.
         """
-        if "video" not in sample:
-            raise InvalidInputError("Ref-DAVIS17 evaluation needs sample['video']")
-        if "exp_id" in sample and "annotator" in sample:
-            obj, anno = int(sample["exp_id"]) // self.annotators, int(sample["annotator"])
-        elif "exp_id" in sample:
-            exp = int(sample["exp_id"])
-            obj, anno = exp // self.annotators, exp % self.annotators
-        else:
-            raise InvalidInputError("Ref-DAVIS17 evaluation needs an integer sample['exp_id'] (object * 4 + annotator)")
-        self.add(str(sample["video"]), obj, anno, masks)
-
-    def _labels(self, video: str, annotator: int, shape: tuple[int, ...]) -> np.ndarray:
-        objects = self.predictions[video].get(annotator, {})
-        if not objects:
-            logger.warning("%s has no prediction for annotator %d: scored as empty", video, annotator)
-            return np.zeros(shape, np.uint8)
-        n = max(objects) + 1
-        stack = np.zeros((n, *shape), dtype=np.float32)
-        for i, m in objects.items():
-            if m.shape != tuple(shape):
-                raise InvalidInputError(f"{video}: prediction {m.shape} vs ground truth {tuple(shape)}; predict "
-                                        "every frame at the original (480p) resolution")
-            stack[i] = m
-        return objects_to_labels(stack)
+        if "video" not in sample or "exp_id" not in sample:
+            raise InvalidInputError("Ref-DAVIS17 evaluation needs sample['video'] and an integer sample['exp_id'] "
+                                    "(object * 4 + annotator)")
+        exp = int(sample["exp_id"])
+        anno = int(sample["annotator"]) if "annotator" in sample else exp % self.annotators
+        self.add(str(sample["video"]), exp // self.annotators, anno, masks)
 
     def _gt(self, video: str) -> np.ndarray:
         if video not in self.ground_truth:
@@ -286,22 +308,29 @@ class RefDAVIS17Evaluator(Evaluator):
             self.ground_truth[video] = load_ground_truth(self.davis_root, video)[0]
         return self.ground_truth[video]
 
+    def _flush(self) -> None:
+        """Score the current video for every annotator and free its masks."""
+        video = self._video
+        if video is None:
+            return
+        gt = self._gt(video)
+        for k, evaluation in enumerate(self.evaluations):
+            labels = self._labels.get(k)
+            if labels is None:
+                logger.warning("%s has no prediction for annotator %d: scored as empty", video, k)
+                labels = np.zeros(gt.shape, np.uint8)
+            evaluation.add_sequence(video, gt, labels)
+        self.done.append(video)
+        self.ground_truth.pop(video, None)
+        self._video, self._labels, self._best = None, {}, {}
+
     def tables(self) -> dict[str, dict[str, float]]:
         """Per-annotator DAVIS tables and their average (fractions), as :func:`evaluate_ref_davis_folder`."""
+        self._flush()
         if self._tables is None:
-            videos = list(self.predictions)
-            if self.davis_root is not None and (self.davis_root / "ImageSets" / "2017" / f"{self.subset}.txt").is_file():
-                order = _read_sequence_list(self.davis_root, self.subset)
-                videos = [v for v in order if v in self.predictions] + [v for v in videos if v not in order]
-            if not videos:
+            if not self.done:
                 raise InvalidInputError("no Ref-DAVIS17 prediction was added")
-            tables = {}
-            for k in range(self.annotators):
-                evaluation = DAVISUnsupervised()
-                for video in videos:
-                    gt = self._gt(video)
-                    evaluation.add_sequence(video, gt, self._labels(video, k, gt.shape))
-                tables[f"anno_{k}"] = evaluation.table()
+            tables = {f"anno_{k}": e.table() for k, e in enumerate(self.evaluations)}
             self._tables = {**tables, "average": _average_tables(tables)}
         return self._tables
 
