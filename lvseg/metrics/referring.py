@@ -75,10 +75,9 @@ class MTTREvaluator(Evaluator):
 
     def __init__(self, benchmark: str = "A2D-Sentences") -> None:
         self.benchmark = benchmark  # type: ignore[misc]
-        self.ground_truth: list[dict[str, Any]] = []
-        self.predictions: list[dict[str, Any]] = []
-        self._gt_masks: dict[Any, np.ndarray] = {}
-        self._best: dict[Any, tuple[float, np.ndarray]] = {}
+        self.ground_truth: list[dict[str, Any]] = []  # COCO RLE per GT image
+        self.predictions: list[dict[str, Any]] = []  # COCO RLE per prediction
+        self.top1: dict[Any, tuple[int, int]] = {}  # image id -> (I, U) of its highest-scoring prediction
 
     def add(self, image_id: Any, gt_mask: Any, pred_masks: Any, scores: Any) -> None:
         """Args:
@@ -98,15 +97,17 @@ class MTTREvaluator(Evaluator):
         if preds.shape[1:] != gt.shape:
             raise InvalidInputError(f"{image_id}: predictions {preds.shape[1:]} vs ground truth {gt.shape}; "
                                     "predict at the original resolution")
-        if image_id in self._gt_masks:
-            raise InvalidInputError(f"image_id {image_id!r} was added twice")
-        self._gt_masks[image_id] = gt
+        if image_id in self.top1:
+            raise InvalidInputError(f"image_id {image_id!r} was added twice; give all its predictions in one call")
+        if preds.shape[0] == 0:
+            raise InvalidInputError(f"{image_id}: no prediction; MTTR scores every GT image")
         self.ground_truth.append({"image_id": image_id, "segmentation": encode_rle(gt)})
         for m, s in zip(preds, score):
             self.predictions.append({"image_id": image_id, "segmentation": encode_rle(m), "score": float(s)})
-            best = self._best.get(image_id)
-            if best is None or float(s) >= best[0]:  # '>=': ties go to the later one, like sorted(...)[-1]
-                self._best[image_id] = (float(s), m)
+        # sorted(preds, key=score)[-1]: the highest score, the last one among equal scores
+        best = max(range(len(score)), key=lambda q: (score[q], q))
+        i, u = intersection_union(preds[best], gt)
+        self.top1[image_id] = (int(i), int(u))
 
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
         """Every annotated frame of ``sample`` (``annotated`` bool [T]; default all) is one GT image.
@@ -135,15 +136,9 @@ class MTTREvaluator(Evaluator):
     def summary(self) -> dict[str, float]:
         if not self.ground_truth:
             raise InvalidInputError(f"no {self.benchmark} sample was evaluated")
-        missing = [i for i in self._gt_masks if i not in self._best]
-        if missing:
-            raise InvalidInputError(f"{len(missing)} GT image(s) have no prediction, e.g. {missing[0]!r}")
         ap = coco_mask_map(self.ground_truth, self.predictions)
-        inter, union = [], []
-        for image_id, gt in self._gt_masks.items():  # GT order, as coco_gt.imgs
-            i, u = intersection_union(self._best[image_id][1], gt)
-            inter.append(int(i))
-            union.append(int(u))
+        inter = [iu[0] for iu in self.top1.values()]  # GT order, as coco_gt.imgs
+        union = [iu[1] for iu in self.top1.values()]
         ious = iou_summary(inter, union, MTTR)
         out = {key: 100 * ap[key] for key in COCO_MAP_KEYS}
         out.update({k: 100 * v for k, v in ious.items() if k.startswith("P@")})
