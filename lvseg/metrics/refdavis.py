@@ -119,19 +119,18 @@ class DAVISUnsupervised:
                 f"{name}: the predicted PNGs hold label {n_pred}, above the {self.max_proposals} proposals the "
                 "DAVIS unsupervised protocol allows"
             )
-        n_prop = max(n_pred, n_gt)
-        proposals = _split_objects(pred, n_pred)
-        if n_prop > n_pred:  # zero-padding, as the official code
-            proposals = np.concatenate([proposals, np.zeros((n_prop - n_pred, *pred.shape), bool)], axis=0)
+        n_prop = max(n_pred, n_gt)  # proposals beyond n_pred are the official zero-padding (empty masks)
         t_len = gt.shape[0]
         if n_gt == 0:
             return np.zeros((0, t_len)), np.zeros((0, t_len))
-        # J and F of every (proposal, object) pair: [P, G, T], one pair at a time to keep memory at one video
+        # J and F of every (proposal, object) pair: [P, G, T]; proposals are made one at a time (memory)
         j = np.zeros((n_prop, n_gt, t_len))
         f = np.zeros((n_prop, n_gt, t_len))
+        empty = np.zeros(pred.shape, bool)
         for pi in range(n_prop):
+            proposal = pred == pi + 1 if pi < n_pred else empty
             for gi in range(n_gt):
-                j[pi, gi], f[pi, gi] = region_and_boundary(proposals[pi], gt_objects[gi], self.bound_th, void)
+                j[pi, gi], f[pi, gi] = region_and_boundary(proposal, gt_objects[gi], self.bound_th, void)
         cost = (np.mean(j, axis=2) + np.mean(f, axis=2)) / 2
         from scipy.optimize import linear_sum_assignment
 
