@@ -188,3 +188,21 @@ def test_ground_truth_is_detected_from_the_first_sample(model: ColourModel, tmp_
     assert result["benchmark"] == "MeViS" and Path(result["submission"]).is_file()
     with zipfile.ZipFile(result["submission"]) as zf:
         assert sorted(zf.namelist())[0] == "vid/0/00000.png"  # MeViS: video folders at the top
+
+
+def test_reproduce_script_lists_paper_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from lvseg.registry import get_entry, list_models
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("lvseg_reproduce", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    reported = [(n, m) for n in list_models() for m in get_entry(n).paper_metrics if m.dataset == "Ref-YouTube-VOS"]
+    if not reported:
+        pytest.skip("no registry entry reports a Ref-YouTube-VOS number yet")
+    assert module.main(["--dataset", "ref-youtube-vos", "--list"]) == 0
+    out = capsys.readouterr().out
+    name, metric = reported[0]
+    assert name in out and f"{metric.value:g}" in out and "not run (--list)" in out
