@@ -6,7 +6,7 @@
     python benchmarks/train_shapes.py --output-dir runs/shapes --export lvseg/assets/referformer-tiny-shapes
 
 Data: Shapes generated with seed 0 under ``--data-root`` (train: 1200 videos, valid: 60 for model selection,
-test: 100 held out for the reported number), 8 frames of 96x96. The recipe is the ``referformer-tiny-shapes``
+and 100 more held-out videos (seed 1) under ``<data-root>-test`` for the reported number), 8 frames of 96x96. The recipe is the ``referformer-tiny-shapes``
 preset. At the end the best checkpoint (by valid J&F) is scored on the test split with the Ref-YouTube-VOS-style
 J&F evaluator and the numbers are written to ``<output-dir>/results.json``.
 """
@@ -49,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.data_root)
     train_ds, val_ds = shapes_data(root)
-    if not (root / "meta_expressions" / "test" / "meta_expressions.json").is_file():
-        shapes.generate(root, "test", num_videos=args.num_test, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=0,
+    # the held-out test videos live in their own root (as a "valid" split, seed 1): a Ref-YouTube-VOS root's
+    # test meta file would remove same-named videos from its valid split
+    test_root = root.with_name(root.name + "-test")
+    if not (test_root / "meta_expressions" / "valid" / "meta_expressions.json").is_file():
+        shapes.generate(test_root, "valid", num_videos=args.num_test, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=1,
                         progress=False)
-    test_ds = RefYouTubeVOS(root, "test")
+    test_ds = RefYouTubeVOS(test_root, "valid")
     out = Path(args.output_dir)
     t0 = time.time()
     if not args.eval_only:

@@ -572,8 +572,8 @@ class Trainer:
                     if end_of_epoch:
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or \
-                            (not cfg.eval_every and (end_of_epoch or last)):
+                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or last or \
+                            (not cfg.eval_every and end_of_epoch):
                         self._evaluate()
                     if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last or end_of_epoch:
                         self._save()

@@ -1,0 +1,291 @@
+"""lvseg.train end to end on a tiny ReferFormer: optimisation, kill-and-resume exactness, atomic checkpoints,
+DDP equivalence under torchrun (gloo), logs and plots, and clear errors for bad configurations."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvseg.errors import ConfigError
+
+SIZE = 64
+
+# One training run, in its own process (for SIGKILL and torchrun). argv: root tokenizer_dir out steps batch resume
+# disable_dropout
+RUN_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["LVSEG_MSDA_BACKEND"] = "reference"
+    import torch
+    torch.set_num_threads(1)
+    from transformers import AutoTokenizer
+    from lvseg.data import ClipSampling, RefYouTubeVOS
+    from lvseg.data.transforms import RandomHorizontalFlip
+    from lvseg.models.referformer.model import ReferFormer
+    from lvseg.train.api import train
+    from lvseg.train.presets import shapes_tiny_config
+    root, tok_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    steps, batch, resume, no_dropout = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1", sys.argv[7] == "1"
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    model = ReferFormer(shapes_tiny_config(len(tok), size=64), tokenizer=tok)
+    data = RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=2, mode="random"),
+                         transform=RandomHorizontalFlip(0.5))
+    train(model, data, None, out, batch_size=batch, max_steps=steps, lr=1e-3, lr_backbone=1e-3,
+          lr_text_encoder=1e-3, clip_max_norm=1.0, checkpoint_every=1, keep_last=2, progress=False,
+          resume=resume, device="cpu", log_every=1, tensorboard=False, disable_dropout=no_dropout)
+    rank = int(os.environ.get("RANK", "0"))
+    torch.save(model.state_dict(), os.path.join(out, f"weights_rank{rank}.pt"))
+""")
+
+
+@pytest.fixture(autouse=True)
+def _reference_op(monkeypatch):
+    monkeypatch.setenv("LVSEG_MSDA_BACKEND", "reference")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny Shapes root (train + valid), the Shapes tokenizer saved to a folder, and the run script."""
+    from lvseg.data import shapes
+    from lvseg.train.presets import shapes_tokenizer
+
+    base = tmp_path_factory.mktemp("train")
+    root = base / "shapes"
+    shapes.generate(root, "train", num_videos=3, frames=4, size=SIZE, seed=0, progress=False)
+    shapes.generate(root, "valid", num_videos=2, frames=4, size=SIZE, seed=0, progress=False)
+    tok_dir = base / "tokenizer"
+    shapes_tokenizer().save_pretrained(str(tok_dir))
+    script = base / "run.py"
+    script.write_text(RUN_SCRIPT)
+    return {"root": root, "tok": tok_dir, "script": script, "base": base}
+
+
+def _subprocess_env():
+    env = dict(os.environ, LVSEG_MSDA_BACKEND="reference", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run_args(env, out, steps, batch, resume=False, no_dropout=False):
+    return [str(env["script"]), str(env["root"]), str(env["tok"]), str(out), str(steps), str(batch),
+            "1" if resume else "0", "1" if no_dropout else "0"]
+
+
+def _tiny_model(env):
+    from transformers import AutoTokenizer
+
+    from lvseg.models.referformer.model import ReferFormer
+    from lvseg.train.presets import shapes_tiny_config
+
+    tok = AutoTokenizer.from_pretrained(str(env["tok"]))
+    torch.manual_seed(0)
+    return ReferFormer(shapes_tiny_config(len(tok), size=SIZE), tokenizer=tok)
+
+
+def _train_data(env, split="train"):
+    from lvseg.data import ClipSampling, RefYouTubeVOS
+
+    if split == "train":
+        return RefYouTubeVOS(env["root"], "train", sampling=ClipSampling(num_frames=2, mode="fixed"))
+    return RefYouTubeVOS(env["root"], split)
+
+
+def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(env):
+    from lvseg.data import collate_clips
+    from lvseg.train.engine import build_targets, prepare_frames
+    from lvseg.train.losses import ReferFormerCriterion
+
+    model = _tiny_model(env)
+    data = _train_data(env)
+    batch = collate_clips([data[0], data[5]])
+    frames = prepare_frames(batch["frames"], model, torch.device("cpu"))
+    targets = build_targets(batch, torch.device("cpu"))
+    crit = ReferFormerCriterion()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = crit(model(frames, batch["text"]), targets)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_train_writes_logs_plot_checkpoints_and_loadable_models(env, tmp_path):
+    import lvseg
+
+    model = _tiny_model(env)
+    out = tmp_path / "run"
+    result = lvseg.train(model, _train_data(env), _train_data(env, "valid"), out, batch_size=2, max_steps=3,
+                         log_every=1, checkpoint_every=2, keep_last=1, eval_max_samples=2, progress=False,
+                         tensorboard=False)
+    assert result.steps == 3
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_lines = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_lines] == [1, 2, 3]
+    assert all(r["loss"] > 0 and "loss_dice_0" in r and r["clips_per_s"] > 0 for r in train_lines)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 1 and 0 <= evals[0]["J&F"] <= 100 and evals[0]["num_expressions"] == 2
+    assert result.best_metric == evals[0]["J&F"] and result.metrics["J&F"] == evals[0]["J&F"]
+    # keep_last=1: only the newest checkpoint stays
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003.pt"]
+    with open(result.plot_file, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    loaded = lvseg.load(str(result.best_checkpoint), device="cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded.tokenizer("the red circle")["input_ids"] == model.tokenizer("the red circle")["input_ids"]
+    # the same folder again without resume is refused rather than mixed with the old run
+    with pytest.raises(ConfigError, match="resume"):
+        lvseg.train(model, _train_data(env), None, out, max_steps=1, progress=False)
+
+
+def test_kill_and_resume_is_bit_identical(env, tmp_path):
+    steps = 6
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, *_run_args(env, ref, steps, 2)], check=True, env=_subprocess_env(),
+                   timeout=300, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, *_run_args(env, run, steps, 2)], env=_subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "step_00000002.pt").exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "final").exists()
+    from lvseg.train.checkpoint import list_checkpoints
+
+    done = [step for step, _ in list_checkpoints(run / "checkpoints")]
+    assert done and max(done) < steps
+    subprocess.run([sys.executable, *_run_args(env, run, steps, 2, resume=True)], check=True, env=_subprocess_env(),
+                   timeout=300, capture_output=True)
+    a = torch.load(ref / "weights_rank0.pt")
+    b = torch.load(run / "weights_rank0.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log_a = [json.loads(x) for x in (ref / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_ddp_gloo_matches_single_process_with_the_same_global_batch(env, tmp_path):
+    steps = 3
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, *_run_args(env, single, steps, 2, no_dropout=True)], check=True,
+                   env=_subprocess_env(), timeout=300, capture_output=True)
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *_run_args(env, ddp, steps, 1, no_dropout=True)]
+    proc = subprocess.run(cmd, env=_subprocess_env(), timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(ddp / "weights_rank0.pt")
+    r1 = torch.load(ddp / "weights_rank1.pt")
+    one = torch.load(single / "weights_rank0.pt")
+    init = _tiny_model(env).state_dict()
+    moved, diff = 0.0, 0.0
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), f"ranks disagree on {key}"
+        if r0[key].is_floating_point():
+            moved = max(moved, (one[key] - init[key]).abs().max().item())
+            diff = max(diff, (one[key] - r0[key]).abs().max().item())
+    assert moved > 1e-3  # training changed the weights
+    assert diff < 1e-4, f"DDP and single-process weights differ by {diff} (training moved them by {moved})"
+    # rank 0 alone writes: one log, whose losses are the global-batch losses of the single process
+    log_ddp = [json.loads(x)["loss"] for x in (ddp / "log.jsonl").read_text().splitlines()]
+    log_one = [json.loads(x)["loss"] for x in (single / "log.jsonl").read_text().splitlines()]
+    assert log_ddp == pytest.approx(log_one, rel=1e-4)
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from lvseg.train.checkpoint import save_checkpoint
+
+    class Slow:
+        def __reduce__(self):
+            print("writing", flush=True)
+            time.sleep(60)
+            return (int, (0,))
+
+    save_checkpoint(sys.argv[1], 2, {"step": 2, "model": {}, "payload": Slow()}, keep_last=1)
+""")
+
+
+def test_a_process_killed_while_writing_never_corrupts_the_previous_checkpoint(tmp_path):
+    from lvseg.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "checkpoints"
+    save_checkpoint(ckpt, 1, {"step": 1, "model": {"w": torch.arange(4.0)}}, keep_last=1)
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt)], env=_subprocess_env(), stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "writing"  # inside torch.save, temp file open
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [s for s, _ in list_checkpoints(ckpt)] == [1]
+    state = load_latest_checkpoint(ckpt)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.arange(4.0))
+    # a damaged newest file (not written by us) is skipped in favour of the previous one
+    (ckpt / "step_00000005.pt").write_bytes(b"not a checkpoint")
+    assert load_latest_checkpoint(ckpt)["step"] == 1
+
+
+def test_bad_configurations_raise_clear_errors(env, tmp_path):
+    import lvseg
+    from lvseg.train.engine import TrainConfig
+    from lvseg.train.presets import get_preset
+
+    model = _tiny_model(env)
+    data = _train_data(env)
+    with pytest.raises(ConfigError, match="empty"):
+        lvseg.train(model, [], None, tmp_path / "a")
+    with pytest.raises(ConfigError, match="empty"):
+        lvseg.train(model, torch.utils.data.Subset(data, []), None, tmp_path / "a")
+    with pytest.raises(ConfigError, match="unknown training option"):
+        lvseg.train(model, data, None, tmp_path / "a", learning_rate=1e-3)
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="fp16.*GPU"):
+        lvseg.train(model, data, None, tmp_path / "b", precision="fp16", device="cpu", max_steps=1)
+    with pytest.raises(ConfigError, match="grad_accum"):
+        lvseg.train(model, data, None, tmp_path / "c", grad_accum=10_000, max_steps=1)
+    with pytest.raises(ConfigError, match="referformer-r50-ytvos"):
+        get_preset("referformer-r50-ytvo")
+    from toymodels import make_color_model
+
+    with pytest.raises(ConfigError, match="preset .* trains the 'referformer' family"):
+        lvseg.train(make_color_model(), data, None, tmp_path / "d", preset="referformer-r50-ytvos")
+    model.tokenizer = None
+    with pytest.raises(ConfigError, match="tokenizer"):
+        lvseg.train(model, data, None, tmp_path / "e")
+
+
+def test_cli_runs_a_preset_and_resumes(env, tmp_path):
+    from lvseg.train.api import main_cli
+
+    out = tmp_path / "cli"
+    args = ["--preset", "referformer-tiny-shapes", "--data-root", str(env["root"]), "-o", str(out),
+            "--max-steps", "1", "--eval-max-samples", "1", "--no-progress", "--device", "cpu"]
+    assert main_cli(args) == 0
+    assert (out / "final" / "model.safetensors").is_file() and (out / "best" / "config.json").is_file()
+    assert main_cli(args[:-6] + ["2", "--eval-max-samples", "1", "--no-progress", "--device", "cpu",
+                                 "--resume"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()
+             if json.loads(x)["kind"] == "train"]
+    assert steps == [1, 2]
