@@ -9,8 +9,8 @@ Array-level metrics (numpy or torch input, batched over leading dimensions):
 
 One evaluator per benchmark protocol: :class:`ExpressionJF` (MeViS, Ref-YouTube-VOS with ground truth),
 :class:`SubmissionWriter` (server-scored splits), :class:`RefDAVIS17Evaluator`, :class:`MTTREvaluator`
-(A2D/JHMDB-Sentences), :class:`LocaterEvaluator` (A2D-S+), :class:`LAVTEvaluator` (RefCOCO/+/g), and
-:func:`evaluate` to run a model over a dataset. See ``docs/metrics.md``.
+(A2D/JHMDB-Sentences), :class:`LocaterEvaluator` (A2D-S+), :class:`LAVTEvaluator` (RefCOCO/+/g).
+``lvseg.evaluate`` (defined in :mod:`lvseg.metrics.evaluate`) runs a model over a dataset. See ``docs/metrics.md``.
 """
 
 from .coco import COCO_MAP_KEYS, coco_mask_map, encode_rle
@@ -23,7 +23,7 @@ from .davis import (
     region_and_boundary,
     region_similarity,
 )
-from .evaluate import build_dataset, evaluate, format_result, make_evaluator
+from .evaluate import build_dataset, format_result, make_evaluator
 from .iou import (
     LAVT,
     LOCATER,
@@ -86,7 +86,6 @@ __all__ = [
     "LocaterEvaluator",
     "LAVTEvaluator",
     "a2d_image_id",
-    "evaluate",
     "make_evaluator",
     "build_dataset",
     "format_result",
