@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import MSDeformAttn
-from ..layers.mlp import MLP
 
 __all__ = ["DeformableTransformer", "inverse_sigmoid"]
 
