@@ -346,3 +346,37 @@ def test_ref_davis_videos_must_arrive_together() -> None:
         ev.add("a", 0, 1, gt == 1)
     with pytest.raises(InvalidInputError, match="original"):
         ev.add("b", 0, 1, np.zeros((1, 3, 3), bool))
+
+
+def test_evaluate_on_lvseg_ref_davis_dataset_matches_official(tmp_path: Path) -> None:
+    """lvseg.data.RefDAVIS17 on the miniature layout + lvseg.evaluate give the official per-annotator average."""
+    import torch
+
+    import lvseg
+    from lvseg.data import RefDAVIS17
+
+    write_mini_davis(tmp_path / "DAVIS", tmp_path / "unused_results")
+    (tmp_path / "DAVIS" / "ImageSets" / "2017" / "train.txt").write_text("")
+    # objects per annotator file, as the miniature predictions have them (annotator 2 has a third proposal,
+    # annotator 3 only the second object, labelled 1)
+    files = ["Davis17_annot1.txt", "Davis17_annot1_full_video.txt", "Davis17_annot2.txt",
+             "Davis17_annot2_full_video.txt"]
+    objects = [(1, 2), (1, 2), (1, 2, 3), (1,)]
+    text_dir = tmp_path / "davis_text_annotations"
+    text_dir.mkdir()
+    for name, objs in zip(files, objects):
+        lines = [f'{seq} {o} "object {o} of {seq}"' for seq in MINI_DAVIS_SEQS for o in objs]
+        (text_dir / name).write_text("\n".join(lines) + "\n", encoding="latin-1")
+
+    def runner(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        s = MINI_DAVIS_SEQS.index(sample["video"])
+        k, a = int(sample["exp_id"]) // 4, sample["annotator"]
+        masks = np.stack([mini_davis_pred(s, t, a) == k + 1 for t in range(T)])
+        return torch.from_numpy(masks), torch.ones(T)
+
+    dataset = RefDAVIS17(tmp_path, "valid")
+    assert len(dataset) == 2 * (2 + 2 + 3 + 1)
+    result = lvseg.evaluate(None, dataset, runner=runner, progress=False)
+    average = GOLDEN["davis"]["average"]
+    assert result["J&F"] == 100 * average["J&F-Mean"]
+    assert result["J"] == 100 * average["J-Mean"] and result["F-Decay"] == 100 * average["F-Decay"]
