@@ -282,16 +282,17 @@ def evaluate(
 
 def build_dataset(name: str, root: str | Path, split: str | None = None, **kwargs: Any) -> Any:
     """A :mod:`lvseg.data` dataset from a benchmark name (``mevis``, ``ref-davis17``, ``a2d-sentences``, ...)."""
+    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    class_name = _DATASET_ALIASES.get(key, _DATASET_ALIASES.get(key.replace("-", "")))
+    if class_name is None and name in DATASET_PROTOCOLS:
+        class_name = name
+    if class_name is None:
+        raise InvalidInputError(f"unknown dataset {name!r}; choose one of {sorted(set(_DATASET_ALIASES))}")
     import lvseg.data as data
 
-    key = name.strip().lower().replace("_", "-").replace(" ", "-")
-    class_name = _DATASET_ALIASES.get(key, _DATASET_ALIASES.get(key.replace("-", ""), name))
     cls = getattr(data, class_name, None)
     if cls is None:
-        raise InvalidInputError(
-            f"unknown dataset {name!r}; choose one of {sorted(set(_DATASET_ALIASES))} (lvseg.data provides "
-            f"{sorted(n for n in getattr(data, '__all__', []) if n[:1].isupper())})"
-        )
+        raise InvalidInputError(f"lvseg.data has no {class_name} reader in this version of lvseg")
     if key in ("refcoco", "refcoco+", "refcocog"):
         kwargs.setdefault("dataset", key)
         kwargs.setdefault("overlap", "lavt")  # LAVT's reading of REFER masks, part of its protocol
