@@ -112,12 +112,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module_name: str, function: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        module = importlib.import_module(module_name)
-        return int(getattr(module, function)(args.rest) or 0)
+# Commands whose module parses its own options: command -> (module, function(argv) -> exit status, help)
+DELEGATED = {
+    "evaluate": ("lvseg.metrics.evaluate", "main_cli", "evaluate a model on a benchmark with its official protocol"),
+    "train": ("lvseg.train.api", "main_cli", "train or fine-tune a model"),
+    "demo": ("lvseg.demo", "main_cli", "run the embedded model on a generated video (offline)"),
+    "build-ops": ("lvseg.ops.build", "main", "compile the deformable attention kernels ahead of time"),
+}
 
-    return run
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,27 +181,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="registry name, for the model card's metadata")
     p.set_defaults(func=_cmd_convert)
 
-    for name, module, function, help_text in [
-        ("evaluate", "lvseg.metrics.evaluate", "main_cli", "evaluate a model on a benchmark"),
-        ("train", "lvseg.train.api", "main_cli", "train or fine-tune a model"),
-        ("demo", "lvseg.demo", "main_cli", "run the embedded model on a generated video"),
-        ("build-ops", "lvseg.ops.build", "main", "compile the deformable attention kernels ahead of time"),
-    ]:
-        try:
-            available = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            available = False
-        if available:
-            p = sub.add_parser(name, help=help_text, add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(func=_delegate(module, function))
+    for name, (module, _, help_text) in DELEGATED.items():
+        if _available(module):
+            # listed here for `lvseg --help`; main() hands their arguments to the module unparsed
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _run(func: Callable[[], int]) -> int:
+    try:
+        return int(func() or 0)
+    except LVSegError as exc:
+        print(f"lvseg: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lvseg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):
+        verbose, argv = True, argv[1:]
+    if argv and argv[0] in DELEGATED and _available(DELEGATED[argv[0]][0]):
+        module_name, function, _ = DELEGATED[argv[0]]
+        _setup_logging(verbose)
+        rest = argv[1:]
+        return _run(lambda: getattr(importlib.import_module(module_name), function)(rest))
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(verbose or args.verbose)
     if getattr(args, "command", None) == "predict" and args.model is None:
         from .registry import list_models
 
@@ -201,14 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not defaults:
             parser.error("no model given and no published model is registered: pass -m NAME_OR_FOLDER")
         args.model = defaults[0]
-    try:
-        return args.func(args)
-    except LVSegError as exc:
-        print(f"lvseg: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lvseg: interrupted", file=sys.stderr)
-        return 130
+    return _run(lambda: args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,3 +93,14 @@ def test_convert_unknown_family(tmp_path, capsys):
     ckpt.write_bytes(b"")
     assert main(["convert", "nosuchfamily", str(ckpt), "-o", str(tmp_path / "o")]) == 1
     assert "no converter" in capsys.readouterr().err
+
+
+def test_delegated_commands_take_leading_options(tmp_path, capsys):
+    # evaluate/train/demo parse their own options: `lvseg evaluate -m X ...` must reach the evaluate parser
+    code = main(["-v", "evaluate", "-m", "no-such-model", "--dataset", "mevis", "--root", str(tmp_path)])
+    assert code == 1
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--help"])
+    assert info.value.code == 0 and "usage: lvseg evaluate" in capsys.readouterr().out
+    assert "evaluate" in subprocess.run([str(BIN / "lvseg"), "--help"], capture_output=True, text=True).stdout
