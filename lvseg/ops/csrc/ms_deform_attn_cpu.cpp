@@ -121,6 +121,26 @@ inline bool make_footprint(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W, Footp
   return true;
 }
 
+// How many queries ahead the backward prefetches its strided per-query rows.
+constexpr int64_t kPrefetchQueries = 2;
+
+inline void prefetch_range(const void* ptr, int64_t bytes, bool for_write) {
+#if defined(__GNUC__)
+  const char* p = static_cast<const char*>(ptr);
+  for (int64_t off = 0; off < bytes; off += 64) {
+    if (for_write) {
+      __builtin_prefetch(p + off, 1, 3);
+    } else {
+      __builtin_prefetch(p + off, 0, 3);
+    }
+  }
+#else
+  (void)ptr;
+  (void)bytes;
+  (void)for_write;
+#endif
+}
+
 struct Dims {
   int64_t N, S, M, D, Lq, L, P;
 };
@@ -215,6 +235,16 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value_hm, const 
   acc_t* sink[4] = {scratch.data(), scratch.data() + d.D, scratch.data() + 2 * d.D, scratch.data() + 3 * d.D};
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t nqm = (n * d.Lq + q) * d.M + m;
+    if (q + kPrefetchQueries < q_end) {
+      // the per-query rows of this head are M rows apart (strided), which the hardware prefetchers miss:
+      // fetch the ones of a later query now
+      const int64_t later = nqm + kPrefetchQueries * d.M;
+      prefetch_range(grad_out + later * d.D, d.D * sizeof(scalar_t), false);
+      prefetch_range(loc + later * LP * 2, LP * 2 * sizeof(acc_t), false);
+      prefetch_range(attn + later * LP, LP * sizeof(acc_t), false);
+      prefetch_range(grad_loc + later * LP * 2, LP * 2 * sizeof(acc_t), true);
+      prefetch_range(grad_attn + later * LP, LP * sizeof(acc_t), true);
+    }
     const scalar_t* go_row = grad_out + nqm * d.D;
     bool any = false;
     for (int64_t k = 0; k < d.D; ++k) {
