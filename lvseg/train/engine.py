@@ -330,8 +330,6 @@ class Trainer:
         if model.config.architecture != "referformer":
             raise ConfigError(f"lvseg.train supports the 'referformer' family for now, not "
                               f"{model.config.architecture!r}")
-        if config.deterministic and self.info.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
         if config.gradient_checkpointing:
             model.config.gradient_checkpointing = True
             backbone = getattr(model, "backbone", None)
@@ -529,6 +527,10 @@ class Trainer:
             random.seed(cfg.seed)
             np.random.seed(cfg.seed % 2**32)
         self._tb = self._open_tensorboard()
+        previous_determinism = (torch.are_deterministic_algorithms_enabled(),
+                                torch.is_deterministic_algorithms_warn_only_enabled())
+        if cfg.deterministic and self.info.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=not (cfg.progress and self.info.is_main))
         global_batch = cfg.batch_size * self.info.world_size * cfg.grad_accum
@@ -580,6 +582,7 @@ class Trainer:
                     if last or end_of_epoch:
                         break
         finally:
+            torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
             bar.close()
             if self._tb is not None:
                 self._tb.close()
