@@ -40,7 +40,7 @@
 
 // The package is compiled for the baseline ISA (the cache may be shared by machines with different CPUs), and
 // the hot loops are compiled a second time for AVX2+FMA, picked at run time. (An AVX-512 variant measured no
-// faster than AVX2 on Zen 4 for D = 32 and doubled the build time.)
+// faster than AVX2 on the AMD EPYC development machine for D = 32 and doubled the build time.)
 #if defined(__GNUC__) && defined(__x86_64__)
 #define MSDA_X86_DISPATCH 1
 #define MSDA_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
