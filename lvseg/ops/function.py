@@ -239,12 +239,12 @@ def ms_deform_attn(
 
     ext = build.load_extension(name)
     acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-    shapes_t = torch.tensor(shapes, dtype=torch.int64, device=value.device)
+    shapes_t = _as_index_tensor(spatial_shapes, shapes, value.device)
     starts, acc = [], 0
     for h, w in shapes:
         starts.append(acc)
         acc += h * w
-    starts_t = torch.tensor(starts, dtype=torch.int64, device=value.device)
+    starts_t = _as_index_tensor(level_start_index, starts, value.device)
     return _MSDeformAttnCompiled.apply(
         ext,
         _deterministic_requested(),
@@ -254,6 +254,14 @@ def ms_deform_attn(
         sampling_locations.to(acc_dtype).contiguous(),
         attention_weights.to(acc_dtype).contiguous(),
     )
+
+
+def _as_index_tensor(given: Any, values: list, device: torch.device) -> torch.Tensor:
+    """``given`` if it is already a usable int64 tensor on ``device`` (no copy), else a new one from ``values``
+    (already validated to describe the same levels)."""
+    if isinstance(given, torch.Tensor) and given.dtype == torch.int64 and given.device == device:
+        return given.contiguous()
+    return torch.tensor(values, dtype=torch.int64, device=device)
 
 
 def _is_compiling() -> bool:
