@@ -50,7 +50,9 @@ class TrainConfig:
     ``lr_text_encoder`` for ``text_encoder.`` (frozen when ``freeze_text_encoder``). The LR is multiplied by
     ``lr_gamma`` at every epoch in ``lr_drops`` (or every step in ``lr_drop_steps``), after ``warmup_steps`` of
     linear warm-up. ``batch_size`` is per process; the global batch is ``batch_size * world_size * grad_accum``.
-    ``max_steps`` (optimizer steps) stops the run early; ``epochs`` otherwise.
+    ``max_steps`` (optimizer steps) stops the run early; ``epochs`` otherwise. ``optimizer`` is ``"adamw"``
+    (every official recipe) or ``"sgd"`` (momentum 0.9; its update is linear in the gradient, so runs that differ
+    only by float rounding stay close, which Adam's normalisation of near-zero gradients does not guarantee).
     """
 
     output_dir: str = "runs/lvseg"
@@ -61,6 +63,7 @@ class TrainConfig:
     lr_backbone: float = 5e-5
     lr_text_encoder: float = 1e-5
     weight_decay: float = 5e-4
+    optimizer: str = "adamw"
     lr_drops: tuple[int, ...] = ()
     lr_drop_steps: tuple[int, ...] = ()
     lr_gamma: float = 0.1
@@ -93,6 +96,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 (or None to run all epochs), got {self.max_steps}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer must be 'adamw' (the official recipes) or 'sgd', got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("lr", "lr_backbone", "lr_text_encoder", "weight_decay", "clip_max_norm"):
@@ -340,8 +345,12 @@ class Trainer:
         model.to(self.info.device)
         model.train()
         self.criterion = criterion or ReferFormerCriterion(config.loss_weights)
-        self.optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        groups = _param_groups(model, config)
+        if config.optimizer == "sgd":  # momentum SGD: updates linear in the gradient (exactness checks, ablations)
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9,
+                                                                    weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.sampler = EpochBatchSampler(len(train_data), config.batch_size, self.info.rank,  # type: ignore[arg-type]
                                          self.info.world_size, config.seed)
         self.micro_per_epoch = len(self.sampler)
