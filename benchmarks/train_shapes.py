@@ -78,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if args.export:
+        from lvseg.hub import save_pretrained
+        from lvseg.registry import get_entry
+
         dst = Path(args.export)
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(best, dst)
+        save_pretrained(model, dst, entry=get_entry("referformer-tiny.shapes"))
+        for f in dst.iterdir():
+            f.chmod(0o644)  # package data: readable by everyone once installed
         print(f"exported {best} -> {dst}")
     return 0
 
