@@ -52,7 +52,7 @@ enum Isa : int { kIsaDefault = 0, kIsaAvx2 = 1 };
 constexpr int kNumIsas = 2;
 const char* const kIsaNames[kNumIsas] = {"default", "avx2"};
 
-int best_isa() {
+int detect_isa() {
 #ifdef MSDA_X86_DISPATCH
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
@@ -64,6 +64,11 @@ int best_isa() {
 
 // Work (multiply-adds) below which a loop runs on the calling thread only.
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 20;
+
+int best_isa() {
+  static const int best = detect_isa();
+  return best;
+}
 
 std::atomic<int> g_isa_override{-1};  // -1: the best the CPU supports
 
@@ -219,15 +224,14 @@ MSDA_ALWAYS_INLINE inline void forward_rows(const scalar_t* value, const int64_t
   }
 }
 
-// Backward for the queries [q_begin, q_end) of one (n, m). Works on head-major copies: value_hm and the
-// grad_value accumulator are [N, M, S, D], so the rows of one (n, m) are contiguous (with the [N, S, M, D]
-// layout they sit 1 KiB apart for M*D = 256 floats, which maps them onto 1/16 of the cache sets and made this
-// loop 4x slower). gv: this (n, m)'s [S, D] accumulator, or nullptr when grad_value is not needed. Writes the
-// location/weight gradients of those queries.
+// Backward for the queries [q_begin, q_end) of one (n, m). v_head: this (n, m)'s first value row, rows
+// v_stride elements apart; gv: its grad_value accumulator (rows gv_stride apart), or nullptr when grad_value
+// is not needed. Writes the location/weight gradients of those queries.
 template <typename scalar_t, typename acc_t>
-MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value_hm, const int64_t* shapes,
+MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* v_head, int64_t v_stride, const int64_t* shapes,
                                                 const int64_t* starts, const acc_t* loc, const acc_t* attn,
-                                                const scalar_t* grad_out, acc_t* gv, acc_t* grad_loc, acc_t* grad_attn, const Dims& d, int64_t n, int64_t m, int64_t q_begin,
+                                                const scalar_t* grad_out, acc_t* gv, int64_t gv_stride,
+                                                acc_t* grad_loc, acc_t* grad_attn, const Dims& d, int64_t n, int64_t m, int64_t q_begin,
                       int64_t q_end, std::vector<acc_t>& scratch, std::vector<acc_t>& go_buf,
                       const std::vector<scalar_t>& zeros) {
   const int64_t LP = d.L * d.P;
@@ -253,8 +257,8 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value_hm, const 
     }
     for (int64_t l = 0; l < d.L; ++l) {
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const scalar_t* level = value_hm + ((n * d.M + m) * d.S + starts[l]) * d.D;
-      acc_t* glevel = gv == nullptr ? nullptr : gv + starts[l] * d.D;
+      const scalar_t* level = v_head + starts[l] * v_stride;
+      acc_t* glevel = gv == nullptr ? nullptr : gv + starts[l] * gv_stride;
       for (int64_t p = 0; p < d.P; ++p) {
         const int64_t i = nqm * LP + l * d.P + p;
         grad_attn[i] = acc_t(0);
@@ -266,8 +270,8 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value_hm, const 
         const scalar_t* r[4];
         acc_t* g[4];
         for (int c = 0; c < 4; ++c) {
-          r[c] = f.valid[c] ? level + f.pix[c] * d.D : zeros.data();
-          g[c] = (f.valid[c] && glevel != nullptr) ? glevel + f.pix[c] * d.D : sink[c];
+          r[c] = f.valid[c] ? level + f.pix[c] * v_stride : zeros.data();
+          g[c] = (f.valid[c] && glevel != nullptr) ? glevel + f.pix[c] * gv_stride : sink[c];
         }
         const acc_t w0 = f.weight[0], w1 = f.weight[1], w2 = f.weight[2], w3 = f.weight[3];
         const acc_t hy = f.hy, ly = f.ly, hx = f.hx, lx = f.lx;
@@ -307,10 +311,11 @@ MSDA_ALWAYS_INLINE inline void backward_queries(const scalar_t* value_hm, const 
   }
 }
 
+// value and grad_value are [N, M, S, D] when head_major, else [N, S, M, D].
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const scalar_t* value_hm, const int64_t* shapes, const int64_t* starts, const acc_t* loc,
-                     const acc_t* attn, const scalar_t* grad_out, acc_t* grad_value_hm, acc_t* grad_loc,
-                     acc_t* grad_attn, const Dims& d) {
+void backward_kernel(const scalar_t* value, bool head_major, const int64_t* shapes, const int64_t* starts,
+                     const acc_t* loc, const acc_t* attn, const scalar_t* grad_out, acc_t* grad_value,
+                     acc_t* grad_loc, acc_t* grad_attn, const Dims& d) {
   const int isa = current_isa();
   const int64_t pairs = d.N * d.M;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
@@ -322,7 +327,9 @@ void backward_kernel(const scalar_t* value_hm, const int64_t* shapes, const int6
   const int64_t q_per_chunk = (d.Lq + chunks - 1) / chunks;
   // private grad_value buffers ([S, D] per (pair, chunk > 0)) when chunking
   std::vector<acc_t> extra;
-  if (grad_value_hm != nullptr && chunks > 1) extra.assign(static_cast<size_t>(pairs * (chunks - 1) * d.S * d.D), 0);
+  const int64_t row_stride = head_major ? d.D : d.M * d.D;
+  auto head_offset = [&](int64_t n, int64_t m) { return head_major ? (n * d.M + m) * d.S * d.D : (n * d.S * d.M + m) * d.D; };
+  if (grad_value != nullptr && chunks > 1) extra.assign(static_cast<size_t>(pairs * (chunks - 1) * d.S * d.D), 0);
 
   at::parallel_for(0, pairs * chunks, small ? pairs * chunks : 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(4 * d.D);
@@ -333,30 +340,38 @@ void backward_kernel(const scalar_t* value_hm, const int64_t* shapes, const int6
       const int64_t n = pair / d.M, m = pair % d.M;
       const int64_t q0 = chunk * q_per_chunk, q1 = std::min(d.Lq, q0 + q_per_chunk);
       if (q0 >= q1) continue;
+      const scalar_t* v_head = value + head_offset(n, m);
       acc_t* gv = nullptr;
-      if (grad_value_hm != nullptr) {
-        gv = chunk == 0 ? grad_value_hm + pair * d.S * d.D
-                        : extra.data() + ((pair * (chunks - 1) + chunk - 1) * d.S) * d.D;
+      int64_t gv_stride = row_stride;
+      if (grad_value != nullptr) {
+        if (chunk == 0) {
+          gv = grad_value + head_offset(n, m);
+        } else {
+          gv = extra.data() + ((pair * (chunks - 1) + chunk - 1) * d.S) * d.D;
+          gv_stride = d.D;
+        }
       }
 #ifdef MSDA_X86_DISPATCH
       if (isa == kIsaAvx2) {
-        backward_queries_avx2<scalar_t, acc_t>(value_hm, shapes, starts, loc, attn, grad_out, gv, grad_loc,
+        backward_queries_avx2<scalar_t, acc_t>(v_head, row_stride, shapes, starts, loc, attn, grad_out, gv, gv_stride, grad_loc,
                                                grad_attn, d, n, m, q0, q1, scratch, go_buf, zeros);
         continue;
       }
 #endif
-      backward_queries<scalar_t, acc_t>(value_hm, shapes, starts, loc, attn, grad_out, gv, grad_loc,
+      backward_queries<scalar_t, acc_t>(v_head, row_stride, shapes, starts, loc, attn, grad_out, gv, gv_stride, grad_loc,
                                         grad_attn, d, n, m, q0, q1, scratch, go_buf, zeros);
     }
   });
-  if (grad_value_hm != nullptr && chunks > 1) {
+  if (grad_value != nullptr && chunks > 1) {
     // fixed-order sum of the private buffers into grad_value
     at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
       for (int64_t pair = begin; pair < end; ++pair) {
-        acc_t* dst = grad_value_hm + pair * d.S * d.D;
+        acc_t* dst = grad_value + head_offset(pair / d.M, pair % d.M);
         for (int64_t c = 1; c < chunks; ++c) {
           const acc_t* src = extra.data() + ((pair * (chunks - 1) + c - 1) * d.S) * d.D;
-          for (int64_t e = 0; e < d.S * d.D; ++e) dst[e] += src[e];
+          for (int64_t s = 0; s < d.S; ++s) {
+            for (int64_t k = 0; k < d.D; ++k) dst[s * row_stride + k] += src[s * d.D + k];
+          }
         }
       }
     });
@@ -419,19 +434,25 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
               "grad_output must be a contiguous [N, Lq, M*D] tensor of value's dtype");
   const auto acc_type = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto acc_opts = value.options().dtype(acc_type);
-  // head-major [N, M, S, D] copies (see backward_queries); no copy when M == 1
-  const at::Tensor value_hm = value.permute({0, 2, 1, 3}).contiguous();
-  at::Tensor grad_value_hm;
-  if (need_value_grad) grad_value_hm = at::zeros({d.N, d.M, d.S, d.D}, acc_opts);
+  // With many points per value row (the encoder), work on head-major [N, M, S, D] copies of value and
+  // grad_value so that one (n, m)'s rows are contiguous: in [N, S, M, D] they sit M*D elements apart (1 KiB
+  // for 256 floats), which maps them onto a fraction of the cache sets. With few (a decoder), the copies
+  // would cost more than they save.
+  const bool head_major = d.M > 1 && d.Lq * d.L * d.P * 4 >= d.S;
+  const at::Tensor value_k = head_major ? value.permute({0, 2, 1, 3}).contiguous() : value;
+  at::Tensor grad_value_acc;
+  if (need_value_grad) {
+    grad_value_acc = head_major ? at::zeros({d.N, d.M, d.S, d.D}, acc_opts) : at::zeros(value.sizes(), acc_opts);
+  }
   auto grad_loc = at::empty(sampling_loc.sizes(), acc_opts);
   auto grad_attn = at::empty(attn_weight.sizes(), acc_opts);
   if (d.N * d.Lq * d.M > 0 && d.L * d.P > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      backward_kernel<scalar_t, acc_t>(value_hm.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
+      backward_kernel<scalar_t, acc_t>(value_k.data_ptr<scalar_t>(), head_major, spatial_shapes.data_ptr<int64_t>(),
                                        level_start_index.data_ptr<int64_t>(), sampling_loc.data_ptr<acc_t>(),
                                        attn_weight.data_ptr<acc_t>(), grad_output.data_ptr<scalar_t>(),
-                                       need_value_grad ? grad_value_hm.data_ptr<acc_t>() : nullptr,
+                                       need_value_grad ? grad_value_acc.data_ptr<acc_t>() : nullptr,
                                        grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), d);
     });
   } else {
@@ -440,9 +461,13 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
   }
   at::Tensor grad_value;
   if (need_value_grad) {
-    // back to [N, S, M, D] in value's dtype, in one pass
-    grad_value = at::empty(value.sizes(), value.options());
-    grad_value.copy_(grad_value_hm.permute({0, 2, 1, 3}));
+    if (!head_major && grad_value_acc.scalar_type() == value.scalar_type()) {
+      grad_value = grad_value_acc;
+    } else {
+      // back to [N, S, M, D] in value's dtype, in one pass
+      grad_value = at::empty(value.sizes(), value.options());
+      grad_value.copy_(head_major ? grad_value_acc.permute({0, 2, 1, 3}) : grad_value_acc);
+    }
   }
   return {grad_value, grad_loc, grad_attn};
 }
