@@ -18,16 +18,16 @@ Shapes (D = 32, M = 8, P = 4, 4 levels at strides 8/16/32/64, as in ReferFormer)
 - image:   one 768x1280 image -> 96x160 ... 12x20; S = Lq = 20400, N = 1.
 
 Measured (fp32, ``python benchmarks/ops_msda.py --repeat 5``; AMD EPYC VM (AVX2/AVX-512), 2 vCPUs, 24 GB, torch 2.15.0,
-2 threads, GCC 12.2, AVX2 kernels; the machine was shared with other jobs at a load average of about 14, so
+2 threads, GCC 12.2, AVX2 kernels; the machine was shared with other jobs at a load average of about 11, so
 absolute times are inflated, while each speedup comes from one interleaved run):
 
     shape      pass      reference      cpu       speedup   cpu gathered GB/s
-    encoder    fwd       2947 ms     203.8 ms      14.5x          8.2
-    encoder    fwd+bwd   6880 ms     692.1 ms       9.9x          9.7
-    decoder    fwd        140 ms       0.7 ms     200.0x          2.3
-    decoder    fwd+bwd    368 ms      59.2 ms       6.2x          0.1
-    image      fwd       3147 ms     186.8 ms      16.8x          7.2
-    image      fwd+bwd   9654 ms     571.9 ms      16.9x          9.4
+    encoder    fwd       3109 ms     200.7 ms      15.5x          8.3
+    encoder    fwd+bwd   7326 ms     693.5 ms      10.6x          9.6
+    decoder    fwd        131 ms       0.7 ms     200.9x          2.5
+    decoder    fwd+bwd    280 ms      16.6 ms      16.9x          0.4
+    image      fwd       3164 ms     192.3 ms      16.5x          7.0
+    image      fwd+bwd   9205 ms     616.1 ms      14.9x          8.7
 
 No GPU was available when this was written; ``--device cuda`` has not been measured yet.
 """
