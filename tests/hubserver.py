@@ -163,22 +163,29 @@ class LocalHub:
             return self._send(h, 400, json.dumps({"error": str(exc)}).encode(), method=method)
         self._send(h, 404, b'{"error": "no such endpoint"}', method=method)
 
-    def _model_info(self, h: BaseHTTPRequestHandler, method: str, repo_id: str, revision: str) -> None:
+    def _lookup(self, h: BaseHTTPRequestHandler, method: str, repo_id: str,
+                revision: str) -> tuple[Repo | None, str | None]:
+        """The repo and commit a revision names, or (None, None) after answering with the Hub's 404."""
         repo, sha = self._resolve(repo_id, revision)
         if repo is None:
-            return self._error(h, method, "RepoNotFound", f"Repository {repo_id} not found")
-        if sha is None:
-            return self._error(h, method, "RevisionNotFound", f"Invalid rev id: {revision}")
+            self._error(h, method, "RepoNotFound", f"Repository {repo_id} not found")
+        elif sha is None:
+            self._error(h, method, "RevisionNotFound", f"Invalid rev id: {revision}")
+            repo = None
+        return repo, sha
+
+    def _model_info(self, h: BaseHTTPRequestHandler, method: str, repo_id: str, revision: str) -> None:
+        repo, sha = self._lookup(h, method, repo_id, revision)
+        if repo is None or sha is None:
+            return
         siblings = [{"rfilename": p} for p in sorted(repo.commits[sha])]
         self._json(h, method, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "disabled": False,
                                "gated": False, "siblings": siblings, "tags": ["lvseg"], "library_name": "lvseg"})
 
     def _tree(self, h: BaseHTTPRequestHandler, method: str, repo_id: str, revision: str, query: dict) -> None:
-        repo, sha = self._resolve(repo_id, revision)
-        if repo is None:
-            return self._error(h, method, "RepoNotFound", f"Repository {repo_id} not found")
-        if sha is None:
-            return self._error(h, method, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, sha = self._lookup(h, method, repo_id, revision)
+        if repo is None or sha is None:
+            return
         entries = []
         for path, data in sorted(repo.commits[sha].items()):
             entry = {"type": "file", "oid": git_blob_sha(data), "size": len(data), "path": path}
@@ -188,11 +195,9 @@ class LocalHub:
         self._json(h, method, entries)
 
     def _resolve_file(self, h: BaseHTTPRequestHandler, method: str, repo_id: str, revision: str, path: str) -> None:
-        repo, sha = self._resolve(repo_id, revision)
-        if repo is None:
-            return self._error(h, method, "RepoNotFound", f"Repository {repo_id} not found")
-        if sha is None:
-            return self._error(h, method, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, sha = self._lookup(h, method, repo_id, revision)
+        if repo is None or sha is None:
+            return
         path = unquote(path)
         if path not in repo.commits[sha]:
             return self._error(h, method, "EntryNotFound", f"{path} does not exist at {sha}")
