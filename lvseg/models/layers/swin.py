@@ -28,7 +28,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["SwinBackbone", "WindowAttention3D", "effective_window", "shifted_window_mask", "shifted_window_regions"]
+__all__ = ["SwinBackbone", "WindowAttention3D", "effective_window", "shifted_window_mask", "shifted_window_regions",
+           "ShiftMaskGroups"]
 
 Triple = tuple[int, int, int]
 
@@ -114,15 +115,17 @@ class WindowAttention3D(nn.Module):
             self._index_cache[key] = cached
         return cached
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: "torch.Tensor | ShiftMaskGroups | None" = None) -> torch.Tensor:
         """x: [B * nW, N, C]; mask -> [B * nW, N, C].
 
-        ``mask`` is None, an additive [nW, N, N] mask (0 / -100), or, for the fused path, the integer region id
-        of every token of every window [nW, N] (tokens of different regions do not attend to each other), which
-        is N times smaller than the additive mask.
+        ``mask`` is None, an additive [nW, N, N] mask (0 / -100), the integer region id of every token of every
+        window [nW, N] (tokens of different regions do not attend to each other), or those region ids grouped
+        by pattern (:class:`ShiftMaskGroups`, what the backbone passes to the fused path).
         """
         if self.fused:
             return self._forward_fused(x, mask)
+        if isinstance(mask, ShiftMaskGroups):
+            mask = mask.regions
         if mask is not None and not mask.is_floating_point():
             mask = _region_mask(mask, x.dtype)
         b_, n, c = x.shape
@@ -140,7 +143,7 @@ class WindowAttention3D(nn.Module):
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c))
 
-    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, mask: "torch.Tensor | ShiftMaskGroups | None") -> torch.Tensor:
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
@@ -149,6 +152,21 @@ class WindowAttention3D(nn.Module):
         bias = bias.to(q.dtype)  # [nH, N, N], broadcast over windows
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        elif isinstance(mask, ShiftMaskGroups) or not mask.is_floating_point():
+            groups = mask if isinstance(mask, ShiftMaskGroups) else ShiftMaskGroups.from_regions(mask)
+            nw = groups.num_windows
+            q, k, v = (t.reshape(b_ // nw, nw, heads, n, -1) for t in (q, k, v))
+            out = q.new_empty(q.shape)
+            # windows sharing a shift-mask pattern (at most 8 patterns) share one broadcast [nH, N, N] mask
+            for pattern, index in zip(groups.patterns, groups.index):
+                attn_mask = bias + pattern.to(q.dtype)
+                if index.numel() == nw:
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+                    break
+                part = F.scaled_dot_product_attention(q.index_select(1, index), k.index_select(1, index),
+                                                      v.index_select(1, index), attn_mask=attn_mask, scale=self.scale)
+                out.index_copy_(1, index, part)
+            out = out.view(b_, heads, n, -1)
         else:
             nw = mask.shape[0]
             q, k, v = (t.reshape(b_ // nw, nw, heads, n, -1) for t in (q, k, v))
@@ -157,13 +175,36 @@ class WindowAttention3D(nn.Module):
             chunk = max(1, (1 << 24) // (heads * n * n))
             for s in range(0, nw, chunk):
                 e = min(nw, s + chunk)
-                part = mask[s:e]
-                extra = _region_mask(part, q.dtype) if not part.is_floating_point() else part.to(q.dtype)
                 out[:, s:e] = F.scaled_dot_product_attention(
-                    q[:, s:e], k[:, s:e], v[:, s:e], attn_mask=bias + extra.unsqueeze(1), scale=self.scale
+                    q[:, s:e], k[:, s:e], v[:, s:e], attn_mask=bias + mask[s:e].to(q.dtype).unsqueeze(1),
+                    scale=self.scale,
                 )
             out = out.view(b_, heads, n, -1)
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
+
+
+class ShiftMaskGroups:
+    """The shift mask of one window geometry, grouped by pattern, for the fused attention path.
+
+    After the cyclic shift every window sees one of at most 8 region patterns (interior windows: a single
+    region, i.e. no mask). ``patterns`` [K, N, N] holds each pattern's additive mask (0 / -100) and ``index[k]``
+    the windows that have pattern ``k``; ``regions`` [nW, N] are the per-token region ids.
+    """
+
+    def __init__(self, regions: torch.Tensor) -> None:
+        self.regions = regions
+        self.num_windows = regions.shape[0]
+        unique, inverse = torch.unique(regions, dim=0, return_inverse=True)
+        self.patterns = _region_mask(unique, torch.float32)
+        self.index = [torch.nonzero(inverse == i).flatten() for i in range(unique.shape[0])]
+
+    @classmethod
+    def from_regions(cls, regions: torch.Tensor) -> "ShiftMaskGroups":
+        return cls(regions)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.regions.shape
 
 
 def _region_mask(regions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -306,8 +347,8 @@ class SwinBackbone(nn.Module):
         self.out_norms = None if video else nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels)
 
     def _shift_mask(self, padded: Triple, window: Triple, shift: Triple, x: torch.Tensor) -> torch.Tensor:
-        """The shift mask of one geometry, cached (a few entries): region ids [nW, N] for the fused path,
-        the additive [nW, N, N] mask otherwise (not cached: it can take hundreds of MB)."""
+        """The shift mask of one geometry: for the fused path its :class:`ShiftMaskGroups` (cached, a few
+        entries); otherwise the additive [nW, N, N] mask (not cached: it can take hundreds of MB)."""
         if not self.fused_attention:
             return shifted_window_mask(padded, window, shift, x.device).to(x.dtype)
         key = (padded, window, shift, x.device)
@@ -315,7 +356,7 @@ class SwinBackbone(nn.Module):
         if regions is None:
             if len(self._mask_cache) >= 16:
                 self._mask_cache.clear()
-            regions = shifted_window_regions(padded, window, shift, x.device)
+            regions = ShiftMaskGroups(shifted_window_regions(padded, window, shift, x.device))
             self._mask_cache[key] = regions
         return regions
 
