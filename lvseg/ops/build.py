@@ -110,6 +110,14 @@ _loaded: dict[str, Optional[ModuleType]] = {}
 _warned: set[str] = set()
 
 
+def _cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, imported without its import-time notices (e.g. "No CUDA runtime is
+    found") unless LVSEG_VERBOSE_BUILD=1."""
+    with _quiet_build():
+        from torch.utils import cpp_extension
+    return cpp_extension
+
+
 def _verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -204,8 +212,7 @@ def compile_cuda_object(output_dir: Path, arch: str = "80") -> Path:
     Raises:
         BuildError: nvcc is missing or the compilation failed (the compiler output is in the message).
     """
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     cuda_home = cpp_extension.CUDA_HOME
     nvcc = Path(cuda_home) / "bin" / "nvcc" if cuda_home else None
     if nvcc is None or not nvcc.exists():
@@ -260,8 +267,7 @@ def build_info(kind: str) -> BuildInfo:
         "cflags": " ".join(_CFLAGS + _LDFLAGS),
     }
     if kind == "cuda":
-        from torch.utils import cpp_extension
-
+        cpp_extension = _cpp_extension()
         if torch.version.cuda is None:
             raise BuildError(
                 f"this torch ({torch.__version__}) is built without CUDA; install a CUDA build of torch to use "
@@ -405,8 +411,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
     if args.kind == "auto":
-        from torch.utils import cpp_extension
-
+        cpp_extension = _cpp_extension()
         kinds = ["cpu"]
         if torch.version.cuda is not None and cpp_extension.CUDA_HOME and torch.cuda.is_available():
             kinds.append("cuda")
