@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/shapes96")
     p.add_argument("--control", action="store_true", help="train on shuffled expressions (text-blind control)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 3000 steps")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 5000 steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--export", default=None, help="copy the best model to this Hub-format folder")

@@ -30,7 +30,8 @@ from ..models.base import RVOSModel
 from .boxes import mask_boxes_cxcywh
 from .checkpoint import list_checkpoints, load_latest_checkpoint, replace_folder, rng_state, save_checkpoint, \
     set_rng_state
-from .distributed import DistInfo, EpochBatchSampler, all_gather_objects, all_reduce_mean, all_reduce_sum, barrier
+from .distributed import (DistInfo, EpochBatchSampler, all_gather_objects, all_reduce_mean, all_reduce_sum, barrier,
+                          broadcast_object)
 from .losses import LossWeights, ReferFormerCriterion
 from .matcher import VideoTarget
 from .plot import plot_curves
@@ -407,7 +408,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.info.world_size:
+            set_rng_state(per_rank[self.info.rank])
+        else:
+            set_rng_state(state["rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_metric = state["best_metric"]
         self.history = list(state["history"])
@@ -480,8 +485,11 @@ class Trainer:
                           collate_fn=_collate, num_workers=self.cfg.num_workers, generator=generator)
 
     def _save(self) -> None:
+        rngs = all_gather_objects(rng_state())  # every rank's generators (dropout streams differ per rank)
         if self.info.is_main:
-            save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(), self.cfg.keep_last)
+            state = self.state_dict()
+            state["rng_per_rank"] = rngs
+            save_checkpoint(self.out / "checkpoints", self.step, state, self.cfg.keep_last)
         barrier()
 
     def _save_model(self, name: str) -> Path:
@@ -518,7 +526,9 @@ class Trainer:
             (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
         barrier()
         if cfg.resume:
-            state = load_latest_checkpoint(self.out / "checkpoints")
+            # rank 0 reads (only it writes checkpoints, possibly on a disk the other nodes do not share)
+            state = load_latest_checkpoint(self.out / "checkpoints") if self.info.is_main else None
+            state = broadcast_object(state)
             if state is not None:
                 self.load_state_dict(state)
                 if self.info.is_main:  # drop log lines written after the checkpoint (they will be redone)

@@ -159,7 +159,7 @@ PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes", "referformer", build_shapes_tiny,
         train=dict(lr=5e-4, lr_backbone=5e-4, lr_text_encoder=5e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=1, max_steps=3000, warmup_steps=150, lr_drop_steps=(2400,),
+                   batch_size=2, epochs=1, max_steps=5000, warmup_steps=150, lr_drop_steps=(4200,),
                    disable_dropout=True, eval_every=500, eval_max_samples=60, checkpoint_every=250, log_every=25),
         data=shapes_data,
         description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU)"),
