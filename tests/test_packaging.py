@@ -62,3 +62,14 @@ def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
     cli = subprocess.run([str(env_dir / "bin" / "lvseg"), "list"], capture_output=True, text=True, cwd=tmp_path,
                          env=env, timeout=120)
     assert cli.returncode == 0 and "family" in cli.stdout, cli.stderr
+    # The op sources ship in the wheel and the compiled CPU backend builds from the installed package.
+    build_env = {**env, "LVSEG_CACHE_DIR": str(tmp_path / "ops-cache")}
+    ops = subprocess.run([str(env_dir / "bin" / "lvseg"), "build-ops", "--kind", "cpu"], capture_output=True,
+                         text=True, cwd=tmp_path, env=build_env, timeout=600)
+    assert ops.returncode == 0, ops.stdout + ops.stderr
+    assert "[ OK ] cpu" in ops.stdout and str(tmp_path / "ops-cache") in ops.stdout
+    run = subprocess.run(
+        [str(python), "-c", "import torch, lvseg.ops as o; from lvseg.ops.function import select_backend; "
+         "print(select_backend('cpu'))"], capture_output=True, text=True, cwd=tmp_path, env=build_env,
+        timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("cpu"), run.stdout + run.stderr
