@@ -150,8 +150,10 @@ class WindowAttention3D(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B * nW, nH, N, hd]
         bias = self.relative_position_bias_table[self._sliced_index(n)].reshape(n, n, heads).permute(2, 0, 1)
         bias = bias.to(q.dtype)  # [nH, N, N], broadcast over windows
+        # q, k, v and the mask stay 4-D: the CPU flash kernel takes [B, nH, N, hd] with a [1 | B, nH, N, N] mask
+        # (5-D inputs or a 3-D mask fall back to the materialising math kernel).
         if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
         elif isinstance(mask, ShiftMaskGroups) or not mask.is_floating_point():
             groups = mask if isinstance(mask, ShiftMaskGroups) else ShiftMaskGroups.from_regions(mask)
             nw = groups.num_windows
@@ -159,14 +161,17 @@ class WindowAttention3D(nn.Module):
             out = q.new_empty(q.shape)
             # windows sharing a shift-mask pattern (at most 8 patterns) share one broadcast [nH, N, N] mask
             for pattern, index in zip(groups.patterns, groups.index):
-                attn_mask = bias + pattern.to(q.dtype)
+                attn_mask = (bias + pattern.to(q.dtype)).unsqueeze(0)
                 if index.numel() == nw:
-                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+                    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                                         attn_mask=attn_mask, scale=self.scale)
                     break
-                part = F.scaled_dot_product_attention(q.index_select(1, index), k.index_select(1, index),
-                                                      v.index_select(1, index), attn_mask=attn_mask, scale=self.scale)
-                out.index_copy_(1, index, part)
-            out = out.view(b_, heads, n, -1)
+                part = F.scaled_dot_product_attention(
+                    *(t.index_select(1, index).flatten(0, 1) for t in (q, k, v)), attn_mask=attn_mask,
+                    scale=self.scale,
+                )
+                out.index_copy_(1, index, part.unflatten(0, (b_ // nw, -1)))
+            out = out.reshape(b_, heads, n, -1)
         else:
             nw = mask.shape[0]
             q, k, v = (t.reshape(b_ // nw, nw, heads, n, -1) for t in (q, k, v))
@@ -175,11 +180,12 @@ class WindowAttention3D(nn.Module):
             chunk = max(1, (1 << 24) // (heads * n * n))
             for s in range(0, nw, chunk):
                 e = min(nw, s + chunk)
-                out[:, s:e] = F.scaled_dot_product_attention(
-                    q[:, s:e], k[:, s:e], v[:, s:e], attn_mask=bias + mask[s:e].to(q.dtype).unsqueeze(1),
-                    scale=self.scale,
+                attn_mask = (bias + mask[s:e].to(q.dtype).unsqueeze(1)).repeat(b_ // nw, 1, 1, 1)
+                part = F.scaled_dot_product_attention(
+                    *(t[:, s:e].flatten(0, 1) for t in (q, k, v)), attn_mask=attn_mask, scale=self.scale
                 )
-            out = out.view(b_, heads, n, -1)
+                out[:, s:e] = part.unflatten(0, (b_ // nw, -1))
+            out = out.reshape(b_, heads, n, -1)
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
 
 
