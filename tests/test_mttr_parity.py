@@ -2,7 +2,7 @@
 
 The fixture (tests/fixtures/mttr/tiny.*) was produced by tests/fixtures/mttr/generate_golden.py: the official
 model with reduced sizes (same code paths: Video Swin window (8, 7, 7), three stages, per-frame transformer) and
-deterministic weights (tests/fixtures/mttr/weights.py). Here the same weights are written as an official
+deterministic weights (tests/fixtures/mttr/mttr_weights.py). Here the same weights are written as an official
 checkpoint, converted with lvseg's converter and run on the same inputs.
 """
 
@@ -23,7 +23,7 @@ from lvseg.models.mttr.model import MTTR, postprocess_masks
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(FIXTURES / "mttr"))
-from weights import fill_official_state, make_frames, unpack_bits  # noqa: E402
+from mttr_weights import fill_official_state, make_frames, unpack_bits  # noqa: E402
 
 META = json.loads((FIXTURES / "mttr" / "tiny.json").read_text())
 TOKENIZER_DIR = FIXTURES / "referformer" / "tokenizer"
