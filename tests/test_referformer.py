@@ -2,7 +2,8 @@
 
 The golden fixtures (tests/fixtures/referformer/*.json|safetensors) were written by generate_golden.py from
 the official code (wjn922/ReferFormer 06fc218f5d8f04730f81471a15ed89ea7e4d30d8) with deterministic weights
-(weights.py); the tests rebuild the same official-format checkpoint, convert it with our converter and compare.
+(referformer_weights.py); the tests rebuild the same official-format checkpoint, convert it with our
+converter and compare.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lvseg.models.referformer.model import ReferFormer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "referformer"
 sys.path.insert(0, str(FIXTURES))
-from weights import fill_official_state  # noqa: E402
+from referformer_weights import fill_official_state  # noqa: E402
 
 TOKENIZER = FIXTURES / "tokenizer"
 
