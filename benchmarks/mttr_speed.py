@@ -88,7 +88,8 @@ def main() -> None:
                 print(f"{dtype:9s} T={frames:<3d} {mode:6s} {row['seconds']:7.2f} s/window "
                       f"({row['cpu_seconds']:.2f} CPU s)  "
                       f"peak RSS {row['peak_rss_gb']:.2f} GB", flush=True)
-    print("\n| dtype | frames | eager s (CPU s) | fused s (CPU s) | speed-up wall (CPU) | eager peak GB | fused peak GB |")
+    print("\n| dtype | frames | eager s (CPU s) | fused s (CPU s) | speed-up wall (CPU) | eager peak GB "
+          "| fused peak GB |")
     print("|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         for frames in args.frames:
@@ -97,7 +98,8 @@ def main() -> None:
                 e, f = by_mode["eager"], by_mode["fused"]
                 print(f"| {dtype} | {frames} | {e['seconds']:.2f} ({e['cpu_seconds']:.2f}) | "
                       f"{f['seconds']:.2f} ({f['cpu_seconds']:.2f}) | {e['seconds'] / f['seconds']:.2f}x "
-                      f"({e['cpu_seconds'] / f['cpu_seconds']:.2f}x) | {e['peak_rss_gb']:.2f} | {f['peak_rss_gb']:.2f} |")
+                      f"({e['cpu_seconds'] / f['cpu_seconds']:.2f}x) | {e['peak_rss_gb']:.2f} | "
+                      f"{f['peak_rss_gb']:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
