@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -121,13 +120,6 @@ DELEGATED = {
 }
 
 
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvseg", description="Language-guided video segmentation model zoo.")
     parser.add_argument("--version", action="version", version=f"lvseg {__version__}")
@@ -181,10 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="registry name, for the model card's metadata")
     p.set_defaults(func=_cmd_convert)
 
-    for name, (module, _, help_text) in DELEGATED.items():
-        if _available(module):
-            # listed here for `lvseg --help`; main() hands their arguments to the module unparsed
-            sub.add_parser(name, help=help_text, add_help=False)
+    for name, (_, _, help_text) in DELEGATED.items():
+        # listed here for `lvseg --help`; main() hands their arguments to the module unparsed
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -209,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = False
     while argv and argv[0] in ("-v", "--verbose"):
         verbose, argv = True, argv[1:]
-    if argv and argv[0] in DELEGATED and _available(DELEGATED[argv[0]][0]):
+    if argv and argv[0] in DELEGATED:
         module_name, function, _ = DELEGATED[argv[0]]
         _setup_logging(verbose)
         rest = argv[1:]

@@ -104,3 +104,11 @@ def test_delegated_commands_take_leading_options(tmp_path, capsys):
         main(["evaluate", "--help"])
     assert info.value.code == 0 and "usage: lvseg evaluate" in capsys.readouterr().out
     assert "evaluate" in subprocess.run([str(BIN / "lvseg"), "--help"], capture_output=True, text=True).stdout
+
+
+def test_listing_models_does_not_import_model_code():
+    code = ("import sys, lvseg; names = lvseg.list_models(); from lvseg.cli import build_parser; build_parser(); "
+            "print(len(names), 'torch' in sys.modules, any(m.endswith('.model') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    count, torch_loaded, model_loaded = out.stdout.split()
+    assert int(count) > 0 and torch_loaded == "False" and model_loaded == "False", out.stdout + out.stderr

@@ -1,11 +1,15 @@
-"""Model families. Importing this package is cheap: a family's code is imported when a model is built."""
+"""Model families. Importing this package is cheap (no torch): a family's code is imported when a model is built,
+so ``lvseg list`` reads the registry entries without loading any model code."""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import ModelConfig, PreprocessConfig, RVOSModel
+
+if TYPE_CHECKING:
+    from .base import ModelConfig, PreprocessConfig, RVOSModel
 
 __all__ = ["FAMILIES", "ModelConfig", "PreprocessConfig", "RVOSModel", "get_model_class", "register_family"]
 
@@ -40,3 +44,11 @@ def get_model_class(architecture: str) -> type[RVOSModel]:
     cls = getattr(importlib.import_module(module_name, __name__), class_name)
     _CLASSES[architecture] = cls
     return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ModelConfig", "PreprocessConfig", "RVOSModel"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
