@@ -33,6 +33,7 @@ __all__ = [
 ENTRY_MODULES: list[str] = []
 ENTRY_MODULES.append("lvseg.models.referformer.entries")
 ENTRY_MODULES.append("lvseg.models.mttr.entries")
+ENTRY_MODULES.append("lvseg.train.entries")
 
 
 @dataclass(frozen=True)
