@@ -19,7 +19,6 @@ over, or missing, is an error that names it.
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
+from ..convert_utils import count_groups, load_roberta_tokenizer, read_official_checkpoint
 from ..layers.swin import _relative_position_index
 from .config import MTTRConfig
 
@@ -40,35 +40,10 @@ _DROPPED_TEXT_BUFFERS = (TEXT + "embeddings.position_ids", TEXT + "embeddings.to
 _INDEX_RX = re.compile(r"backbone\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index$")
 
 
-def _safe_globals() -> list[Any]:
-    allowed: list[Any] = [collections.Counter]
-    try:  # the trainer may have saved the best metric as a NumPy scalar
-        import numpy as np
-
-        allowed += [np.dtype, np.float64, np.float32, np.int64]
-        allowed += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-                    if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
-        core = getattr(np, "_core", None) or np.core
-        allowed.append(core.multiarray.scalar)
-    except (ImportError, AttributeError):  # pragma: no cover - numpy is a dependency of torch's extras only
-        pass
-    return allowed
-
-
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official MTTR checkpoint safely and return its model state dict (wrapped or plain layout)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors come in many types
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({exc}). It must be an official MTTR "
-            "checkpoint (the trainer's dict with 'model_state_dict', or a bare state dict); a file with other "
-            "pickled objects is refused for safety."
-        ) from exc
+    ckpt = read_official_checkpoint(path, "an official MTTR checkpoint (the trainer's dict with "
+                                          "'model_state_dict', or a bare state dict)")
     if isinstance(ckpt, dict):
         for key in ("model_state_dict", "model", "state_dict"):
             if isinstance(ckpt.get(key), dict):
@@ -80,11 +55,6 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             "official MTTR checkpoint"
         )
     return dict(ckpt)
-
-
-def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
 
 
 def _require(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -105,8 +75,8 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: Any) -> MTTRConfig
             f"backbone.patch_embed.proj.weight has shape {tuple(patch.shape)}; MTTR's Video Swin uses a (1, 4, 4) "
             "patch (a Kinetics (2, 4, 4) kernel must be summed over time first)"
         )
-    stages = _count(state, r"backbone\.layers\.(\d+)\.")
-    depths = tuple(_count(state, rf"backbone\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages))
+    stages = count_groups(state, r"backbone\.layers\.(\d+)\.")
+    depths = tuple(count_groups(state, rf"backbone\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages))
     heads = tuple(int(_require(state, f"backbone.layers.{s}.blocks.0.attn.relative_position_bias_table").shape[1])
                   for s in range(stages))
     table = int(state["backbone.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0])
@@ -119,7 +89,7 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: Any) -> MTTRConfig
     text = {
         "vocab_size": int(words.shape[0]),
         "hidden_size": hidden,
-        "num_hidden_layers": _count(state, re.escape(TEXT) + r"encoder\.layer\.(\d+)\."),
+        "num_hidden_layers": count_groups(state, re.escape(TEXT) + r"encoder\.layer\.(\d+)\."),
         "num_attention_heads": max(1, hidden // 64),
         "intermediate_size": int(_require(state, TEXT + "encoder.layer.0.intermediate.dense.weight").shape[0]),
         "max_position_embeddings": int(positions.shape[0]),
@@ -133,8 +103,8 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: Any) -> MTTRConfig
         "num_heads": heads,
         "d_model": int(queries.shape[1]),
         "num_queries": int(queries.shape[0]),
-        "num_encoder_layers": _count(state, r"transformer\.encoder\.layers\.(\d+)\."),
-        "num_decoder_layers": _count(state, r"transformer\.decoder\.layers\.(\d+)\."),
+        "num_encoder_layers": count_groups(state, r"transformer\.encoder\.layers\.(\d+)\."),
+        "num_decoder_layers": count_groups(state, r"transformer\.decoder\.layers\.(\d+)\."),
         "dim_feedforward": int(_require(state, "transformer.encoder.layers.0.linear1.weight").shape[0]),
         "mask_kernels_dim": int(_require(state, "instance_kernels_head.layers.1.weight").shape[0]),
         "text_encoder": {**ROBERTA_BASE_CONFIG, **text},
@@ -194,8 +164,6 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
             preprocessing (frames per window, resize) and inference protocol go into config.json and whose paper
             metrics and source go into the model card.
     """
-    from transformers import RobertaTokenizerFast
-
     from ... import hub
     from ...registry import get_entry
     from .model import MTTR
@@ -206,16 +174,7 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
     if backbone not in (None, "swin-t", "video-swin-t"):
         raise CheckpointError(f"MTTR was released with a Video Swin-T backbone only, got --backbone {backbone!r}")
     state, config = convert(checkpoint_path, **_entry_overrides(entry))
-    if tokenizer is None or isinstance(tokenizer, (str, Path)):
-        source = str(tokenizer) if tokenizer is not None else "roberta-base"
-        try:
-            tokenizer = RobertaTokenizerFast.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"cannot load the RoBERTa tokenizer from {source!r} ({exc}); pass --tokenizer DIR with "
-                "roberta-base's tokenizer files (vocab.json, merges.txt) when offline"
-            ) from exc
-    model = MTTR(config, tokenizer=tokenizer)
+    model = MTTR(config, tokenizer=load_roberta_tokenizer(tokenizer))
     hub.load_state_dict_strict(model, state, str(checkpoint_path))
     logger.info("converted %s (%d tensors)", checkpoint_path, len(state))
     return hub.save_pretrained(model, output_dir, entry=entry, name=name)

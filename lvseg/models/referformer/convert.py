@@ -21,7 +21,6 @@ Any key left over, or missing for the inferred architecture, is an error that na
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import math
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
+from ..convert_utils import count_groups, load_roberta_tokenizer, read_official_checkpoint
 from ..layers.swin import _relative_position_index
 from .config import SWIN_PRESETS, ReferFormerConfig, SwinConfig
 
@@ -38,24 +38,13 @@ __all__ = ["convert", "convert_state_dict", "convert_to_folder", "load_official_
 
 logger = logging.getLogger(__name__)
 
-_SAFE_GLOBALS = [argparse.Namespace, collections.Counter]
 _IGNORED_SUFFIXES = ("total_ops", "total_params", "num_batches_tracked")
 
 
 def load_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an official ``.pth`` safely; returns (model state dict, args as a dict or {})."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({exc}). It must be an official "
-            "ReferFormer .pth (torch.save of {'model': ..., 'args': argparse.Namespace, ...}); a file with other "
-            "pickled objects is refused for safety."
-        ) from exc
+    ckpt = read_official_checkpoint(path, "an official ReferFormer .pth (torch.save of {'model': ..., 'args': "
+                                          "argparse.Namespace, ...})")
     if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
         state, args = ckpt["model"], ckpt.get("args")
     elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -65,22 +54,17 @@ def load_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     return dict(state), (vars(args) if isinstance(args, argparse.Namespace) else dict(args or {}))
 
 
-def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
-
-
 def detect_backbone(state: dict[str, torch.Tensor]) -> str:
     """The lvseg backbone name of an official state dict, from its keys and shapes."""
     p = "backbone.0.body."
     if p + "conv1.weight" in state:
-        blocks = _count(state, re.escape(p) + r"layer3\.(\d+)\.")
+        blocks = count_groups(state, re.escape(p) + r"layer3\.(\d+)\.")
         return {6: "resnet50", 23: "resnet101"}.get(blocks) or _fail(f"ResNet with {blocks} layer3 blocks")
     if p + "patch_embed.proj.weight" not in state:
         raise CheckpointError("no backbone.0.body.* keys: this is not an official ReferFormer checkpoint")
     video = state[p + "patch_embed.proj.weight"].dim() == 5
     dim = state[p + "patch_embed.proj.weight"].shape[0]
-    depth3 = _count(state, re.escape(p) + r"layers\.2\.blocks\.(\d+)\.")
+    depth3 = count_groups(state, re.escape(p) + r"layers\.2\.blocks\.(\d+)\.")
     prefix = "video-swin" if video else "swin"
     for name, (e, depths, _, _) in SWIN_PRESETS.items():
         if name.startswith(prefix + "-") and e == dim and depths[2] == depth3 and (video or name.startswith("swin")):
@@ -95,8 +79,8 @@ def _fail(what: str) -> str:
 def _swin_config(state: dict[str, torch.Tensor], backbone: str) -> SwinConfig:
     p = "backbone.0.body."
     video = backbone.startswith("video")
-    n_stages = _count(state, re.escape(p) + r"layers\.(\d+)\.")
-    depths = tuple(_count(state, re.escape(p) + rf"layers\.{s}\.blocks\.(\d+)\.") for s in range(n_stages))
+    n_stages = count_groups(state, re.escape(p) + r"layers\.(\d+)\.")
+    depths = tuple(count_groups(state, re.escape(p) + rf"layers\.{s}\.blocks\.(\d+)\.") for s in range(n_stages))
     heads = tuple(state[f"{p}layers.{s}.blocks.0.attn.relative_position_bias_table"].shape[1] for s in range(n_stages))
     table = state[f"{p}layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
     if video:  # (2Wd-1) * 13 * 13 with the official 7x7 spatial window
@@ -123,7 +107,7 @@ def _text_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     cfg.update(
         vocab_size=int(state[p + "embeddings.word_embeddings.weight"].shape[0]),
         hidden_size=hidden,
-        num_hidden_layers=_count(state, re.escape(p) + r"encoder\.layer\.(\d+)\."),
+        num_hidden_layers=count_groups(state, re.escape(p) + r"encoder\.layer\.(\d+)\."),
         num_attention_heads=max(1, hidden // 64),
         intermediate_size=int(state[p + "encoder.layer.0.intermediate.dense.weight"].shape[0]),
         max_position_embeddings=int(state[p + "embeddings.position_embeddings.weight"].shape[0]),
@@ -153,8 +137,8 @@ def infer_config(state: dict[str, torch.Tensor], args: dict[str, Any],
             swin=swin,
             hidden_dim=hidden,
             num_queries=int(state["query_embed.weight"].shape[0]),
-            enc_layers=_count(state, r"transformer\.encoder\.layers\.(\d+)\."),
-            dec_layers=_count(state, r"transformer\.decoder\.layers\.(\d+)\."),
+            enc_layers=count_groups(state, r"transformer\.encoder\.layers\.(\d+)\."),
+            dec_layers=count_groups(state, r"transformer\.decoder\.layers\.(\d+)\."),
             dim_feedforward=int(state["transformer.encoder.layers.0.linear1.weight"].shape[0]),
             dropout=float(args.get("dropout", 0.1)),
             nheads=nheads,
@@ -258,23 +242,12 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
         name: a registry name (e.g. ``"referformer-swin-l.joint"``) whose paper metrics and source go into the
             model card.
     """
-    from transformers import RobertaTokenizerFast
-
     from ... import hub
     from ...registry import get_entry
     from .model import ReferFormer
 
     entry = get_entry(name) if name else None
     state, config = convert(checkpoint_path, backbone)
-    if tokenizer is None or isinstance(tokenizer, (str, Path)):
-        source = str(tokenizer) if tokenizer is not None else "roberta-base"
-        try:
-            tokenizer = RobertaTokenizerFast.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"cannot load the RoBERTa tokenizer from {source!r} ({exc}); pass --tokenizer DIR with "
-                "roberta-base's tokenizer files (vocab.json, merges.txt) when offline"
-            ) from exc
-    model = ReferFormer(config, tokenizer=tokenizer)
+    model = ReferFormer(config, tokenizer=load_roberta_tokenizer(tokenizer))
     model.load_state_dict(state, strict=True)
     return hub.save_pretrained(model, output_dir, entry=entry, name=name)
