@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .errors import InvalidInputError, LVSegError
+from .registry import DEFAULT_MODEL
 
 __all__ = ["main"]
 
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment the object an expression refers to in a video")
     p.add_argument("video", help="video file (mp4, webm, avi, ...) or folder of frames")
     p.add_argument("text", nargs="+", help="one or more referring expressions (quote each)")
-    p.add_argument("-m", "--model", default=None, help="registry name, hf-hub:org/repo or folder")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help=f"registry name, hf-hub:org/repo or folder (default: {DEFAULT_MODEL}, bundled)")
     p.add_argument("-o", "--output", default="lvseg_output", help="output folder (default: lvseg_output)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -208,13 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(verbose or args.verbose)
-    if getattr(args, "command", None) == "predict" and args.model is None:
-        from .registry import list_models
-
-        defaults = list_models(published_only=True)
-        if not defaults:
-            parser.error("no model given and no published model is registered: pass -m NAME_OR_FOLDER")
-        args.model = defaults[0]
     return _run(lambda: args.func(args))
 
 

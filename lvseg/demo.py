@@ -18,12 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, InvalidTextError
+from .registry import DEFAULT_MODEL
 
 __all__ = ["DemoResult", "run_demo", "main_cli"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "referformer-tiny.shapes"
 _COLORS = [(255, 255, 255), (255, 0, 255)]  # white, magenta: unlike every Shapes colour
 
 

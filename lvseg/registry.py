@@ -29,6 +29,9 @@ __all__ = [
     "format_table",
 ]
 
+# The model `lvseg demo` and `lvseg predict` use when none is named: bundled with the package, so it works offline.
+DEFAULT_MODEL = "referformer-tiny.shapes"
+
 # Modules that call register(); imported on first use of the registry. Families add themselves here.
 ENTRY_MODULES: list[str] = []
 ENTRY_MODULES.append("lvseg.models.referformer.entries")

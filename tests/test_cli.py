@@ -112,3 +112,18 @@ def test_listing_models_does_not_import_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     count, torch_loaded, model_loaded = out.stdout.split()
     assert int(count) > 0 and torch_loaded == "False" and model_loaded == "False", out.stdout + out.stderr
+
+
+def test_predict_uses_the_bundled_default_model_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    frames, _ = color_video(num_frames=3)
+    video = tmp_path / "frames"
+    video.mkdir()
+    from PIL import Image
+
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(video / f"{t}.png")
+    assert main(["predict", str(video), "the red square", "-o", str(tmp_path / "out"), "-q", "--device", "cpu",
+                 "--format", "rle"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary[0]["frames"] == 3 and Path(summary[0]["rle"]).is_file()
