@@ -118,8 +118,7 @@ def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODE
         return overlay_frame(_upscale(array[t], scale), big, colors=_COLORS, alpha=0.45,
                              captions=captions if with_captions else None)
 
-    overlay_path = write_video((overlay(t, preds, True) for t in range(frames)), out / "overlay.mp4", fps=fps,
-                               total=frames)
+    overlay_path = write_video((overlay(t, preds, True) for t in range(frames)), out / "overlay.mp4", fps=fps)
     # side by side: rows = 3 frames (first, middle, last); columns = input, prediction, ground truth
     from PIL import Image, ImageDraw
 

@@ -14,6 +14,7 @@ A Hub-format model folder holds::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -109,16 +110,25 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use dtype=torch.float16 or torch.float32"
         )
     if device.type in ("cpu", "mps") and dtype != torch.float32:
-        # Probe the two ops every model needs; old CPU builds lack half-precision kernels.
-        try:
-            x = torch.ones(2, 3, 4, 4, dtype=dtype, device=device)
-            torch.nn.functional.conv2d(x, torch.ones(1, 3, 1, 1, dtype=dtype, device=device))
-            x.flatten(1) @ torch.ones(48, 2, dtype=dtype, device=device)
-        except RuntimeError as exc:
+        failure = _half_precision_failure(device.type, dtype)
+        if failure:
             raise UnsupportedDtypeError(
-                f"{device.type} cannot run {dtype} on this PyTorch build ({exc}); use dtype=torch.float32"
-            ) from exc
+                f"{device.type} cannot run {dtype} on this PyTorch build ({failure}); use dtype=torch.float32"
+            )
     return dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _half_precision_failure(device_type: str, dtype: torch.dtype) -> str | None:
+    """Probe the two ops every model needs (old CPU builds lack half-precision kernels), once per process;
+    returns the error text, or None when the dtype runs."""
+    try:
+        x = torch.ones(2, 3, 4, 4, dtype=dtype, device=device_type)
+        torch.nn.functional.conv2d(x, torch.ones(1, 3, 1, 1, dtype=dtype, device=device_type))
+        x.flatten(1) @ torch.ones(48, 2, dtype=dtype, device=device_type)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
 
 
 # --------------------------------------------------------------------------------------------- saving

@@ -115,7 +115,7 @@ def save_overlay(
             yield overlay_frame(frame, [r.masks[index].numpy() for r in results], colors=colors, alpha=alpha,
                                 captions=captions)
 
-    return write_video(frames(), path, fps=source.fps, total=total)
+    return write_video(frames(), path, fps=source.fps)
 
 
 class Predictor:

@@ -91,9 +91,6 @@ class VideoSource:
             for frame in self._frames:
                 yield _as_rgb_array(frame)
 
-    def frame_name(self, index: int) -> str:
-        return self.frame_names[index] if index < len(self.frame_names) else f"{index:05d}"
-
     def _read_folder(self) -> Iterator[np.ndarray]:
         from PIL import Image
 
@@ -358,8 +355,7 @@ def overlay_frame(
     return out
 
 
-def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 30.0,
-                total: int | None = None) -> Path:
+def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 30.0) -> Path:
     """Encode ``uint8 [H, W, 3]`` frames to ``path``: H.264 mp4 (or another container PyAV knows) or an animated gif.
 
     The file is written under a temporary name and renamed when complete, so an interrupted write never leaves a
