@@ -5,11 +5,16 @@ Windowing policy: the video is decoded lazily and cut into windows of ``window``
 memory at a time. Frames covered by two windows get the mean of the two windows' mask logits and scores. A model
 that links the referred object across windows does so through the ``state`` of
 :meth:`~lvseg.models.base.RVOSModel.segment_window`.
+
+Mask logits come back at the model's resolution and are brought to the original frame size by one of the
+:data:`UPSAMPLING` rules, each the post-processing of an official code base (see :func:`upsample_mask_logits`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +29,7 @@ from .models.base import RVOSModel, validate_texts
 from .utils import atomic_path
 from .video import PALETTE, VideoSource, open_video, overlay_frame, preprocess_frames, write_video
 
-__all__ = ["Predictor", "VideoSegmentation", "save_overlay"]
+__all__ = ["Predictor", "VideoSegmentation", "save_overlay", "UPSAMPLING", "upsample_mask_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,10 @@ class VideoSegmentation:
         text: the expression.
         fps: frame rate of the source (30 for inputs that carry none).
         frame_names: one name per frame (file stems for a frame folder, else ``00000``, ``00001``, ...).
+        probabilities: ``float32 [T, H, W]`` foreground probabilities at the original resolution when the
+            Predictor was asked for them (``return_probabilities=True``), else None. ``masks`` equals
+            ``probabilities > sigmoid(threshold)`` (0.5 by default) up to float32 rounding of the sigmoid for
+            logits within ~1e-7 of the threshold.
     """
 
     masks: torch.Tensor
@@ -47,6 +56,7 @@ class VideoSegmentation:
     fps: float = 30.0
     frame_names: list[str] = field(default_factory=list)
     source: VideoSource | None = field(default=None, repr=False)
+    probabilities: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -117,6 +127,102 @@ def save_overlay(
 
     return write_video(frames(), path, fps=source.fps)
 
+#: How mask logits at the model's resolution become masks and probabilities at the original frame size; each rule
+#: is the post-processing of an official code base. Every rule drops the ``size_divisor`` padding.
+UPSAMPLING: dict[str, str] = {
+    "bilinear": "bilinear (align_corners=False) on the logits to the padded input size, crop the padding, bilinear "
+                "to the original size, sigmoid (the default of families without an official rule)",
+    "direct": "bilinear (align_corners=False) on the logits straight from the model's output (padding cropped) to "
+              "the original size, sigmoid (ReferFormer inference_ytvos.py / inference_davis.py)",
+    "threshold-nearest": "bilinear (align_corners=False) on the logits to the padded input size, sigmoid, crop the "
+                         "padding, nearest to the original size (MTTR, ReferFormer A2D/JHMDB, DETR PostProcessSegm)",
+    "probability-aligned": "sigmoid at the model's resolution (padding cropped), bilinear with align_corners=True "
+                           "to the original size (Locater tools/evaluate.py)",
+}
+# rules whose values are probabilities (averaged and thresholded as probabilities); the others resize logits
+_PROBABILITY_SPACE = ("threshold-nearest", "probability-aligned")
+
+
+def _check_upsampling(mode: str) -> str:
+    if mode not in UPSAMPLING:
+        raise InvalidInputError(f"unknown upsampling {mode!r}; choose one of {', '.join(UPSAMPLING)}")
+    return mode
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, align_corners: bool | None = None) -> torch.Tensor:
+    """[N, h, w] -> [N, *size]; the identity when the size is already right."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    extra = {"align_corners": align_corners} if mode == "bilinear" else {}
+    return F.interpolate(x.unsqueeze(1), size=tuple(size), mode=mode, **extra)[:, 0]
+
+
+def _crop_output(x: torch.Tensor, input_size: tuple[int, int], resized_size: tuple[int, int]) -> torch.Tensor:
+    """Drop the padding from model-resolution maps [N, h, w] (the rows/columns that cover the resized frame)."""
+    if tuple(input_size) == tuple(resized_size):
+        return x
+    h, w = x.shape[-2:]
+    keep_h = math.ceil(h * resized_size[0] / input_size[0])
+    keep_w = math.ceil(w * resized_size[1] / input_size[1])
+    return x[..., :keep_h, :keep_w]
+
+
+def _upsample(logits: torch.Tensor, input_size: tuple[int, int], resized_size: tuple[int, int],
+              original_size: tuple[int, int], mode: str) -> torch.Tensor:
+    """[N, h, w] logits -> float32 [N, H, W]: logits for the logit-space rules, probabilities for the others."""
+    x = logits.float()
+    if mode == "bilinear":
+        x = _resize(x, input_size, "bilinear", align_corners=False)[..., : resized_size[0], : resized_size[1]]
+        return F.interpolate(x.unsqueeze(1), size=tuple(original_size), mode="bilinear", align_corners=False)[:, 0]
+    if mode == "direct":
+        return _resize(_crop_output(x, input_size, resized_size), original_size, "bilinear", align_corners=False)
+    if mode == "threshold-nearest":
+        x = _resize(x, input_size, "bilinear", align_corners=False).sigmoid()
+        return _resize(x[..., : resized_size[0], : resized_size[1]], original_size, "nearest")
+    if mode == "probability-aligned":
+        x = _crop_output(x, input_size, resized_size).sigmoid()
+        return _resize(x, original_size, "bilinear", align_corners=True)
+    raise InvalidInputError(f"unknown upsampling {mode!r}; choose one of {', '.join(UPSAMPLING)}")
+
+
+def _foreground(values: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """Masks from :func:`_upsample` values: ``logit > threshold`` or ``probability > sigmoid(threshold)``."""
+    if mode in _PROBABILITY_SPACE:
+        return values > torch.sigmoid(torch.tensor(float(threshold), dtype=torch.float32))
+    return values > threshold
+
+
+def _probabilities(values: torch.Tensor, mode: str) -> torch.Tensor:
+    return values if mode in _PROBABILITY_SPACE else values.sigmoid()
+
+
+def upsample_mask_logits(
+    logits: torch.Tensor,
+    input_size: tuple[int, int],
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+    mode: str = "bilinear",
+    threshold: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring mask logits from the model's resolution to the original frame size with an official rule.
+
+    Args:
+        logits: ``[N, h, w]`` mask logits as a model returns them (any number of masks: frames or queries).
+        input_size: the (padded) size of the frames the model saw.
+        resized_size: the resized frame inside it, without the ``size_divisor`` padding.
+        original_size: the frame size to return.
+        mode: a key of :data:`UPSAMPLING`.
+        threshold: logit threshold (0 = probability 0.5).
+
+    Returns:
+        ``(masks bool [N, H, W], probabilities float32 [N, H, W])``.
+    """
+    if logits.dim() != 3:
+        raise InvalidInputError(f"logits must be [N, h, w], got shape {tuple(logits.shape)}")
+    _check_upsampling(mode)
+    values = _upsample(logits, tuple(input_size), tuple(resized_size), tuple(original_size), mode)
+    return _foreground(values, mode, threshold), _probabilities(values, mode)
+
 
 class Predictor:
     """Run a model on whole videos of any length.
@@ -128,6 +234,14 @@ class Predictor:
         threshold: logit threshold for foreground (0.0 = probability 0.5).
         progress: show a tqdm bar.
         fps: frame rate for inputs that carry none (folders, arrays).
+        return_probabilities: also return ``float32 [T, H, W]`` foreground probabilities at the original
+            resolution (:attr:`VideoSegmentation.probabilities`; 4 bytes per pixel and frame in memory).
+        upsampling: how logits are brought to the original size, a key of :data:`UPSAMPLING` (default: the
+            model's :meth:`~lvseg.models.base.RVOSModel.output_upsampling`, its official post-processing).
+        protocol: run every window through ``model.segment(frames, texts, protocol=protocol)``, one of the
+            family's named inference protocols (e.g. ReferFormer's ``"davis"``), instead of
+            :meth:`~lvseg.models.base.RVOSModel.segment_window`; windows are then independent. Benchmarks whose
+            official scripts run a whole video at once use it with ``window=0``.
 
     Calling the predictor with one expression returns a :class:`VideoSegmentation`; with a list of expressions it
     returns a list (the video is decoded once for all of them).
@@ -142,6 +256,9 @@ class Predictor:
         threshold: float = 0.0,
         progress: bool = True,
         fps: float | None = None,
+        return_probabilities: bool = False,
+        upsampling: str | None = None,
+        protocol: str | None = None,
     ) -> None:
         if not isinstance(model, RVOSModel):
             raise InvalidInputError(f"Predictor needs an lvseg model, got {type(model).__name__}")
@@ -153,19 +270,27 @@ class Predictor:
             raise InvalidInputError(
                 f"need window >= 0 and 0 <= overlap < window, got window={self.window}, overlap={self.overlap}"
             )
+        if protocol is not None and "protocol" not in inspect.signature(model.segment).parameters:
+            raise InvalidInputError(
+                f"{type(model).__name__}.segment() has no named inference protocols; leave protocol=None"
+            )
         self.threshold = threshold
         self.progress = progress
         self.fps = fps
+        self.return_probabilities = bool(return_probabilities)
+        self.protocol = protocol
+        self.upsampling = _check_upsampling(upsampling or model.output_upsampling(protocol))
 
     def __call__(self, video: Any, text: str | Sequence[str]) -> VideoSegmentation | list[VideoSegmentation]:
         texts = validate_texts(text)
         source = open_video(video, fps=self.fps)
-        masks, scores = self._run(source, texts)
+        masks, scores, probs = self._run(source, texts)
         names = source.frame_names[: masks.shape[1]] if source.frame_names else []
         if len(names) < masks.shape[1]:
             names = [f"{i:05d}" for i in range(masks.shape[1])]
         results = [
-            VideoSegmentation(masks[i], scores[i], texts[i], fps=source.fps, frame_names=names, source=source)
+            VideoSegmentation(masks[i], scores[i], texts[i], fps=source.fps, frame_names=names, source=source,
+                              probabilities=probs[i] if probs is not None else None)
             for i in range(len(texts))
         ]
         return results[0] if isinstance(text, str) else results
@@ -180,17 +305,16 @@ class Predictor:
 
     def _logits_to_original(self, logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int],
                             source: VideoSource) -> torch.Tensor:
-        """[E, t, h, w] logits at model resolution -> [E, t, H, W] float32 on CPU at the original resolution."""
+        """[E, t, h, w] logits at model resolution -> [E, t, H, W] float32 on CPU at the original resolution.
+
+        The values are logits or probabilities depending on the upsampling rule (see :data:`UPSAMPLING`).
+        """
         e, t = logits.shape[:2]
-        x = logits.float().flatten(0, 1).unsqueeze(1)  # [E*t, 1, h, w]
-        if tuple(x.shape[-2:]) != padded:
-            x = F.interpolate(x, size=padded, mode="bilinear", align_corners=False)
-        x = x[..., : size[0], : size[1]]  # drop the size_divisor padding
-        x = F.interpolate(x, size=(source.height, source.width), mode="bilinear", align_corners=False)
-        return x.view(e, t, source.height, source.width).cpu()
+        values = _upsample(logits.flatten(0, 1), padded, size, (source.height, source.width), self.upsampling)
+        return values.view(e, t, source.height, source.width).cpu()
 
     @torch.inference_mode()
-    def _run(self, source: VideoSource, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, source: VideoSource, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         model = self.model
         model.eval()
         n_text = len(texts)
@@ -198,34 +322,43 @@ class Predictor:
         overlap = self.overlap if window else 0
         step = (window - overlap) if window else None
         mask_chunks: list[torch.Tensor] = []
+        prob_chunks: list[torch.Tensor] = []
         score_chunks: list[torch.Tensor] = []
-        pending: tuple[torch.Tensor, torch.Tensor] | None = None  # logits/scores of the last `overlap` frames
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None  # values/scores of the last `overlap` frames
         state: Any = None
         buffer: list[np.ndarray] = []
         processed = 0  # frames of the buffer already covered by a window (the overlap carried over)
         bar = tqdm(total=source.num_frames, desc="segmenting", unit="frame", disable=not self.progress)
 
+        def keep_values(values: torch.Tensor, scores: torch.Tensor) -> None:
+            mask_chunks.append(_foreground(values, self.upsampling, self.threshold))
+            if self.return_probabilities:
+                prob_chunks.append(_probabilities(values, self.upsampling))
+            score_chunks.append(scores)
+            bar.update(values.shape[1])
+
         def run_window(frames: list[np.ndarray], final: bool) -> None:
             nonlocal pending, state
             x, size = self._prepare(frames, source)
             batch = x.unsqueeze(0).expand(n_text, *x.shape)  # [E, t, 3, h, w], a view: one copy for all texts
-            logits, scores, state = model.segment_window(batch, texts, state)
+            if self.protocol is not None:
+                logits, scores = model.segment(batch, texts, protocol=self.protocol)  # type: ignore[call-arg]
+            else:
+                logits, scores, state = model.segment_window(batch, texts, state)
             if logits.shape[:2] != (n_text, len(frames)) or scores.shape != (n_text, len(frames)):
                 raise RuntimeError(
                     f"{type(model).__name__}.segment returned logits {tuple(logits.shape)} and scores "
                     f"{tuple(scores.shape)} for {n_text} expression(s) x {len(frames)} frames"
                 )
-            logits = self._logits_to_original(logits, tuple(x.shape[-2:]), size, source)
+            values = self._logits_to_original(logits, tuple(x.shape[-2:]), size, source)
             scores = scores.float().cpu()
-            if pending is not None:
+            if pending is not None:  # frames shared with the previous window: mean of both (logits or probabilities)
                 k = pending[0].shape[1]
-                logits[:, :k] = (logits[:, :k] + pending[0]) / 2
+                values[:, :k] = (values[:, :k] + pending[0]) / 2
                 scores[:, :k] = (scores[:, :k] + pending[1]) / 2
             keep = len(frames) if final else len(frames) - overlap
-            mask_chunks.append(logits[:, :keep] > self.threshold)
-            score_chunks.append(scores[:, :keep])
-            pending = (logits[:, keep:], scores[:, keep:]) if keep < len(frames) else None
-            bar.update(keep)
+            keep_values(values[:, :keep], scores[:, :keep])
+            pending = (values[:, keep:], scores[:, keep:]) if keep < len(frames) else None
 
         for frame in source:
             buffer.append(frame)
@@ -236,11 +369,10 @@ class Predictor:
         if len(buffer) > processed or not mask_chunks:
             run_window(buffer, final=True)
         elif pending is not None:  # the video ended exactly on a window: its overlap frames are final as they are
-            mask_chunks.append(pending[0] > self.threshold)
-            score_chunks.append(pending[1])
-            bar.update(pending[0].shape[1])
+            keep_values(*pending)
         bar.close()
-        return _concat_freeing(mask_chunks), torch.cat(score_chunks, dim=1)
+        probs = _concat_freeing(prob_chunks) if self.return_probabilities else None
+        return _concat_freeing(mask_chunks), torch.cat(score_chunks, dim=1), probs
 
 
 def _concat_freeing(chunks: list[torch.Tensor]) -> torch.Tensor:

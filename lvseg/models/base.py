@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Sequence, TypeVar, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InvalidTextError
+from ..errors import ConfigError, InvalidInputError, InvalidTextError
 
 __all__ = ["PreprocessConfig", "ModelConfig", "RVOSModel", "validate_texts"]
 
@@ -250,6 +250,44 @@ class RVOSModel(nn.Module):
         """
         logits, scores = self.segment(frames, text)
         return logits, scores, None
+
+    def segment_annotated_frame(self, frames: torch.Tensor, text: Sequence[str],
+                                frame_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every candidate mask of one frame, with its score (the A2D-/JHMDB-Sentences mAP protocol).
+
+        Args:
+            frames: normalised frames float [B, T, 3, H, W], the clip around the annotated frame.
+            text: ``B`` referring expressions.
+            frame_index: the annotated frame's position in the clip (default: the centre, ``T // 2``).
+
+        Returns:
+            ``(mask_logits [B, Q, h, w], scores [B, Q])``: all ``Q`` candidates (e.g. every object query) ranked
+            by score for COCO mAP; the top-scoring one is the prediction for precision@K and IoU. The default
+            has one candidate, :meth:`segment`'s mask of that frame; query-based families override it.
+        """
+        index = frames.shape[1] // 2 if frame_index is None else int(frame_index)
+        if not 0 <= index < frames.shape[1]:
+            raise InvalidInputError(f"frame_index {index} is outside a clip of {frames.shape[1]} frames")
+        logits, scores = self.segment(frames, text)
+        return logits[:, index: index + 1], scores[:, index: index + 1]
+
+    def output_upsampling(self, protocol: str | None = None) -> str:
+        """How this family's official code brings mask logits to the original frame size under ``protocol``.
+
+        A key of :data:`lvseg.predictor.UPSAMPLING` (``"bilinear"``, ``"direct"``, ``"threshold-nearest"`` or
+        ``"probability-aligned"``); the :class:`~lvseg.Predictor` uses it unless told otherwise. Default
+        ``"bilinear"``.
+        """
+        return "bilinear"
+
+    def benchmark_protocol(self, benchmark: str) -> str | None:
+        """The inference protocol (a ``protocol=`` of :meth:`segment`) of the family's official script for a
+        :func:`lvseg.evaluate` benchmark protocol (``"refdavis"``, ``"ytvos"``, ...), or None.
+
+        When it names one, :func:`lvseg.evaluate` runs each video in one :meth:`segment` call with it, as the
+        official evaluation scripts do; otherwise through :meth:`segment_window` with the model's windows.
+        """
+        return None
 
     def predict(self, video: Any, text: str | Sequence[str], **kwargs: Any) -> Any:
         """Segment ``text`` in ``video``; see :class:`lvseg.Predictor` for the accepted inputs and options."""

@@ -472,3 +472,13 @@ class MTTR(RVOSModel):
             logger.debug("MTTR window linking switched query %s -> %s", state.query.tolist(), query.tolist())
         logits, scores = self._take_query(masks, probs, query)
         return logits, scores, MTTRWindowState(sums, count, query)
+
+    def output_upsampling(self, protocol: str | None = None) -> str:
+        """Both official post-processors (A2D/JHMDB and Ref-YouTube-VOS) upsample to the padded input size,
+        threshold, crop the padding and resize with nearest: ``"threshold-nearest"`` (see
+        :func:`postprocess_masks`)."""
+        return "threshold-nearest"
+
+    def benchmark_protocol(self, benchmark: str) -> str | None:
+        """Ref-YouTube-VOS (and MeViS) are evaluated with the whole video as one window (``trainer.py``)."""
+        return {"ytvos": "ytvos", "mevis": "ytvos"}.get(benchmark)
