@@ -1,5 +1,10 @@
 """``lvseg.evaluate``: run a model over a benchmark dataset and score it with the benchmark's official protocol.
 
+The model is run the way each benchmark's official script runs it (see :func:`default_runner`): the family's
+own inference protocol and post-processing for video benchmarks, foreground probabilities for Ref-DAVIS17 (objects
+of one annotator are merged by probability), every query of the annotated frame for A2D/JHMDB-Sentences (COCO mAP
+ranks them all), and Locater's ``align_corners=True`` probability upsampling for A2D-S+.
+
 The loop is resumable: each sample's prediction is written to ``<output_dir>/predictions/<key>.npz`` (atomically)
 as soon as it is computed, and a run started again with the same ``output_dir`` reads those files instead of
 running the model again. Scoring happens at the end, from the stored predictions, so an interrupted evaluation
@@ -15,6 +20,7 @@ import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,6 +36,8 @@ from .refdavis import RefDAVIS17Evaluator
 from .rvos import ExpressionJF, SubmissionWriter
 
 __all__ = [
+    "SamplePrediction",
+    "default_runner",
     "PROTOCOL_NAMES",
     "DATASET_PROTOCOLS",
     "evaluate",
@@ -74,6 +82,9 @@ _DATASET_ALIASES: dict[str, str] = {
     "a2d-s+": "A2DSPlus", "a2ds+": "A2DSPlus", "a2dsplus": "A2DSPlus", "a2d+": "A2DSPlus",
     "refcoco": "RefCOCO", "refcoco+": "RefCOCO", "refcocog": "RefCOCO",
 }
+
+# what the default runner stores per protocol (recorded in evaluation.json so runs of different kinds never mix)
+_DEFAULT_KINDS: dict[str, str] = {"refdavis": "probabilities", "a2d": "queries", "jhmdb": "queries"}
 
 _ID_KEYS = ("video", "exp_id", "obj_id", "anno_id", "instance_id", "image_id", "ref_id", "sent_id")
 
@@ -150,36 +161,178 @@ def _sample_key(index: int, sample: Mapping[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", key)[:150]
 
 
-def _save_prediction(path: Path, masks: torch.Tensor, scores: torch.Tensor) -> None:
-    m = masks.cpu().numpy().astype(bool)
+@dataclass
+class SamplePrediction:
+    """A model's prediction for one sample, as a runner returns it and as it is stored for resuming.
+
+    ``kind`` says what ``values`` holds:
+
+    * ``"masks"``: bool ``[T, H, W]`` masks of every frame, ``scores`` ``[T]``;
+    * ``"probabilities"``: float ``[T, H, W]`` foreground probabilities, ``scores`` ``[T]`` (Ref-DAVIS17 merges the
+      objects of one annotator by probability); evaluators that take masks get ``probabilities > 0.5``;
+    * ``"queries"``: bool ``[Q, H, W]``: every candidate mask of the sample's annotated frame, ``scores`` ``[Q]``
+      (A2D/JHMDB-Sentences: COCO mAP ranks all of them, the IoU metrics use the top-scoring one).
+    """
+
+    kind: str
+    values: torch.Tensor
+    scores: torch.Tensor
+
+    KINDS = ("masks", "probabilities", "queries")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise InvalidInputError(f"unknown prediction kind {self.kind!r}; use one of {self.KINDS}")
+        values = torch.as_tensor(self.values).detach().cpu()
+        self.values = values.float() if self.kind == "probabilities" else values.bool()
+        self.scores = torch.as_tensor(self.scores).detach().cpu().float().reshape(-1)
+        if self.values.dim() != 3 or self.scores.numel() != self.values.shape[0]:
+            raise InvalidInputError(f"a {self.kind!r} prediction needs values [N, H, W] and N scores, got "
+                                    f"{tuple(self.values.shape)} and {self.scores.numel()} scores")
+
+    @classmethod
+    def from_runner(cls, output: Any) -> "SamplePrediction":
+        """A runner's output: a :class:`SamplePrediction`, or ``(masks, scores)`` (float masks = probabilities)."""
+        if isinstance(output, SamplePrediction):
+            return output
+        if not isinstance(output, (tuple, list)) or len(output) != 2:
+            raise InvalidInputError("a runner must return a SamplePrediction or a (masks [T, H, W], scores [T]) "
+                                    f"pair, got {type(output).__name__}")
+        values = torch.as_tensor(output[0])
+        return cls("probabilities" if values.is_floating_point() else "masks", values, output[1])
+
+
+# Stored formats (np.savez_compressed): masks and queries as packed bits; probabilities as the packed bits of
+# p >= 0.5 plus the float32 values of those pixels only (lossless for every protocol: Ref-DAVIS17 sets p < 0.5 to 0
+# and the others threshold at 0.5), which keeps a 480p expression to a few MB.
+def _save_prediction(path: Path, pred: SamplePrediction) -> None:
+    arrays: dict[str, np.ndarray] = {"kind": np.array(pred.kind), "shape": np.array(pred.values.shape, np.int64),
+                                     "scores": pred.scores.numpy().astype(np.float32)}
+    if pred.kind == "probabilities":
+        p = pred.values.numpy().astype(np.float32, copy=False)
+        fg = p >= 0.5
+        arrays.update(bits=np.packbits(fg.reshape(-1)), values=p[fg])
+    else:
+        arrays["bits"] = np.packbits(pred.values.numpy().reshape(-1))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, bits=np.packbits(m.reshape(-1)), shape=np.array(m.shape, dtype=np.int64),
-                                scores=scores.detach().cpu().float().numpy())
+            np.savez_compressed(fh, **arrays)
 
 
-def _load_prediction(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_prediction(path: Path) -> SamplePrediction:
     with np.load(path) as data:
+        kind = str(data["kind"]) if "kind" in data.files else "masks"  # files of lvseg < 0.2 hold masks only
         shape = tuple(int(s) for s in data["shape"])
-        masks = np.unpackbits(data["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
-        return torch.from_numpy(masks), torch.from_numpy(data["scores"])
+        bits = np.unpackbits(data["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+        if kind == "probabilities":
+            values = np.zeros(shape, np.float32)
+            values[bits] = data["values"]
+            return SamplePrediction(kind, torch.from_numpy(values), torch.from_numpy(data["scores"]))
+        return SamplePrediction(kind, torch.from_numpy(bits), torch.from_numpy(data["scores"]))
 
 
-def _default_runner(model: Any) -> Callable[[Mapping[str, Any]], tuple[torch.Tensor, torch.Tensor]]:
-    """Run ``model`` on one sample with :class:`lvseg.Predictor` (masks bool [T, H, W], scores [T])."""
+def _add_prediction(evaluator: Evaluator, sample: Mapping[str, Any], pred: SamplePrediction) -> None:
+    """Hand a prediction to an evaluator in the form its protocol scores."""
+    if pred.kind == "queries":
+        add_queries = getattr(evaluator, "add_sample_queries", None)
+        if add_queries is None:
+            raise InvalidInputError(f"{type(evaluator).__name__} scores one mask per frame, not every query of an "
+                                    "annotated frame; return masks [T, H, W] from the runner")
+        add_queries(sample, pred.values, pred.scores)
+    elif pred.kind == "probabilities" and not isinstance(evaluator, RefDAVIS17Evaluator):
+        evaluator.add_sample(sample, pred.values > 0.5, pred.scores)
+    else:
+        evaluator.add_sample(sample, pred.values, pred.scores)
+
+
+def _frames_tensor(sample: Mapping[str, Any]) -> Any:
+    frames = sample["frames"]
+    return torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
+
+
+def _sample_text(sample: Mapping[str, Any]) -> str:
+    text = sample["text"]
+    if not isinstance(text, str):
+        raise InvalidInputError(f"sample['text'] must be one expression (str), got {type(text).__name__}")
+    return text
+
+
+def _annotated_indices(sample: Mapping[str, Any], n_frames: int) -> list[int]:
+    """Clip positions of the sample's annotated frames (``annotated`` bool [T], else all), as the evaluators read
+    them."""
+    if sample.get("annotated") is None:
+        return list(range(n_frames))
+    flags = np.asarray(torch.as_tensor(sample["annotated"]).cpu()).astype(bool).reshape(-1)
+    if flags.size != n_frames:
+        raise InvalidInputError(f"sample['annotated'] has {flags.size} entries for {n_frames} frames")
+    return [int(t) for t in np.flatnonzero(flags)]
+
+
+def _annotated_frame_runner(model: Any) -> Callable[[Mapping[str, Any]], SamplePrediction]:
+    """MTTR's A2D/JHMDB protocol for any model: every candidate of the annotated frame, post-processed as MTTR's
+    ``A2DSentencesPostProcess`` (bilinear to the input size, threshold, crop, nearest to the frame size).
+
+    Samples with several annotated frames get the candidates of each (the whole clip as context), in order."""
+    from ..predictor import upsample_mask_logits
+    from ..video import preprocess_frames
+
+    pre = model.preprocessing
+
+    @torch.inference_mode()
+    def run(sample: Mapping[str, Any]) -> SamplePrediction:
+        frames = np.asarray(torch.as_tensor(_frames_tensor(sample)).cpu())
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise InvalidInputError(f"sample['frames'] must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        text = _sample_text(sample)
+        height, width = frames.shape[1:3]
+        size = pre.output_size(height, width)
+        x = preprocess_frames(frames, size, pre.mean, pre.std, interpolation=pre.interpolation,
+                              size_divisor=pre.size_divisor, device=model.device, dtype=model.dtype)
+        model.eval()
+        all_masks, all_scores = [], []
+        for index in _annotated_indices(sample, frames.shape[0]):  # A2D/JHMDB samples: one, the clip's centre
+            logits, scores = model.segment_annotated_frame(x[None], [text], index)  # [1, Q, h, w], [1, Q]
+            masks, _ = upsample_mask_logits(logits[0], tuple(x.shape[-2:]), size, (height, width),
+                                            "threshold-nearest")
+            all_masks.append(masks.cpu())
+            all_scores.append(scores[0].float().cpu())
+        if not all_masks:
+            return SamplePrediction("queries", torch.zeros((0, height, width), dtype=torch.bool), torch.zeros(0))
+        return SamplePrediction("queries", torch.cat(all_masks), torch.cat(all_scores))
+
+    return run
+
+
+def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], SamplePrediction]:
+    """How :func:`evaluate` runs ``model`` on a sample of a ``protocol`` benchmark, as the official scripts do.
+
+    * ``a2d``/``jhmdb``: :meth:`~lvseg.models.base.RVOSModel.segment_annotated_frame` on the sample's clip: every
+      candidate mask of the annotated frame with its score, post-processed with ``"threshold-nearest"``.
+    * ``a2d+``: :class:`~lvseg.Predictor` with Locater's ``"probability-aligned"`` upsampling (sigmoid, then
+      bilinear with ``align_corners=True``, then ``> 0.5``).
+    * ``refdavis``: the Predictor with ``return_probabilities=True``, the family's DAVIS protocol and post-processing.
+    * the others: the Predictor with the family's protocol for the benchmark and its post-processing.
+
+    When the model names an inference protocol for the benchmark (:meth:`~lvseg.models.base.RVOSModel.
+    benchmark_protocol`), the whole video goes to ``model.segment(..., protocol=...)`` at once (``window=0``).
+    """
     from ..predictor import Predictor
 
-    predictor = Predictor(model, progress=False)
+    if protocol in ("a2d", "jhmdb"):
+        return _annotated_frame_runner(model)
+    options: dict[str, Any] = {"progress": False}
+    family_protocol = model.benchmark_protocol(protocol) if hasattr(model, "benchmark_protocol") else None
+    if family_protocol is not None:
+        options.update(window=0, protocol=family_protocol)
+    if protocol == "a2d+":
+        options["upsampling"] = "probability-aligned"
+    kind = "probabilities" if protocol == "refdavis" else "masks"
+    predictor = Predictor(model, return_probabilities=kind == "probabilities", **options)
 
-    def run(sample: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = sample["frames"]
-        if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(frames)
-        text = sample["text"]
-        if not isinstance(text, str):
-            raise InvalidInputError(f"sample['text'] must be one expression (str), got {type(text).__name__}")
-        result = predictor(frames, text)
-        return result.masks.bool(), result.scores.float()
+    def run(sample: Mapping[str, Any]) -> SamplePrediction:
+        result = predictor(_frames_tensor(sample), _sample_text(sample))
+        values = result.probabilities if kind == "probabilities" else result.masks
+        return SamplePrediction(kind, values, result.scores)
 
     return run
 
@@ -194,7 +347,7 @@ def evaluate(
     progress: bool = True,
     davis_root: str | Path | None = None,
     max_samples: int | None = None,
-    runner: Callable[[Mapping[str, Any]], tuple[Any, Any]] | None = None,
+    runner: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataset`` with the benchmark's official protocol.
 
@@ -211,8 +364,9 @@ def evaluate(
         progress: show a tqdm bar.
         davis_root: Ref-DAVIS17 only: the DAVIS folder with ``Annotations_unsupervised/480p``.
         max_samples: evaluate only the first samples (quick checks; the numbers are then not the benchmark's).
-        runner: how to get ``(masks bool [T, H, W], scores float [T])`` for a sample; default
-            :class:`lvseg.Predictor` on ``sample["frames"]`` and ``sample["text"]``.
+        runner: how to get a sample's prediction: a callable returning a :class:`SamplePrediction` or
+            ``(masks bool [T, H, W], scores float [T])`` (float masks count as probabilities); default
+            :func:`default_runner` (the benchmark's official way of running the model).
 
     Returns:
         the benchmark's metrics in percent (e.g. ``{"J&F": ..., "J": ..., "F": ...}``), plus ``"benchmark"``,
@@ -232,7 +386,8 @@ def evaluate(
     pred_dir = out / "predictions" if out is not None else None
     if out is not None:
         manifest = {"protocol": protocol, "dataset": type(dataset).__name__, "samples": n_total,
-                    "split": str(getattr(dataset, "split", ""))}
+                    "split": str(getattr(dataset, "split", "")),
+                    "predictions": "custom runner" if runner is not None else _DEFAULT_KINDS.get(protocol, "masks")}
         manifest_path = out / "evaluation.json"
         if manifest_path.is_file() and resume:
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -248,7 +403,7 @@ def evaluate(
         first = dataset[0]
         has_gt = isinstance(first, Mapping) and first.get("masks") is not None
     evaluator = make_evaluator(protocol, dataset, output_dir=out, davis_root=davis_root, has_ground_truth=has_gt)
-    run = runner or _default_runner(model)
+    run = runner or default_runner(model, protocol)
     reused = 0
     bar = tqdm(range(n), desc=f"evaluating {benchmark_name(protocol, dataset)}", disable=not progress, unit="sample")
     for index in bar:
@@ -257,15 +412,13 @@ def evaluate(
             raise InvalidInputError(f"dataset[{index}] is a {type(sample).__name__}, not a dict sample")
         path = pred_dir / f"{_sample_key(index, sample)}.npz" if pred_dir is not None else None
         if path is not None and resume and path.is_file():
-            masks, scores = _load_prediction(path)
+            pred = _load_prediction(path)
             reused += 1
         else:
-            masks, scores = run(sample)
-            masks = torch.as_tensor(masks).bool().cpu()
-            scores = torch.as_tensor(scores).float().cpu()
+            pred = SamplePrediction.from_runner(run(sample))
             if path is not None:
-                _save_prediction(path, masks, scores)
-        evaluator.add_sample(sample, masks, scores)
+                _save_prediction(path, pred)
+        _add_prediction(evaluator, sample, pred)
     if reused:
         logger.info("reused %d stored prediction(s) from %s", reused, pred_dir)
 

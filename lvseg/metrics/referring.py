@@ -133,6 +133,36 @@ class MTTREvaluator(Evaluator):
             image_id = a2d_image_id(str(sample["video"]), names[t], instance)
             self.add(image_id, gt[t], pred[t], score[t])
 
+    def add_sample_queries(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
+        """Every candidate of each annotated frame of ``sample``: ``masks`` [F * Q, H, W], ``scores`` [F * Q].
+
+        This is MTTR's protocol proper (all queries for mAP, the top-scoring one for P@K and IoU), what
+        :func:`lvseg.evaluate` passes from :meth:`~lvseg.models.base.RVOSModel.segment_annotated_frame`: the ``Q``
+        candidates of the first annotated frame (``annotated`` bool [T]; default all frames), then those of the
+        next, ``F`` frames in all (A2D/JHMDB samples have one). GT image ids as in :meth:`add_sample`.
+        """
+        if "video" not in sample or "masks" not in sample:
+            raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
+        gt = to_numpy_masks(sample["masks"], "sample['masks']", 3)
+        preds = to_numpy_masks(masks, "masks", 3)
+        score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
+                           dtype=np.float64).reshape(-1)
+        frames = _annotated_frames(sample, gt.shape[0])
+        if not frames:
+            return
+        if preds.shape[0] % len(frames) or score.size != preds.shape[0]:
+            raise InvalidInputError(f"{preds.shape[0]} candidate masks and {score.size} scores do not split into "
+                                    f"the sample's {len(frames)} annotated frames")
+        q = preds.shape[0] // len(frames)
+        given = sample.get("image_id")
+        names = _frame_names(sample, gt.shape[0])
+        for k, t in enumerate(frames):
+            if isinstance(given, str) and len(frames) == 1:
+                image_id = given
+            else:
+                image_id = a2d_image_id(str(sample["video"]), names[t], sample.get("instance_id"))
+            self.add(image_id, gt[t], preds[k * q:(k + 1) * q], score[k * q:(k + 1) * q])
+
     def summary(self) -> dict[str, float]:
         if not self.ground_truth:
             raise InvalidInputError(f"no {self.benchmark} sample was evaluated")
