@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -27,16 +27,16 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InvalidInputError
 from ..models.base import RVOSModel
-from .boxes import mask_boxes_cxcywh
 from .checkpoint import list_checkpoints, load_latest_checkpoint, replace_folder, rng_state, save_checkpoint, \
     set_rng_state
 from .distributed import (DistInfo, EpochBatchSampler, all_gather_objects, all_reduce_mean, all_reduce_sum, barrier,
                           broadcast_object)
-from .losses import LossWeights, ReferFormerCriterion
-from .matcher import VideoTarget
+from .losses import LossWeights, MTTRLossWeights
+from .objectives import Objective, build_mttr_targets, build_targets, make_objective
 from .plot import plot_curves
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "build_targets", "evaluate_jf", "prepare_frames"]
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "build_targets", "build_mttr_targets", "evaluate_jf",
+           "prepare_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,10 @@ class TrainConfig:
     """Everything that controls a run (the presets in :mod:`lvseg.train.presets` fill it with official recipes).
 
     Learning rates: ``lr`` for the heads/transformer, ``lr_backbone`` for parameters under ``backbone.``,
-    ``lr_text_encoder`` for ``text_encoder.`` (frozen when ``freeze_text_encoder``). The LR is multiplied by
-    ``lr_gamma`` at every epoch in ``lr_drops`` (or every step in ``lr_drop_steps``), after ``warmup_steps`` of
+    ``lr_text_encoder`` for the text encoder (``text_encoder.``; MTTR's ``transformer.text_encoder.``), frozen
+    when ``freeze_text_encoder``. ``loss_weights``: None for the family's official coefficients, or
+    :class:`~lvseg.train.losses.LossWeights` (ReferFormer) / :class:`~lvseg.train.losses.MTTRLossWeights` (MTTR).
+    The LR is multiplied by ``lr_gamma`` at every epoch in ``lr_drops`` (or every step in ``lr_drop_steps``), after ``warmup_steps`` of
     linear warm-up. ``batch_size`` is per process; the global batch is ``batch_size * world_size * grad_accum``.
     ``max_steps`` (optimizer steps) stops the run early; ``epochs`` otherwise. ``optimizer`` is ``"adamw"``
     (every official recipe) or ``"sgd"`` (momentum 0.9; its update is linear in the gradient, so runs that differ
@@ -84,7 +86,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_last: int = 2
     resume: bool = False
-    loss_weights: LossWeights = field(default_factory=LossWeights)
+    loss_weights: LossWeights | MTTRLossWeights | None = None
     progress: bool = True
     tensorboard: bool = True
     deterministic: bool = True
@@ -111,8 +113,16 @@ class TrainConfig:
             raise ConfigError("eval_every, checkpoint_every, warmup_steps and num_workers must be >= 0")
         self.lr_drops = tuple(int(x) for x in self.lr_drops)
         self.lr_drop_steps = tuple(int(x) for x in self.lr_drop_steps)
+        if isinstance(self.loss_weights, dict) and not self.loss_weights:
+            self.loss_weights = None  # the family's official weights
         if isinstance(self.loss_weights, dict):
-            self.loss_weights = LossWeights(**self.loss_weights)
+            kinds = (LossWeights, MTTRLossWeights)
+            names = {k: {f.name for f in fields(k)} for k in kinds}
+            kind = next((k for k in kinds if set(self.loss_weights) <= names[k]), None)
+            if kind is None:
+                raise ConfigError(f"loss_weights keys {sorted(self.loss_weights)} fit no family: ReferFormer takes "
+                                  f"{sorted(names[LossWeights])}, MTTR {sorted(names[MTTRLossWeights])}")
+            self.loss_weights = kind(**self.loss_weights)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,37 +165,6 @@ def prepare_frames(frames: torch.Tensor, model: RVOSModel, device: torch.device)
         raise InvalidInputError(f"batch frames must be uint8 [B, T, H, W, 3] or float [B, T, 3, H, W], got "
                                 f"{tuple(frames.shape)}")
     return frames.to(device).float()
-
-
-def build_targets(batch: dict[str, Any], device: torch.device) -> list[VideoTarget]:
-    """ReferFormer targets from a collated batch: the referred objects' union as one target per video.
-
-    Needs ``masks`` bool [B, T, H, W] and ``size`` [B, 2] (unpadded H, W); ``frame_mask`` [B, T] marks real
-    frames and ``annotated`` [B, T] (optional) annotated ones. Boxes and visibility are recomputed from the
-    masks, so they stay exact whatever geometric augmentation ran before.
-    """
-    for key in ("masks", "size"):
-        if key not in batch:
-            raise InvalidInputError(f"training needs ground truth: the batch has no {key!r}. Use a training split "
-                                    "(or a split with a ground-truth folder) for train_data")
-    masks = batch["masks"].bool()
-    b, t = masks.shape[:2]
-    frame_mask = batch.get("frame_mask", torch.ones((b, t), dtype=torch.bool))
-    annotated = batch.get("annotated", torch.ones((b, t), dtype=torch.bool))
-    size = batch["size"][:, None, :].expand(b, t, 2).reshape(b * t, 2)
-    boxes, visible = mask_boxes_cxcywh(masks.flatten(0, 1), size)
-    boxes, visible = boxes.view(b, t, 4), visible.view(b, t)
-    out = []
-    for i in range(b):
-        valid = visible[i] & frame_mask[i] & annotated[i]
-        out.append(VideoTarget(
-            labels=torch.zeros(1, dtype=torch.int64, device=device),
-            boxes=boxes[i][None].to(device),
-            masks=masks[i][None].to(device),
-            valid=valid[None].to(device),
-            frames=(frame_mask[i] & annotated[i]).to(device),
-        ))
-    return out
 
 
 class _SeededSamples(Dataset):
@@ -272,7 +251,7 @@ def evaluate_jf(model: RVOSModel, dataset: Dataset, dist_info: DistInfo | None =
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     groups: dict[str, list[nn.Parameter]] = {"main": [], "backbone": [], "text": []}
     for name, p in model.named_parameters():
-        if name.startswith("text_encoder."):
+        if name.startswith("text_encoder.") or ".text_encoder." in name:  # MTTR: transformer.text_encoder.
             if cfg.freeze_text_encoder:
                 p.requires_grad_(False)
                 continue
@@ -314,7 +293,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class Trainer:
-    """Trains a ReferFormer-family model (see :func:`lvseg.train` for the user-facing entry point).
+    """Trains a ReferFormer or MTTR model (see :func:`lvseg.train` for the user-facing entry point).
 
     Args:
         model: the model (weights as they should start), with its tokenizer.
@@ -322,7 +301,8 @@ class Trainer:
         config: the :class:`TrainConfig`.
         val_data: optional dataset with ground truth, scored with :func:`evaluate_jf`.
         dist_info: from :func:`lvseg.train.distributed.init_distributed`.
-        criterion: the loss (default: :class:`ReferFormerCriterion` with ``config.loss_weights``).
+        criterion: the loss (default: the family's criterion, see :mod:`lvseg.train.objectives`, with
+            ``config.loss_weights``).
     """
 
     def __init__(self, model: RVOSModel, train_data: Dataset, config: TrainConfig, val_data: Dataset | None = None,
@@ -333,9 +313,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise ConfigError("the training dataset is empty: check the data root and split (no samples found)")
-        if model.config.architecture != "referformer":
-            raise ConfigError(f"lvseg.train supports the 'referformer' family for now, not "
-                              f"{model.config.architecture!r}")
+        self.objective: Objective = make_objective(model.config.architecture, config.loss_weights, criterion)
         if config.gradient_checkpointing:
             model.config.gradient_checkpointing = True
             backbone = getattr(model, "backbone", None)
@@ -345,7 +323,7 @@ class Trainer:
             _disable_dropout(model)
         model.to(self.info.device)
         model.train()
-        self.criterion = criterion or ReferFormerCriterion(config.loss_weights)
+        self.criterion = self.objective.criterion
         groups = _param_groups(model, config)
         if config.optimizer == "sgd":  # momentum SGD: updates linear in the gradient (exactness checks, ablations)
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9,
@@ -448,15 +426,14 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any], accum: int, sync: bool) -> dict[str, float]:
         device = self.info.device
         frames = prepare_frames(batch["frames"], self.model, device)
-        targets = build_targets(batch, device)
-        pad = batch.get("padding_mask")
-        pad = pad.to(device) if pad is not None and bool(pad.any()) else None
-        num_boxes = all_reduce_sum(self.criterion.count_boxes(targets), device) / self.info.world_size
+        model_kwargs, targets = self.objective.prepare(batch, device)
+        # DETR normalisation: the global number of target-frames, averaged over ranks (DDP averages gradients)
+        normaliser = all_reduce_sum(self.objective.count(targets), device) / self.info.world_size
         context = self.ddp.no_sync() if (not sync and self.info.distributed) else contextlib.nullcontext()
         with context:
             with self._autocast():
-                outputs = self.ddp(frames, list(batch["text"]), padding_mask=pad)
-            losses = self.criterion(outputs, targets, max(num_boxes, 1.0))
+                outputs = self.ddp(frames, list(batch["text"]), **model_kwargs)
+            losses = self.criterion(outputs, targets, max(normaliser, 1.0))
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}: lower the learning rate, "

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
-from .matcher import HungarianMatcher, MatchCosts, VideoTarget, downsample_masks
+from .matcher import (HungarianMatcher, MatchCosts, MTTRMatchCosts, MTTRMatcher, MTTRTarget, VideoTarget,
+                      downsample_masks, upsample_mask_logits)
 
-__all__ = ["LossWeights", "ReferFormerCriterion", "sigmoid_focal_loss", "dice_loss"]
+__all__ = ["LossWeights", "ReferFormerCriterion", "MTTRLossWeights", "MTTRCriterion", "sigmoid_focal_loss", "dice_loss"]
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
@@ -129,6 +130,93 @@ class ReferFormerCriterion(torch.nn.Module):
             layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
         for suffix, layer in layers:
             for name, value in self.layer_losses(layer, targets, num_boxes).items():
+                out[name + suffix] = value * coef[name]
+        out["loss"] = torch.stack(list(out.values())).sum()
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ MTTR
+@dataclass(frozen=True)
+class MTTRLossWeights:
+    """MTTR's loss coefficients (every official config: is_referred 2, sigmoid focal 2, dice 5) and ``eos_coef``,
+    the weight of the "no object" reference term on the queries not matched to the referred instance (0.1)."""
+
+    is_referred: float = 2.0
+    sigmoid_focal: float = 2.0
+    dice: float = 5.0
+    eos_coef: float = 0.1
+
+
+class MTTRCriterion(torch.nn.Module):
+    """Matching + losses for :class:`lvseg.models.mttr.MTTR` outputs.
+
+    Per decoder layer (the last and, with ``aux_loss``, every auxiliary one, each matched on its own):
+
+    * ``loss_is_referred``: cross-entropy of the two-way reference logits against ``[1, 0]`` for the query matched
+      to the referred instance (on the frames where it is visible) and ``[0, 1]`` for every other query, weighted
+      ``eos_coef`` except on the referred query, summed and divided by the number of (clip, frame) pairs;
+    * ``loss_sigmoid_focal`` (mean over pixels) and ``loss_dice`` of every matched (query, instance) pair in every
+      frame, mask logits upsampled (bilinear) to the target resolution; both summed and divided by ``num_masks``,
+      the global number of instance-frames (see :meth:`count_masks`).
+
+    ``forward(outputs, targets, num_masks)`` returns the weighted terms (``<name>`` and ``<name>_<i>`` for
+    auxiliary layer ``i``) and ``loss``, their sum.
+    """
+
+    def __init__(self, weights: MTTRLossWeights | None = None, costs: MTTRMatchCosts | None = None,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True) -> None:
+        super().__init__()
+        self.weights = weights or MTTRLossWeights()
+        self.matcher = MTTRMatcher(costs)
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.aux_loss = aux_loss
+
+    @staticmethod
+    def count_masks(targets: Sequence[MTTRTarget]) -> float:
+        """Instance-frames in this process's batch (instances x decoded frames, summed over clips), at least 1."""
+        return float(max(sum(int(t.masks.shape[0]) * int(t.masks.shape[1]) for t in targets), 1))
+
+    def layer_losses(self, outputs: dict[str, Any], targets: Sequence[MTTRTarget],
+                     num_masks: float) -> dict[str, torch.Tensor]:
+        """Unweighted losses of one decoder layer's outputs."""
+        logits, masks = outputs["pred_is_referred"], outputs["pred_masks"]
+        matches = self.matcher(outputs, targets)
+        b, t, q = logits.shape[:3]
+        device = logits.device
+        log_prob = logits.float().log_softmax(-1)  # [b, t, q, 2]
+        reference = torch.zeros_like(log_prob)
+        reference[..., 1] = 1.0  # "no object" unless matched to the visible referred instance
+        weight = torch.full((b, t, q), self.weights.eos_coef, device=device)
+        src_masks, tgt_masks = [], []
+        for i, (target, (src, tgt)) in enumerate(zip(targets, matches)):
+            ref_query = int(src[tgt == int(target.referred)])
+            weight[i, :, ref_query] = 1.0
+            reference[i, :, ref_query] = target.is_referred_targets(device)[:, int(target.referred)]
+            size = tuple(target.masks.shape[-2:])
+            for s, j in zip(src.tolist(), tgt.tolist()):
+                src_masks.append(upsample_mask_logits(masks[i, :, s], size).flatten(1))  # [t, H W]
+                tgt_masks.append(target.masks[j].to(device).float().flatten(1))
+        ce = -(log_prob * reference).sum(-1) * weight  # [b, t, q]
+        pm, tm = torch.cat(src_masks), torch.cat(tgt_masks)
+        focal = sigmoid_focal_loss(pm, tm, self.focal_alpha, self.focal_gamma).mean(1)
+        return {
+            "loss_is_referred": ce.sum() / (b * t),
+            "loss_sigmoid_focal": focal.sum() / num_masks,
+            "loss_dice": dice_loss(pm, tm).sum() / num_masks,
+        }
+
+    def forward(self, outputs: dict[str, Any], targets: Sequence[MTTRTarget],
+                num_masks: float | None = None) -> dict[str, torch.Tensor]:
+        if num_masks is None:
+            num_masks = self.count_masks(targets)
+        w = self.weights
+        coef = {"loss_is_referred": w.is_referred, "loss_sigmoid_focal": w.sigmoid_focal, "loss_dice": w.dice}
+        out: dict[str, torch.Tensor] = {}
+        layers = [("", outputs)]
+        if self.aux_loss:
+            layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        for suffix, layer in layers:
+            for name, value in self.layer_losses(layer, targets, num_masks).items():
                 out[name + suffix] = value * coef[name]
         out["loss"] = torch.stack(list(out.values())).sum()
         return out

@@ -20,7 +20,8 @@ from scipy.optimize import linear_sum_assignment
 from ..errors import ConfigError
 from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
-__all__ = ["MatchCosts", "HungarianMatcher", "VideoTarget", "downsample_masks"]
+__all__ = ["MatchCosts", "HungarianMatcher", "VideoTarget", "downsample_masks", "MTTRTarget", "MTTRMatchCosts",
+           "MTTRMatcher", "upsample_mask_logits"]
 
 
 @dataclass
@@ -137,6 +138,124 @@ class HungarianMatcher:
                 result.append((empty, empty))
                 continue
             cost = self.cost_matrix(logits[i], boxes[i], masks[i], target).cpu()
+            if not torch.isfinite(cost).all():
+                raise FloatingPointError("the matching cost has NaN/inf entries: the model's outputs diverged "
+                                         "(lower the learning rate or enable gradient clipping)")
+            rows, cols = linear_sum_assignment(cost.numpy())
+            result.append((torch.as_tensor(np.asarray(rows), dtype=torch.int64),
+                           torch.as_tensor(np.asarray(cols), dtype=torch.int64)))
+        return result
+
+
+# ------------------------------------------------------------------------------------------------ MTTR
+@dataclass
+class MTTRTarget:
+    """The ground truth of one MTTR clip on the ``t`` frames the model decodes (its ``valid_indices``).
+
+    Attributes:
+        masks: bool/float [n, t, H, W] every annotated instance at the (padded) input resolution: A2D-Sentences
+            gives all instances of the annotated frame, Ref-YouTube-VOS every object of the clip. ``n >= 1``.
+        referred: index in ``masks`` of the instance the expression refers to.
+        visible: bool [t], whether the referred instance is visible in each frame (Ref-YouTube-VOS's
+            ``is_ref_inst_visible``), or None when it is taken as visible in every frame (A2D-Sentences).
+    """
+
+    masks: torch.Tensor
+    referred: int
+    visible: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.masks.dim() != 4 or self.masks.shape[0] < 1:
+            raise ConfigError(f"MTTR target masks must be [n >= 1, t, H, W], got {tuple(self.masks.shape)}")
+        if not 0 <= int(self.referred) < self.masks.shape[0]:
+            raise ConfigError(f"referred index {self.referred} is outside the target's {self.masks.shape[0]} "
+                              "instances")
+        if self.visible is not None and self.visible.shape != (self.masks.shape[1],):
+            raise ConfigError(f"visible must be bool [t={self.masks.shape[1]}], got {tuple(self.visible.shape)}")
+
+    def is_referred_targets(self, device: torch.device | None = None) -> torch.Tensor:
+        """The two-way reference target of every instance in every frame: float [t, n, 2].
+
+        ``[1, 0]`` ("referred") for the referred instance on the frames where it is visible, ``[0, 1]`` ("no
+        object") everywhere else: the other instances and the frames where the referred one is hidden.
+        """
+        n, t = self.masks.shape[:2]
+        out = torch.zeros((t, n, 2), device=device)
+        out[..., 1] = 1.0
+        frames = torch.ones(t, dtype=torch.bool, device=device) if self.visible is None \
+            else self.visible.to(device).bool()
+        out[frames, int(self.referred)] = torch.tensor([1.0, 0.0], device=device)
+        return out
+
+
+def upsample_mask_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """MTTR compares masks at the input resolution: stride-4 logits [..., h, w] -> [..., H, W] (bilinear,
+    ``align_corners=False``, as the official matcher and loss do)."""
+    lead = logits.shape[:-2]
+    x = F.interpolate(logits.float().reshape(-1, 1, *logits.shape[-2:]), size=tuple(size), mode="bilinear",
+                      align_corners=False)
+    return x.reshape(*lead, *x.shape[-2:])
+
+
+@dataclass(frozen=True)
+class MTTRMatchCosts:
+    """Weights of MTTR's matching costs (``set_cost_is_referred`` 2, ``set_cost_dice`` 5 in every official config)."""
+
+    is_referred: float = 2.0
+    dice: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.is_referred == 0 and self.dice == 0:
+            raise ConfigError("MTTR matching costs cannot both be 0")
+
+
+class MTTRMatcher:
+    """Hungarian matching of each clip's queries to its instance sequences (MTTR).
+
+    Query ``q`` is one object in every frame, so the cost of pairing it with instance ``j`` is averaged over the
+    decoded frames: ``is_referred * (-mean_t <softmax(is_referred logits), reference target>)
+    + dice * (-mean_t dice coefficient)``, where the reference target is ``[1, 0]`` for the referred instance on
+    its visible frames and ``[0, 1]`` otherwise, and the dice coefficient (with +1 smoothing) compares the
+    sigmoid of the mask logits, upsampled to the target resolution, with the binary mask.
+
+    ``__call__(outputs, targets)`` takes ``pred_is_referred`` [b, t, q, 2], ``pred_masks`` [b, t, q, h, w] and
+    ``b`` :class:`MTTRTarget` s; it returns per clip ``(query_indices [n], instance_indices [n])`` (int64).
+    """
+
+    def __init__(self, costs: MTTRMatchCosts | None = None) -> None:
+        self.costs = costs or MTTRMatchCosts()
+
+    @torch.no_grad()
+    def cost_matrix(self, is_referred: torch.Tensor, masks: torch.Tensor, target: MTTRTarget) -> torch.Tensor:
+        """The [q, n] cost of one clip: is_referred [t, q, 2] logits, masks [t, q, h, w] logits."""
+        c = self.costs
+        cost = torch.zeros((masks.shape[1], target.masks.shape[0]), device=masks.device)
+        if c.is_referred:
+            prob = is_referred.float().softmax(-1)  # [t, q, 2]
+            tgt = target.is_referred_targets(prob.device)  # [t, n, 2]
+            cost = cost - c.is_referred * torch.einsum("tqc,tnc->qn", prob, tgt) / prob.shape[0]
+        if c.dice:
+            gt = target.masks.to(masks.device).float().transpose(0, 1).flatten(2)  # [t, n, P]
+            p = upsample_mask_logits(masks, tuple(target.masks.shape[-2:])).sigmoid().flatten(2)  # [t, q, P]
+            dice = (2 * p @ gt.transpose(1, 2) + 1) / (p.sum(-1)[:, :, None] + gt.sum(-1)[:, None, :] + 1)
+            cost = cost - c.dice * dice.mean(0)
+        return cost
+
+    @torch.no_grad()
+    def __call__(self, outputs: dict[str, Any],
+                 targets: Sequence[MTTRTarget]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        logits, masks = outputs["pred_is_referred"], outputs["pred_masks"]
+        if len(targets) != logits.shape[0]:
+            raise ConfigError(f"{logits.shape[0]} clips but {len(targets)} targets")
+        result = []
+        for i, target in enumerate(targets):
+            if target.masks.shape[1] != masks.shape[1]:
+                raise ConfigError(f"clip {i}: the model decoded {masks.shape[1]} frames but the target has "
+                                  f"{target.masks.shape[1]}; pass the same valid frames to both")
+            if target.masks.shape[0] > masks.shape[2]:
+                raise ConfigError(f"clip {i} has {target.masks.shape[0]} instances but the model only "
+                                  f"{masks.shape[2]} queries: raise num_queries")
+            cost = self.cost_matrix(logits[i], masks[i], target).cpu()
             if not torch.isfinite(cost).all():
                 raise FloatingPointError("the matching cost has NaN/inf entries: the model's outputs diverged "
                                          "(lower the learning rate or enable gradient clipping)")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .mttr_data import a2d_mttr_data
 
 __all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
            "build_shapes_tiny", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES"]
@@ -174,6 +175,15 @@ PRESETS: dict[str, Preset] = {
         "referformer-video-swin-b-ytvos", "referformer", "referformer-video-swin-b",
         train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
         description="official Video-Swin-B Ref-YouTube-VOS fine-tuning"),
+    "mttr-swin-t-a2d": Preset(
+        "mttr-swin-t-a2d", "mttr", "mttr-swin-t.a2d",
+        # configs/a2d_sentences.yaml + README (-ws 10 -bs 3 -ng 2: batch 3 per process on 2 GPUs); AMP (fp16)
+        train=dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
+                   batch_size=3, epochs=70, lr_drops=(50,), lr_gamma=0.4, freeze_text_encoder=True,
+                   precision="fp16", seed=42),
+        data=a2d_mttr_data,
+        description="official MTTR A2D-Sentences recipe (window 10, 70 epochs, LR x0.4 at 50, text encoder "
+                    "frozen; torchrun --nproc_per_node=2 for the global batch of 6)"),
 }
 
 
