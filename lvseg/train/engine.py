@@ -53,9 +53,10 @@ class TrainConfig:
     :class:`~lvseg.train.losses.LossWeights` (ReferFormer) / :class:`~lvseg.train.losses.MTTRLossWeights` (MTTR).
     The LR is multiplied by ``lr_gamma`` at every epoch in ``lr_drops`` (or every step in ``lr_drop_steps``),
     after ``warmup_steps`` of linear warm-up. ``batch_size`` is per process; the global batch is
-    ``batch_size * world_size * grad_accum``. ``max_steps`` (optimizer steps) stops the run early; ``epochs`` otherwise. ``optimizer`` is ``"adamw"``
-    (every official recipe) or ``"sgd"`` (momentum 0.9; its update is linear in the gradient, so runs that differ
-    only by float rounding stay close, which Adam's normalisation of near-zero gradients does not guarantee).
+    ``batch_size * world_size * grad_accum``. ``max_steps`` (optimizer steps) stops the run early; ``epochs``
+    otherwise. ``optimizer`` is ``"adamw"`` (every official recipe) or ``"sgd"`` (momentum 0.9; its update is
+    linear in the gradient, so runs that differ only by float rounding stay close, which Adam's normalisation of
+    near-zero gradients does not guarantee).
     """
 
     output_dir: str = "runs/lvseg"
