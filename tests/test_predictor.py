@@ -12,6 +12,7 @@ from PIL import Image
 
 import lvseg
 from lvseg.errors import InvalidInputError, InvalidTextError, VideoDecodeError, VideoNotFoundError
+from lvseg.predictor import UPSAMPLING
 from lvseg.video import open_video, write_video
 
 from toymodels import color_video, make_color_model
@@ -230,3 +231,56 @@ def test_rotation_from_the_mp4_display_matrix(tmp_path):
     assert first[:6].mean() > 240 and first[10:].mean() < 15  # the stripe is now on top
     result = make_color_model().predict(rotated, "white", progress=False)
     assert result.masks.shape == (3, 64, 32) and result.masks[:, :6].all() and not result.masks[:, 12:].any()
+
+
+@pytest.mark.parametrize("mode", sorted(UPSAMPLING))
+def test_probabilities_thresholded_at_half_equal_the_masks(mode):
+    frames, truth = color_video(num_frames=9, height=96, width=128, square=32)
+    model = make_color_model(size_divisor=40)  # the model sees 48x64 padded to 80x80
+    results = model.predict(frames, ["red", "blue"], window=4, overlap=2, upsampling=mode,
+                            return_probabilities=True, progress=False)
+    for result in results:
+        probs = result.probabilities
+        assert probs.dtype == torch.float32 and probs.shape == result.masks.shape == (9, 96, 128)
+        assert 0 <= probs.min() and probs.max() <= 1
+        assert torch.equal(probs > 0.5, result.masks)
+    assert min(iou(m, g) for m, g in zip(results[0].to_numpy(), truth)) > 0.85
+    assert model.predict(frames, "red", upsampling=mode, progress=False).probabilities is None
+
+
+def test_upsampling_rules_match_the_official_post_processing():
+    import torch.nn.functional as F
+
+    from lvseg.models.mttr.model import postprocess_masks
+    from lvseg.predictor import upsample_mask_logits
+
+    logits = torch.randn(3, 12, 17, generator=torch.Generator().manual_seed(0)) * 4  # stride 4 of 48x68
+    # MTTR / DETR: bilinear to the padded input, threshold, crop the padding, nearest to the frame
+    masks, probs = upsample_mask_logits(logits, (48, 68), (45, 66), (90, 131), "threshold-nearest")
+    assert torch.equal(masks, postprocess_masks(logits, (48, 68), (45, 66), (90, 131)))
+    assert torch.equal(probs > 0.5, masks)
+    # ReferFormer inference_ytvos/davis: one bilinear resize straight to the frame size
+    masks, probs = upsample_mask_logits(logits, (48, 68), (48, 68), (90, 131), "direct")
+    ref = F.interpolate(logits[None], size=(90, 131), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(masks, ref > 0) and torch.equal(probs, ref.sigmoid())
+    two_step, _ = upsample_mask_logits(logits, (48, 68), (48, 68), (90, 131), "bilinear")
+    assert not torch.equal(two_step, masks)  # the default two-step resize is not the same
+    # Locater: sigmoid first, then bilinear with align_corners=True
+    masks, probs = upsample_mask_logits(logits, (48, 68), (48, 68), (90, 131), "probability-aligned")
+    ref = F.interpolate(logits.sigmoid()[None], size=(90, 131), mode="bilinear", align_corners=True)[0]
+    assert torch.equal(probs, ref) and torch.equal(masks, ref > 0.5)
+    with pytest.raises(InvalidInputError, match="upsampling"):
+        upsample_mask_logits(logits, (48, 68), (48, 68), (90, 131), "bicubic")
+
+
+def test_predictor_follows_the_models_post_processing_and_protocols(video):
+    frames, _ = video
+    model = make_color_model()
+    assert lvseg.Predictor(model).upsampling == "bilinear"
+    model.output_upsampling = lambda protocol=None: "threshold-nearest"
+    assert lvseg.Predictor(model).upsampling == "threshold-nearest"
+    assert lvseg.Predictor(model, upsampling="direct").upsampling == "direct"
+    with pytest.raises(InvalidInputError, match="no named inference protocols"):
+        lvseg.Predictor(model, protocol="davis")
+    with pytest.raises(InvalidInputError, match="unknown upsampling"):
+        lvseg.Predictor(model, upsampling="nearest")
