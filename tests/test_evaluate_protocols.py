@@ -307,3 +307,21 @@ def test_a2d_plus_upsamples_probabilities_with_align_corners() -> None:
     assert expected["overall_iou"] != pytest.approx(other["overall_iou"])  # the two rules disagree here
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, abs=1e-9), key
+
+
+# ------------------------------------------------------------------------------------------ family hooks
+def test_referformer_evaluation_hooks() -> None:
+    """The bundled tiny ReferFormer: every query of the annotated frame, its DAVIS protocol and post-processing."""
+    from lvseg.registry import DEFAULT_MODEL
+
+    model = lvseg.load(DEFAULT_MODEL)
+    assert model.benchmark_protocol("refdavis") == "davis" and model.benchmark_protocol("a2d+") is None
+    assert model.output_upsampling("ytvos") == "direct" and model.output_upsampling("frame") == "threshold-nearest"
+    frames = torch.randn(1, 3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    logits, scores = model.segment_annotated_frame(frames, ["the red circle"], 2)
+    with torch.no_grad():
+        out = model(frames, ["the red circle"], valid_indices=[2])
+    q = model.config.num_queries
+    assert logits.shape == (1, q, 16, 24) and scores.shape == (1, q)
+    assert torch.equal(logits, out["pred_masks"][:, 0])
+    assert torch.equal(scores, out["pred_logits"][:, 0].float().sigmoid().max(-1).values)

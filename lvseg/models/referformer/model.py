@@ -401,3 +401,31 @@ class ReferFormer(RVOSModel):
         per_query = scores.max(-1).values
         chosen = per_query.gather(2, best[:, None, None].expand(b, t, 1)).squeeze(2)
         return masks.gather(2, idx).squeeze(2), chosen, (sums, count)
+
+    # ---------------------------------------------------------------------------------------- evaluation hooks
+    @torch.no_grad()
+    def segment_annotated_frame(self, frames: torch.Tensor, text: Sequence[str],
+                                frame_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A2D-/JHMDB-Sentences protocol (``engine.evaluate_a2d``): every query of the annotated frame.
+
+        The whole clip [b, t, 3, H, W] goes through the backbone and only ``frame_index`` (default the centre,
+        ``t // 2``) is decoded. Returns mask logits [b, q, H/4, W/4] and scores [b, q] (the sigmoid class score,
+        the max over classes; the A2D models have one class). All queries are ranked for mAP; the top-scoring one
+        is the prediction for precision@K and IoU.
+        """
+        texts = validate_texts(text)
+        index = frames.shape[1] // 2 if frame_index is None else int(frame_index)
+        out = self._forward(frames, texts, None, [index] * len(texts), all_layer_masks=False)
+        scores = out["pred_logits"][:, 0].float().sigmoid().max(-1).values  # [b, q]
+        return out["pred_masks"][:, 0], scores
+
+    def output_upsampling(self, protocol: str | None = None) -> str:
+        """``inference_ytvos.py`` / ``inference_davis.py`` resize the chosen logits straight from H/4 to the frame
+        size (``"direct"``); the A2D/JHMDB and RefCOCO post-processors (``protocol="frame"``) upsample to the input
+        size, threshold, crop and resize with nearest (``"threshold-nearest"``)."""
+        return "threshold-nearest" if (protocol or self.config.protocol) == "frame" else "direct"
+
+    def benchmark_protocol(self, benchmark: str) -> str | None:
+        """Ref-DAVIS17 runs ``inference_davis.py`` (a query per 36-frame clip); Ref-YouTube-VOS and MeViS the whole
+        video with one query (``inference_ytvos.py``)."""
+        return {"refdavis": "davis", "ytvos": "ytvos", "mevis": "ytvos"}.get(benchmark)
