@@ -221,7 +221,7 @@ def _save_prediction(path: Path, pred: SamplePrediction) -> None:
 
 def _load_prediction(path: Path) -> SamplePrediction:
     with np.load(path) as data:
-        kind = str(data["kind"]) if "kind" in data.files else "masks"  # files of lvseg < 0.2 hold masks only
+        kind = str(data["kind"]) if "kind" in data.files else "masks"  # files written before kinds existed hold masks
         shape = tuple(int(s) for s in data["shape"])
         bits = np.unpackbits(data["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
         if kind == "probabilities":
