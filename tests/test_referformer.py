@@ -371,3 +371,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append(model.backbone.layers[0].blocks[0].attn.qkv.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_mean_sentence_pooling_averages_the_unpadded_word_states():
+    text = dict(vocab_size=400, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                max_position_embeddings=40)
+    config = ReferFormerConfig(backbone="timm", timm_model="test_convnext", hidden_dim=32, dim_feedforward=32,
+                               enc_layers=1, dec_layers=1, mask_dim=32, text_encoder=text, sentence_pooling="mean")
+    torch.manual_seed(0)
+    model = ReferFormer(config, tokenizer=tokenizer()).eval()
+    assert model.text_encoder.pooler is None  # no unused pooler weights in the checkpoint (or under DDP)
+    texts = ["a dog", "the big red dog on the left"]  # the first is padded in the batch
+    with torch.no_grad():
+        words, pad, sentence = model.encode_text(texts)
+        alone = model.encode_text(texts[:1])[2]
+        states = model.text_encoder(**model.tokenizer(texts[:1], return_tensors="pt")).last_hidden_state
+    assert pad[0].any() and not pad[1].any()
+    torch.testing.assert_close(sentence[:1], alone, atol=1e-5, rtol=1e-5)  # padding does not change the mean
+    torch.testing.assert_close(alone, model.resizer(states.mean(1)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="sentence_pooling"):
+        ReferFormerConfig(backbone="timm", timm_model="test_convnext", sentence_pooling="max")

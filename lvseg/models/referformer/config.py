@@ -33,6 +33,11 @@ BACKBONES = BACKBONES + ("timm",)
 # frame: the best query of every frame on its own (A2D/JHMDB annotated frame, RefCOCO images).
 PROTOCOLS = ("ytvos", "davis", "frame")
 
+# How the sentence feature (the decoder queries' content) is made from the text encoder: "pooler" = RoBERTa's
+# pooler output (every official checkpoint); "mean" = the mean of the word features, for small text encoders
+# trained from scratch, whose <s> token learns to summarise the sentence only slowly.
+SENTENCE_POOLING = ("pooler", "mean")
+
 
 @dataclass
 class SwinConfig:
@@ -58,6 +63,7 @@ class ReferFormerConfig(ModelConfig):
     ``text_encoder`` holds ``transformers.RobertaConfig`` arguments (roberta-base by default); the model is
     built from them with random weights, and the checkpoint provides all weights (pooler included).
     ``protocol`` is the inference protocol of :meth:`ReferFormer.segment` (see ``PROTOCOLS``);
+    ``sentence_pooling`` is ``"pooler"`` (official) or ``"mean"`` (see ``SENTENCE_POOLING``);
     ``max_frames_per_pass`` > 0 runs longer clips in passes of that many frames and still picks one query for
     the whole clip by the Ref-YouTube-VOS rule; 0 = one pass whatever the length (the paper's protocol, which
     needs about 24 GB for a typical Ref-YouTube-VOS video). ``fused_attention`` runs the standard attention
@@ -92,6 +98,7 @@ class ReferFormerConfig(ModelConfig):
     fused_attention: bool = False
     timm_model: str = ""
     temporal_kernel: int = 0
+    sentence_pooling: str = "pooler"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -116,6 +123,9 @@ class ReferFormerConfig(ModelConfig):
             raise ConfigError("backbone 'timm' needs timm_model, a timm model name such as 'test_convnext'")
         if self.backbone != "timm" and (self.timm_model or self.temporal_kernel):
             raise ConfigError(f"timm_model/temporal_kernel apply to backbone 'timm' only, not {self.backbone!r}")
+        if self.sentence_pooling not in SENTENCE_POOLING:
+            raise ConfigError(f"unknown sentence_pooling {self.sentence_pooling!r}; use one of "
+                              f"{', '.join(SENTENCE_POOLING)}")
         if self.swin is not None and self.backbone in RESNETS:
             raise ConfigError(f"backbone {self.backbone!r} is a ResNet: remove the 'swin' section")
 

@@ -91,7 +91,7 @@ class ReferFormer(RVOSModel):
         self.class_embed = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.dec_layers))
         self.bbox_embed = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(cfg.dec_layers))
         self.query_embed = nn.Embedding(cfg.num_queries, d)
-        self.text_encoder = build_roberta(cfg.text_encoder)
+        self.text_encoder = build_roberta(cfg.text_encoder, add_pooling_layer=cfg.sentence_pooling == "pooler")
         text_dim = int(cfg.text_encoder.get("hidden_size", 768))
         self.resizer = FeatureResizer(text_dim, d, dropout=0.1)
         self.fusion_module = VisionLanguageFusion(d, nhead=8, fused_attention=cfg.fused_attention)
@@ -128,7 +128,8 @@ class ReferFormer(RVOSModel):
         """Tokenize and encode expressions.
 
         Returns word features [b, L, C], word padding mask bool [b, L] (True = padding) and sentence
-        features [b, C] (RoBERTa pooler output), both through the shared resizer.
+        features [b, C] (RoBERTa pooler output, or the mean of the word states with
+        ``sentence_pooling="mean"``), both through the shared resizer.
         """
         if self.tokenizer is None:
             raise ConfigError(
@@ -145,7 +146,12 @@ class ReferFormer(RVOSModel):
         tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         encoded = self.text_encoder(**tokens)
         words = self.resizer(encoded.last_hidden_state)
-        sentence = self.resizer(encoded.pooler_output)
+        if self.config.sentence_pooling == "mean":
+            keep = tokens["attention_mask"][..., None].to(encoded.last_hidden_state.dtype)
+            pooled = (encoded.last_hidden_state * keep).sum(1) / keep.sum(1).clamp(min=1)
+        else:
+            pooled = encoded.pooler_output
+        sentence = self.resizer(pooled)
         return words, tokens["attention_mask"].ne(1), sentence
 
     # ---------------------------------------------------------------------------------------------- forward
