@@ -262,6 +262,15 @@ def test_a2d_map_ranks_every_query(tmp_path: Path) -> None:
     assert result["P@0.5"] == pytest.approx(100 / 3)
 
 
+def test_a2d_clip_length_other_than_the_models_window_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    data = MiniA2D()
+    data.num_frames = 3  # type: ignore[attr-defined]
+    model = ScriptedModel(ScriptedConfig(preprocessing=PreprocessConfig(short_side=H, max_size=W, window=10)))
+    with caplog.at_level("WARNING", logger="lvseg.metrics.evaluate"):
+        lvseg.evaluate(model, data, progress=False)
+    assert "num_frames=10" in caplog.text
+
+
 def test_a2d_candidates_are_post_processed_like_mttr() -> None:
     """Stride-2 outputs on 2x-upscaled frames: masks = threshold-nearest post-processing of each candidate."""
     from lvseg.models.mttr.model import postprocess_masks

@@ -403,6 +403,12 @@ def evaluate(
         first = dataset[0]
         has_gt = isinstance(first, Mapping) and first.get("masks") is not None
     evaluator = make_evaluator(protocol, dataset, output_dir=out, davis_root=davis_root, has_ground_truth=has_gt)
+    window = int(getattr(getattr(model, "preprocessing", None), "window", 0) or 0)
+    clip = getattr(dataset, "num_frames", None)
+    if protocol in ("a2d", "jhmdb") and runner is None and window and isinstance(clip, int) and clip != window:
+        logger.warning("%s clips have %d frames but %s was evaluated officially on %d-frame windows: build the "
+                       "dataset with num_frames=%d to reproduce its numbers", benchmark_name(protocol), clip,
+                       type(model).__name__, window, window)
     run = runner or default_runner(model, protocol)
     reused = 0
     bar = tqdm(range(n), desc=f"evaluating {benchmark_name(protocol, dataset)}", disable=not progress, unit="sample")
@@ -433,12 +439,18 @@ def evaluate(
     return result
 
 
-def build_dataset(name: str, root: str | Path, split: str | None = None, **kwargs: Any) -> Any:
-    """A :mod:`lvseg.data` dataset from a benchmark name (``mevis``, ``ref-davis17``, ``a2d-sentences``, ...)."""
+def _dataset_class(name: str) -> str | None:
     key = name.strip().lower().replace("_", "-").replace(" ", "-")
     class_name = _DATASET_ALIASES.get(key, _DATASET_ALIASES.get(key.replace("-", "")))
     if class_name is None and name in DATASET_PROTOCOLS:
         class_name = name
+    return class_name
+
+
+def build_dataset(name: str, root: str | Path, split: str | None = None, **kwargs: Any) -> Any:
+    """A :mod:`lvseg.data` dataset from a benchmark name (``mevis``, ``ref-davis17``, ``a2d-sentences``, ...)."""
+    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    class_name = _dataset_class(name)
     if class_name is None:
         raise InvalidInputError(f"unknown dataset {name!r}; choose one of {sorted(set(_DATASET_ALIASES))}")
     import lvseg.data as data
@@ -502,7 +514,11 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
 
         load_kwargs = {"device": args.device} if args.device else {}
         model = load(args.model, **load_kwargs)
-        dataset = build_dataset(args.dataset, args.root, args.split, **_parse_kv(args.dataset_arg))
+        dataset_kwargs = _parse_kv(args.dataset_arg)
+        window = int(getattr(getattr(model, "preprocessing", None), "window", 0) or 0)
+        if _dataset_class(args.dataset) in ("A2DSentences", "JHMDBSentences") and window:
+            dataset_kwargs.setdefault("num_frames", window)  # the official clip: the model's window
+        dataset = build_dataset(args.dataset, args.root, args.split, **dataset_kwargs)
         result = evaluate(model, dataset, protocol=args.protocol, output_dir=args.output,
                           resume=not args.no_resume, davis_root=args.davis_root, max_samples=args.max_samples)
     except LVSegError as exc:
