@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ __all__ = [
     "db_statistics",
 ]
 
-# Frames are processed in chunks of at most this many frames / pixels (bounds the memory of the integral images)
-_CHUNK_FRAMES = 4
+# Frames are processed in chunks of at most this many pixels: the bit-packed buffers of a chunk (1/8 byte per
+# pixel) then stay within the CPU caches
 _CHUNK_PIXELS = 1 << 23
 
 
@@ -67,34 +67,200 @@ def _prepare(
     return p, g, v, (p_dev if p_dev is not None else g_dev), lead
 
 
-def _crop(p: np.ndarray, g: np.ndarray) -> tuple[slice, slice] | None:
-    """The smallest window that holds every foreground pixel of ``p`` and ``g`` [n, H, W] plus one background
-    pixel above/left and below/right (clipped to the image), or None when both are empty.
+# ------------------------------------------------------------------------------------------ bit-packed masks
+#
+# A mask row of W pixels is packed into ceil(W / 8) bytes, little bit order: pixel x is bit x % 8 of byte x // 8.
+# Every pass over a packed chunk touches 8 times less memory than over the bool masks, and the per-frame buffers
+# are padded to a multiple of 8 rows so that a frame is a whole number of uint64 words.
 
-    Inside this window the boundaries, their matches and the pixel counts equal those of the whole frame: a
-    boundary pixel is at most one pixel above/left of the foreground (``_seg2bmap`` looks right and down), the
-    extra row/column below/right is background on both masks so the window's own last row/column rule gives no
-    boundary there, and dilation windows clipped to it contain the same boundary pixels as clipped to the image.
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_BYTE_BITS = np.array([[(i >> bit) & 1 for bit in range(8)] for i in range(256)], dtype=bool)  # [256, 8]
+
+
+def _popcount_frames(packed: np.ndarray) -> np.ndarray:
+    """Set bits per frame of uint8 [n, rows, nb] with rows * nb a multiple of 8 -> int64 [n]."""
+    n = packed.shape[0]
+    if not hasattr(np, "bitwise_count"):  # NumPy < 2
+        return _popcount_frames_table(packed)
+    words = np.ascontiguousarray(packed).reshape(n, -1).view(np.uint64)
+    return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+
+
+def _popcount_frames_table(packed: np.ndarray) -> np.ndarray:
+    """:func:`_popcount_frames` with a byte lookup table (NumPy < 2 has no ``bitwise_count``)."""
+    return _POPCOUNT8[packed.reshape(packed.shape[0], -1)].sum(axis=1, dtype=np.int64)
+
+
+def _pack(x: np.ndarray) -> np.ndarray:
+    """bool [n, h, w] -> uint8 [n, h, ceil(w / 8)], little bit order (the padding bits of the last byte are 0)."""
+    return np.packbits(x, axis=-1, bitorder="little")
+
+
+def _padded(x: np.ndarray, rows: int) -> np.ndarray:
+    """Contiguous copy of uint8 [n, h, nb] with zero rows appended up to ``rows`` and one zero byte appended to
+    every row -> uint8 [n, rows, nb + 1]. The zero byte lets whole-buffer shifts stand in for per-row shifts."""
+    out = np.zeros((x.shape[0], rows, x.shape[2] + 1), dtype=np.uint8)
+    out[:, :x.shape[1], :-1] = x
+    return out
+
+
+def _packed_boundary(m: np.ndarray, height: int, right_edge_bit: int | None) -> np.ndarray:
+    """``_seg2bmap`` on packed masks.
+
+    Args:
+        m: uint8 [n, rows, nb + 1] from :func:`_padded`: the packed masks in the first ``height`` rows and ``nb``
+            bytes, zero elsewhere.
+        height: rows that hold the masks; the last of them follows the official last-row rule.
+        right_edge_bit: when byte ``nb - 1`` holds the image's last column, that column's bit (it compares only
+            with the pixel below); None when the masks continue to the right with background.
+
+    Returns:
+        uint8 [n, rows, nb + 1] packed boundaries, zero outside the masks' rows and bytes.
+
+    Every pass runs over the whole buffer as one flat array: shifting the flat bytes by one bit moves each pixel
+    to its right neighbour (the zero byte ends each row), and shifting by one row of bytes to its lower neighbour.
     """
-    rows = np.flatnonzero(p.any(axis=2).any(axis=0) | g.any(axis=2).any(axis=0))
-    if rows.size == 0:
-        return None
-    band = slice(int(rows[0]), int(rows[-1]) + 1)
-    cols = np.flatnonzero(p[:, band].any(axis=1).any(axis=0) | g[:, band].any(axis=1).any(axis=0))
-    height, width = p.shape[-2:]
-    return (slice(max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, height)),
-            slice(max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, width)))
+    n, rows, row_bytes = m.shape
+    flat = m.reshape(-1)
+    # h: differs from the right neighbour = m ^ (m shifted by one pixel towards the origin)
+    h = np.right_shift(flat, 1)
+    h[:-1] |= np.left_shift(flat[1:], 7)
+    h ^= flat
+    h3 = h.reshape(n, rows, row_bytes)
+    h3[:, :, -1] = 0  # the zero byte picked up the next row's first pixel
+    if right_edge_bit is not None:
+        h3[:, :, -2] &= np.uint8(0xFF ^ (1 << right_edge_bit))
+    # b = v | h | h of the row below, with v: differs from the lower neighbour (see _seg2bmap)
+    b = np.empty_like(flat)
+    np.bitwise_xor(flat[:-row_bytes], flat[row_bytes:], out=b[:-row_bytes])
+    b[-row_bytes:] = 0
+    b |= h
+    b[:-row_bytes] |= h[row_bytes:]
+    b3 = b.reshape(n, rows, row_bytes)
+    b3[:, height - 1] = h3[:, height - 1]  # last row: right neighbour only
+    b3[:, height:] = 0  # padding rows (their v saw the next frame)
+    return b3
 
 
-def _count(x: np.ndarray) -> np.ndarray:
-    """Foreground pixels per frame of bool [n, h, w] -> int64 [n] (per-frame ``count_nonzero`` without ``axis``
-    takes NumPy's fast path)."""
-    return np.array([np.count_nonzero(frame) for frame in x], dtype=np.int64)
+def _set_bits(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinates of the set bits of uint8 [n, rows, nb] (rows * nb a multiple of 8): frame, row, column int64 [K]
+    in row-major order.
+
+    Nonzero 64-bit words first, then their nonzero bytes, then the bits of those: each step scans only the parts
+    of the buffer that hold something.
+    """
+    n, rows, nb = packed.shape
+    flat = packed.reshape(-1)
+    words = np.flatnonzero(flat.view(np.uint64) != 0)  # (nonzero on a bool array is the fast path)
+    word_bytes = flat.reshape(-1, 8)[words].reshape(-1)
+    in_words = np.flatnonzero(word_bytes != 0)
+    bits = np.flatnonzero(_BYTE_BITS[word_bytes[in_words]])  # [bytes * 8]
+    byte = words[in_words[bits >> 3] >> 3] * 8 + (in_words[bits >> 3] & 7)
+    row = byte // nb
+    return row // rows, row % rows, (byte % nb) * 8 + (bits & 7)
+
+
+def _near_cells(dst: np.ndarray, radius: int) -> np.ndarray:
+    """uint8 [n, rows / 8, nb]: 255 where a cell of 8 x 8 pixels may have a ``dst`` pixel within ``radius``.
+
+    A pixel in cell (Y, X) has its whole disk inside cells Y +- ceil(r / 8), X +- ceil(r / 8); the cells around
+    an occupied cell are marked in that box (a superset of the disk, so nothing that can match is dropped).
+    """
+    n, rows, nb = dst.shape
+    cells = dst.reshape(-1, 8, nb)  # OR over the 8 rows of each cell, halving (faster than a reduce over axis 1)
+    cells = cells[:, :4] | cells[:, 4:]
+    cells = cells[:, :2] | cells[:, 2:]
+    occupied = (cells[:, 0] | cells[:, 1]).reshape(n, rows // 8, nb) != 0
+    reach = -(-radius // 8)
+    for axis in (1, 2):
+        src = occupied.copy()
+        for d in range(1, min(reach, occupied.shape[axis] - 1) + 1):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -d), slice(d, None)
+            occupied[tuple(hi)] |= src[tuple(lo)]
+            occupied[tuple(lo)] |= src[tuple(hi)]
+    return np.negative(occupied.view(np.uint8))  # 1 -> 255
+
+
+@lru_cache(maxsize=64)
+def _disk_rows(radius: int) -> tuple[tuple[int, tuple[tuple[int, int], ...]], ...]:
+    """The disk as row tests on 64-bit windows, centre row first: ``((dy, ((word, mask), ...)), ...)``.
+
+    For a pixel x the window starts at bit ``x - radius`` of row ``y + dy``; row dy of the disk is the bits
+    ``[radius - w, radius + w]`` (``w = isqrt(r² - dy²)``), split into the 64-bit words ``word`` of the window.
+    """
+    widths = disk_half_widths(radius)
+    rows = []
+    for dy in sorted(range(-radius, radius + 1), key=lambda d: (abs(d), d)):
+        w = widths[abs(dy)]
+        lo, hi = radius - w, radius + w  # inclusive bit range in the window
+        tests = []
+        for word in range(lo // 64, hi // 64 + 1):
+            a, b = max(lo, 64 * word) - 64 * word, min(hi, 64 * word + 63) - 64 * word
+            tests.append((word, ((1 << (b + 1)) - 1) ^ ((1 << a) - 1)))
+        rows.append((dy, tuple(tests)))
+    return tuple(rows)
+
+
+def _count_near(src: np.ndarray, dst: np.ndarray, height: int, radius: int) -> np.ndarray:
+    """Per frame, how many set pixels of ``src`` have a set pixel of ``dst`` in the disk of ``radius`` around them.
+
+    Equals ``sum(src & dilate(dst, disk))`` with a zero border (what the official code computes with ``cv2.dilate``
+    and a ``skimage.morphology.disk``), without dilating anything: each candidate ``src`` pixel reads, for each row
+    ``dy`` of the disk, the 64 bits of ``dst`` row ``y + dy`` that start at ``x - radius`` (two word reads and a
+    funnel shift) and tests them against the row's mask. Rows go from the centre out and matched pixels stop.
+    ``src`` pixels whose 8 x 8 cell has no ``dst`` pixel within reach (:func:`_near_cells`) are never read.
+
+    Args:
+        src, dst: packed boundaries uint8 [n, rows, nb], rows a multiple of 8, zero from row ``height`` on.
+    """
+    n, rows, nb = src.shape
+    out = np.zeros(n, dtype=np.int64)
+    near = _near_cells(dst, radius)
+    cand = np.bitwise_and(src.reshape(n, rows // 8, 8, nb), near[:, :, None, :]).reshape(n, rows, nb)
+    frame, y, x = _set_bits(cand)
+    if frame.size == 0:
+        return out
+    # dst rows in a zero-bordered word buffer: `radius` zero rows above, between and below the frames, `left`
+    # zero words before each row and enough after it for every window
+    tests = _disk_rows(radius)
+    n_words = max(word for _, t in tests for word, _ in t) + 1
+    left = -(-radius // 64) or 1
+    row_words = left + -(-nb // 8) + n_words + 1
+    slot = height + radius
+    buf = np.zeros((radius + n * slot, row_words), dtype=np.uint64)
+    buf8 = buf.view(np.uint8)
+    buf8[radius:].reshape(n, slot, row_words * 8)[:, :height, 8 * left:8 * left + nb] = dst[:, :height]
+    words = buf.reshape(-1)
+    start = 64 * left + x - radius  # window start, as a bit index in the padded row
+    base = (radius + frame * slot + y) * row_words + (start >> 6)
+    shift = (start & 63).astype(np.uint64)
+    n_cand = np.bincount(frame, minlength=n)
+    for dy, row_tests in tests:  # base/shift hold the pixels not matched yet
+        back = np.uint64(64) - shift  # a shift by 64 gives 0 in NumPy, which is what shift == 0 needs
+        hit = None
+        for word, mask in row_tests:
+            i = base + (dy * row_words + word)
+            window = np.right_shift(words[i], shift)
+            i += 1
+            window |= np.left_shift(words[i], back)
+            window &= np.uint64(mask)
+            hit = window != 0 if hit is None else hit | (window != 0)
+        miss = ~hit
+        base, shift = base[miss], shift[miss]
+        if base.size == 0:
+            break
+    unmatched = np.bincount((base // row_words - radius) // slot, minlength=n)
+    return (n_cand - unmatched).astype(np.int64)
 
 
 def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None,
           need_j: bool = True) -> dict[str, np.ndarray]:
-    """Pixel counts of bool [N, H, W] masks, frame chunk by frame chunk, each cropped with :func:`_crop`.
+    """Pixel counts of bool [N, H, W] masks, chunk of frames by chunk of frames.
+
+    Each chunk is bit-packed, cropped to the rows and bytes that hold foreground (plus a background margin, so
+    that the boundaries and their matches equal those of the whole frame) and counted in the packed form.
 
     Returns int64 [N] arrays: ``inter``/``union`` (J, void excluded) and, when ``radius`` is given, ``n_fg``/``n_gt``
     (boundary pixels) and ``fg_match``/``gt_match`` (boundary pixels within the disk of the other boundary).
@@ -103,29 +269,55 @@ def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None
     keys = (["inter", "union"] if need_j else []) + (["n_fg", "n_gt", "fg_match", "gt_match"] if radius is not None
                                                       else [])
     out = {k: np.zeros(n_total, dtype=np.int64) for k in keys}
-    half_widths = disk_half_widths(radius) if radius is not None else ()
-    chunk = max(1, min(_CHUNK_FRAMES, _CHUNK_PIXELS // (height * width)))
+    chunk = max(1, _CHUNK_PIXELS // (height * width))
+    n_bytes = -(-width // 8)
     for start in range(0, n_total, chunk):
         sl = slice(start, start + chunk)
-        window = _crop(p[sl], g[sl])
+        pp, gp = _pack(p[sl]), _pack(g[sl])
+        if v is not None:
+            keep = np.invert(_pack(v[sl]))
+            pp &= keep
+            gp &= keep
+        window = _crop(pp, gp)
         if window is None:  # both masks empty in every frame of the chunk: nothing to count
             continue
-        pc, gc = p[sl][:, window[0], window[1]], g[sl][:, window[0], window[1]]
-        if v is not None:
-            keep = ~v[sl][:, window[0], window[1]]
-            pc, gc = pc & keep, gc & keep
+        (y0, y1), (b0, b1) = window
+        h = y1 - y0
+        rows = -(-h // 8) * 8
+        pc, gc = _padded(pp[:, y0:y1, b0:b1], rows), _padded(gp[:, y0:y1, b0:b1], rows)
         if need_j:
-            inter = _count(pc & gc)
+            inter = _popcount_frames(pc & gc)
             out["inter"][sl] = inter
-            out["union"][sl] = _count(pc) + _count(gc) - inter
+            out["union"][sl] = _popcount_frames(pc) + _popcount_frames(gc) - inter
         if radius is not None:
-            fg_b, gt_b = _boundary_indices(pc), _boundary_indices(gc)
-            frame_pixels = pc.shape[1] * pc.shape[2]
-            out["n_fg"][sl] = np.bincount(fg_b[0] // frame_pixels, minlength=pc.shape[0])
-            out["n_gt"][sl] = np.bincount(gt_b[0] // frame_pixels, minlength=pc.shape[0])
-            out["fg_match"][sl] = _count_near(fg_b, gt_b, half_widths)  # fg boundary within the dilated gt one
-            out["gt_match"][sl] = _count_near(gt_b, fg_b, half_widths)  # gt boundary within the dilated fg one
+            edge_bit = (width - 1) % 8 if b1 == n_bytes else None
+            fg_b, gt_b = _packed_boundary(pc, h, edge_bit), _packed_boundary(gc, h, edge_bit)
+            out["n_fg"][sl] = _popcount_frames(fg_b)
+            out["n_gt"][sl] = _popcount_frames(gt_b)
+            out["fg_match"][sl] = _count_near(fg_b, gt_b, h, radius)  # fg boundary within the dilated gt one
+            out["gt_match"][sl] = _count_near(gt_b, fg_b, h, radius)  # gt boundary within the dilated fg one
     return out
+
+
+def _crop(pp: np.ndarray, gp: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Row range and byte range of packed masks uint8 [n, H, nb] that hold all their foreground plus one background
+    row above and below and the byte left of it (clipped to the image), or None when both are empty.
+
+    Inside this window the boundaries, their matches and the pixel counts equal those of the whole frame: a
+    boundary pixel is at most one pixel above/left of the foreground (``_seg2bmap`` looks right and down); the
+    extra row below is background on both masks, so the window's own last-row rule gives no boundary there; right
+    of the window everything is background, which is what the packed shifts assume (the image's own last column
+    keeps its rule, see :func:`_packed_boundary`); and dst pixels exist only inside the window, so dilation
+    windows clipped to it contain the same pixels as clipped to the image.
+    """
+    occupied = np.bitwise_or.reduce(pp, axis=0) | np.bitwise_or.reduce(gp, axis=0)  # [H, nb]
+    rows = np.flatnonzero(occupied.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(occupied.any(axis=0))
+    height, n_bytes = occupied.shape
+    return ((max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, height)),
+            (max(int(cols[0]) - 1, 0), int(cols[-1]) + 1))
 
 
 def _j_from_counts(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -215,59 +407,6 @@ def _seg2bmap(seg: np.ndarray) -> np.ndarray:
     b[..., -1, :-1] = h[..., -1, :]  # last row: right neighbour only
     b[..., :-1, -1] = v[..., :, -1]  # last column: lower neighbour only
     return b
-
-
-def _count_near(src: np.ndarray, dst: np.ndarray, half_widths: Sequence[int]) -> np.ndarray:
-    """For sorted flat indices of ``src`` and ``dst`` boundary pixels in [n, h, w] frames: per frame, how many
-    ``src`` pixels have a ``dst`` pixel in the disk around them.
-
-    Equals ``sum(src * dilate(dst, disk))`` with a zero border, without dilating anything: for every row ``dy`` of
-    the disk, a ``src`` pixel at ``(k, y, x)`` looks for a ``dst`` index in ``[(k, y + dy, x - w), (k, y + dy, x + w)]``
-    with two binary searches in the sorted ``dst`` indices (row-major order keeps each row segment contiguous).
-    Matched pixels stop searching, rows are visited from the centre out (most pixels need one or two rows), and a
-    coarse block map of ``dst`` settles pixels with no ``dst`` pixel anywhere near before any search.
-
-    Args:
-        src, dst: ``(flat_indices int64 [K] sorted, (n, h, w))`` as returned by :func:`_boundary_indices`.
-    """
-    src_idx, (n_frames, height, width) = src
-    dst_idx = dst[0]
-    if src_idx.size == 0 or dst_idx.size == 0:
-        return np.zeros(n_frames, dtype=np.int64)
-    frame_rows = src_idx // width  # k * h + y
-    y = frame_rows % height
-    x = src_idx % width
-    radius = len(half_widths) - 1
-    # coarse pre-filter: blocks of (2r + 1)² pixels that hold a dst pixel; a src pixel whose neighbourhood
-    # (at most 2 x 2 blocks) holds none cannot match, which settles isolated boundary pixels at once
-    block = 2 * radius + 1
-    grid_h, grid_w = -(-height // block), -(-width // block)
-    dst_rows = dst_idx // width
-    occupied = np.zeros((n_frames, grid_h + 1, grid_w + 1), dtype=bool)  # +1: a zero border for the lookups
-    occupied[dst_rows // height, (dst_rows % height) // block, (dst_idx % width) // block] = True
-    frame = frame_rows // height
-    by0, by1 = np.maximum(y - radius, 0) // block, (y + radius) // block
-    bx0, bx1 = np.maximum(x - radius, 0) // block, (x + radius) // block
-    near = occupied[frame, by0, bx0] | occupied[frame, by0, bx1] | occupied[frame, by1, bx0] | occupied[frame, by1, bx1]
-    todo = np.flatnonzero(near)  # the src pixels not settled yet
-    matched = np.zeros(src_idx.size, dtype=bool)
-    for dy in sorted(range(-radius, radius + 1), key=abs):
-        if todo.size == 0:
-            break
-        cand = todo[(y[todo] + dy >= 0) & (y[todo] + dy < height)]
-        half = half_widths[abs(dy)]
-        xs = x[cand]
-        row_start = (frame_rows[cand] + dy) * width
-        lo = np.searchsorted(dst_idx, row_start + np.maximum(xs - half, 0), side="left")
-        hi = np.searchsorted(dst_idx, row_start + np.minimum(xs + half, width - 1), side="right")
-        matched[cand[hi > lo]] = True
-        todo = todo[~matched[todo]]
-    return np.bincount(frame_rows[matched] // height, minlength=n_frames).astype(np.int64)
-
-
-def _boundary_indices(seg: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Sorted flat indices of the boundary pixels of bool [n, h, w] masks, and the shape."""
-    return np.flatnonzero(_seg2bmap(seg)), seg.shape  # type: ignore[return-value]
 
 
 def boundary_f(pred: Any, gt: Any, bound_th: float = 0.008, void: Any | None = None) -> Any:
