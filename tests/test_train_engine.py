@@ -33,6 +33,10 @@ RUN_SCRIPT = textwrap.dedent("""
     from lvseg.train.presets import shapes_tiny_config
     root, tok_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
     steps, batch, resume, no_dropout = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1", sys.argv[7] == "1"
+    rank = int(os.environ.get("RANK", "0"))
+    os.makedirs(out, exist_ok=True)  # each process's id, so that a test can kill the workers of a torchrun
+    with open(os.path.join(out, f"pid_rank{rank}"), "w") as fh:
+        fh.write(str(os.getpid()))
     tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
     model = ReferFormer(shapes_tiny_config(len(tok), size=64), tokenizer=tok)
@@ -43,7 +47,6 @@ RUN_SCRIPT = textwrap.dedent("""
           lr_text_encoder=lr, clip_max_norm=1.0, checkpoint_every=1, keep_last=2, progress=False,
           resume=resume, device="cpu", log_every=1, tensorboard=False, disable_dropout=no_dropout,
           optimizer="sgd" if no_dropout else "adamw")
-    rank = int(os.environ.get("RANK", "0"))
     torch.save(model.state_dict(), os.path.join(out, f"weights_rank{rank}.pt"))
 """)
 
@@ -198,15 +201,30 @@ def test_kill_and_resume_is_bit_identical(env, tmp_path):
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
 
 
-def test_ddp_gloo_matches_single_process_with_the_same_global_batch(env, tmp_path):
-    steps = 3
+DDP_STEPS = 3
+
+
+def _torchrun(env, out, steps, resume=False):
+    """A 2-process gloo run of batch 1 per process (SGD, no dropout) under torchrun."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            *_run_args(env, out, steps, 1, resume=resume, no_dropout=True)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(env):
+    """One uninterrupted 2-process run of DDP_STEPS steps, shared by the DDP tests."""
+    out = env["base"] / "ddp"
+    proc = subprocess.run(_torchrun(env, out, DDP_STEPS), env=_subprocess_env(), timeout=300, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_ddp_gloo_matches_single_process_with_the_same_global_batch(env, ddp_run, tmp_path):
+    steps = DDP_STEPS
     single = tmp_path / "single"
     _run_in_process(env, single, steps, 2, no_dropout=True)
-    ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *_run_args(env, ddp, steps, 1, no_dropout=True)]
-    proc = subprocess.run(cmd, env=_subprocess_env(), timeout=300, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = ddp_run
     r0 = torch.load(ddp / "weights_rank0.pt")
     r1 = torch.load(ddp / "weights_rank1.pt")
     one = torch.load(single / "weights_rank0.pt")
@@ -326,3 +344,103 @@ def test_grad_accumulation_matches_the_larger_batch_and_bf16_checkpointing_runs(
     assert result.steps == 1 and model.backbone.gradient_checkpointing
     record = json.loads((tmp_path / "bf16" / "log.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(record["loss"]) and record["global_batch"] == 1
+
+
+def _address_space_in_use() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+class _SquareClips(torch.utils.data.Dataset):
+    """In-memory 4-frame clips of ``size`` x ``size`` with a bright square to segment."""
+
+    def __init__(self, size: int, n: int = 8) -> None:
+        self.size, self.n = size, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.size
+        frames = torch.full((4, s, s, 3), 30 * (i % 5), dtype=torch.uint8)
+        masks = torch.zeros((4, s, s), dtype=torch.bool)
+        masks[:, s // 4: s // 2, s // 4: s // 2] = True
+        frames[masks] = 250
+        return {"frames": frames, "masks": masks, "text": "the red square"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps the address space via /proc and RLIMIT_AS")
+def test_a_batch_too_large_for_memory_gives_a_clear_error(env, tmp_path):
+    """A real out-of-memory: the address space is capped (RLIMIT_AS) 400 MB above what this process maps. One step
+    at batch 1 of 4x96x96 clips fits; batch 8 of 4x384x384 clips (several GB at its peak) does not, and the
+    user gets the ConfigError with the fix, not torch's allocator error."""
+    import resource
+
+    import lvseg
+
+    model = _tiny_model(env)
+    options = dict(max_steps=1, progress=False, tensorboard=False, device="cpu")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _address_space_in_use() + 400 * 2**20
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        pytest.skip("the hard address-space limit is already below the test's cap")
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        fits = lvseg.train(model, _SquareClips(96), None, tmp_path / "fits", batch_size=1, **options)
+        with pytest.raises(ConfigError, match=r"out of memory at batch_size=8: lower batch_size \(and raise "
+                                              r"grad_accum.*gradient_checkpointing=True") as info:
+            lvseg.train(model, _SquareClips(384), None, tmp_path / "too_big", batch_size=8, **options)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert fits.steps == 1
+    cause = info.value.__cause__  # what torch (or Python) raised underneath
+    assert isinstance(cause, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(cause), cause
+
+
+@pytest.mark.slow  # two more torchrun launches (~40 s on 2 loaded cores): process start-up dominates
+def test_ddp_run_killed_and_resumed_is_bit_identical(env, ddp_run, tmp_path):
+    """torchrun with 2 gloo processes, both workers and the agent SIGKILLed after the step-1 checkpoint, then
+    resumed: every rank ends with exactly the weights (and logged losses) of the uninterrupted run."""
+    from lvseg.train.checkpoint import list_checkpoints
+
+    run = tmp_path / "killed"
+    agent = subprocess.Popen(_torchrun(env, run, DDP_STEPS), env=_subprocess_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while not (run / "checkpoints" / "step_00000001.pt").exists():
+            assert agent.poll() is None, "the run ended before it could be interrupted"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        # torchrun starts each worker in its own session: kill the workers by id, then the agent (a lost node)
+        workers = [int((run / f"pid_rank{r}").read_text()) for r in (0, 1)]
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        agent.kill()
+        agent.wait()
+    for pid in workers:  # wait until the workers are gone (they are the agent's children, reaped by init now)
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+    assert not (run / "final").exists()
+    done = [step for step, _ in list_checkpoints(run / "checkpoints")]
+    assert done and max(done) < DDP_STEPS
+    proc = subprocess.run(_torchrun(env, run, DDP_STEPS, resume=True), env=_subprocess_env(), timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        a = torch.load(ddp_run / f"weights_rank{rank}.pt")
+        b = torch.load(run / f"weights_rank{rank}.pt")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"rank {rank}: {key}"
+    log_a = [json.loads(x) for x in (ddp_run / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]

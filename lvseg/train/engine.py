@@ -541,8 +541,8 @@ class Trainer:
                     sync = micro % cfg.grad_accum == 0
                     try:
                         losses = self._micro_step(batch, cfg.grad_accum, sync)
-                    except RuntimeError as exc:
-                        if _is_oom(exc):
+                    except (RuntimeError, MemoryError) as exc:  # MemoryError: a failed allocation outside torch
+                        if isinstance(exc, MemoryError) or _is_oom(exc):
                             raise ConfigError(
                                 f"out of memory at batch_size={cfg.batch_size}: lower batch_size (and raise "
                                 "grad_accum to keep the global batch), use precision='bf16', or enable "
