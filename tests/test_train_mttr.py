@@ -174,6 +174,7 @@ def shapes_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mttr_shapes")
     shapes.generate(root, "train", num_videos=3, frames=4, size=SIZE, seed=0, progress=False)
+    shapes.generate(root, "valid", num_videos=1, frames=4, size=SIZE, seed=0, progress=False)
     return root
 
 
@@ -252,15 +253,19 @@ def test_a2d_batches_decode_the_annotated_frame_with_every_instance(tmp_path):
 
 def test_lvseg_train_runs_mttr_and_writes_a_loadable_model(shapes_root, tmp_path):
     import lvseg
+    from lvseg.data import RefYouTubeVOS
 
     model = _tiny_model()
     out = tmp_path / "run"
-    result = lvseg.train(model, _shapes_train(shapes_root), None, out, batch_size=2, max_steps=2, log_every=1,
-                         lr=1e-3, progress=False, tensorboard=False)
+    result = lvseg.train(model, _shapes_train(shapes_root), RefYouTubeVOS(shapes_root, "valid"), out, batch_size=2,
+                         max_steps=2, log_every=1, eval_max_samples=1, lr=1e-3, progress=False, tensorboard=False)
     assert result.steps == 2
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2]
-    assert all(r["loss"] > 0 and "loss_is_referred_0" in r and "loss_sigmoid_focal" in r for r in records)
+    train_lines = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_lines] == [1, 2]
+    assert all(r["loss"] > 0 and "loss_is_referred_0" in r and "loss_sigmoid_focal" in r for r in train_lines)
+    evals = [r for r in records if r["kind"] == "eval"]  # scored with model.segment (the Ref-YouTube-VOS rule)
+    assert len(evals) == 1 and 0 <= evals[0]["J&F"] <= 100 and result.best_checkpoint is not None
     loaded = lvseg.load(str(result.final_checkpoint), device="cpu")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key

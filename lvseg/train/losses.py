@@ -1,9 +1,13 @@
-"""ReferFormer's training objective: Hungarian matching over the clip, then focal class, L1 + GIoU box, and sigmoid
+"""Training objectives. ReferFormer: Hungarian matching over the clip, then focal class, L1 + GIoU box, and sigmoid
 focal + dice mask losses on the matched query, with the same losses on every auxiliary decoder layer.
 
 Normalisation follows DETR: every term is summed and divided by ``num_boxes`` (the number of target-frames in the
 global batch, averaged over ranks), so the gradient of a data-parallel run equals that of one process with the
 whole batch.
+
+MTTR's objective (:class:`MTTRCriterion`, after mttr2021/MTTR ``models/criterion.py``): per decoder layer, its own
+matching, a two-way reference cross-entropy (``eos_coef`` 0.1 on the queries not matched to the referred
+instance) and sigmoid focal + dice mask losses on every matched instance at the input resolution.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
-"""Hungarian matching of a video's queries to its referred objects, over the whole clip (ReferFormer).
+"""Hungarian matching of a video's queries to its objects, over the whole clip (ReferFormer, MTTR).
 
 A query index means the same object in every frame, so a query is matched to a target once per clip: the cost of
 pairing query ``q`` with target ``j`` is averaged over the clip's frames (class, box and GIoU costs over the frames
 where the target is visible, mask costs over all frames), then ``scipy.optimize.linear_sum_assignment`` picks the
 cheapest one-to-one assignment. With one referred object (ReferFormer's Ref-YouTube-VOS training, where several
 referred objects are merged into one mask) this is the single lowest-cost query.
+
+MTTR (:class:`MTTRMatcher`) matches the same way, per clip, with its own costs: the reference ("is referred")
+probability against the referred/no-object target and the dice coefficient of the masks, both averaged over the
+decoded frames; every annotated instance is a target, not only the referred one.
 """
 
 from __future__ import annotations
