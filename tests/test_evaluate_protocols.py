@@ -319,11 +319,16 @@ def test_a2d_plus_upsamples_probabilities_with_align_corners() -> None:
 
 
 # ------------------------------------------------------------------------------------------ family hooks
-def test_referformer_evaluation_hooks() -> None:
-    """The bundled tiny ReferFormer: every query of the annotated frame, its DAVIS protocol and post-processing."""
+@pytest.fixture(scope="module")
+def tiny_referformer() -> RVOSModel:
     from lvseg.registry import DEFAULT_MODEL
 
-    model = lvseg.load(DEFAULT_MODEL)
+    return lvseg.load(DEFAULT_MODEL)
+
+
+def test_referformer_evaluation_hooks(tiny_referformer: RVOSModel) -> None:
+    """The bundled tiny ReferFormer: every query of the annotated frame, its DAVIS protocol and post-processing."""
+    model = tiny_referformer
     assert model.benchmark_protocol("refdavis") == "davis" and model.benchmark_protocol("a2d+") is None
     assert model.output_upsampling("ytvos") == "direct" and model.output_upsampling("frame") == "threshold-nearest"
     frames = torch.randn(1, 3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
@@ -334,3 +339,38 @@ def test_referformer_evaluation_hooks() -> None:
     assert logits.shape == (1, q, 16, 24) and scores.shape == (1, q)
     assert torch.equal(logits, out["pred_masks"][:, 0])
     assert torch.equal(scores, out["pred_logits"][:, 0].float().sigmoid().max(-1).values)
+
+
+def test_referformer_runs_ref_davis_with_its_davis_protocol(tiny_referformer: RVOSModel, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on the real family: inference_davis.py's protocol, probabilities merged by the evaluator."""
+    from lvseg.metrics.refdavis import RefDAVIS17Evaluator
+
+    model = tiny_referformer
+    data = MiniRefDAVIS(tmp_path / "DAVIS")
+    texts = ["the red circle", "the blue square"]
+    data.texts = [texts[e // 4] for e in range(8)]
+    gen = torch.Generator().manual_seed(1)
+    video = (torch.rand(2, H, W, 3, generator=gen) * 255).to(torch.uint8)
+    monkeypatch.setattr(MiniRefDAVIS, "__getitem__", lambda self, i: {"frames": video, "text": self.texts[i],
+                                                                       "video": "v", "exp_id": i})
+    seen: list[Any] = []
+    segment = model.segment
+
+    def spy(frames: torch.Tensor, text: Sequence[str], protocol: str | None = None) -> Any:
+        seen.append(protocol)
+        return segment(frames, text, protocol=protocol)
+
+    monkeypatch.setattr(model, "segment", spy)
+    result = lvseg.evaluate(model, data, progress=False)
+    assert seen == ["davis"] * 8
+    # the same by hand: one davis-protocol pass per expression, probabilities straight into the evaluator
+    evaluator = RefDAVIS17Evaluator(tmp_path / "DAVIS")
+    predictor = Predictor(model, window=0, protocol="davis", return_probabilities=True, progress=False)
+    assert predictor.upsampling == "direct"
+    for obj, text in enumerate(texts):  # the four annotators of an object share the expression here
+        probs = predictor(video, text).probabilities
+        assert probs.shape == (2, H, W)
+        for annotator in range(4):
+            evaluator.add("v", obj, annotator, probs)
+    assert result["J&F"] == pytest.approx(evaluator.summary()["J&F"], abs=1e-12)
