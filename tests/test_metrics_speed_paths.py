@@ -166,16 +166,17 @@ def test_border_objects_at_byte_boundaries() -> None:
 
 def test_crop_window_does_not_change_values() -> None:
     """A small object far from every border (cropped to a few bytes and rows) gives the same values as the same
-    object placed against each border (no crop on that side)."""
+    object placed against each border (no crop on that side); left edges on and off byte boundaries."""
     rng = np.random.default_rng(5)
-    obj_p, obj_g = rng.random((2, 9, 13)) < 0.6, rng.random((2, 9, 13)) < 0.6
+    obj_p, obj_g = rng.random((2, 9, 13)) < 0.6, _blobs(rng, 2, 9, 13, 2)
     h, w = 60, 90
-    for y, x in [(20, 33), (0, 0), (h - 9, w - 13), (0, w - 13), (h - 9, 0), (25, 40)]:
+    for y, x in [(20, 33), (0, 0), (h - 9, w - 13), (0, w - 13), (h - 9, 0), (25, 40), (30, 8), (31, 1)]:
         pred = np.zeros((2, h, w), bool)
         gt = np.zeros_like(pred)
         pred[:, y:y + 9, x:x + 13] = obj_p
-        gt[:, y:y + 9, x:x + 13] = obj_g
-        _assert_same(pred, gt, 3)
+        gt[:, y:y + 9, x + 1:x + 13] = obj_g[:, :, 1:]
+        for bound_th in (0, 1, 3):
+            _assert_same(pred, gt, bound_th)
 
 
 def test_frames_do_not_match_across_each_other() -> None:
