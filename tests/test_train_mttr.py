@@ -269,6 +269,11 @@ def test_lvseg_train_runs_mttr_and_writes_a_loadable_model(shapes_root, tmp_path
     loaded = lvseg.load(str(result.final_checkpoint), device="cpu")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+    # bf16 autocast with the Video Swin's gradient checkpointing
+    bf16 = lvseg.train(_tiny_model(), _shapes_train(shapes_root), None, tmp_path / "bf16", batch_size=2, max_steps=1,
+                       precision="bf16", gradient_checkpointing=True, progress=False, tensorboard=False)
+    record = json.loads((tmp_path / "bf16" / "log.jsonl").read_text().splitlines()[-1])
+    assert bf16.steps == 1 and math.isfinite(record["loss"])
     with pytest.raises(ConfigError, match="MTTR takes MTTRLossWeights"):
         lvseg.train(_tiny_model(), _shapes_train(shapes_root), None, tmp_path / "w", max_steps=1,
                     loss_weights={"cls": 1.0})
