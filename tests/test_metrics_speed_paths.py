@@ -258,17 +258,18 @@ def test_packed_boundary_equals_seg2bmap() -> None:
         seg = rng.random((3, h, w)) < 0.5
         rows = -(-h // 8) * 8
         packed = davis._padded(davis._pack(seg), rows)
-        b = davis._packed_boundary(packed, h, (w - 1) % 8)
-        assert b.shape == (3, rows, -(-w // 8) + 1)
-        assert not b[:, h:].any() and not b[:, :, -1].any()
-        unpacked = np.unpackbits(b[:, :h, :-1], axis=-1, bitorder="little")[..., :w].astype(bool)
+        data_bytes = -(-w // 8)
+        b = davis._packed_boundary(packed, h, data_bytes, (w - 1) % 8)
+        assert b.shape == (3, rows, (data_bytes // 8 + 1) * 8)
+        assert not b[:, h:].any() and not b[:, :, data_bytes:].any()
+        unpacked = np.unpackbits(b[:, :h, :data_bytes], axis=-1, bitorder="little")[..., :w].astype(bool)
         assert unpacked.tolist() == [_ref_seg2bmap(s).tolist() for s in seg]
 
 
 def test_set_bits_and_popcounts() -> None:
     rng = np.random.default_rng(7)
     seg = rng.random((3, 16, 37)) < 0.1
-    packed = davis._padded(davis._pack(seg), 16)  # [3, 16, 6]
+    packed = davis._padded(davis._pack(seg), 16)  # [3, 16, 8]
     frame, y, x = davis._set_bits(packed)
     assert np.stack([frame, y, x], 1).tolist() == np.argwhere(seg).tolist()
     counts = seg.sum(axis=(1, 2)).tolist()
@@ -283,7 +284,7 @@ def test_near_cells_cover_every_reachable_pixel(radius: int) -> None:
     dst = rng.random((2, 48, 80)) < 0.002
     dst[0, 0, 0] = dst[1, 47, 79] = True
     packed = davis._padded(davis._pack(dst), 48)
-    near = davis._near_cells(packed, radius)  # [2, 6, 11], 0 or 255
+    near = davis._near_cells(packed, radius)  # [2, 6, 16], 0 or 255
     assert set(np.unique(near).tolist()) <= {0, 255}
     keep = np.repeat(np.repeat(near[:, :, :10] == 255, 8, axis=1), 8, axis=2)
     reach = np.stack([ndimage.binary_dilation(d, _ref_disk(radius)) for d in dst])

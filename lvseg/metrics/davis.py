@@ -76,6 +76,7 @@ def _prepare(
 # Every pass over a packed chunk touches 8 times less memory than over the bool masks, and the per-frame buffers
 # are padded to a multiple of 8 rows so that a frame is a whole number of uint64 words.
 
+_WORD = np.dtype("<u8")  # little-endian words: bit i of a word is pixel i of its 64 (on any machine)
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _BYTE_BITS = np.array([[(i >> bit) & 1 for bit in range(8)] for i in range(256)], dtype=bool)  # [256, 8]
 
@@ -100,49 +101,53 @@ def _pack(x: np.ndarray) -> np.ndarray:
 
 
 def _padded(x: np.ndarray, rows: int) -> np.ndarray:
-    """Contiguous copy of uint8 [n, h, nb] with zero rows appended up to ``rows`` and one zero byte appended to
-    every row -> uint8 [n, rows, nb + 1]. The zero byte lets whole-buffer shifts stand in for per-row shifts."""
-    out = np.zeros((x.shape[0], rows, x.shape[2] + 1), dtype=np.uint8)
-    out[:, :x.shape[1], :-1] = x
+    """Contiguous copy of uint8 [n, h, nb] in a zero buffer uint8 [n, rows, row_bytes]: ``rows`` >= h a multiple of 8
+    and ``row_bytes`` the multiple of 8 above ``nb``, so rows are whole uint64 words that end in at least one zero
+    byte (which lets whole-buffer shifts stand in for per-row shifts)."""
+    out = np.zeros((x.shape[0], rows, (x.shape[2] // 8 + 1) * 8), dtype=np.uint8)
+    out[:, :x.shape[1], :x.shape[2]] = x
     return out
 
 
-def _packed_boundary(m: np.ndarray, height: int, right_edge_bit: int | None) -> np.ndarray:
+def _packed_boundary(m: np.ndarray, height: int, data_bytes: int, right_edge_bit: int | None) -> np.ndarray:
     """``_seg2bmap`` on packed masks.
 
     Args:
-        m: uint8 [n, rows, nb + 1] from :func:`_padded`: the packed masks in the first ``height`` rows and ``nb``
-            bytes, zero elsewhere.
+        m: uint8 [n, rows, row_bytes] from :func:`_padded`: the packed masks in the first ``height`` rows and
+            ``data_bytes`` bytes, zero elsewhere.
         height: rows that hold the masks; the last of them follows the official last-row rule.
-        right_edge_bit: when byte ``nb - 1`` holds the image's last column, that column's bit (it compares only
-            with the pixel below); None when the masks continue to the right with background.
+        data_bytes: bytes of a row that hold the masks.
+        right_edge_bit: when byte ``data_bytes - 1`` holds the image's last column, that column's bit (it compares
+            only with the pixel below); None when the masks continue to the right with background.
 
     Returns:
-        uint8 [n, rows, nb + 1] packed boundaries, zero outside the masks' rows and bytes.
+        uint8 [n, rows, row_bytes] packed boundaries, zero outside the masks' rows and bytes.
 
-    Every pass runs over the whole buffer as one flat array: shifting the flat bytes by one bit moves each pixel
-    to its right neighbour (the zero byte ends each row), and shifting by one row of bytes to its lower neighbour.
+    Every pass runs over the whole buffer as one flat uint64 array (little-endian words keep the pixel order):
+    shifting it by one bit moves each pixel onto its right neighbour (the zero bytes end each row), and shifting it
+    by one row of words onto its lower neighbour.
     """
     n, rows, row_bytes = m.shape
-    flat = m.reshape(-1)
+    row_words = row_bytes // 8
+    flat = m.reshape(-1).view(_WORD)
     # h: differs from the right neighbour = m ^ (m shifted by one pixel towards the origin)
-    h = np.right_shift(flat, 1)
-    h[:-1] |= np.left_shift(flat[1:], 7)
+    h = np.right_shift(flat, np.uint64(1))
+    h[:-1] |= np.left_shift(flat[1:], np.uint64(63))
     h ^= flat
-    h3 = h.reshape(n, rows, row_bytes)
-    h3[:, :, -1] = 0  # the zero byte picked up the next row's first pixel
+    h8 = h.view(np.uint8).reshape(n, rows, row_bytes)
+    h8[:, :, data_bytes:] = 0  # the last zero byte picked up the next row's first pixel
     if right_edge_bit is not None:
-        h3[:, :, -2] &= np.uint8(0xFF ^ (1 << right_edge_bit))
+        h8[:, :, data_bytes - 1] &= np.uint8(0xFF ^ (1 << right_edge_bit))
     # b = v | h | h of the row below, with v: differs from the lower neighbour (see _seg2bmap)
     b = np.empty_like(flat)
-    np.bitwise_xor(flat[:-row_bytes], flat[row_bytes:], out=b[:-row_bytes])
-    b[-row_bytes:] = 0
+    np.bitwise_xor(flat[:-row_words], flat[row_words:], out=b[:-row_words])
+    b[-row_words:] = 0
     b |= h
-    b[:-row_bytes] |= h[row_bytes:]
-    b3 = b.reshape(n, rows, row_bytes)
-    b3[:, height - 1] = h3[:, height - 1]  # last row: right neighbour only
-    b3[:, height:] = 0  # padding rows (their v saw the next frame)
-    return b3
+    b[:-row_words] |= h[row_words:]
+    b8 = b.view(np.uint8).reshape(n, rows, row_bytes)
+    b8[:, height - 1] = h8[:, height - 1]  # last row: right neighbour only
+    b8[:, height:] = 0  # padding rows (their v saw the next frame)
+    return b8
 
 
 def _set_bits(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,7 +237,7 @@ def _count_near(src: np.ndarray, dst: np.ndarray, height: int, radius: int) -> n
     left = -(-radius // 64) or 1
     row_words = left + -(-nb // 8) + n_words + 1
     slot = height + radius
-    buf = np.zeros((radius + n * slot, row_words), dtype=np.uint64)
+    buf = np.zeros((radius + n * slot, row_words), dtype=_WORD)
     buf8 = buf.view(np.uint8)
     buf8[radius:].reshape(n, slot, row_words * 8)[:, :height, 8 * left:8 * left + nb] = dst[:, :height]
     words = buf.reshape(-1)
@@ -294,7 +299,8 @@ def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None
             out["union"][sl] = _popcount_frames(pc) + _popcount_frames(gc) - inter
         if radius is not None:
             edge_bit = (width - 1) % 8 if b1 == n_bytes else None
-            fg_b, gt_b = _packed_boundary(pc, h, edge_bit), _packed_boundary(gc, h, edge_bit)
+            fg_b = _packed_boundary(pc, h, b1 - b0, edge_bit)
+            gt_b = _packed_boundary(gc, h, b1 - b0, edge_bit)
             out["n_fg"][sl] = _popcount_frames(fg_b)
             out["n_gt"][sl] = _popcount_frames(gt_b)
             out["fg_match"][sl] = _count_near(fg_b, gt_b, h, radius)  # fg boundary within the dilated gt one
