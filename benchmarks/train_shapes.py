@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("LVSEG_MSDA_BACKEND", "reference")  # no compile step; same numbers everywhere
-
 import torch  # noqa: E402
 
 
@@ -33,12 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/shapes96")
     p.add_argument("--control", action="store_true", help="train on shuffled expressions (text-blind control)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 5000 steps")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 8000 steps")
+    p.add_argument("--msda-backend", default="auto", choices=("auto", "reference", "cpu"),
+                   help="deformable attention backend: 'auto' uses the compiled CPU op when it builds (faster), "
+                        "'reference' the pure-PyTorch path (no compiler; bit-identical runs on any machine)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--export", default=None, help="copy the best model to this Hub-format folder")
     p.add_argument("--eval-only", action="store_true", help="score an existing run's best model on test")
     args = p.parse_args(argv)
+    if args.msda_backend != "auto":
+        os.environ["LVSEG_MSDA_BACKEND"] = args.msda_backend
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
