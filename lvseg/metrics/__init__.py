@@ -23,7 +23,7 @@ from .davis import (
     region_and_boundary,
     region_similarity,
 )
-from .evaluate import build_dataset, format_result, make_evaluator
+from .evaluate import SamplePrediction, build_dataset, default_runner, format_result, make_evaluator
 from .iou import (
     LAVT,
     LOCATER,
@@ -89,4 +89,6 @@ __all__ = [
     "make_evaluator",
     "build_dataset",
     "format_result",
+    "SamplePrediction",
+    "default_runner",
 ]
