@@ -124,3 +124,31 @@ def test_collate_pads_clips_of_different_length_and_size() -> None:
         collate_clips([_sample(), a])
     collator = pickle.loads(pickle.dumps(ClipCollator(4)))
     assert collator([a])["frames"].shape == (1, 3, 3, 20, 32)
+
+
+def test_redraw_invisible_replaces_clips_without_the_object():
+    from lvseg.data import RedrawInvisible
+    from lvseg.errors import DatasetError
+
+    class Clips(torch.utils.data.Dataset):
+        def __init__(self, visible):
+            self.visible = visible
+
+        def __len__(self):
+            return len(self.visible)
+
+        def __getitem__(self, i):
+            return {"index": i, "valid": torch.tensor([self.visible[i], False])}
+
+    visible = [False, True, False, True, True, False]
+    ds = RedrawInvisible(Clips(visible))
+    assert len(ds) == 6 and ds[1]["index"] == 1  # a visible clip is returned as it is
+    random.seed(0)
+    drawn = [ds[0]["index"] for _ in range(30)]
+    assert all(visible[i] for i in drawn) and len(set(drawn)) > 1  # random visible replacements
+    random.seed(0)
+    assert [ds[0]["index"] for _ in range(30)] == drawn  # reproducible under the caller's seed
+    with pytest.raises(DatasetError, match="no sample with a visible"):
+        RedrawInvisible(Clips([False] * 3), max_draws=5)[0]
+    with pytest.raises(DatasetError, match="empty"):
+        RedrawInvisible(Clips([]))

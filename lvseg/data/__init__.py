@@ -5,7 +5,7 @@ dicts (``frames``, ``masks``, ``text``, ``boxes``, ``valid``, ids); see ``docs/d
 """
 
 from lvseg.data import shapes, transforms
-from lvseg.data._common import ClipSampling, sample_frame_indices
+from lvseg.data._common import ClipSampling, RedrawInvisible, sample_frame_indices
 from lvseg.data.a2d import A2DSentences
 from lvseg.data.a2d_plus import A2DSPlus
 from lvseg.data.collate import ClipCollator, collate_clips
@@ -16,4 +16,5 @@ from lvseg.data.refcoco import RefCOCO
 from lvseg.data.ytvos import RefYouTubeVOS
 
 __all__ = ["A2DSPlus", "A2DSentences", "ClipCollator", "ClipSampling", "JHMDBSentences", "MeViS", "RefCOCO",
-           "RefDAVIS17", "RefYouTubeVOS", "collate_clips", "sample_frame_indices", "shapes", "transforms"]
+           "RedrawInvisible", "RefDAVIS17", "RefYouTubeVOS", "collate_clips", "sample_frame_indices", "shapes",
+           "transforms"]

@@ -211,3 +211,33 @@ def centered_window(center: int, num_frames: int, total: int, stride: int = 1) -
         raise InvalidInputError(f"num_frames and stride must be >= 1, got {num_frames} and {stride}.")
     half = num_frames // 2
     return [min(max(center + stride * (i - half), 0), total - 1) for i in range(num_frames)], half
+
+
+class RedrawInvisible(torch.utils.data.Dataset):
+    """ReferFormer's training rule: a clip in which the referred object is visible in no frame (``valid`` all
+    False, after the dataset's transforms, e.g. a crop that cut it out) is replaced by another sample drawn
+    uniformly at random with Python's ``random`` (seeded per sample by ``lvseg.train``), until one shows it.
+
+    Samples need ground truth (a ``valid`` [T] entry). ``max_draws`` bounds the search so that a dataset whose
+    objects are never visible fails with a clear error instead of looping forever.
+    """
+
+    def __init__(self, dataset: Any, max_draws: int = 100) -> None:
+        if len(dataset) == 0:
+            raise DatasetError("RedrawInvisible got an empty dataset; check the dataset's root and split.")
+        self.dataset = dataset
+        self.max_draws = max_draws
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for _ in range(self.max_draws):
+            sample = self.dataset[index]
+            if "valid" not in sample:
+                raise DatasetError("RedrawInvisible needs samples with ground truth ('valid'): use a training split.")
+            if bool(torch.as_tensor(sample["valid"]).any()):
+                return sample
+            index = random.randrange(len(self.dataset))
+        raise DatasetError(f"no sample with a visible referred object in {self.max_draws} draws: the masks are "
+                           "empty in (almost) every clip; check the annotations and the crop transforms.")

@@ -149,12 +149,13 @@ def shapes_data(root: str | Path, num_train: int = 1200, num_val: int = 60, seed
 
 
 def ytvos_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
-    """Ref-YouTube-VOS train with ReferFormer's clip sampling (5 frames) and augmentation; no local validation."""
-    from ..data import ClipSampling, RefYouTubeVOS
+    """Ref-YouTube-VOS train with ReferFormer's clip sampling (5 frames) and augmentation, clips whose object is
+    visible in no frame redrawn (as the official dataset does); no local validation."""
+    from ..data import ClipSampling, RedrawInvisible, RefYouTubeVOS
     from ..data.transforms import train_transforms
 
-    return RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=5, mode="referformer"),
-                         transform=train_transforms()), None
+    return RedrawInvisible(RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=5, mode="referformer"),
+                                         transform=train_transforms())), None
 
 
 _REFERFORMER_FINETUNE = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
