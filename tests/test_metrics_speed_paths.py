@@ -130,9 +130,10 @@ def test_random_masks_equal_reference(shape: tuple[int, int, int]) -> None:
             _assert_same(gt, pred, bound_th)
 
 
-@pytest.mark.parametrize("radius", [0, 1, 2, 8, 31, 32, 64, 70])
-def test_radii_across_64_bit_window_words(radius: int) -> None:
-    """Disks wider than one 64-bit window (r >= 32) are tested word by word; r = 0 matches the pixel itself."""
+@pytest.mark.parametrize("radius", [0, 1, 2, 8, 15, 16, 31, 32, 64, 70])
+def test_radii_across_window_pieces(radius: int) -> None:
+    """Disks wider than one 32-bit piece of the window (r >= 16) are tested piece by piece; r = 0 matches the
+    pixel itself."""
     rng = np.random.default_rng(radius)
     shape = (2, 40, 150) if radius < 16 else (1, 24, 150)  # (the reference's dilation is slow for large disks)
     pred = ndimage.binary_dilation(rng.random(shape) < 0.003, iterations=2)
@@ -292,17 +293,17 @@ def test_near_cells_cover_every_reachable_pixel(radius: int) -> None:
     assert not keep.all()  # and it does drop something
 
 
-@pytest.mark.parametrize("radius", [0, 1, 8, 31, 32, 70])
+@pytest.mark.parametrize("radius", [0, 1, 8, 15, 16, 31, 32, 70])
 def test_disk_rows_describe_the_disk(radius: int) -> None:
     rows = davis._disk_rows(radius)
     assert [dy for dy, _ in rows][:3] == ([0] if radius == 0 else [0, -1, 1])
     covered = np.zeros((2 * radius + 1, 2 * radius + 1), bool)
     for dy, tests in rows:
-        for word, mask in tests:
-            assert 0 < mask < 1 << 64
-            for bit in range(64):
+        for piece, mask in tests:
+            assert 0 < mask < 1 << 32
+            for bit in range(32):
                 if mask >> bit & 1:
-                    covered[dy + radius, 64 * word + bit] = True
+                    covered[dy + radius, 32 * piece + bit] = True
     assert covered.tolist() == _ref_disk(radius).tolist()
 
 

@@ -193,10 +193,11 @@ def _near_cells(dst: np.ndarray, radius: int) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _disk_rows(radius: int) -> tuple[tuple[int, tuple[tuple[int, int], ...]], ...]:
-    """The disk as row tests on 64-bit windows, centre row first: ``((dy, ((word, mask), ...)), ...)``.
+    """The disk as row tests on 32-bit pieces of a window, centre row first: ``((dy, ((piece, mask), ...)), ...)``.
 
     For a pixel x the window starts at bit ``x - radius`` of row ``y + dy``; row dy of the disk is the bits
-    ``[radius - w, radius + w]`` (``w = isqrt(r² - dy²)``), split into the 64-bit words ``word`` of the window.
+    ``[radius - w, radius + w]`` of it (``w = isqrt(r² - dy²)``), split into the 32-bit pieces ``piece`` of the
+    window (one piece up to r = 15).
     """
     widths = disk_half_widths(radius)
     rows = []
@@ -204,9 +205,9 @@ def _disk_rows(radius: int) -> tuple[tuple[int, tuple[tuple[int, int], ...]], ..
         w = widths[abs(dy)]
         lo, hi = radius - w, radius + w  # inclusive bit range in the window
         tests = []
-        for word in range(lo // 64, hi // 64 + 1):
-            a, b = max(lo, 64 * word) - 64 * word, min(hi, 64 * word + 63) - 64 * word
-            tests.append((word, ((1 << (b + 1)) - 1) ^ ((1 << a) - 1)))
+        for piece in range(lo // 32, hi // 32 + 1):
+            a, b = max(lo, 32 * piece) - 32 * piece, min(hi, 32 * piece + 31) - 32 * piece
+            tests.append((piece, ((1 << (b + 1)) - 1) ^ ((1 << a) - 1)))
         rows.append((dy, tuple(tests)))
     return tuple(rows)
 
@@ -216,50 +217,49 @@ def _count_near(src: np.ndarray, dst: np.ndarray, height: int, radius: int) -> n
 
     Equals ``sum(src & dilate(dst, disk))`` with a zero border (what the official code computes with ``cv2.dilate``
     and a ``skimage.morphology.disk``), without dilating anything: each candidate ``src`` pixel reads, for each row
-    ``dy`` of the disk, the 64 bits of ``dst`` row ``y + dy`` that start at ``x - radius`` (two word reads and a
-    funnel shift) and tests them against the row's mask. Rows go from the centre out and matched pixels stop.
-    ``src`` pixels whose 8 x 8 cell has no ``dst`` pixel within reach (:func:`_near_cells`) are never read.
+    ``dy`` of the disk, the bits of ``dst`` row ``y + dy`` from ``x - radius`` on (one 64-bit word load and a shift
+    per 32-bit piece of the window) and tests them against the row's mask. Rows go from the centre out and matched
+    pixels stop. ``src`` pixels whose 8 x 8 cell has no ``dst`` pixel within reach (:func:`_near_cells`) are never
+    read.
 
     Args:
         src, dst: packed boundaries uint8 [n, rows, nb], rows a multiple of 8, zero from row ``height`` on.
     """
     n, rows, nb = src.shape
-    out = np.zeros(n, dtype=np.int64)
     near = _near_cells(dst, radius)
     cand = np.bitwise_and(src.reshape(n, rows // 8, 8, nb), near[:, :, None, :]).reshape(n, rows, nb)
     frame, y, x = _set_bits(cand)
     if frame.size == 0:
-        return out
-    # dst rows in a zero-bordered word buffer: `radius` zero rows above, between and below the frames, `left`
-    # zero words before each row and enough after it for every window
+        return np.zeros(n, dtype=np.int64)
+    # dst rows in a zero-bordered buffer: `radius` zero rows above, between and below the frames, `left` zero words
+    # before each row and enough after it for every window
     tests = _disk_rows(radius)
-    n_words = max(word for _, t in tests for word, _ in t) + 1
+    n_pieces = max(piece for _, t in tests for piece, _ in t) + 1
     left = -(-radius // 64) or 1
-    row_words = left + -(-nb // 8) + n_words + 1
+    row_words = left + -(-nb // 8) + n_pieces + 2
     slot = height + radius
     buf = np.zeros((radius + n * slot, row_words), dtype=_WORD)
-    buf8 = buf.view(np.uint8)
-    buf8[radius:].reshape(n, slot, row_words * 8)[:, :height, 8 * left:8 * left + nb] = dst[:, :height]
-    words = buf.reshape(-1)
-    start = 64 * left + x - radius  # window start, as a bit index in the padded row
-    base = (radius + frame * slot + y) * row_words + (start >> 6)
-    shift = (start & 63).astype(np.uint64)
+    buf8 = buf.reshape(-1).view(np.uint8)
+    buf8[radius * row_words * 8:].reshape(n, slot, row_words * 8)[:, :height, 8 * left:8 * left + nb] = dst[:, :height]
+    # the 64-bit words that start at every 32nd bit of the buffer (an unaligned view, copied once): the bits from any
+    # position p on are steps[p >> 5] >> (p & 31), at least 33 of them
+    steps = np.ndarray((buf8.size // 4 - 1,), dtype=_WORD, buffer=buf8, strides=(4,)).copy()
+    start = (radius + frame * slot + y) * (64 * row_words) + 64 * left + x - radius  # window starts, as bit indices
+    base = start >> 5
+    shift = (start & 31).astype(_WORD)
     n_cand = np.bincount(frame, minlength=n)
     for dy, row_tests in tests:  # base/shift hold the pixels not matched yet
-        back = np.uint64(64) - shift  # a shift by 64 gives 0 in NumPy, which is what shift == 0 needs
         hit = None
-        for word, mask in row_tests:
-            i = base + (dy * row_words + word)
-            window = np.right_shift(words[i], shift)
-            i += 1
-            window |= np.left_shift(words[i], back)
+        for piece, mask in row_tests:
+            window = steps[base + (2 * row_words * dy + piece)]
+            window >>= shift
             window &= np.uint64(mask)
             hit = window != 0 if hit is None else hit | (window != 0)
         miss = ~hit
         base, shift = base[miss], shift[miss]
         if base.size == 0:
             break
-    unmatched = np.bincount((base // row_words - radius) // slot, minlength=n)
+    unmatched = np.bincount((base // (2 * row_words) - radius) // slot, minlength=n)
     return (n_cand - unmatched).astype(np.int64)
 
 
