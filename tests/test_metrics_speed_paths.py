@@ -253,29 +253,50 @@ def test_benchmark_sized_sequence_equals_reference() -> None:
 # ------------------------------------------------------------------------------------ the packed helpers
 
 
+def _unplace(layout: davis._Layout, buf: np.ndarray, width: int) -> np.ndarray:
+    """A layout buffer's frames as bool [n, height, width] (the inverse of packing and placing)."""
+    data = layout.frames(buf)[:, :layout.height, layout.left:layout.left + layout.data_bytes]
+    return np.unpackbits(data, axis=-1, bitorder="little")[..., :width].astype(bool)
+
+
+@pytest.mark.parametrize("radius", [0, 8, 40])
+def test_layout_places_frames_apart(radius: int) -> None:
+    layout = davis._Layout(n=3, height=13, data_bytes=3, radius=radius)
+    assert layout.top % 8 == 0 and layout.slot % 8 == 0 and layout.row_bytes % 8 == 0
+    assert layout.slot >= 13 + radius and layout.top >= radius
+    assert 8 * layout.left - radius >= 32 and 8 * (layout.row_bytes - layout.left - 3) >= max(radius, 8)
+    seg = np.random.default_rng(radius).random((3, 13, 20)) < 0.5
+    buf = layout.place(davis._pack(seg))
+    assert buf.shape == (layout.rows, layout.row_bytes)
+    assert _unplace(layout, buf, 20).tolist() == seg.tolist()
+    assert int(np.unpackbits(buf).sum()) == int(seg.sum())  # nothing outside the frames' data
+    bits = davis._set_bits(buf)
+    assert np.bincount(layout.frame_of(bits), minlength=3).tolist() == seg.sum(axis=(1, 2)).tolist()
+
+
 def test_packed_boundary_equals_seg2bmap() -> None:
     rng = np.random.default_rng(6)
-    for h, w in [(1, 1), (1, 9), (9, 1), (7, 8), (8, 16), (13, 21)]:
+    for h, w in [(1, 1), (1, 9), (9, 1), (7, 8), (8, 16), (13, 21), (5, 64), (3, 65)]:
         seg = rng.random((3, h, w)) < 0.5
-        rows = -(-h // 8) * 8
-        packed = davis._padded(davis._pack(seg), rows)
         data_bytes = -(-w // 8)
-        b = davis._packed_boundary(packed, h, data_bytes, (w - 1) % 8)
-        assert b.shape == (3, rows, (data_bytes // 8 + 1) * 8)
-        assert not b[:, h:].any() and not b[:, :, data_bytes:].any()
-        unpacked = np.unpackbits(b[:, :h, :data_bytes], axis=-1, bitorder="little")[..., :w].astype(bool)
-        assert unpacked.tolist() == [_ref_seg2bmap(s).tolist() for s in seg]
+        layout = davis._Layout(3, h, data_bytes, 8)
+        b = davis._packed_boundary(layout, layout.place(davis._pack(seg)), (w - 1) % 8)
+        assert _unplace(layout, b, w).tolist() == [_ref_seg2bmap(s).tolist() for s in seg]
+        assert int(np.unpackbits(b).sum()) == sum(int(_ref_seg2bmap(s).sum()) for s in seg)  # nothing elsewhere
 
 
 def test_set_bits_and_popcounts() -> None:
     rng = np.random.default_rng(7)
     seg = rng.random((3, 16, 37)) < 0.1
-    packed = davis._padded(davis._pack(seg), 16)  # [3, 16, 8]
-    frame, y, x = davis._set_bits(packed)
-    assert np.stack([frame, y, x], 1).tolist() == np.argwhere(seg).tolist()
+    layout = davis._Layout(3, 16, 5, 3)
+    buf = layout.place(davis._pack(seg))
+    bits = davis._set_bits(buf)
+    expected = [(layout.top + k * layout.slot + y) * 8 * layout.row_bytes + 8 * layout.left + x
+                for k, y, x in np.argwhere(seg)]
+    assert bits.tolist() == expected
     counts = seg.sum(axis=(1, 2)).tolist()
-    assert davis._popcount_frames(packed).tolist() == counts
-    assert davis._popcount_frames_table(packed).tolist() == counts  # the NumPy < 2 path
+    assert davis._popcount_frames(layout, buf).tolist() == counts
+    assert davis._popcount_frames_table(layout.frames(buf).reshape(3, -1)).tolist() == counts  # NumPy < 2 path
 
 
 @pytest.mark.parametrize("radius", [0, 3, 8, 9, 20])
@@ -284,10 +305,11 @@ def test_near_cells_cover_every_reachable_pixel(radius: int) -> None:
     rng = np.random.default_rng(radius)
     dst = rng.random((2, 48, 80)) < 0.002
     dst[0, 0, 0] = dst[1, 47, 79] = True
-    packed = davis._padded(davis._pack(dst), 48)
-    near = davis._near_cells(packed, radius)  # [2, 6, 16], 0 or 255
+    layout = davis._Layout(2, 48, 10, radius)
+    near = davis._near_cells(layout, layout.place(davis._pack(dst)))  # [rows / 8, row_bytes], 0 or 255
     assert set(np.unique(near).tolist()) <= {0, 255}
-    keep = np.repeat(np.repeat(near[:, :, :10] == 255, 8, axis=1), 8, axis=2)
+    keep_rows = np.repeat(np.repeat(near == 255, 8, axis=0), 8, axis=1)  # [rows - 1, 8 * row_bytes]
+    keep = np.stack([keep_rows[layout.top + k * layout.slot:][:48, 8 * layout.left:][:, :80] for k in range(2)])
     reach = np.stack([ndimage.binary_dilation(d, _ref_disk(radius)) for d in dst])
     assert not (reach & ~keep).any()
     assert not keep.all()  # and it does drop something
