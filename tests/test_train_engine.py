@@ -42,6 +42,22 @@ RUN_SCRIPT = textwrap.dedent("""
     model = ReferFormer(shapes_tiny_config(len(tok), size=64), tokenizer=tok)
     data = RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=2, mode="random"),
                          transform=RandomHorizontalFlip(0.5))
+    delay = float(os.environ.get("TEST_SAMPLE_DELAY", "0"))  # slow reads: a run a test kills must not end first
+    if delay:
+        import time
+
+        class Slow(torch.utils.data.Dataset):
+            def __init__(self, base):
+                self.base = base
+
+            def __len__(self):
+                return len(self.base)
+
+            def __getitem__(self, i):
+                time.sleep(delay)
+                return self.base[i]
+
+        data = Slow(data)
     lr = 1e-2 if no_dropout else 1e-3
     train(model, data, None, out, batch_size=batch, max_steps=steps, lr=lr, lr_backbone=lr,
           lr_text_encoder=lr, clip_max_norm=1.0, checkpoint_every=1, keep_last=2, progress=False,
@@ -202,6 +218,14 @@ def test_kill_and_resume_is_bit_identical(env, tmp_path):
 
 
 DDP_STEPS = 3
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _torchrun(env, out, steps, resume=False):
@@ -401,14 +425,16 @@ def test_a_batch_too_large_for_memory_gives_a_clear_error(env, tmp_path):
 
 
 @pytest.mark.slow  # two more torchrun launches (~40 s on 2 loaded cores): process start-up dominates
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker states from /proc")
 def test_ddp_run_killed_and_resumed_is_bit_identical(env, ddp_run, tmp_path):
     """torchrun with 2 gloo processes, both workers and the agent SIGKILLed after the step-1 checkpoint, then
     resumed: every rank ends with exactly the weights (and logged losses) of the uninterrupted run."""
     from lvseg.train.checkpoint import list_checkpoints
 
     run = tmp_path / "killed"
-    agent = subprocess.Popen(_torchrun(env, run, DDP_STEPS), env=_subprocess_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    # each sample takes 2 s to read in this run, so steps 2 and 3 cannot finish before the kill lands
+    agent = subprocess.Popen(_torchrun(env, run, DDP_STEPS), env=dict(_subprocess_env(), TEST_SAMPLE_DELAY="2"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
         while not (run / "checkpoints" / "step_00000001.pt").exists():
@@ -422,12 +448,9 @@ def test_ddp_run_killed_and_resumed_is_bit_identical(env, ddp_run, tmp_path):
     finally:
         agent.kill()
         agent.wait()
-    for pid in workers:  # wait until the workers are gone (they are the agent's children, reaped by init now)
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+    for pid in workers:  # wait until the workers are gone (dead, or zombies waiting to be reaped)
+        while _process_running(pid):
+            assert time.time() < deadline, f"worker {pid} survived SIGKILL"
             time.sleep(0.02)
     assert not (run / "final").exists()
     done = [step for step, _ in list_checkpoints(run / "checkpoints")]
