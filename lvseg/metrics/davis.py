@@ -81,110 +81,140 @@ _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _BYTE_BITS = np.array([[(i >> bit) & 1 for bit in range(8)] for i in range(256)], dtype=bool)  # [256, 8]
 
 
-def _popcount_frames(packed: np.ndarray) -> np.ndarray:
-    """Set bits per frame of uint8 [n, rows, nb] with rows * nb a multiple of 8 -> int64 [n]."""
-    n = packed.shape[0]
-    if not hasattr(np, "bitwise_count"):  # NumPy < 2
-        return _popcount_frames_table(packed)
-    words = np.ascontiguousarray(packed).reshape(n, -1).view(np.uint64)
-    return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
-
-
-def _popcount_frames_table(packed: np.ndarray) -> np.ndarray:
-    """:func:`_popcount_frames` with a byte lookup table (NumPy < 2 has no ``bitwise_count``)."""
-    return _POPCOUNT8[packed.reshape(packed.shape[0], -1)].sum(axis=1, dtype=np.int64)
-
-
 def _pack(x: np.ndarray) -> np.ndarray:
     """bool [n, h, w] -> uint8 [n, h, ceil(w / 8)], little bit order (the padding bits of the last byte are 0)."""
     return np.packbits(x, axis=-1, bitorder="little")
 
 
-def _padded(x: np.ndarray, rows: int) -> np.ndarray:
-    """Contiguous copy of uint8 [n, h, nb] in a zero buffer uint8 [n, rows, row_bytes]: ``rows`` >= h a multiple of 8
-    and ``row_bytes`` the multiple of 8 above ``nb``, so rows are whole uint64 words that end in at least one zero
-    byte (which lets whole-buffer shifts stand in for per-row shifts)."""
-    out = np.zeros((x.shape[0], rows, (x.shape[2] // 8 + 1) * 8), dtype=np.uint8)
-    out[:, :x.shape[1], :x.shape[2]] = x
-    return out
+class _Layout:
+    """Where the packed rows of a chunk of ``n`` cropped frames (``height`` rows of ``data_bytes`` bytes) live in one
+    zero-padded uint8 buffer [rows, row_bytes], so that every step below is a pass over one flat array:
+
+    * ``top`` zero rows, then one slot of ``slot`` rows per frame: the frame's rows, then at least ``radius`` zero
+      rows (a disk never reaches from one frame into the next) -- ``top`` and ``slot`` are multiples of 8, so the
+      8 x 8 cells of :func:`_near_cells` and the uint64 words of a frame never straddle two frames;
+    * each row: ``left`` zero bytes (``64 * left / 8 - radius >= 32`` bits: a window that starts ``radius`` bits
+      before the row's first pixel still starts in the row's own padding), the data bytes, then zero bytes up to a
+      multiple of 8 bytes and at least ``radius`` bits plus one byte (a window never reads pixels of the next row,
+      and shifting the flat buffer by one bit never moves a pixel into the previous row);
+    * one spare zero row at the end, for the 64-bit loads of the last windows.
+
+    A pixel's position is then a single bit index into the flat buffer, and the pixel ``dy`` rows below it is
+    ``dy * 8 * row_bytes`` bits further.
+    """
+
+    def __init__(self, n: int, height: int, data_bytes: int, radius: int) -> None:
+        self.n, self.height, self.data_bytes, self.radius = n, height, data_bytes, radius
+        self.left = 8 * -(-(radius + 32) // 64)
+        self.row_bytes = -(-(self.left + data_bytes + max(1, -(-radius // 8))) // 8) * 8
+        self.top = -(-radius // 8) * 8
+        self.slot = -(-(height + radius) // 8) * 8
+        self.rows = self.top + n * self.slot + 1
+
+    def empty(self) -> np.ndarray:
+        return np.zeros((self.rows, self.row_bytes), dtype=np.uint8)
+
+    def frames(self, buf: np.ndarray) -> np.ndarray:
+        """The frames' slots of a buffer: [n, slot, row_bytes] (a view)."""
+        return buf[self.top:self.rows - 1].reshape(self.n, self.slot, self.row_bytes)
+
+    def place(self, packed: np.ndarray) -> np.ndarray:
+        """uint8 [n, height, data_bytes] -> a new buffer holding them."""
+        buf = self.empty()
+        self.frames(buf)[:, :self.height, self.left:self.left + self.data_bytes] = packed
+        return buf
+
+    def frame_of(self, bit: np.ndarray) -> np.ndarray:
+        """Frame index of flat bit positions inside the frames' rows."""
+        return (bit // (8 * self.row_bytes) - self.top) // self.slot
 
 
-def _packed_boundary(m: np.ndarray, height: int, data_bytes: int, right_edge_bit: int | None) -> np.ndarray:
+def _popcount_frames(layout: _Layout, buf: np.ndarray) -> np.ndarray:
+    """Set bits per frame of a :class:`_Layout` buffer -> int64 [n]."""
+    frames = layout.frames(buf).reshape(layout.n, -1)
+    if not hasattr(np, "bitwise_count"):  # NumPy < 2
+        return _popcount_frames_table(frames)
+    return np.bitwise_count(frames.view(np.uint64)).sum(axis=1, dtype=np.int64)
+
+
+def _popcount_frames_table(frames: np.ndarray) -> np.ndarray:
+    """Set bits per row of uint8 [n, k] with a byte lookup table (NumPy < 2 has no ``bitwise_count``)."""
+    return _POPCOUNT8[frames].sum(axis=1, dtype=np.int64)
+
+
+def _packed_boundary(layout: _Layout, m: np.ndarray, right_edge_bit: int | None) -> np.ndarray:
     """``_seg2bmap`` on packed masks.
 
     Args:
-        m: uint8 [n, rows, row_bytes] from :func:`_padded`: the packed masks in the first ``height`` rows and
-            ``data_bytes`` bytes, zero elsewhere.
-        height: rows that hold the masks; the last of them follows the official last-row rule.
-        data_bytes: bytes of a row that hold the masks.
-        right_edge_bit: when byte ``data_bytes - 1`` holds the image's last column, that column's bit (it compares
-            only with the pixel below); None when the masks continue to the right with background.
+        layout: where the masks are in ``m``.
+        m: uint8 [rows, row_bytes] packed masks (:meth:`_Layout.place`).
+        right_edge_bit: when the last data byte holds the image's last column, that column's bit (it compares only
+            with the pixel below); None when the masks continue to the right with background.
 
     Returns:
-        uint8 [n, rows, row_bytes] packed boundaries, zero outside the masks' rows and bytes.
+        uint8 [rows, row_bytes] packed boundaries, in the same layout (zero outside the frames' rows and bytes).
 
     Every pass runs over the whole buffer as one flat uint64 array (little-endian words keep the pixel order):
-    shifting it by one bit moves each pixel onto its right neighbour (the zero bytes end each row), and shifting it
-    by one row of words onto its lower neighbour.
+    shifting it by one bit moves each pixel onto its right neighbour (zero bytes end each row), and shifting it by
+    one row of words onto its lower neighbour.
     """
-    n, rows, row_bytes = m.shape
-    row_words = row_bytes // 8
+    row_words = layout.row_bytes // 8
     flat = m.reshape(-1).view(_WORD)
     # h: differs from the right neighbour = m ^ (m shifted by one pixel towards the origin)
     h = np.right_shift(flat, np.uint64(1))
     h[:-1] |= np.left_shift(flat[1:], np.uint64(63))
     h ^= flat
-    h8 = h.view(np.uint8).reshape(n, rows, row_bytes)
-    h8[:, :, data_bytes:] = 0  # the last zero byte picked up the next row's first pixel
+    h8 = h.view(np.uint8).reshape(m.shape)
+    data = slice(layout.left, layout.left + layout.data_bytes)
+    h8[:, :data.start] = 0  # the left padding picked up the row's first pixel
     if right_edge_bit is not None:
-        h8[:, :, data_bytes - 1] &= np.uint8(0xFF ^ (1 << right_edge_bit))
+        h8[:, data.stop - 1] &= np.uint8(0xFF ^ (1 << right_edge_bit))
     # b = v | h | h of the row below, with v: differs from the lower neighbour (see _seg2bmap)
     b = np.empty_like(flat)
     np.bitwise_xor(flat[:-row_words], flat[row_words:], out=b[:-row_words])
     b[-row_words:] = 0
     b |= h
     b[:-row_words] |= h[row_words:]
-    b8 = b.view(np.uint8).reshape(n, rows, row_bytes)
-    b8[:, height - 1] = h8[:, height - 1]  # last row: right neighbour only
-    b8[:, height:] = 0  # padding rows (their v saw the next frame)
+    b8 = b.view(np.uint8).reshape(m.shape)
+    b8[:layout.top] = 0  # the last zero row above the first frame saw its first row
+    frames_b, frames_h = layout.frames(b8), layout.frames(h8)
+    height = layout.height
+    frames_b[:, height - 1] = frames_h[:, height - 1]  # last row: right neighbour only
+    frames_b[:, height:] = 0  # rows below a frame (the last of them saw the next frame)
     return b8
 
 
-def _set_bits(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coordinates of the set bits of uint8 [n, rows, nb] (rows * nb a multiple of 8): frame, row, column int64 [K]
-    in row-major order.
+def _set_bits(buf: np.ndarray) -> np.ndarray:
+    """Flat bit positions (``byte * 8 + bit``) of the set bits of a uint8 buffer whose size is a multiple of 8,
+    ascending, int64 [K].
 
     Nonzero 64-bit words first, then their nonzero bytes, then the bits of those: each step scans only the parts
     of the buffer that hold something.
     """
-    n, rows, nb = packed.shape
-    flat = packed.reshape(-1)
+    flat = buf.reshape(-1)
     words = np.flatnonzero(flat.view(np.uint64) != 0)  # (nonzero on a bool array is the fast path)
     word_bytes = flat.reshape(-1, 8)[words].reshape(-1)
     in_words = np.flatnonzero(word_bytes != 0)
     bits = np.flatnonzero(_BYTE_BITS[word_bytes[in_words]])  # [bytes * 8]
-    byte = words[in_words[bits >> 3] >> 3] * 8 + (in_words[bits >> 3] & 7)
-    row = byte // nb
-    return row // rows, row % rows, (byte % nb) * 8 + (bits & 7)
+    byte_i = in_words[bits >> 3]
+    return (words[byte_i >> 3] * 8 + (byte_i & 7)) * 8 + (bits & 7)
 
 
-def _near_cells(dst: np.ndarray, radius: int) -> np.ndarray:
-    """uint8 [n, rows / 8, nb]: 255 where a cell of 8 x 8 pixels may have a ``dst`` pixel within ``radius``.
+def _near_cells(layout: _Layout, dst: np.ndarray) -> np.ndarray:
+    """uint8 [rows / 8, row_bytes]: 255 where a cell of 8 x 8 pixels may have a ``dst`` pixel within the radius.
 
     A pixel in cell (Y, X) has its whole disk inside cells Y +- ceil(r / 8), X +- ceil(r / 8); the cells around
     an occupied cell are marked in that box (a superset of the disk, so nothing that can match is dropped).
     """
-    n, rows, nb = dst.shape
-    cells = dst.reshape(-1, 8, nb)  # OR over the 8 rows of each cell, halving (faster than a reduce over axis 1)
+    cells = dst[:layout.rows - 1].reshape(-1, 8, layout.row_bytes)  # OR over the 8 rows of each cell, halving
     cells = cells[:, :4] | cells[:, 4:]
     cells = cells[:, :2] | cells[:, 2:]
-    occupied = (cells[:, 0] | cells[:, 1]).reshape(n, rows // 8, nb) != 0
-    reach = -(-radius // 8)
-    for axis in (1, 2):
+    occupied = (cells[:, 0] | cells[:, 1]) != 0  # [rows / 8, row_bytes]
+    reach = -(-layout.radius // 8)
+    for axis in (0, 1):
         src = occupied.copy()
         for d in range(1, min(reach, occupied.shape[axis] - 1) + 1):
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
+            lo, hi = [slice(None)] * 2, [slice(None)] * 2
             lo[axis], hi[axis] = slice(None, -d), slice(d, None)
             occupied[tuple(hi)] |= src[tuple(lo)]
             occupied[tuple(lo)] |= src[tuple(hi)]
@@ -212,46 +242,39 @@ def _disk_rows(radius: int) -> tuple[tuple[int, tuple[tuple[int, int], ...]], ..
     return tuple(rows)
 
 
-def _count_near(src: np.ndarray, dst: np.ndarray, height: int, radius: int) -> np.ndarray:
-    """Per frame, how many set pixels of ``src`` have a set pixel of ``dst`` in the disk of ``radius`` around them.
+def _count_near(layout: _Layout, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Per frame, how many set pixels of ``src`` have a set pixel of ``dst`` in the disk of the radius around them.
 
     Equals ``sum(src & dilate(dst, disk))`` with a zero border (what the official code computes with ``cv2.dilate``
     and a ``skimage.morphology.disk``), without dilating anything: each candidate ``src`` pixel reads, for each row
-    ``dy`` of the disk, the bits of ``dst`` row ``y + dy`` from ``x - radius`` on (one 64-bit word load and a shift
-    per 32-bit piece of the window) and tests them against the row's mask. Rows go from the centre out and matched
+    ``dy`` of the disk, the bits of ``dst`` row ``y + dy`` from ``x - radius`` on (one 64-bit load and a shift per
+    32-bit piece of the window) and tests them against the row's mask. Rows go from the centre out and matched
     pixels stop. ``src`` pixels whose 8 x 8 cell has no ``dst`` pixel within reach (:func:`_near_cells`) are never
     read.
 
     Args:
-        src, dst: packed boundaries uint8 [n, rows, nb], rows a multiple of 8, zero from row ``height`` on.
+        layout: where the boundaries are in ``src`` and ``dst``.
+        src, dst: packed boundaries uint8 [rows, row_bytes].
     """
-    n, rows, nb = src.shape
-    near = _near_cells(dst, radius)
-    cand = np.bitwise_and(src.reshape(n, rows // 8, 8, nb), near[:, :, None, :]).reshape(n, rows, nb)
-    frame, y, x = _set_bits(cand)
-    if frame.size == 0:
+    n, row_bytes = layout.n, layout.row_bytes
+    near = _near_cells(layout, dst)
+    cand = np.bitwise_and(src[:layout.rows - 1].reshape(-1, 8, row_bytes), near[:, None, :])
+    bit = _set_bits(cand)
+    if bit.size == 0:
         return np.zeros(n, dtype=np.int64)
-    # dst rows in a zero-bordered buffer: `radius` zero rows above, between and below the frames, `left` zero words
-    # before each row and enough after it for every window
-    tests = _disk_rows(radius)
-    n_pieces = max(piece for _, t in tests for piece, _ in t) + 1
-    left = -(-radius // 64) or 1
-    row_words = left + -(-nb // 8) + n_pieces + 2
-    slot = height + radius
-    buf = np.zeros((radius + n * slot, row_words), dtype=_WORD)
-    buf8 = buf.reshape(-1).view(np.uint8)
-    buf8[radius * row_words * 8:].reshape(n, slot, row_words * 8)[:, :height, 8 * left:8 * left + nb] = dst[:, :height]
-    # the 64-bit words that start at every 32nd bit of the buffer (an unaligned view, copied once): the bits from any
+    n_cand = np.bincount(layout.frame_of(bit), minlength=n)
+    # the 64-bit words that start at every 32nd bit of dst (an unaligned view, copied once): the bits from any
     # position p on are steps[p >> 5] >> (p & 31), at least 33 of them
-    steps = np.ndarray((buf8.size // 4 - 1,), dtype=_WORD, buffer=buf8, strides=(4,)).copy()
-    start = (radius + frame * slot + y) * (64 * row_words) + 64 * left + x - radius  # window starts, as bit indices
+    dst8 = dst.reshape(-1)
+    steps = np.ndarray((dst8.size // 4 - 1,), dtype=_WORD, buffer=dst8, strides=(4,)).copy()
+    start = bit - layout.radius  # window starts (in the same row: the left padding is wider than the radius)
     base = start >> 5
     shift = (start & 31).astype(_WORD)
-    n_cand = np.bincount(frame, minlength=n)
-    for dy, row_tests in tests:  # base/shift hold the pixels not matched yet
+    row_steps = row_bytes // 4
+    for dy, row_tests in _disk_rows(layout.radius):  # base/shift hold the pixels not matched yet
         hit = None
         for piece, mask in row_tests:
-            window = steps[base + (2 * row_words * dy + piece)]
+            window = steps[base + (row_steps * dy + piece)]
             window >>= shift
             window &= np.uint64(mask)
             hit = window != 0 if hit is None else hit | (window != 0)
@@ -259,7 +282,8 @@ def _count_near(src: np.ndarray, dst: np.ndarray, height: int, radius: int) -> n
         base, shift = base[miss], shift[miss]
         if base.size == 0:
             break
-    unmatched = np.bincount((base // (2 * row_words) - radius) // slot, minlength=n)
+    # base * 32 is in the window start's row: at least 32 bits of left padding precede it
+    unmatched = np.bincount(layout.frame_of(base * 32), minlength=n)
     return (n_cand - unmatched).astype(np.int64)
 
 
@@ -268,7 +292,8 @@ def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None
     """Pixel counts of bool [N, H, W] masks, chunk of frames by chunk of frames.
 
     Each chunk is bit-packed, cropped to the rows and bytes that hold foreground (plus a background margin, so
-    that the boundaries and their matches equal those of the whole frame) and counted in the packed form.
+    that the boundaries and their matches equal those of the whole frame), placed in a :class:`_Layout` buffer and
+    counted there.
 
     Returns int64 [N] arrays: ``inter``/``union`` (J, void excluded) and, when ``radius`` is given, ``n_fg``/``n_gt``
     (boundary pixels) and ``fg_match``/``gt_match`` (boundary pixels within the disk of the other boundary).
@@ -290,21 +315,19 @@ def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None
         if window is None:  # both masks empty in every frame of the chunk: nothing to count
             continue
         (y0, y1), (b0, b1) = window
-        h = y1 - y0
-        rows = -(-h // 8) * 8
-        pc, gc = _padded(pp[:, y0:y1, b0:b1], rows), _padded(gp[:, y0:y1, b0:b1], rows)
+        layout = _Layout(pp.shape[0], y1 - y0, b1 - b0, radius or 0)
+        pc, gc = layout.place(pp[:, y0:y1, b0:b1]), layout.place(gp[:, y0:y1, b0:b1])
         if need_j:
-            inter = _popcount_frames(pc & gc)
+            inter = _popcount_frames(layout, pc & gc)
             out["inter"][sl] = inter
-            out["union"][sl] = _popcount_frames(pc) + _popcount_frames(gc) - inter
+            out["union"][sl] = _popcount_frames(layout, pc) + _popcount_frames(layout, gc) - inter
         if radius is not None:
             edge_bit = (width - 1) % 8 if b1 == n_bytes else None
-            fg_b = _packed_boundary(pc, h, b1 - b0, edge_bit)
-            gt_b = _packed_boundary(gc, h, b1 - b0, edge_bit)
-            out["n_fg"][sl] = _popcount_frames(fg_b)
-            out["n_gt"][sl] = _popcount_frames(gt_b)
-            out["fg_match"][sl] = _count_near(fg_b, gt_b, h, radius)  # fg boundary within the dilated gt one
-            out["gt_match"][sl] = _count_near(gt_b, fg_b, h, radius)  # gt boundary within the dilated fg one
+            fg_b, gt_b = _packed_boundary(layout, pc, edge_bit), _packed_boundary(layout, gc, edge_bit)
+            out["n_fg"][sl] = _popcount_frames(layout, fg_b)
+            out["n_gt"][sl] = _popcount_frames(layout, gt_b)
+            out["fg_match"][sl] = _count_near(layout, fg_b, gt_b)  # fg boundary within the dilated gt one
+            out["gt_match"][sl] = _count_near(layout, gt_b, fg_b)  # gt boundary within the dilated fg one
     return out
 
 
