@@ -93,10 +93,10 @@ class _Layout:
     * ``top`` zero rows, then one slot of ``slot`` rows per frame: the frame's rows, then at least ``radius`` zero
       rows (a disk never reaches from one frame into the next) -- ``top`` and ``slot`` are multiples of 8, so the
       8 x 8 cells of :func:`_near_cells` and the uint64 words of a frame never straddle two frames;
-    * each row: ``left`` zero bytes (``64 * left / 8 - radius >= 32`` bits: a window that starts ``radius`` bits
-      before the row's first pixel still starts in the row's own padding), the data bytes, then zero bytes up to a
-      multiple of 8 bytes and at least ``radius`` bits plus one byte (a window never reads pixels of the next row,
-      and shifting the flat buffer by one bit never moves a pixel into the previous row);
+    * each row: ``left`` zero bytes (``8 * left - radius >= 32`` bits: a window that starts ``radius`` bits before
+      the row's first pixel still starts in the row's own padding, and one that ends ``radius`` bits after its last
+      pixel ends in the next row's padding), the data bytes, then at least one zero byte up to a multiple of 8
+      (shifting the flat buffer by one bit never moves a pixel into the previous row);
     * one spare zero row at the end, for the 64-bit loads of the last windows.
 
     A pixel's position is then a single bit index into the flat buffer, and the pixel ``dy`` rows below it is
@@ -106,7 +106,7 @@ class _Layout:
     def __init__(self, n: int, height: int, data_bytes: int, radius: int) -> None:
         self.n, self.height, self.data_bytes, self.radius = n, height, data_bytes, radius
         self.left = 8 * -(-(radius + 32) // 64)
-        self.row_bytes = -(-(self.left + data_bytes + max(1, -(-radius // 8))) // 8) * 8
+        self.row_bytes = -(-(self.left + data_bytes + 1) // 8) * 8
         self.top = -(-radius // 8) * 8
         self.slot = -(-(height + radius) // 8) * 8
         self.rows = self.top + n * self.slot + 1
