@@ -9,11 +9,11 @@ checks them against numbers produced by that code. What differs is how they are 
   buffer, so every pass touches 8 times less memory than one over the bool masks;
 * no OpenCV or scikit-image: the dilation of a boundary map by the disk ``x² + y² <= r²`` is never materialised.
   F only needs to know, for each boundary pixel of one mask, whether a boundary pixel of the other mask lies in
-  the disk around it. Row ``dy`` of the disk is a segment ``[x - w, x + w]``; the 64 packed bits of the other
-  boundary's row ``y + dy`` that start at ``x - r`` are read with two word loads and a funnel shift and masked
-  with that segment. Rows are tried from the centre out and a matched pixel stops, and a coarse map of 8 x 8
-  cells drops boundary pixels with nothing within reach before any row is read. So beyond one packing pass over
-  the masks, the cost depends on the number of boundary pixels. All counts are integers, so the result is
+  the disk around it. Row ``dy`` of the disk is a segment ``[x - w, x + w]``; the packed bits of the other
+  boundary's row ``y + dy`` from ``x - r`` on are read with one 64-bit load and a shift (per 32 bits of window)
+  and masked with that segment. Rows are tried from the centre out and a matched pixel stops, and a coarse map of
+  8 x 8 cells drops boundary pixels with nothing within reach before any row is read. So beyond one packing pass
+  over the masks, the cost depends on the number of boundary pixels. All counts are integers, so the result is
   identical to dilating with ``cv2.dilate`` (zero border) and multiplying.
 """
 
