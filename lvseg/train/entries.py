@@ -15,7 +15,7 @@ register(ModelEntry(
     description="A ~1 M-parameter ReferFormer trained by lvseg on its procedural Shapes videos (CPU, offline). "
                 "It only knows the Shapes world: coloured shapes, sizes, positions and motions. Used by "
                 "`lvseg demo` and the quick start; reproduce it with benchmarks/train_shapes.py. Measured on 100 "
-                "held-out Shapes videos (744 expressions): J&F 38.8 (J 33.5, F 44.0); the same recipe on shuffled "
-                "expressions (text-blind control) scores 24.4. It is a demonstration model, not an accurate one.",
+                "held-out Shapes videos (744 expressions): J&F 45.8 (J 38.5, F 53.1); the same recipe on shuffled "
+                "expressions (text-blind control) scores 30.5. It is a demonstration model, not an accurate one.",
     default=True,
 ))
