@@ -109,6 +109,17 @@ class MTTREvaluator(Evaluator):
         i, u = intersection_union(preds[best], gt)
         self.top1[image_id] = (int(i), int(u))
 
+    def _sample_arrays(self, sample: Mapping[str, Any], masks: Any,
+                       scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(GT masks [T, H, W], predicted masks [N, H, W], scores float64 [N]) of one sample, checked."""
+        if "video" not in sample or "masks" not in sample:
+            raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
+        gt = to_numpy_masks(sample["masks"], "sample['masks']", 3)
+        pred = to_numpy_masks(masks, "masks", 3)
+        score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
+                           dtype=np.float64).reshape(-1)
+        return gt, pred, score
+
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
         """Every annotated frame of ``sample`` (``annotated`` bool [T]; default all) is one GT image.
 
@@ -116,12 +127,7 @@ class MTTREvaluator(Evaluator):
         (as :class:`lvseg.data.A2DSentences` / ``JHMDBSentences`` give) uses that id; otherwise ``frame_ids``
         (official frame names) and ``instance_id`` (A2D) build it, see :func:`a2d_image_id`.
         """
-        if "video" not in sample or "masks" not in sample:
-            raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
-        gt = to_numpy_masks(sample["masks"], "sample['masks']", 3)
-        pred = to_numpy_masks(masks, "masks", 3)
-        score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
-                           dtype=np.float64).reshape(-1)
+        gt, pred, score = self._sample_arrays(sample, masks, scores)
         frames = _annotated_frames(sample, gt.shape[0])
         given = sample.get("image_id")
         if isinstance(given, str) and len(frames) == 1:  # lvseg.data's A2D/JHMDB samples: one annotated frame
@@ -141,12 +147,7 @@ class MTTREvaluator(Evaluator):
         candidates of the first annotated frame (``annotated`` bool [T]; default all frames), then those of the
         next, ``F`` frames in all (A2D/JHMDB samples have one). GT image ids as in :meth:`add_sample`.
         """
-        if "video" not in sample or "masks" not in sample:
-            raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
-        gt = to_numpy_masks(sample["masks"], "sample['masks']", 3)
-        preds = to_numpy_masks(masks, "masks", 3)
-        score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
-                           dtype=np.float64).reshape(-1)
+        gt, preds, score = self._sample_arrays(sample, masks, scores)
         frames = _annotated_frames(sample, gt.shape[0])
         if not frames:
             return

@@ -28,6 +28,17 @@ __all__ = ["MatchCosts", "HungarianMatcher", "VideoTarget", "downsample_masks", 
            "MTTRMatcher", "upsample_mask_logits"]
 
 
+
+def _assign(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimal (query indices, target indices) for a cost matrix [Q, N] (Hungarian, scipy)."""
+    cost = cost.detach().cpu()
+    if not torch.isfinite(cost).all():
+        raise FloatingPointError("the matching cost has NaN/inf entries: the model's outputs diverged "
+                                 "(lower the learning rate or enable gradient clipping)")
+    rows, cols = linear_sum_assignment(cost.numpy())
+    return (torch.as_tensor(np.asarray(rows), dtype=torch.int64),
+            torch.as_tensor(np.asarray(cols), dtype=torch.int64))
+
 @dataclass
 class VideoTarget:
     """The ground truth of one video (``n`` objects, ``t`` frames).
@@ -100,7 +111,6 @@ class HungarianMatcher:
         """The [q, n] matching cost of one video: logits [t, q, K], boxes [t, q, 4], masks [t, q, h, w]."""
         c = self.costs
         t, q = logits.shape[:2]
-        n = target.labels.shape[0]
         prob = logits.float().sigmoid()  # [t, q, K]
         # focal-loss style class cost (Deformable-DETR): positive minus negative cost of the target's class
         neg = (1 - c.focal_alpha) * prob.pow(c.focal_gamma) * -(1 - prob + 1e-8).log()
@@ -141,13 +151,7 @@ class HungarianMatcher:
                 empty = torch.zeros(0, dtype=torch.int64)
                 result.append((empty, empty))
                 continue
-            cost = self.cost_matrix(logits[i], boxes[i], masks[i], target).cpu()
-            if not torch.isfinite(cost).all():
-                raise FloatingPointError("the matching cost has NaN/inf entries: the model's outputs diverged "
-                                         "(lower the learning rate or enable gradient clipping)")
-            rows, cols = linear_sum_assignment(cost.numpy())
-            result.append((torch.as_tensor(np.asarray(rows), dtype=torch.int64),
-                           torch.as_tensor(np.asarray(cols), dtype=torch.int64)))
+            result.append(_assign(self.cost_matrix(logits[i], boxes[i], masks[i], target)))
         return result
 
 
@@ -259,11 +263,5 @@ class MTTRMatcher:
             if target.masks.shape[0] > masks.shape[2]:
                 raise ConfigError(f"clip {i} has {target.masks.shape[0]} instances but the model only "
                                   f"{masks.shape[2]} queries: raise num_queries")
-            cost = self.cost_matrix(logits[i], masks[i], target).cpu()
-            if not torch.isfinite(cost).all():
-                raise FloatingPointError("the matching cost has NaN/inf entries: the model's outputs diverged "
-                                         "(lower the learning rate or enable gradient clipping)")
-            rows, cols = linear_sum_assignment(cost.numpy())
-            result.append((torch.as_tensor(np.asarray(rows), dtype=torch.int64),
-                           torch.as_tensor(np.asarray(cols), dtype=torch.int64)))
+            result.append(_assign(self.cost_matrix(logits[i], masks[i], target)))
         return result
