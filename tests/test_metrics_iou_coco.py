@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from coco_reference import pycocotools_map
 from lvseg.errors import InvalidInputError
 from lvseg.metrics import (
     LAVT,
@@ -146,32 +142,6 @@ def _square(h: int, w: int, y: int, x: int, size: int) -> np.ndarray:
     return m
 
 
-def _pycocotools_map(gts: list[dict], preds: list[dict]) -> list[float]:
-    """A direct pycocotools run, the way MTTR builds its GT json (string image ids, one dummy category)."""
-    images, anns = [], []
-    for n, g in enumerate(gts):
-        rle = mask_utils.encode(np.asfortranarray(g["mask"].astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        images.append({"id": g["image_id"], "height": g["mask"].shape[0], "width": g["mask"].shape[1]})
-        anns.append({"id": n + 1, "image_id": g["image_id"], "category_id": 1, "segmentation": rle,
-                     "area": float(mask_utils.area(rle)), "iscrowd": 0})
-    dets = []
-    for p in preds:
-        rle = mask_utils.encode(np.asfortranarray(p["mask"].astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        dets.append({"image_id": p["image_id"], "category_id": 1, "segmentation": rle, "score": p["score"]})
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "dummy_class"}]}
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dets), iouType="segm")
-        ev.params.useCats = 0
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return [float(v) for v in ev.stats[:6]]
-
-
 def test_coco_map_hand_cases() -> None:
     h = w = 64
     gts = [{"image_id": f"v_a_f_{i}_i_1", "mask": _square(h, w, 4 * i, 4 * i, 20)} for i in range(4)]
@@ -210,7 +180,7 @@ def test_coco_map_agrees_with_direct_pycocotools() -> None:
             m = np.roll(g, (int(rng.integers(-6, 7)), int(rng.integers(-6, 7))), (0, 1)) if q else g
             preds.append({"image_id": gts[-1]["image_id"], "mask": m, "score": float(rng.random())})
     ours = coco_mask_map(gts, preds)
-    assert list(ours.values()) == _pycocotools_map(gts, preds)
+    assert list(ours.values()) == pycocotools_map(gts, preds)
     # RLE input gives the same
     as_rle = [{"image_id": p["image_id"], "segmentation": encode_rle(p["mask"]), "score": p["score"]} for p in preds]
     assert coco_mask_map(gts, as_rle) == ours
