@@ -45,6 +45,21 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+
+def _weighted_layers(layer_losses: Any, outputs: dict[str, Any], targets: Sequence[Any], norm: float,
+                     coef: dict[str, float], aux_loss: bool) -> dict[str, torch.Tensor]:
+    """Weighted terms of the last decoder layer (``<name>``) and, with ``aux_loss``, of each earlier one
+    (``<name>_<i>``), plus their sum ``loss``; ``layer_losses(outputs, targets, norm)`` gives one layer's terms."""
+    out: dict[str, torch.Tensor] = {}
+    layers = [("", outputs)]
+    if aux_loss:
+        layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+    for suffix, layer in layers:
+        for name, value in layer_losses(layer, targets, norm).items():
+            out[name + suffix] = value * coef[name]
+    out["loss"] = torch.stack(list(out.values())).sum()
+    return out
+
 @dataclass(frozen=True)
 class LossWeights:
     """Loss coefficients (ReferFormer: class 2, L1 5, GIoU 2, mask focal 2, dice 5)."""
@@ -128,15 +143,7 @@ class ReferFormerCriterion(torch.nn.Module):
             num_boxes = self.count_boxes(targets)
         w = self.weights
         coef = {"loss_ce": w.cls, "loss_bbox": w.bbox, "loss_giou": w.giou, "loss_mask": w.mask, "loss_dice": w.dice}
-        out: dict[str, torch.Tensor] = {}
-        layers = [("", outputs)]
-        if self.aux_loss:
-            layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
-        for suffix, layer in layers:
-            for name, value in self.layer_losses(layer, targets, num_boxes).items():
-                out[name + suffix] = value * coef[name]
-        out["loss"] = torch.stack(list(out.values())).sum()
-        return out
+        return _weighted_layers(self.layer_losses, outputs, targets, num_boxes, coef, self.aux_loss)
 
 
 # ------------------------------------------------------------------------------------------------ MTTR
@@ -215,12 +222,4 @@ class MTTRCriterion(torch.nn.Module):
             num_masks = self.count_masks(targets)
         w = self.weights
         coef = {"loss_is_referred": w.is_referred, "loss_sigmoid_focal": w.sigmoid_focal, "loss_dice": w.dice}
-        out: dict[str, torch.Tensor] = {}
-        layers = [("", outputs)]
-        if self.aux_loss:
-            layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
-        for suffix, layer in layers:
-            for name, value in self.layer_losses(layer, targets, num_masks).items():
-                out[name + suffix] = value * coef[name]
-        out["loss"] = torch.stack(list(out.values())).sum()
-        return out
+        return _weighted_layers(self.layer_losses, outputs, targets, num_masks, coef, self.aux_loss)
