@@ -68,14 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps is not None:
             options["max_steps"] = args.max_steps
         preset = get_preset("referformer-tiny-shapes")
-        lvseg.train(preset.model, train_ds, val_ds, out, preset="referformer-tiny-shapes", **options)
+        # data_root: stage 1 of the preset (backbone pre-training on the Shapes attributes) reads the train split
+        lvseg.train(preset.model, train_ds, val_ds, out, preset="referformer-tiny-shapes", data_root=root, **options)
     train_s = time.time() - t0
     best = out / "best" if (out / "best").is_dir() else out / "final"
     model = lvseg.load(str(best), device="cpu")
     metrics = evaluate_jf(model, test_ds, progress=True)
     params = sum(p.numel() for p in model.parameters())
     size_mb = (best / "model.safetensors").stat().st_size / 2**20
-    result = {"run": str(out), "control": args.control, "checkpoint": str(best), "test_expressions":
+    stage1 = json.loads((out / "prepare.json").read_text()) if (out / "prepare.json").is_file() else None
+    result = {"run": str(out), "control": args.control, "checkpoint": str(best), "backbone_pretraining": stage1,
+              "test_expressions":
               metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"], "F": metrics["F"],
               "parameters": params, "weights_MB": round(size_mb, 2), "train_seconds": round(train_s, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -391,3 +391,53 @@ def test_mean_sentence_pooling_averages_the_unpadded_word_states():
     torch.testing.assert_close(alone, model.resizer(states.mean(1)), atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="sentence_pooling"):
         ReferFormerConfig(backbone="timm", timm_model="test_convnext", sentence_pooling="max")
+
+
+def test_text_reference_points_start_where_the_sentence_query_attends():
+    from lvseg.models.referformer.transformer import DeformableTransformer
+
+    tr = DeformableTransformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32,
+                               query_reference="text")
+    with torch.no_grad():
+        for lin in (tr.reference_query, tr.reference_key):
+            lin.weight.copy_(torch.eye(32))
+            lin.bias.zero_()
+    h, w = 4, 6
+    memory = torch.zeros(2, h * w + 5, 32)  # the first level's 24 positions, then other levels' (ignored)
+    query = torch.zeros(2, 1, 32)
+    query[:, :, 0] = 40.0
+    memory[0, 1 * w + 4, 0] = 10.0  # row 1, column 4 of the first level
+    memory[1, 2 * w + 1, 0] = 10.0  # row 2, column 1; this sample's valid area is 3 of 4 rows and 4 of 6 columns
+    memory[:, h * w:, 0] = 100.0  # a stronger match on a coarser level must not count
+    pad = torch.zeros(2, h * w + 5, dtype=torch.bool)
+    pad1 = torch.ones(h, w, dtype=torch.bool)
+    pad1[:3, :4] = False
+    pad[1, :h * w] = pad1.flatten()
+    ratios = torch.tensor([[[1.0, 1.0]] * 4, [[4 / 6, 3 / 4]] * 4])
+    ref = tr._text_reference(query, memory, (h, w), pad, ratios)
+    torch.testing.assert_close(ref[0, 0], torch.tensor([4.5 / 6, 1.5 / 4]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ref[1, 0], torch.tensor([1.5 / 4, 2.5 / 3]), atol=1e-4, rtol=0)
+    # no preference: the mean of the valid cells' centres, i.e. the middle of the valid area
+    ref = tr._text_reference(torch.zeros(2, 1, 32), torch.zeros_like(memory), (h, w), pad, ratios)
+    torch.testing.assert_close(ref, torch.full((2, 1, 2), 0.5), atol=1e-5, rtol=0)
+
+
+def test_text_reference_points_are_trained_by_the_box_loss_and_validated():
+    text = dict(vocab_size=400, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                max_position_embeddings=40)
+    config = ReferFormerConfig(backbone="timm", timm_model="test_convnext", hidden_dim=32, dim_feedforward=32,
+                               enc_layers=1, dec_layers=2, mask_dim=32, num_queries=1, text_encoder=text,
+                               sentence_pooling="mean", query_reference="text")
+    torch.manual_seed(0)
+    model = ReferFormer(config, tokenizer=tokenizer()).train()
+    out = model(torch.randn(1, 2, 3, 64, 64), ["a red dog"])
+    centres = out["reference_points"]
+    assert centres.shape == (1, 2, 1, 2) and bool(((centres > 0) & (centres < 1)).all())
+    # the first decoder layer's boxes refine the initial reference (the box heads start at zero, so the later
+    # layers' boxes are the detached references at initialisation)
+    out["aux_outputs"][0]["pred_boxes"][..., :2].sum().backward()
+    assert model.transformer.reference_query.weight.grad.abs().sum() > 0
+    assert model.transformer.reference_key.weight.grad.abs().sum() > 0
+    assert not hasattr(model.transformer, "reference_points")  # no unused parameters (DDP would refuse them)
+    with pytest.raises(ConfigError, match="query_reference"):
+        ReferFormerConfig(backbone="timm", timm_model="test_convnext", query_reference="box")

@@ -338,7 +338,7 @@ def test_cli_runs_a_preset_and_resumes(env, tmp_path):
 
     out = tmp_path / "cli"
     args = ["--preset", "referformer-tiny-shapes", "--data-root", str(env["root"]), "-o", str(out),
-            "--max-steps", "1", "--eval-max-samples", "1", "--no-progress", "--device", "cpu"]
+            "--prepare-steps", "0", "--max-steps", "1", "--eval-max-samples", "1", "--no-progress", "--device", "cpu"]
     assert main_cli(args) == 0
     assert (out / "final" / "model.safetensors").is_file() and (out / "best" / "config.json").is_file()
     assert main_cli(args[:-6] + ["2", "--eval-max-samples", "1", "--no-progress", "--device", "cpu",

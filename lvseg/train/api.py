@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import ConfigError, LVSegError
 from ..models.base import ModelConfig, RVOSModel
+from ..utils import atomic_write_text
 from .distributed import init_distributed
 from .engine import TrainConfig, Trainer, TrainResult
 from .presets import PRESETS, get_preset
@@ -61,6 +63,29 @@ def _as_dataset(data: Any, what: str) -> Dataset | None:
     if len(data) == 0:
         raise ConfigError(f"{what} is empty (0 samples): check the data root and split")
     return data
+
+
+def _run_prepare(chosen: Any, model: Any, data_root: str | Path | None, config: TrainConfig, info: Any) -> None:
+    """The preset's stage before training, on a fresh run only (a resumed run's checkpoint holds its result).
+
+    Every rank runs it with the same seed; DistributedDataParallel then broadcasts rank 0's weights anyway."""
+    out = Path(config.output_dir)
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        logger.info("%s has checkpoints: skipping the preset's preparation stage", out)
+        return
+    if data_root is None:
+        raise ConfigError(f"preset {chosen.name!r} runs a preparation stage on its data before training: pass "
+                          f"data_root (--data-root)")
+    if config.prepare_steps == 0:
+        logger.info("prepare_steps=0: skipping the preset's preparation stage")
+        return
+    model.to(info.device)
+    record = chosen.prepare(model, Path(data_root), config.seed, config.progress and info.is_main,
+                            config.prepare_steps)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "prepare.json", json.dumps({"preset": chosen.name, **record}, indent=2) + "\n")
 
 
 def train(
@@ -124,6 +149,8 @@ def train(
                           f"{built.config.architecture!r}: pick a {chosen.family} model or another preset")
     if getattr(built, "tokenizer", None) is None:
         raise ConfigError("the model has no tokenizer: load it with lvseg.load(...) or pass tokenizer=...")
+    if chosen is not None and chosen.prepare is not None and model is chosen.model:
+        _run_prepare(chosen, built, data_root, config, info)
     trainer = Trainer(built, train_ds, config, val_ds, info)  # type: ignore[arg-type]
     return trainer.fit()
 
@@ -139,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("lr-backbone", float), ("lr-text-encoder", float), ("weight-decay", float),
                        ("clip-max-norm", float), ("grad-accum", int), ("seed", int), ("num-workers", int),
                        ("eval-every", int), ("eval-max-samples", int), ("checkpoint-every", int),
-                       ("keep-last", int), ("log-every", int), ("warmup-steps", int)):
+                       ("keep-last", int), ("log-every", int), ("warmup-steps", int), ("prepare-steps", int)):
         p.add_argument(f"--{name}", type=kind, default=None)
     p.add_argument("--lr-drops", type=int, nargs="*", default=None, help="epochs at which the LR is multiplied by 0.1")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)

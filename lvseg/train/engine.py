@@ -56,7 +56,8 @@ class TrainConfig:
     ``batch_size * world_size * grad_accum``. ``max_steps`` (optimizer steps) stops the run early; ``epochs``
     otherwise. ``optimizer`` is ``"adamw"`` (every official recipe) or ``"sgd"`` (momentum 0.9; its update is
     linear in the gradient, so runs that differ only by float rounding stay close, which Adam's normalisation of
-    near-zero gradients does not guarantee).
+    near-zero gradients does not guarantee). ``prepare_steps``: length of a preset's preparation stage (the
+    Shapes preset's backbone pre-training; None = the preset's own length, 0 = skip it).
     """
 
     output_dir: str = "runs/lvseg"
@@ -88,6 +89,7 @@ class TrainConfig:
     keep_last: int = 2
     resume: bool = False
     loss_weights: LossWeights | MTTRLossWeights | None = None
+    prepare_steps: int | None = None
     progress: bool = True
     tensorboard: bool = True
     deterministic: bool = True
@@ -110,6 +112,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.prepare_steps is not None and (not isinstance(self.prepare_steps, int) or self.prepare_steps < 0):
+            raise ConfigError(f"prepare_steps must be an integer >= 0 (or None), got {self.prepare_steps!r}")
         if self.eval_every < 0 or self.checkpoint_every < 0 or self.warmup_steps < 0 or self.num_workers < 0:
             raise ConfigError("eval_every, checkpoint_every, warmup_steps and num_workers must be >= 0")
         self.lr_drops = tuple(int(x) for x in self.lr_drops)

@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from .mttr_data import a2d_mttr_data
 
 __all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
-           "build_shapes_tiny", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES"]
+           "build_shapes_tiny", "shapes_prepare", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES",
+           "SHAPES_PRETRAIN_STEPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ class Preset:
     train: dict[str, Any] = field(default_factory=dict)
     data: Callable[[str | Path], tuple[Dataset, Dataset | None]] | None = None
     description: str = ""
+    #: a stage run on the preset's freshly built model before training (not on resume or on a model you pass):
+    #: ``prepare(model, data_root, seed, progress, steps) -> record`` (a JSON-able dict saved as
+    #: ``<output_dir>/prepare.json``); ``steps`` is ``TrainConfig.prepare_steps`` (None = the preset's own)
+    prepare: Callable[[Any, Path, int, bool, int | None], dict[str, Any]] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
@@ -101,6 +106,21 @@ def build_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
 
     tokenizer = shapes_tokenizer()
     return ReferFormer(shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
+
+
+SHAPES_PRETRAIN_STEPS = 6000  # stage 1 of the embedded model: dense attribute pre-training of the backbone
+
+
+def shapes_prepare(model: Any, data_root: Path, seed: int, progress: bool = True,
+                   steps: int | None = None) -> dict[str, Any]:
+    """Stage 1 of the Shapes recipe: :func:`lvseg.train.shapes_pretrain.pretrain_backbone_on_shapes` on the
+    ``train`` split under ``data_root`` (generated first when missing), ``SHAPES_PRETRAIN_STEPS`` steps unless
+    ``steps`` says otherwise."""
+    from .shapes_pretrain import pretrain_backbone_on_shapes
+
+    shapes_data(data_root)  # generates the splits when missing
+    return pretrain_backbone_on_shapes(model, data_root, steps=steps or SHAPES_PRETRAIN_STEPS, lr=3e-3, seed=seed,
+                                       progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -167,8 +187,9 @@ PRESETS: dict[str, Preset] = {
         train=dict(lr=5e-4, lr_backbone=5e-4, lr_text_encoder=5e-4, weight_decay=1e-4, clip_max_norm=1.0,
                    batch_size=2, epochs=1, max_steps=8000, warmup_steps=150, lr_drop_steps=(6500,),
                    disable_dropout=True, eval_every=1000, eval_max_samples=120, checkpoint_every=250, log_every=25),
-        data=shapes_data,
-        description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU)"),
+        data=shapes_data, prepare=shapes_prepare,
+        description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU); "
+                    "stage 1 pre-trains the backbone on the Shapes attributes"),
     "referformer-r50-ytvos": Preset(
         "referformer-r50-ytvos", "referformer", "referformer-r50", train=dict(_REFERFORMER_FINETUNE), data=ytvos_data,
         description="official Ref-YouTube-VOS fine-tuning (6 epochs, LR drops at 3 and 5, text encoder frozen)"),

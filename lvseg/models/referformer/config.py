@@ -37,6 +37,10 @@ PROTOCOLS = ("ytvos", "davis", "frame")
 # pooler output (every official checkpoint); "mean" = the mean of the word features, for small text encoders
 # trained from scratch, whose <s> token learns to summarise the sentence only slowly.
 SENTENCE_POOLING = ("pooler", "mean")
+# Where the decoder's reference points start: "learned" = one fixed point per query (every official checkpoint);
+# "text" = the soft-argmax of the sentence query's attention over the first encoder level, so that even a single
+# query starts on the referred object (a Deformable-DETR decoder samples only near its reference points).
+QUERY_REFERENCE = ("learned", "text")
 
 
 @dataclass
@@ -99,6 +103,7 @@ class ReferFormerConfig(ModelConfig):
     timm_model: str = ""
     temporal_kernel: int = 0
     sentence_pooling: str = "pooler"
+    query_reference: str = "learned"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -126,6 +131,9 @@ class ReferFormerConfig(ModelConfig):
         if self.sentence_pooling not in SENTENCE_POOLING:
             raise ConfigError(f"unknown sentence_pooling {self.sentence_pooling!r}; use one of "
                               f"{', '.join(SENTENCE_POOLING)}")
+        if self.query_reference not in QUERY_REFERENCE:
+            raise ConfigError(f"unknown query_reference {self.query_reference!r}; use one of "
+                              f"{', '.join(QUERY_REFERENCE)}")
         if self.swin is not None and self.backbone in RESNETS:
             raise ConfigError(f"backbone {self.backbone!r} is a ResNet: remove the 'swin' section")
 

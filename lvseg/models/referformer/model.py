@@ -87,6 +87,7 @@ class ReferFormer(RVOSModel):
             d_model=d, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,
             dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, num_feature_levels=cfg.num_feature_levels,
             enc_n_points=cfg.enc_n_points, dec_n_points=cfg.dec_n_points, fused_attention=cfg.fused_attention,
+            query_reference=cfg.query_reference,
         )
         self.class_embed = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.dec_layers))
         self.bbox_embed = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(cfg.dec_layers))

@@ -6,6 +6,8 @@ Iterative box refinement is always on (every released ReferFormer model uses it)
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,16 +121,23 @@ class DeformableTransformer(nn.Module):
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 4, num_decoder_layers: int = 4,
                  dim_feedforward: int = 2048, dropout: float = 0.1, num_feature_levels: int = 4,
-                 enc_n_points: int = 4, dec_n_points: int = 4, fused_attention: bool = False) -> None:
+                 enc_n_points: int = 4, dec_n_points: int = 4, fused_attention: bool = False,
+                 query_reference: str = "learned") -> None:
         super().__init__()
         self.d_model = d_model
+        self.query_reference = query_reference
         self.num_feature_levels = num_feature_levels
         self.encoder = Encoder([EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                              enc_n_points) for _ in range(num_encoder_layers)])
         self.decoder = Decoder([DecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                              dec_n_points, fused_attention) for _ in range(num_decoder_layers)])
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
-        self.reference_points = nn.Linear(d_model, 2)
+        if query_reference == "learned":
+            self.reference_points = nn.Linear(d_model, 2)
+        else:
+            # initial reference point = soft-argmax of query . memory over the finest encoder level
+            self.reference_query = nn.Linear(d_model, d_model)
+            self.reference_key = nn.Linear(d_model, d_model)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -138,9 +147,28 @@ class DeformableTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, MSDeformAttn) and hasattr(m, "_reset_parameters"):
                 m._reset_parameters()
-        nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
-        nn.init.zeros_(self.reference_points.bias)
+        if self.query_reference == "learned":
+            nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
+            nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
+
+    def _text_reference(self, query: torch.Tensor, memory: torch.Tensor, shape: tuple[int, int],
+                        mask_flat: torch.Tensor, valid_ratios: torch.Tensor) -> torch.Tensor:
+        """Soft-argmax reference points: where each (sentence-conditioned) query attends on the first level.
+
+        query: [N, Q, C]; memory: [N, S, C] (the first level's ``h * w`` positions come first); mask_flat: [N, S]
+        (True = padding) -> [N, Q, 2] (x, y) normalised by the valid area, like the learned reference points.
+        """
+        h, w = shape
+        keys = self.reference_key(memory[:, :h * w])  # [N, hw, C]
+        logits = torch.einsum("nqc,nsc->nqs", self.reference_query(query), keys) / math.sqrt(self.d_model)
+        logits = logits.float().masked_fill(mask_flat[:, None, :h * w], float("-inf"))
+        weights = logits.softmax(-1).to(memory.dtype)
+        ys, xs = torch.meshgrid(torch.arange(h, device=memory.device, dtype=memory.dtype) + 0.5,
+                                torch.arange(w, device=memory.device, dtype=memory.dtype) + 0.5, indexing="ij")
+        vr = valid_ratios[:, 0].to(memory.dtype)  # [N, 2] (w, h)
+        cells = torch.stack((xs.reshape(-1)[None] / (vr[:, :1] * w), ys.reshape(-1)[None] / (vr[:, 1:] * h)), -1)
+        return torch.einsum("nqs,nsk->nqk", weights, cells).clamp(1e-4, 1 - 1e-4)
 
     def forward(self, srcs: list[torch.Tensor], masks: list[torch.Tensor], pos_embeds: list[torch.Tensor],
                 tgt: torch.Tensor, query_embed: torch.Tensor, bbox_embed: nn.ModuleList,
@@ -173,7 +201,10 @@ class DeformableTransformer(nn.Module):
 
         n = memory.shape[0]
         query_pos = query_embed.unsqueeze(0).expand(n, -1, -1)
-        reference = self.reference_points(query_pos).sigmoid()  # [N, Q, 2]
+        if self.query_reference == "text":
+            reference = self._text_reference(tgt + query_pos, memory, shapes[0], mask_flat, valid_ratios)
+        else:
+            reference = self.reference_points(query_pos).sigmoid()  # [N, Q, 2]
         init_reference = reference
         output = tgt
         hs, boxes, references = [], [], []
