@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/shapes96")
     p.add_argument("--control", action="store_true", help="train on shuffled expressions (text-blind control)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 8000 steps")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 10000 steps")
+    p.add_argument("--prepare-steps", type=int, default=None,
+                   help="override the 6000 steps of stage 1 (backbone pre-training on the Shapes attributes)")
     p.add_argument("--msda-backend", default="auto", choices=("auto", "reference", "cpu"),
                    help="deformable attention backend: 'auto' uses the compiled CPU op when it builds (faster), "
                         "'reference' the pure-PyTorch path (no compiler; bit-identical runs on any machine)")
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         options = {"resume": args.resume}
         if args.max_steps is not None:
             options["max_steps"] = args.max_steps
+        if args.prepare_steps is not None:
+            options["prepare_steps"] = args.prepare_steps
         preset = get_preset("referformer-tiny-shapes")
         # data_root: stage 1 of the preset (backbone pre-training on the Shapes attributes) reads the train split
         lvseg.train(preset.model, train_ds, val_ds, out, preset="referformer-tiny-shapes", data_root=root, **options)

@@ -96,7 +96,7 @@ def shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
     return ReferFormerConfig(
         preprocessing=pre, backbone="timm", timm_model="test_convnext", temporal_kernel=3, hidden_dim=64,
         nheads=4, enc_layers=2, dec_layers=3, dim_feedforward=128, dropout=0.0, mask_dim=32, num_queries=1,
-        sentence_pooling="mean", text_encoder=text, max_frames_per_pass=36,
+        sentence_pooling="mean", query_reference="text", text_encoder=text, max_frames_per_pass=36,
     )
 
 
@@ -185,7 +185,7 @@ PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes", "referformer", build_shapes_tiny,
         train=dict(lr=5e-4, lr_backbone=5e-4, lr_text_encoder=5e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=1, max_steps=8000, warmup_steps=150, lr_drop_steps=(6500,),
+                   batch_size=2, epochs=1, max_steps=10000, warmup_steps=150, lr_drop_steps=(8500,),
                    disable_dropout=True, eval_every=1000, eval_max_samples=120, checkpoint_every=250, log_every=25),
         data=shapes_data, prepare=shapes_prepare,
         description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU); "
