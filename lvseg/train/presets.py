@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .mttr_data import a2d_mttr_data
+from .mttr_data import a2d_mttr_data, ytvos_mttr_data
 
 __all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
            "build_shapes_tiny", "shapes_prepare", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES",
@@ -210,6 +210,18 @@ PRESETS: dict[str, Preset] = {
         data=a2d_mttr_data,
         description="official MTTR A2D-Sentences recipe (window 10, 70 epochs, LR x0.4 at 50, text encoder "
                     "frozen; torchrun --nproc_per_node=2 for the global batch of 6)"),
+    "mttr-swin-t-ytvos": Preset(
+        "mttr-swin-t-ytvos", "mttr", "mttr-swin-t.ytvos",
+        # configs/refer_youtube_vos.yaml + README (-ws 12 -bs 1 -ng 4); AMP (fp16). trainer.py builds
+        # MultiStepLR([20], 0.4) but steps it as step(total_epoch_loss): the loss sum (>= 20) is taken as the epoch,
+        # so the LR is x0.4 from the second epoch on -- what the released model was trained with
+        train=dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
+                   batch_size=1, epochs=30, lr_drops=(1,), lr_gamma=0.4, freeze_text_encoder=True,
+                   precision="fp16", seed=42),
+        data=ytvos_mttr_data,
+        description="official MTTR Ref-YouTube-VOS recipe (12-frame windows, all objects of a window as targets, "
+                    "30 epochs, LR x0.4 after epoch 1 as the official scheduler call does, text encoder frozen; "
+                    "torchrun --nproc_per_node=4 for the global batch of 4)"),
 }
 
 
