@@ -152,3 +152,161 @@ def test_redraw_invisible_replaces_clips_without_the_object():
         RedrawInvisible(Clips([False] * 3), max_draws=5)[0]
     with pytest.raises(DatasetError, match="empty"):
         RedrawInvisible(Clips([]))
+
+
+# ---- PhotometricDistort (ReferFormer's SSD-style distortion) ----------------------------------------------------
+
+
+def _np_bgr2hsv(img):
+    """Independent NumPy version of OpenCV's float BGR->HSV (channel 0 = blue), H in degrees."""
+    import numpy as np
+
+    b, g, r = img[..., 0], img[..., 1], img[..., 2]
+    v, vmin = img.max(-1), img.min(-1)
+    diff = v - vmin
+    s = diff / (np.abs(v) + 1.1920929e-07)
+    k = 60.0 / (diff + 1.1920929e-07)
+    h = np.where(v == r, (g - b) * k, np.where(v == g, (b - r) * k + 120.0, (r - g) * k + 240.0))
+    return np.stack([np.where(h < 0, h + 360.0, h), s, v], -1)
+
+
+def _np_hsv2bgr(hsv):
+    import numpy as np
+
+    h, s, v = hsv[..., 0] / 60.0 % 6.0, hsv[..., 1], hsv[..., 2]
+    sector, f = np.floor(h).astype(int), h - np.floor(h)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = {0: (p, t, v), 1: (p, v, q), 2: (t, v, p), 3: (v, q, p), 4: (v, p, t), 5: (q, p, v)}  # (b, g, r)
+    out = np.zeros(hsv.shape)
+    for k, (bb, gg, rr) in table.items():
+        m = sector == k
+        out[m] = np.stack([bb, gg, rr], -1)[m]
+    return out
+
+
+def _np_official(img, p):
+    """The official PhotometricDistort formula for one HWC frame and forced choices, in float64 NumPy."""
+    import numpy as np
+
+    x = img.astype(np.float64)
+    if p.brightness is not None:
+        x = x + p.brightness
+    if p.contrast_first and p.contrast is not None:
+        x = x * p.contrast
+    hsv = _np_bgr2hsv(x)
+    if p.saturation is not None:
+        hsv[..., 1] *= p.saturation
+    if p.hue is not None:
+        hsv[..., 0] += p.hue
+        hsv[..., 0][hsv[..., 0] > 360.0] -= 360.0
+        hsv[..., 0][hsv[..., 0] < 0.0] += 360.0
+    x = _np_hsv2bgr(hsv)
+    if not p.contrast_first and p.contrast is not None:
+        x = x * p.contrast
+    if p.channel_order is not None:
+        x = x[..., list(p.channel_order)]
+    return x
+
+
+def _colour_clip(t: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    return torch.randint(0, 256, (t, 9, 11, 3), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("params", [
+    T.PhotometricParams(),
+    T.PhotometricParams(brightness=-25.5),
+    T.PhotometricParams(contrast_first=True, contrast=1.37),
+    T.PhotometricParams(contrast_first=False, contrast=0.61, brightness=12.0),
+    T.PhotometricParams(saturation=1.45),
+    T.PhotometricParams(saturation=0.55, hue=-17.0),
+    T.PhotometricParams(hue=17.5),
+    T.PhotometricParams(channel_order=(2, 0, 1)),
+    T.PhotometricParams(brightness=31.0, contrast_first=True, contrast=1.5, saturation=1.5, hue=18.0,
+                        channel_order=(1, 2, 0)),
+    T.PhotometricParams(brightness=-32.0, contrast_first=False, contrast=1.5, saturation=1.5, hue=-18.0),
+])
+def test_photometric_ops_match_an_independent_numpy_formula(params: T.PhotometricParams) -> None:
+    import numpy as np
+
+    frame = _colour_clip(1)[0]
+    got = T.PhotometricDistort.apply(frame.permute(2, 0, 1), params).permute(1, 2, 0).double().numpy()
+    want = _np_official(frame.numpy(), params)
+    assert np.allclose(got, want, rtol=0, atol=2e-3)
+    # uint8: truncation toward zero and wrap modulo 256, like NumPy's astype('uint8') of the official code
+    w32 = (want * 1.7 - 60.0).astype(np.float32)  # spread beyond [0, 255] to exercise the wrap
+    u8 = T.PhotometricDistort().to_uint8(torch.from_numpy(w32).permute(2, 0, 1)).permute(1, 2, 0)
+    assert torch.equal(u8, torch.from_numpy(np.trunc(w32).astype(np.int64) % 256).to(torch.uint8))
+
+
+def test_photometric_quirks_hue_direction_and_uint8_wrap() -> None:
+    # RGB frames read as BGR: a +d hue shift turns the true hue by -d (pure red drifts towards magenta/blue)
+    red = torch.tensor([255.0, 0.0, 0.0]).view(3, 1, 1)
+    out = T.PhotometricDistort.apply(red, T.PhotometricParams(hue=18.0)).flatten().tolist()
+    assert out[0] == pytest.approx(255.0) and out[1] == pytest.approx(0.0, abs=1e-3) and out[2] > 50
+    # hue wraps: the hue of this pixel (read as BGR) is ~350 degrees; +18 lands at ~8 degrees, as a hue change
+    px = torch.tensor([10.0, 0.0, 255.0]).view(3, 1, 1)  # B=10, R=255 as OpenCV reads it
+    hsv = T._bgr_to_hsv(px)
+    assert 0 <= float(hsv[0]) <= 360
+    shifted = T.PhotometricDistort.apply(px, T.PhotometricParams(hue=-18.0))
+    assert torch.all(shifted >= -1e-3) and torch.all(shifted <= 255.001)
+    # values out of range are not clipped before the cast: 255 + 20 wraps to 19, 0 - 20 to 236
+    pd = T.PhotometricDistort()
+    bright = pd.to_uint8(torch.tensor([275.5, -19.5, 128.9]).view(3, 1, 1)).flatten().tolist()
+    assert bright == [19, 237, 128]
+    clip = T.PhotometricDistort(overflow="clip").to_uint8(torch.tensor([275.5, -19.5, 128.9]).view(3, 1, 1))
+    assert clip.flatten().tolist() == [255, 0, 128]
+
+
+def test_photometric_distort_draws_per_frame_and_is_deterministic() -> None:
+    s = _sample(t=4, h=12, w=14)
+    s["frames"] = _colour_clip(1).expand(4, -1, -1, -1)[:, :, :, :].repeat(1, 2, 2, 1)[:, :12, :14].contiguous()
+    pd = T.PhotometricDistort()
+    random.seed(11)
+    a = pd(s)
+    random.seed(11)
+    b = pd(s)
+    assert torch.equal(a["frames"], b["frames"])
+    assert a["frames"].dtype == torch.uint8 and a["frames"].shape == s["frames"].shape
+    # identical input frames come out different: every frame has its own draws, as in the official loop
+    assert len({a["frames"][i].numpy().tobytes() for i in range(4)}) > 1
+    random.seed(11)
+    draws = [pd.draw() for _ in range(4)]
+    for i in range(4):
+        want = pd.to_uint8(T.PhotometricDistort.apply(s["frames"][i].permute(2, 0, 1), draws[i])).permute(1, 2, 0)
+        assert torch.equal(a["frames"][i], want)
+    for key in ("masks", "object_masks", "boxes", "valid", "text", "orig_size"):
+        assert torch.equal(a[key], s[key]) if isinstance(s[key], torch.Tensor) else a[key] == s[key]
+    # float [T, 3, H, W] frames in [0, 1] stay float channels-first, same draws, no uint8 rounding
+    f = {"frames": s["frames"].permute(0, 3, 1, 2).float() / 255.0}
+    random.seed(11)
+    out = pd(f)["frames"]
+    assert out.dtype == torch.float32 and out.shape == f["frames"].shape
+    want = T.PhotometricDistort.apply(s["frames"][0].permute(2, 0, 1), draws[0]) / 255.0
+    assert torch.allclose(out[0], want, atol=1e-5)
+
+
+def test_photometric_draw_probabilities_and_ranges() -> None:
+    random.seed(0)
+    pd = T.PhotometricDistort()
+    draws = [pd.draw() for _ in range(4000)]
+    for name in ("brightness", "contrast", "saturation", "hue", "channel_order"):
+        rate = sum(getattr(d, name) is not None for d in draws) / len(draws)
+        assert 0.46 < rate < 0.54, name
+    assert 0.46 < sum(d.contrast_first for d in draws) / len(draws) < 0.54
+    assert all(-32 <= d.brightness <= 32 for d in draws if d.brightness is not None)
+    assert all(0.5 <= d.contrast <= 1.5 for d in draws if d.contrast is not None)
+    assert all(-18 <= d.hue <= 18 for d in draws if d.hue is not None)
+    assert len({d.channel_order for d in draws if d.channel_order is not None}) == 6
+    with pytest.raises(InvalidInputError, match="overflow"):
+        T.PhotometricDistort(overflow="saturate")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="photometric"):
+        T.train_transforms(photometric="color")  # type: ignore[arg-type]
+
+
+def test_train_transforms_photometric_choice() -> None:
+    kinds = lambda c: [type(t).__name__ for t in c.transforms]  # noqa: E731
+    assert kinds(T.train_transforms())[:3] == ["CleanText", "RandomHorizontalFlip", "PhotometricDistort"]
+    assert "ColorJitter" in kinds(T.train_transforms(photometric="jitter"))
+    none = kinds(T.train_transforms(photometric=None))
+    assert "ColorJitter" not in none and "PhotometricDistort" not in none

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -40,6 +41,8 @@ __all__ = [
     "RandomSizeCrop",
     "RandomSelect",
     "ColorJitter",
+    "PhotometricDistort",
+    "PhotometricParams",
     "Normalize",
     "CleanText",
     "resized_size",
@@ -280,6 +283,183 @@ class ColorJitter:
         return f"ColorJitter({j.brightness}, {j.contrast}, {j.saturation}, {j.hue})"
 
 
+@dataclass(frozen=True)
+class PhotometricParams:
+    """The random choices :class:`PhotometricDistort` makes for one frame (``None``: that step is skipped).
+
+    Attributes:
+        brightness: value added to every channel, in ``[-delta, delta]`` (official ``delta=32``).
+        contrast_first: True: contrast, then the HSV steps; False: the HSV steps, then contrast.
+        contrast: factor the image is multiplied by, in ``[0.5, 1.5]``.
+        saturation: factor the HSV saturation is multiplied by, in ``[0.5, 1.5]``.
+        hue: degrees added to the HSV hue, in ``[-18, 18]`` (wrapped once into ``[0, 360]``).
+        channel_order: permutation of the 3 channels applied last (``image[..., perm]``).
+    """
+
+    brightness: float | None = None
+    contrast_first: bool = True
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    channel_order: tuple[int, int, int] | None = None
+
+
+_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+_FLT_EPSILON = 1.1920928955078125e-07  # C's FLT_EPSILON, used by OpenCV's float HSV conversion
+# OpenCV HSV2BGR: for each hue sector 0..5, which of (v, v(1-s), v(1-s f), v(1-s(1-f))) is channel 0, 1, 2
+_SECTOR_TABLE = ((1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0))
+_HSCALE = torch.tensor(6.0 / 360.0, dtype=torch.float32)  # 6.f / 360.f
+_ONE_SIXTH = torch.tensor(1.0 / 6.0, dtype=torch.float32)
+
+
+def _bgr_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """OpenCV's float ``COLOR_BGR2HSV`` on ``[3, H, W]`` float32 (channel 0 read as blue, 2 as red).
+
+    No range is assumed: V = max, S = (max - min) / (|max| + eps), H in degrees ``[0, 360]``. The arithmetic follows
+    OpenCV's vectorised path: ``H = fma(delta, 60 / (max - min + eps), offset)`` with the offset 360 (red is the
+    maximum and green < blue), 0 (red max), 120 (green max) or 240; the fused multiply-add is computed in float64
+    and rounded once to float32.
+    """
+    b, g, r = img[0], img[1], img[2]
+    v = torch.maximum(torch.maximum(r, g), b)
+    vmin = torch.minimum(torch.minimum(r, g), b)
+    diff = v - vmin
+    s = diff / (v.abs() + _FLT_EPSILON)
+    rev = torch.full_like(diff, 60.0) / (diff + _FLT_EPSILON)  # a true division (``60.0 / t`` is 60 * (1 / t))
+    r_max, g_max = r == v, g == v
+    delta = torch.where(r_max, g - b, torch.where(g_max, b - r, r - g))
+    offset = torch.where(r_max, torch.where(g < b, 360.0, 0.0), torch.where(g_max, 120.0, 240.0))
+    h = (delta.double() * rev.double() + offset.double()).to(torch.float32)
+    return torch.stack([h, s, v])
+
+
+def _hsv_to_bgr(hsv: torch.Tensor) -> torch.Tensor:
+    """OpenCV's float ``COLOR_HSV2BGR`` on ``[3, H, W]`` (H in degrees ``[0, 360]``, any S and V; no clipping),
+    following its vectorised arithmetic (sector = trunc(H / 60) modulo 6)."""
+    h, s, v = hsv[0] * _HSCALE, hsv[1], hsv[2]
+    pre = torch.trunc(h)  # OpenCV's vectorised path: whole sectors, then the sector modulo 6
+    frac = h - pre
+    sector = (pre - torch.trunc(pre * _ONE_SIXTH) * 6.0).long().clamp(0, 5)
+    # OpenCV's compiled code fuses ``1 - s * f`` into one multiply-add: computed in float64, rounded once
+    s64 = s.double()
+    tab = torch.stack([v, v * (1.0 - s), v * (1.0 - s64 * frac.double()).to(torch.float32),
+                       v * (1.0 - s64 * (1.0 - frac).double()).to(torch.float32)])  # [4, H, W]
+    index = torch.tensor(_SECTOR_TABLE, dtype=torch.long)[sector].permute(2, 0, 1)  # [3, H, W]
+    return torch.gather(tab, 0, index)
+
+
+class PhotometricDistort:
+    """SSD-style photometric distortion, re-expressing ReferFormer's ``PhotometricDistort``
+    (``datasets/transforms_video.py``, used by its Ref-YouTube-VOS and RefCOCO training transforms right after the
+    horizontal flip).
+
+    What the official transform does, and so what this one does, for **every frame separately** (each frame gets
+    its own random draws: the frames of a clip are distorted differently, unlike :class:`ColorJitter`):
+
+    1. The frame is converted to ``float32`` on the 0-255 scale.
+    2. Brightness: with probability 1/2, add ``uniform(-32, 32)`` to all pixels and channels.
+    3. With probability 1/2 the order is *contrast first*, else *contrast last*, around the HSV steps 4-7.
+       Contrast: with probability 1/2 multiply the image by ``uniform(0.5, 1.5)``.
+    4. Convert to HSV with OpenCV's float ``COLOR_BGR2HSV``. Quirk: the frames are RGB, so OpenCV reads red as blue
+       (and vice versa); the hue it sees is ``(240 - true hue) mod 360``. The round trip in 7 is consistent, so the
+       only effect is that a hue shift of ``+d`` turns the true hue by ``-d``. Values outside [0, 255] (after
+       brightness/contrast) are converted as they are: ``S = (max - min) / (|max| + eps)``, ``V = max``.
+    5. Saturation: with probability 1/2 multiply S by ``uniform(0.5, 1.5)``; S may exceed 1 (no clipping), which
+       makes the smallest channel negative after the conversion back.
+    6. Hue: with probability 1/2 add ``uniform(-18, 18)`` degrees, then wrap once (``> 360``: -360; ``< 0``: +360).
+    7. Convert back with OpenCV's float ``COLOR_HSV2BGR`` (hue taken modulo 360).
+    8. Lighting noise: with probability 1/2 permute the three channels with one of the 6 permutations (uniform).
+    9. ``astype('uint8')`` of the float image, **without clipping**: values are truncated toward zero and wrap
+       modulo 256 (NumPy's cast on x86-64), so ``300.7 -> 44`` and ``-10.2 -> 246``. Set ``overflow="clip"`` to
+       clamp to [0, 255] instead (round toward zero as well); the default ``"wrap"`` is the official behaviour.
+
+    The random draws happen in the official order (brightness coin and value, order coin, then the coins and
+    values of the steps in the order they run, then the lighting coin and permutation index); they come from
+    Python's ``random`` module (the official code uses NumPy's global generator), so ``random.seed`` makes the
+    transform deterministic.
+
+    Frames: uint8 ``[T, H, W, 3]`` in and out (the official case). Floating-point ``[T, 3, H, W]`` frames are taken
+    as values in [0, 1]: they are scaled by 255, distorted, scaled back by 1/255 and returned as float32 with no
+    rounding, wrap or clipping. Masks, boxes, text and all other keys are not touched.
+    """
+
+    def __init__(self, brightness_delta: float = 32.0, contrast: tuple[float, float] = (0.5, 1.5),
+                 saturation: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18.0,
+                 overflow: Literal["wrap", "clip"] = "wrap") -> None:
+        if not 0.0 <= brightness_delta <= 255.0:
+            raise InvalidInputError(f"PhotometricDistort needs 0 <= brightness_delta <= 255, got {brightness_delta}.")
+        if not 0.0 <= hue_delta <= 360.0:
+            raise InvalidInputError(f"PhotometricDistort needs 0 <= hue_delta <= 360, got {hue_delta}.")
+        for name, (lo, hi) in (("contrast", contrast), ("saturation", saturation)):
+            if not 0.0 <= lo <= hi:
+                raise InvalidInputError(f"PhotometricDistort needs 0 <= lower <= upper for {name}, got ({lo}, {hi}).")
+        if overflow not in ("wrap", "clip"):
+            raise InvalidInputError(f"PhotometricDistort overflow must be 'wrap' (official) or 'clip', got {overflow!r}.")
+        self.brightness_delta, self.hue_delta = float(brightness_delta), float(hue_delta)
+        self.contrast, self.saturation = tuple(contrast), tuple(saturation)
+        self.overflow = overflow
+
+    def draw(self) -> PhotometricParams:
+        """Draw one frame's random choices, in the official order, from Python's ``random`` module."""
+        brightness = random.uniform(-self.brightness_delta, self.brightness_delta) if random.random() < 0.5 else None
+        contrast_first = random.random() < 0.5
+        contrast = None
+        if contrast_first and random.random() < 0.5:
+            contrast = random.uniform(*self.contrast)
+        saturation = random.uniform(*self.saturation) if random.random() < 0.5 else None
+        hue = random.uniform(-self.hue_delta, self.hue_delta) if random.random() < 0.5 else None
+        if not contrast_first and random.random() < 0.5:
+            contrast = random.uniform(*self.contrast)
+        order = _PERMUTATIONS[random.randrange(len(_PERMUTATIONS))] if random.random() < 0.5 else None
+        return PhotometricParams(brightness, contrast_first, contrast, saturation, hue, order)
+
+    @staticmethod
+    def apply(frame: torch.Tensor, params: PhotometricParams) -> torch.Tensor:
+        """Distort one float32 frame ``[3, H, W]`` on the 0-255 scale with given choices; returns float32
+        ``[3, H, W]`` before any uint8 conversion (values may lie outside [0, 255])."""
+        img = frame.to(torch.float32)
+        if params.brightness is not None:
+            img = img + params.brightness
+        if params.contrast_first and params.contrast is not None:
+            img = img * params.contrast
+        hsv = _bgr_to_hsv(img)
+        if params.saturation is not None:
+            hsv[1] = hsv[1] * params.saturation
+        if params.hue is not None:
+            h = hsv[0] + params.hue
+            h = torch.where(h > 360.0, h - 360.0, h)
+            hsv[0] = torch.where(h < 0.0, h + 360.0, h)
+        img = _hsv_to_bgr(hsv)
+        if not params.contrast_first and params.contrast is not None:
+            img = img * params.contrast
+        if params.channel_order is not None:
+            img = img[list(params.channel_order)]
+        return img
+
+    def to_uint8(self, img: torch.Tensor) -> torch.Tensor:
+        """The official ``astype('uint8')`` (truncate, wrap modulo 256), or a clamp with ``overflow="clip"``."""
+        if self.overflow == "clip":
+            return img.clamp(0.0, 255.0).to(torch.uint8)
+        return torch.remainder(img.trunc().to(torch.int64), 256).to(torch.uint8)
+
+    def __call__(self, sample: Sample) -> Sample:
+        sample = dict(sample)
+        frames, channels_last = _frames_tchw(sample)
+        out = []
+        for frame in frames:
+            params = self.draw()
+            if channels_last:
+                out.append(self.to_uint8(self.apply(frame, params)))
+            else:
+                out.append(self.apply(frame.to(torch.float32) * 255.0, params) / 255.0)
+        _put_frames(sample, torch.stack(out), channels_last)
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"PhotometricDistort(brightness_delta={self.brightness_delta}, contrast={self.contrast}, "
+                f"saturation={self.saturation}, hue_delta={self.hue_delta}, overflow={self.overflow!r})")
+
+
 class Normalize:
     """uint8 ``[T, H, W, 3]`` frames -> ``float32 [T, 3, H, W]``, scaled to [0, 1] then ``(x - mean) / std``."""
 
@@ -314,14 +494,24 @@ class CleanText:
 
 
 def train_transforms(max_size: int = 640, scales: Sequence[int] = (288, 320, 352, 392, 416, 448, 480, 512),
-                     flip: bool = True, crop: bool = True, jitter: bool = True,
+                     flip: bool = True, crop: bool = True, photometric: Literal["ssd", "jitter"] | None = "ssd",
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Compose:
-    """ReferFormer's training augmentation: flip (+ text swap), colour jitter, random resize or
-    resize-crop-resize, normalise. Set ``flip=False`` for datasets whose text must not change (MTTR's A2D)."""
+    """ReferFormer's training augmentation: flip (+ text swap), photometric distortion, random resize or
+    resize-crop-resize, normalise (the order of ``make_coco_transforms`` in its ``datasets/ytvos.py``).
+
+    Args:
+        photometric: ``"ssd"`` (default, official): :class:`PhotometricDistort`, drawn per frame;
+            ``"jitter"``: the lighter :class:`ColorJitter`, one draw per clip; ``None``: no colour change.
+        flip: set False for datasets whose text must not change (MTTR's A2D).
+    """
+    if photometric not in ("ssd", "jitter", None):
+        raise InvalidInputError(f"train_transforms photometric must be 'ssd', 'jitter' or None, got {photometric!r}.")
     ops: list[Callable[[Sample], Sample]] = [CleanText()]
     if flip:
         ops.append(RandomHorizontalFlip())
-    if jitter:
+    if photometric == "ssd":
+        ops.append(PhotometricDistort())
+    elif photometric == "jitter":
         ops.append(ColorJitter())
     resize = RandomResize(scales, max_size)
     if crop:
