@@ -302,3 +302,181 @@ def test_a2d_preset_is_the_official_recipe():
     assert p.train == dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
                            batch_size=3, epochs=70, lr_drops=(50,), lr_gamma=0.4, freeze_text_encoder=True,
                            precision="fp16", seed=42)
+
+
+# ------------------------------------------------------------------------------------ Ref-YouTube-VOS (official)
+YT_FRAMES, YT_WINDOW = 7, 3
+YT_WINDOWS = [[0, 1, 2], [3, 4, 5], [4, 5, 6]]  # mttr2021/MTTR generate_train_video_samples for 7 frames, ws 3
+
+
+def _read_ids(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.array(img)
+
+
+def _erase(path, obj_id):
+    """Remove one object from an annotation PNG (pixels -> background), keeping the palette."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        palette, ids = img.getpalette(), _read_ids(path)
+    ids[ids == obj_id] = 0
+    out = Image.fromarray(ids, mode="P")
+    out.putpalette(palette)
+    out.save(path)
+
+
+@pytest.fixture(scope="module")
+def ytvos_root(tmp_path_factory):
+    """Shapes in the Ref-YouTube-VOS layout, edited so that, in the video with the most objects, object ``a`` is
+    hidden on frame 1 (referred-but-invisible frames) and object ``b`` appears on frames 0-2 only (its expressions
+    have no sample in the later windows)."""
+    from lvseg.data import shapes
+
+    root = tmp_path_factory.mktemp("mttr_ytvos")
+    shapes.generate(root, "train", num_videos=3, frames=YT_FRAMES, size=SIZE, seed=0, progress=False)
+    meta = json.loads((root / "meta_expressions" / "train" / "meta_expressions.json").read_text())["videos"]
+    referred = {v: sorted({int(e["obj_id"]) for e in m["expressions"].values() if isinstance(e["obj_id"], str)})
+                for v, m in meta.items()}
+    vid = max(referred, key=lambda v: len(referred[v]))
+    frames, ids = sorted(meta[vid]["frames"]), referred[vid]
+    assert len(ids) >= 3, "the fixture needs a video with at least three referred objects"
+    a, b = ids[0], ids[-1]
+    ann = root / "train" / "Annotations" / vid
+    _erase(ann / f"{frames[1]}.png", a)
+    for name in frames[3:]:
+        _erase(ann / f"{name}.png", b)
+    return root, vid, a, b
+
+
+def _expected_samples(root):
+    """(video, exp_id, window) of every official sample, from the meta file and the PNGs read here."""
+    meta = json.loads((root / "meta_expressions" / "train" / "meta_expressions.json").read_text())["videos"]
+    out = []
+    for vid, entry in meta.items():
+        frames = sorted(entry["frames"])
+        present = [set(_read_ids(root / "train" / "Annotations" / vid / f"{n}.png").ravel().tolist()) for n in frames]
+        for exp_id, exp in entry["expressions"].items():
+            if not isinstance(exp["obj_id"], str):  # several referred objects: not an MTTR sample
+                continue
+            for w in YT_WINDOWS:
+                if int(exp["obj_id"]) in set().union(*(present[i] for i in w)):
+                    out.append((vid, exp_id, tuple(w)))
+    return out
+
+
+def test_mttr_windows_follow_the_official_cut():
+    from lvseg.train.mttr_data import mttr_windows
+
+    assert mttr_windows(YT_FRAMES, YT_WINDOW) == YT_WINDOWS
+    assert mttr_windows(6, 3) == [[0, 1, 2], [3, 4, 5]]
+    assert mttr_windows(36, 12) == [list(range(0, 12)), list(range(12, 24)), list(range(24, 36))]
+    assert mttr_windows(3, 5) == [[0, 1, 2, 2, 2]]  # shorter than the window: the last frame repeats
+    with pytest.raises(ConfigError, match="window must be >= 1"):
+        mttr_windows(5, 0)
+
+
+def test_ytvos_instances_hold_every_object_of_the_window(ytvos_root, tmp_path):
+    import numpy as np
+
+    from lvseg.train.mttr_data import YTVOSInstances
+
+    root, vid, a, b = ytvos_root
+    cache = tmp_path / "ids.json"
+    data = YTVOSInstances(root, YT_WINDOW, index_cache=cache, progress=False)
+    expected = _expected_samples(root)
+    assert [(v, e, w) for v, e, _, w in data.samples] == expected
+    meta = json.loads((root / "meta_expressions" / "train" / "meta_expressions.json").read_text())["videos"]
+    # expressions of b (gone from frames 3-6) have the first window only
+    b_exps = [e for e, x in meta[vid]["expressions"].items() if x["obj_id"] == str(b)]
+    assert b_exps and all([w for v, e, w in expected if v == vid and e == exp] == [(0, 1, 2)] for exp in b_exps)
+    checked_hidden = False
+    for i, (v, exp_id, w) in enumerate(expected):
+        s = data[i]
+        names = [sorted(meta[v]["frames"])[j] for j in w]
+        pngs = np.stack([_read_ids(root / "train" / "Annotations" / v / f"{n}.png") for n in names])
+        ids = sorted(int(k) for k in np.unique(pngs) if k != 0)
+        ref = int(meta[v]["expressions"][exp_id]["obj_id"])
+        assert s["obj_ids"] == ids and s["frame_ids"] == names and s["frames"].shape[0] == YT_WINDOW
+        assert s["referred_index"] == ids.index(ref)
+        assert s["object_masks"].shape == (len(ids), YT_WINDOW, SIZE, SIZE)
+        for k, obj in enumerate(ids):
+            assert torch.equal(s["object_masks"][k], torch.from_numpy(pngs == obj))
+        assert torch.equal(s["masks"], s["object_masks"][s["referred_index"]])
+        assert s["text"] == meta[v]["expressions"][exp_id]["exp"]
+        if v == vid and ref == a and w == (0, 1, 2):  # a is hidden on frame 1: empty mask, not valid there
+            assert s["masks"].flatten(1).any(1).tolist() == [True, False, True]
+            assert s["valid"].tolist() == [True, False, True] and len(ids) >= 3
+            checked_hidden = True
+    assert checked_hidden
+    assert json.loads(cache.read_text())[vid]["frames"] == sorted(meta[vid]["frames"])  # object ids cached
+    again = YTVOSInstances(root, YT_WINDOW, index_cache=cache, progress=False)
+    assert again.samples == data.samples
+    # a video shorter than the window repeats its last frame
+    long = YTVOSInstances(root, 9, index_cache=None, progress=False)
+    assert long[0]["frame_indices"].tolist() == [0, 1, 2, 3, 4, 5, 6, 6, 6]
+
+
+def test_ytvos_batches_train_mttr_on_all_objects(ytvos_root):
+    from lvseg.data import collate_clips
+    from lvseg.train.engine import prepare_frames
+    from lvseg.train.mttr_data import YTVOSInstances, ytvos_mttr_transforms
+    from lvseg.train.objectives import make_objective
+
+    root, vid, a, _ = ytvos_root
+    data = YTVOSInstances(root, YT_WINDOW, transform=ytvos_mttr_transforms(short_side=48, max_size=48, flip=False),
+                          index_cache=None, progress=False)
+    first = next(i for i, (v, _, ref, w) in enumerate(data.samples) if v == vid and ref == a and w == (0, 1, 2))
+    other = next(i for i, (v, *_) in enumerate(data.samples) if v != vid)
+    samples = [data[first], data[other]]
+    assert samples[0]["frames"].shape == (YT_WINDOW, 48, 48, 3)  # short side 48 here (official: 360, long <= 640)
+    assert samples[0]["object_masks"].shape[1:] == (YT_WINDOW, 48, 48)
+    batch = collate_clips(samples)
+    objective = make_objective("mttr")
+    kwargs, targets = objective.prepare(batch, torch.device("cpu"))
+    assert "valid_indices" not in kwargs  # every frame of a Ref-YouTube-VOS window is annotated and decoded
+    assert [t.masks.shape[0] for t in targets] == [len(s["obj_ids"]) for s in samples]
+    assert [t.referred for t in targets] == [s["referred_index"] for s in samples]
+    assert targets[0].visible.tolist() == [True, False, True]  # official is_ref_inst_visible
+    model = _tiny_model()
+    frames = prepare_frames(batch["frames"], model, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(10):
+        out = objective.criterion(model(frames, batch["text"], **kwargs), targets, objective.count(targets))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_ytvos_preset_is_the_official_recipe_and_runs(ytvos_root, tmp_path):
+    import lvseg
+    from lvseg.train.mttr_data import YTVOSInstances, ytvos_mttr_data, ytvos_mttr_transforms
+    from lvseg.train.presets import get_preset
+
+    p = get_preset("mttr-swin-t-ytvos")
+    assert p.family == "mttr" and p.model == "mttr-swin-t.ytvos" and p.data is ytvos_mttr_data
+    # mttr2021/MTTR configs/refer_youtube_vos.yaml, README (-ws 12 -bs 1 -ng 4) and trainer.py's
+    # MultiStepLR([20], 0.4).step(total_epoch_loss), which drops the LR once the epoch loss sum passes 20
+    assert p.train == dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
+                           batch_size=1, epochs=30, lr_drops=(1,), lr_gamma=0.4, freeze_text_encoder=True,
+                           precision="fp16", seed=42)
+    root = ytvos_root[0]
+    train, val = p.data(root)
+    assert isinstance(train, YTVOSInstances) and val is None and train.window == 12
+    s = train[0]  # 12 frames (the 7 of the video, the last repeated), short side 360
+    assert s["frames"].shape == (12, 360, 360, 3) and s["object_masks"].shape[1:] == (12, 360, 360)
+    # the preset's recipe end to end on a tiny MTTR, on 3-frame windows at 48 px to stay fast on a CPU
+    small = YTVOSInstances(root, YT_WINDOW, transform=ytvos_mttr_transforms(48, 48), index_cache=None, progress=False)
+    out = tmp_path / "run"
+    result = lvseg.train(_tiny_model(), small, preset="mttr-swin-t-ytvos", output_dir=out, max_steps=2,
+                         precision="fp32", log_every=1, progress=False, tensorboard=False)
+    assert result.steps == 2
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"train"' in x]
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) and "loss_is_referred_0" in r for r in records)
