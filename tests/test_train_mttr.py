@@ -418,6 +418,8 @@ def test_ytvos_instances_hold_every_object_of_the_window(ytvos_root, tmp_path):
     # a video shorter than the window repeats its last frame
     long = YTVOSInstances(root, 9, index_cache=None, progress=False)
     assert long[0]["frame_indices"].tolist() == [0, 1, 2, 3, 4, 5, 6, 6, 6]
+    with pytest.raises(ConfigError, match="window must be a number of frames"):
+        YTVOSInstances(root, 0, index_cache=None)
 
 
 def test_ytvos_batches_train_mttr_on_all_objects(ytvos_root):

@@ -149,6 +149,8 @@ class YTVOSInstances(Dataset):
                  index_cache: str | Path | None = "auto", progress: bool = True) -> None:
         from ..data import RefYouTubeVOS
 
+        if not isinstance(window, int) or window < 1:
+            raise ConfigError(f"the MTTR window must be a number of frames >= 1 (official: 12 or 8), got {window!r}")
         self.base = RefYouTubeVOS(root, "train")  # validated index: frames, expressions, referred ids
         self.annotation_dir = Path(str(self.base.annotation_dir))  # train always has its Annotations folder
         self.window = window
