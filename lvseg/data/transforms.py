@@ -1,7 +1,8 @@
 """Joint video + mask + box transforms on sample dicts, built on ``torchvision.transforms.v2`` and ``tv_tensors``.
 
 Every transform takes a sample dict (as returned by the datasets in :mod:`lvseg.data`) and returns a new one. Random
-parameters are drawn once per call, so all frames of a clip get the same resize, flip, crop and colour change.
+parameters are drawn once per call, so all frames of a clip get the same resize, flip, crop and colour change
+(except :class:`PhotometricDistort`, which draws per frame as ReferFormer's does).
 Geometric transforms update, when present:
 
 * ``frames``: ``uint8 [T, H, W, 3]`` (dataset output) or ``float32 [T, 3, H, W]`` (after :class:`Normalize`);
