@@ -115,13 +115,19 @@ def mttr_windows(num_frames: int, window: int) -> list[list[int]]:
 
 
 def _object_ids(path: Path) -> list[int]:
-    """Sorted non-zero object ids of one annotation PNG."""
+    """Sorted non-zero object ids of one annotation PNG (PIL's colour count for 8-bit PNGs: ~2-3 ms at 720p)."""
     import numpy as np
+    from PIL import Image
 
     from ..data._common import load_index_mask
 
-    ids = np.asarray(load_index_mask(path))
-    return [int(k) for k in np.flatnonzero(np.bincount(ids.ravel().astype(np.int64))) if k != 0]
+    if path.is_file():
+        with Image.open(path) as img:
+            colors = img.getcolors(256) if img.mode in ("P", "L") else None
+        if colors is not None:
+            return sorted(int(k) for _, k in colors if k != 0)
+    ids = np.asarray(load_index_mask(path))  # other modes; a missing or unreadable file raises a DatasetError
+    return [int(k) for k in np.unique(ids) if k != 0]
 
 
 class YTVOSInstances(Dataset):
@@ -136,7 +142,8 @@ class YTVOSInstances(Dataset):
 
     Listing the windows reads every annotation PNG once; ``index_cache`` (a JSON file of the object ids per frame)
     keeps that reading for later runs: ``"auto"`` is ``<root>/train/lvseg_mttr_object_ids.json`` (skipped with a
-    warning when it cannot be written), ``None`` keeps it in memory only.
+    warning when it cannot be written), ``None`` keeps it in memory only. A video is re-read when its frame list
+    changes; delete the file after editing annotation PNGs in place.
 
     A sample has ``frames`` ``uint8 [T, H, W, 3]``, ``text``, ``video``, ``exp_id``, ``frame_ids``,
     ``frame_indices`` ``int64 [T]``, ``orig_size``, ``obj_ids`` (the window's object ids), ``object_masks``
