@@ -310,3 +310,44 @@ def test_train_transforms_photometric_choice() -> None:
     assert "ColorJitter" in kinds(T.train_transforms(photometric="jitter"))
     none = kinds(T.train_transforms(photometric=None))
     assert "ColorJitter" not in none and "PhotometricDistort" not in none
+
+
+# Golden values: ReferFormer's PhotometricDistort op sequence (commit 06fc218, datasets/transforms_video.py) run with
+# OpenCV (opencv-python-headless 5.0.0, cv2.cvtColor on float32) and NumPy's astype('uint8') on this 2x8 image,
+# with the random choices forced as below. 16 pixels: OpenCV's vectorised path covers them all.
+_GOLDEN_IMAGE = [[[128, 128, 128], [255, 0, 0], [0, 0, 255], [1, 43, 139], [250, 250, 5], [40, 177, 188],
+                  [8, 29, 115], [100, 227, 132]],
+                 [[107, 110, 170], [150, 44, 188], [193, 244, 201], [72, 81, 166], [166, 178, 222], [74, 240, 0],
+                  [19, 249, 241], [76, 35, 80]]]
+_GOLDEN = [
+    (T.PhotometricParams(),
+     [[[128, 128, 128], [255, 0, 0], [0, 0, 255], [0, 42, 139], [250, 249, 4], [39, 177, 188], [8, 29, 115],
+       [100, 227, 131]],
+      [[107, 110, 170], [149, 43, 188], [193, 244, 201], [72, 81, 166], [166, 178, 222], [74, 240, 0],
+       [18, 249, 240], [75, 35, 80]]]),
+    (T.PhotometricParams(brightness=21.5, contrast_first=True, contrast=1.31, saturation=1.42, hue=-12.25,
+                         channel_order=(2, 0, 1)),
+     [[[195, 195, 195], [144, 106, 241], [106, 241, 144], [210, 210, 236], [156, 6, 99], [18, 0, 197],
+       [178, 238, 236], [197, 89, 69]],
+      [[250, 152, 133], [18, 2, 6], [31, 252, 91], [245, 89, 70], [62, 214, 215], [153, 199, 86], [98, 183, 25],
+       [123, 132, 49]]]),
+    (T.PhotometricParams(brightness=-30.0, contrast_first=False, contrast=1.45, saturation=0.6, hue=17.5),
+     [[[142, 142, 142], [70, 104, 169], [104, 169, 70], [37, 109, 158], [63, 0, 105], [100, 229, 201],
+       [30, 75, 123], [179, 29, 175]],
+      [[148, 166, 203], [159, 103, 229], [15, 54, 9], [115, 147, 197], [229, 254, 22], [220, 48, 95],
+       [117, 61, 252], [57, 33, 72]]]),
+    (T.PhotometricParams(brightness=31.0, contrast_first=True, contrast=1.5, saturation=1.5, hue=18.0,
+                         channel_order=(1, 2, 0)),
+     [[[238, 238, 238], [112, 27, 173], [27, 173, 112], [132, 255, 201], [0, 127, 165], [72, 253, 252],
+       [97, 219, 235], [131, 101, 114]],
+      [[209, 45, 159], [4, 72, 145], [156, 41, 58], [167, 39, 84], [62, 123, 253], [150, 123, 195],
+       [164, 246, 159], [65, 166, 127]]]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(_GOLDEN)))
+def test_photometric_distort_matches_opencv_golden_values(case: int) -> None:
+    params, want = _GOLDEN[case]
+    image = torch.tensor(_GOLDEN_IMAGE, dtype=torch.uint8)
+    got = T.PhotometricDistort().to_uint8(T.PhotometricDistort.apply(image.permute(2, 0, 1), params))
+    assert got.permute(1, 2, 0).tolist() == want
