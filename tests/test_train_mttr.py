@@ -1,5 +1,6 @@
-"""MTTR training: matcher and loss values against the official code, targets from batches (Shapes / A2D), a few
-optimisation steps through the trainer's code path, lvseg.train end to end, the A2D preset, and clear errors.
+"""MTTR training: matcher and loss values against the official code, targets from batches (Shapes / A2D /
+Ref-YouTube-VOS windows with every object), a few optimisation steps through the trainer's code path, lvseg.train
+end to end, the A2D and Ref-YouTube-VOS presets, and clear errors.
 
 Golden values were computed with the official matcher and criterion (mttr2021/MTTR at commit
 2cc35ab96f331957b48dfe1d40048ca4cf1e32eb, models/matcher.py and models/criterion.py, float32 on CPU; their
