@@ -378,7 +378,7 @@ class PhotometricDistort:
     here in float64 and rounded once), so even a frame with no step drawn comes out changed as the official one
     does: the float round trip lands a hair below many integers and step 9 truncates, lowering about a quarter of
     the channel values by one. Against ``cv2.cvtColor`` (opencv-python-headless 5.0) the uint8 outputs agree
-    except for about 1 value in 40,000 (off by one: float64-then-float32 double rounding of the fused steps).
+    except for about 1 value in 40,000 (off by one).
 
     The random draws happen in the official order (brightness coin and value, order coin, then the coins and
     values of the steps in the order they run, then the lighting coin and permutation index); they come from
