@@ -113,7 +113,7 @@ class ImageToClip:
     def _photometric(self, img: torch.Tensor) -> torch.Tensor:
         """imgaug ``SomeOf((1, None), [Add, AddToHueAndSaturation])`` on uint8 ``[3, H, W]``."""
         n = random.randint(1, 2)
-        active = [True, True] if n == 2 else random.sample([[True, False], [False, True]], 1)[0]
+        active = [True, True] if n == 2 else random.choice([[True, False], [False, True]])
         if active[0]:
             value = round(random.uniform(-self.brightness, self.brightness))
             img = (img.to(torch.int16) + value).clamp(0, 255).to(torch.uint8)
