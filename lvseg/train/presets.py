@@ -178,8 +178,72 @@ def ytvos_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
                                          transform=train_transforms())), None
 
 
+#: sub-folders of a joint-training data root (see :func:`joint_data`)
+JOINT_LAYOUT = ("<root>/ref-youtube-vos/   Ref-YouTube-VOS (meta_expressions/train/meta_expressions.json, "
+                "train/JPEGImages, train/Annotations, train/meta.json)\n"
+                "<root>/refer/             REFER's data/ folder: refcoco/refs(unc).p + instances.json, "
+                "refcoco+/refs(unc).p + instances.json, refcocog/refs(umd).p + instances.json, "
+                "images/mscoco/images/train2014/COCO_train2014_<id:012d>.jpg")
+
+
+def _refer_normalised_sentence(sample: dict[str, Any]) -> dict[str, Any]:
+    """Use REFER's normalised sentence (``sent``: lower case, no punctuation) as the text, as ReferFormer's
+    ``convert_refexp_to_coco.py`` does (its ``caption`` is ``sentence["sent"]``)."""
+    sample["text"] = sample["sent"]
+    return sample
+
+
+def joint_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
+    """ReferFormer's joint training set (``main_joint.py``, ``--dataset_file joint``): RefCOCO, RefCOCO+ and
+    RefCOCOg train as 5-frame pseudo-videos (:class:`lvseg.data.PseudoVideo`) followed by Ref-YouTube-VOS train
+    clips (as :func:`ytvos_data`), concatenated in the official order; no local validation.
+
+    ``root`` holds two sub-folders (a missing one raises :class:`lvseg.errors.DatasetError`)::
+
+        <root>/ref-youtube-vos/   the Ref-YouTube-VOS layout (train split)
+        <root>/refer/             REFER's data/ folder (refcoco, refcoco+ with unc splits; refcocog with umd)
+                                  and COCO train2014 under images/mscoco/images/train2014/
+
+    As officially: one sample per RefCOCO sentence, its text REFER's normalised ``sent`` (the official converted
+    annotations' caption), the image plus 4 independently augmented copies in a random order, then the same
+    training transforms as Ref-YouTube-VOS (:func:`lvseg.data.transforms.train_transforms`); every part redraws
+    a clip whose object was cropped out of all frames with another sample of the same part
+    (:class:`lvseg.data.RedrawInvisible`), as each official dataset's ``__getitem__`` loop does.
+
+    Returns ``(train, None)``: ``train`` is a ``ConcatDataset`` of the four parts; every sample has the
+    Ref-YouTube-VOS training format (``frames`` float ``[5, 3, H, W]`` after the transforms, ``masks``,
+    ``object_masks``, ``boxes``, ``valid``, ``text``, ...).
+    """
+    from torch.utils.data import ConcatDataset
+
+    from ..data import PseudoVideo, RedrawInvisible, RefCOCO
+    from ..data.transforms import train_transforms
+    from ..errors import DatasetError
+
+    root = Path(root)
+    ytvos_root, refer_root = root / "ref-youtube-vos", root / "refer"
+    needed = [ytvos_root, refer_root / "refcoco", refer_root / "refcoco+", refer_root / "refcocog",
+              refer_root / "images/mscoco/images/train2014"]
+    missing = [str(p) for p in needed if not p.is_dir()]
+    if missing:
+        raise DatasetError(f"joint training data root {str(root)!r} lacks {', '.join(missing)}. Expected layout:\n"
+                           f"{JOINT_LAYOUT}\n(see docs/train.md, 'Joint training').")
+    parts: list[Dataset] = []
+    for name in ("refcoco", "refcoco+", "refcocog"):  # the official order: RefCOCO/+/g first, Ref-YouTube-VOS last
+        images = RefCOCO(refer_root, "train", dataset=name, transform=_refer_normalised_sentence)
+        parts.append(RedrawInvisible(PseudoVideo(images, num_frames=5, transform=train_transforms())))
+    parts.append(ytvos_data(ytvos_root)[0])
+    return ConcatDataset(parts), None
+
+
 _REFERFORMER_FINETUNE = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
                              batch_size=1, epochs=6, lr_drops=(3, 5), freeze_text_encoder=True)
+_REFERFORMER_JOINT = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
+                          batch_size=1, epochs=12, lr_drops=(8, 10), freeze_text_encoder=True, seed=42)
+_JOINT_DESCRIPTION = ("official joint RefCOCO/+/g pseudo-video + Ref-YouTube-VOS training (12 epochs, LR drops at 8 "
+                      "and 10, text encoder frozen; torchrun on 32 GPUs for the global batch of 32). Starts from the "
+                      "released joint weights: the official run starts from ImageNet/Kinetics backbone weights and "
+                      "RoBERTa-base, which lvseg does not build; pass such a model to train from those")
 
 PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
@@ -201,6 +265,21 @@ PRESETS: dict[str, Preset] = {
         "referformer-video-swin-b-ytvos", "referformer", "referformer-video-swin-b",
         train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
         description="official Video-Swin-B Ref-YouTube-VOS fine-tuning"),
+    # main_joint.py via scripts/dist_joint_train_ytvos.sh: --with_box_refine --binary --freeze_text_encoder
+    # --epochs 12 --lr_drop 8 10, opts.py defaults otherwise (lrs, wd 5e-4, clip 0.1, batch 1 per GPU, 5 frames,
+    # seed 42); 32 V100 with 1 clip each (issue #7), not from the RefCOCO-pretrained model and no balanced
+    # sampling (issue #19); --use_checkpoint for Swin-L / Video-Swin-B (memory only)
+    "referformer-r50-joint": Preset(
+        "referformer-r50-joint", "referformer", "referformer-r50.joint", train=dict(_REFERFORMER_JOINT),
+        data=joint_data, description=_JOINT_DESCRIPTION),
+    "referformer-swin-l-joint": Preset(
+        "referformer-swin-l-joint", "referformer", "referformer-swin-l.joint",
+        train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True), data=joint_data,
+        description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)"),
+    "referformer-video-swin-b-joint": Preset(
+        "referformer-video-swin-b-joint", "referformer", "referformer-video-swin-b.joint",
+        train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True), data=joint_data,
+        description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)"),
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d", "mttr", "mttr-swin-t.a2d",
         # configs/a2d_sentences.yaml + README (-ws 10 -bs 3 -ng 2: batch 3 per process on 2 GPUs); AMP (fp16)
