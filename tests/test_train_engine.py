@@ -472,3 +472,14 @@ def test_ddp_run_killed_and_resumed_is_bit_identical(env, ddp_run, tmp_path):
     log_a = [json.loads(x) for x in (ddp_run / "log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_referformer_ytvos_presets_start_from_the_refcoco_pretrained_weights():
+    from lvseg.registry import get_entry
+    from lvseg.train.presets import get_preset
+
+    # the official Ref-YouTube-VOS fine-tuning loads the RefCOCO/+/g-pretrained model (--pretrained_weights)
+    for backbone in ("r50", "swin-l", "video-swin-b"):
+        preset = get_preset(f"referformer-{backbone}-ytvos")
+        assert preset.model == f"referformer-{backbone}.refcoco"
+        assert "refcoco" in get_entry(preset.model).training_data.lower()

@@ -255,14 +255,15 @@ PRESETS: dict[str, Preset] = {
         description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU); "
                     "stage 1 pre-trains the backbone on the Shapes attributes"),
     "referformer-r50-ytvos": Preset(
-        "referformer-r50-ytvos", "referformer", "referformer-r50", train=dict(_REFERFORMER_FINETUNE), data=ytvos_data,
-        description="official Ref-YouTube-VOS fine-tuning (6 epochs, LR drops at 3 and 5, text encoder frozen)"),
+        "referformer-r50-ytvos", "referformer", "referformer-r50.refcoco", train=dict(_REFERFORMER_FINETUNE), data=ytvos_data,
+        description="official Ref-YouTube-VOS fine-tuning from the RefCOCO-pretrained weights (--pretrained_weights; "
+                    "6 epochs, LR drops at 3 and 5, text encoder frozen)"),
     "referformer-swin-l-ytvos": Preset(
-        "referformer-swin-l-ytvos", "referformer", "referformer-swin-l",
+        "referformer-swin-l-ytvos", "referformer", "referformer-swin-l.refcoco",
         train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
         description="official Swin-L Ref-YouTube-VOS fine-tuning (gradient checkpointing as --use_checkpoint)"),
     "referformer-video-swin-b-ytvos": Preset(
-        "referformer-video-swin-b-ytvos", "referformer", "referformer-video-swin-b",
+        "referformer-video-swin-b-ytvos", "referformer", "referformer-video-swin-b.refcoco",
         train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
         description="official Video-Swin-B Ref-YouTube-VOS fine-tuning"),
     # main_joint.py via scripts/dist_joint_train_ytvos.sh: --with_box_refine --binary --freeze_text_encoder
