@@ -245,6 +245,10 @@ _JOINT_DESCRIPTION = ("official joint RefCOCO/+/g pseudo-video + Ref-YouTube-VOS
                       "released joint weights: the official run starts from ImageNet/Kinetics backbone weights and "
                       "RoBERTa-base, which lvseg does not build; pass such a model to train from those")
 
+# what MTTR's A2D and Ref-YouTube-VOS configs share (RoBERTa frozen: its LR is unused)
+_MTTR_RECIPE = dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
+                    lr_gamma=0.4, freeze_text_encoder=True, precision="fp16", seed=42)
+
 PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes", "referformer", build_shapes_tiny,
@@ -284,9 +288,7 @@ PRESETS: dict[str, Preset] = {
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d", "mttr", "mttr-swin-t.a2d",
         # configs/a2d_sentences.yaml + README (-ws 10 -bs 3 -ng 2: batch 3 per process on 2 GPUs); AMP (fp16)
-        train=dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
-                   batch_size=3, epochs=70, lr_drops=(50,), lr_gamma=0.4, freeze_text_encoder=True,
-                   precision="fp16", seed=42),
+        train=dict(_MTTR_RECIPE, batch_size=3, epochs=70, lr_drops=(50,)),
         data=a2d_mttr_data,
         description="official MTTR A2D-Sentences recipe (window 10, 70 epochs, LR x0.4 at 50, text encoder "
                     "frozen; torchrun --nproc_per_node=2 for the global batch of 6)"),
@@ -295,9 +297,7 @@ PRESETS: dict[str, Preset] = {
         # configs/refer_youtube_vos.yaml + README (-ws 12 -bs 1 -ng 4); AMP (fp16). trainer.py builds
         # MultiStepLR([20], 0.4) but steps it as step(total_epoch_loss): the loss sum (>= 20) is taken as the epoch,
         # so the LR is x0.4 from the second epoch on -- what the released model was trained with
-        train=dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
-                   batch_size=1, epochs=30, lr_drops=(1,), lr_gamma=0.4, freeze_text_encoder=True,
-                   precision="fp16", seed=42),
+        train=dict(_MTTR_RECIPE, batch_size=1, epochs=30, lr_drops=(1,)),
         data=ytvos_mttr_data,
         description="official MTTR Ref-YouTube-VOS recipe (12-frame windows, all objects of a window as targets, "
                     "30 epochs, LR x0.4 after epoch 1 as the official scheduler call does, text encoder frozen; "
