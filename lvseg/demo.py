@@ -66,15 +66,15 @@ def _upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODEL, seed: int = 14, frames: int = 16,
+def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODEL, seed: int = 0, frames: int = 16,
              size: int = 96, texts: Sequence[str] | None = None, scale: int = 4, fps: float = 6.0) -> DemoResult:
     """Generate a Shapes video, segment two expressions and write ``overlay.mp4`` and ``side_by_side.png``.
 
     Args:
         output_dir: folder for the outputs.
         model: a registry name / folder (loaded on CPU) or a loaded model.
-        seed: which generated video (any integer). The default, 14, is a video on which the bundled model
-            scores close to its held-out average (46 vs 45.8 J&F), neither a best nor a worst case.
+        seed: which generated video (any integer). The default, 0, is a video on which the bundled model
+            scores close to its held-out average (70.7 vs 69.5 J&F), neither a best nor a worst case.
         frames, size: the video's length and (square) frame size in pixels.
         texts: expressions to segment (default: two generated ones about different objects).
         scale: upscaling of the written video and PNG (96-pixel frames are small to look at).
@@ -150,7 +150,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
                                 "with the embedded model (offline) and print J&F.")
     p.add_argument("-o", "--output-dir", default="lvseg-demo")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL)
-    p.add_argument("--seed", type=int, default=14)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--text", action="append", default=None, help="a Shapes expression (repeat for several)")
     args = p.parse_args(list(argv) if argv is not None else None)
