@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys
-from dataclasses import dataclass
 import torch
 import lvseg
 from lvseg.models import register_family

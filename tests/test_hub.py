@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ from lvseg.errors import (
 from lvseg.registry import ModelEntry, PaperMetric, SourceCheckpoint, register
 
 from hubserver import LocalHub
-from toymodels import COLOR_NAMES, ColorModel, color_video, make_color_model
+from toymodels import ColorModel, color_video, make_color_model
 
 TESTS = Path(__file__).resolve().parent
 REPO = "lvseg-test/color"
