@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/shapes96")
     p.add_argument("--control", action="store_true", help="train on shuffled expressions (text-blind control)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (the preset runs one epoch: 8856 steps)")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 13000 steps")
     p.add_argument("--prepare-steps", type=int, default=None,
                    help="override the 6000 steps of stage 1 (backbone pre-training on the Shapes attributes)")
     p.add_argument("--msda-backend", default="auto", choices=("auto", "reference", "cpu"),

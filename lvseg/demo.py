@@ -74,7 +74,7 @@ def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODE
         output_dir: folder for the outputs.
         model: a registry name / folder (loaded on CPU) or a loaded model.
         seed: which generated video (any integer). The default, 0, is a video on which the bundled model
-            scores close to its held-out average (70.7 vs 69.5 J&F), neither a best nor a worst case.
+            scores close to its held-out average (72.8 vs 75.0 J&F), neither a best nor a worst case.
         frames, size: the video's length and (square) frame size in pixels.
         texts: expressions to segment (default: two generated ones about different objects).
         scale: upscaling of the written video and PNG (96-pixel frames are small to look at).

@@ -16,7 +16,7 @@ register(ModelEntry(
                 "It only knows the Shapes world: coloured shapes, sizes, positions and motions. Used by "
                 "`lvseg demo` and the quick start; reproduce it with benchmarks/train_shapes.py (stage 1: backbone "
                 "pre-training on the Shapes attributes; stage 2: referring training). Measured on 100 held-out "
-                "Shapes videos (744 expressions): J&F 69.5 (J 60.8, F 78.2); the same recipe on shuffled "
+                "Shapes videos (744 expressions): J&F 75.0 (J 66.1, F 83.9); the same recipe on shuffled "
                 "expressions (text-blind control) scores 32.3. It is a demonstration model, not an accurate one.",
     default=True,
 ))

@@ -253,7 +253,7 @@ PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes", "referformer", build_shapes_tiny,
         train=dict(lr=5e-4, lr_backbone=5e-4, lr_text_encoder=5e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=1, warmup_steps=150, lr_drop_steps=(8500,),
+                   batch_size=2, epochs=2, max_steps=13000, warmup_steps=150, lr_drop_steps=(8500,),
                    disable_dropout=True, eval_every=1000, eval_max_samples=120, checkpoint_every=250, log_every=25),
         data=shapes_data, prepare=shapes_prepare,
         description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU); "
