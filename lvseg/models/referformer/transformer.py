@@ -101,18 +101,23 @@ def _valid_ratio(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
 
 
+def _cell_centres(h: int, w: int, valid_ratio: torch.Tensor) -> torch.Tensor:
+    """Centres of the cells of one ``h x w`` level, (x, y) normalised by the valid area.
+
+    valid_ratio: [N, 2] (w, h) fraction of the level that is not padding -> [N, h * w, 2] float32."""
+    ref_y, ref_x = torch.meshgrid(
+        torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratio.device),
+        torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratio.device),
+        indexing="ij",
+    )
+    ref_y = ref_y.reshape(-1)[None] / (valid_ratio[:, None, 1] * h)
+    ref_x = ref_x.reshape(-1)[None] / (valid_ratio[:, None, 0] * w)
+    return torch.stack((ref_x, ref_y), -1)
+
+
 def _encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
     """Pixel centres of every level normalised by the valid area -> [N, S, L, 2]."""
-    refs = []
-    for lvl, (h, w) in enumerate(spatial_shapes):
-        ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratios.device),
-            indexing="ij",
-        )
-        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
-        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)
-        refs.append(torch.stack((ref_x, ref_y), -1))
+    refs = [_cell_centres(h, w, valid_ratios[:, lvl]) for lvl, (h, w) in enumerate(spatial_shapes)]
     return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]
 
 
@@ -164,10 +169,7 @@ class DeformableTransformer(nn.Module):
         logits = torch.einsum("nqc,nsc->nqs", self.reference_query(query), keys) / math.sqrt(self.d_model)
         logits = logits.float().masked_fill(mask_flat[:, None, :h * w], float("-inf"))
         weights = logits.softmax(-1).to(memory.dtype)
-        ys, xs = torch.meshgrid(torch.arange(h, device=memory.device, dtype=memory.dtype) + 0.5,
-                                torch.arange(w, device=memory.device, dtype=memory.dtype) + 0.5, indexing="ij")
-        vr = valid_ratios[:, 0].to(memory.dtype)  # [N, 2] (w, h)
-        cells = torch.stack((xs.reshape(-1)[None] / (vr[:, :1] * w), ys.reshape(-1)[None] / (vr[:, 1:] * h)), -1)
+        cells = _cell_centres(h, w, valid_ratios[:, 0]).to(memory.dtype)  # [N, hw, 2]
         return torch.einsum("nqs,nsk->nqk", weights, cells).clamp(1e-4, 1 - 1e-4)
 
     def forward(self, srcs: list[torch.Tensor], masks: list[torch.Tensor], pos_embeds: list[torch.Tensor],
