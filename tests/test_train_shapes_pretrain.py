@@ -166,3 +166,7 @@ def test_the_preset_runs_its_stage_on_fresh_runs_only(root, tmp_path):
     with pytest.raises(ConfigError, match="data_root"):
         lvseg.train(get_preset("referformer-tiny-shapes").model, train_ds, None, tmp_path / "x",
                     preset="referformer-tiny-shapes", max_steps=1, progress=False, device="cpu")
+    # ... unless the stage is skipped, which needs no data root
+    result = lvseg.train(get_preset("referformer-tiny-shapes").model, train_ds, None, tmp_path / "y",
+                         preset="referformer-tiny-shapes", max_steps=1, prepare_steps=0, progress=False, device="cpu")
+    assert result.steps == 1 and not (tmp_path / "y" / "prepare.json").exists()

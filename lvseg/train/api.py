@@ -74,12 +74,12 @@ def _run_prepare(chosen: Any, model: Any, data_root: str | Path | None, config: 
     if ckpts.is_dir() and any(ckpts.iterdir()):
         logger.info("%s has checkpoints: skipping the preset's preparation stage", out)
         return
-    if data_root is None:
-        raise ConfigError(f"preset {chosen.name!r} runs a preparation stage on its data before training: pass "
-                          f"data_root (--data-root)")
     if config.prepare_steps == 0:
         logger.info("prepare_steps=0: skipping the preset's preparation stage")
         return
+    if data_root is None:
+        raise ConfigError(f"preset {chosen.name!r} runs a preparation stage on its data before training: pass "
+                          f"data_root (--data-root), or prepare_steps=0 to skip it")
     model.to(info.device)
     record = chosen.prepare(model, Path(data_root), config.seed, config.progress and info.is_main,
                             config.prepare_steps)
