@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .mttr_data import a2d_mttr_data, ytvos_mttr_data
 
 __all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
-           "build_shapes_tiny", "shapes_prepare", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES",
+           "build_shapes_tiny", "shapes_prepare", "ensure_shapes", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES",
            "SHAPES_PRETRAIN_STEPS"]
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def shapes_prepare(model: Any, data_root: Path, seed: int, progress: bool = True
     ``steps`` says otherwise."""
     from .shapes_pretrain import pretrain_backbone_on_shapes
 
-    shapes_data(data_root)  # generates the splits when missing
+    ensure_shapes(data_root)
     return pretrain_backbone_on_shapes(model, data_root, steps=steps or SHAPES_PRETRAIN_STEPS, lr=3e-3, seed=seed,
                                        progress=progress)
 
@@ -151,17 +151,26 @@ class ShuffledExpressions(Dataset):
         return sample
 
 
-def shapes_data(root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0,
-                size: int = SHAPES_SIZE) -> tuple[Dataset, Dataset]:
-    """Shapes train/valid at ``root`` (generated first when missing) as training clips and evaluation videos."""
-    from ..data import ClipSampling, RefYouTubeVOS, shapes
-    from ..data.transforms import RandomHorizontalFlip
+def ensure_shapes(root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0,
+                  size: int = SHAPES_SIZE) -> None:
+    """Generate the Shapes train/valid splits of the embedded model's recipe at ``root`` where missing."""
+    from ..data import shapes
 
     root = Path(root)
     for split, n in (("train", num_train), ("valid", num_val)):
         if not (root / "meta_expressions" / split / "meta_expressions.json").is_file():
             logger.info("generating Shapes %s (%d videos) under %s", split, n, root)
             shapes.generate(root, split, num_videos=n, frames=SHAPES_FRAMES, size=size, seed=seed, progress=False)
+
+
+def shapes_data(root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0,
+                size: int = SHAPES_SIZE) -> tuple[Dataset, Dataset]:
+    """Shapes train/valid at ``root`` (generated first when missing) as training clips and evaluation videos."""
+    from ..data import ClipSampling, RefYouTubeVOS
+    from ..data.transforms import RandomHorizontalFlip
+
+    root = Path(root)
+    ensure_shapes(root, num_train, num_val, seed, size)
     train = RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=SHAPES_CLIP, mode="random"),
                           transform=RandomHorizontalFlip(0.5))
     val = RefYouTubeVOS(root, "valid")
@@ -238,8 +247,7 @@ def joint_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
 
 _REFERFORMER_FINETUNE = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
                              batch_size=1, epochs=6, lr_drops=(3, 5), freeze_text_encoder=True)
-_REFERFORMER_JOINT = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
-                          batch_size=1, epochs=12, lr_drops=(8, 10), freeze_text_encoder=True, seed=42)
+_REFERFORMER_JOINT = dict(_REFERFORMER_FINETUNE, epochs=12, lr_drops=(8, 10), seed=42)
 _JOINT_DESCRIPTION = ("official joint RefCOCO/+/g pseudo-video + Ref-YouTube-VOS training (12 epochs, LR drops at 8 "
                       "and 10, text encoder frozen; torchrun on 32 GPUs for the global batch of 32). Starts from the "
                       "released joint weights: the official run starts from ImageNet/Kinetics backbone weights and "
