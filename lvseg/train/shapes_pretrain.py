@@ -181,6 +181,13 @@ def _object_loss(outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor,
     return total / (len(outputs) * a), acc
 
 
+def _recent_accuracy(history: list[dict[str, float]], last: int = 50) -> dict[str, float]:
+    """Mean of each ``attribute/level`` accuracy over the last ``last`` steps that report it."""
+    recent = history[-last:]
+    keys = sorted({k for h in recent for k in h})
+    return {k: float(np.mean([h[k] for h in recent if k in h])) for k in keys}
+
+
 def _collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in batch]) for k in ("frames", "labels", "ids")}
 
@@ -254,8 +261,7 @@ def pretrain_backbone_on_shapes(model: nn.Module, root: str | Path, steps: int =
             history.append(acc)
             bar.update(1)
             if step % 25 == 0 or step == steps:
-                recent = history[-50:]
-                shown = {k: np.mean([h[k] for h in recent if k in h]) for k in sorted({k for h in recent for k in h})}
+                shown = _recent_accuracy(history)
                 bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}")
                 logger.info("backbone pre-training step %d: loss %.4f, foreground accuracy %s", step,
                             np.mean(losses[-25:]), ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
@@ -263,10 +269,9 @@ def pretrain_backbone_on_shapes(model: nn.Module, root: str | Path, steps: int =
                 break
     bar.close()
     backbone.train(was_training)
-    recent = history[-50:]
     strides = getattr(backbone, "strides", list(range(len(backbone.num_channels))))
-    accuracy = {attr: {f"stride{strides[lvl]}": float(np.mean(vals))
-                       for lvl in range(len(strides))
-                       if (vals := [h[f"{attr}/{lvl}"] for h in recent if f"{attr}/{lvl}" in h])}
+    recent = _recent_accuracy(history)
+    accuracy = {attr: {f"stride{s}": recent[f"{attr}/{lvl}"] for lvl, s in enumerate(strides)
+                       if f"{attr}/{lvl}" in recent}
                 for attr in ATTRIBUTES}
     return {"steps": step, "loss": float(np.mean(losses[-25:])), "objective": objective, "accuracy": accuracy}
