@@ -441,3 +441,49 @@ def test_text_reference_points_are_trained_by_the_box_loss_and_validated():
     assert not hasattr(model.transformer, "reference_points")  # no unused parameters (DDP would refuse them)
     with pytest.raises(ConfigError, match="query_reference"):
         ReferFormerConfig(backbone="timm", timm_model="test_convnext", query_reference="box")
+
+
+def _tiny_config(**changes) -> ReferFormerConfig:
+    text = dict(vocab_size=400, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                max_position_embeddings=40)
+    return ReferFormerConfig(backbone="timm", timm_model="test_convnext", hidden_dim=32, dim_feedforward=32,
+                             enc_layers=1, dec_layers=2, mask_dim=32, num_queries=1, text_encoder=text,
+                             sentence_pooling="mean", query_reference="text", **changes)
+
+
+def test_mask_refiner_starts_as_bilinear_upsampling_and_learns_from_the_frames():
+    from lvseg.models.referformer.fpn import MaskRefiner
+
+    torch.manual_seed(0)
+    refiner = MaskRefiner(mask_dim=8, channels=8)
+    feats, frames = torch.randn(3, 8, 6, 5), torch.randn(3, 3, 24, 20)
+    out = refiner(feats, frames)
+    assert out.shape == (3, 8, 24, 20)
+    half = F.interpolate(feats, size=(12, 10), mode="bilinear", align_corners=False)
+    expected = F.interpolate(half, size=(24, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected)  # the residual projections start at zero
+    out.square().sum().backward()
+    assert refiner.up1.proj.weight.grad.abs().sum() > 0 and refiner.up2.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        refiner.up1.proj.weight.normal_()
+    changed = refiner(feats, frames) - refiner(feats, frames + 1)
+    assert changed.abs().max() > 1e-3  # once trained, the output depends on the image
+
+
+def test_mask_refine_gives_input_resolution_masks_and_a_stride_1_loss():
+    from lvseg.train.losses import ReferFormerCriterion
+    from lvseg.train.objectives import make_objective
+
+    assert _tiny_config().mask_stride == 4 and _tiny_config(mask_refine=8).mask_stride == 1
+    torch.manual_seed(0)
+    model = ReferFormer(_tiny_config(mask_refine=8), tokenizer=tokenizer()).train()
+    out = model(torch.randn(1, 2, 3, 64, 48), ["a red dog"])
+    assert out["pred_masks"].shape == (1, 2, 1, 64, 48)
+    assert all(a["pred_masks"].shape == (1, 2, 1, 64, 48) for a in out["aux_outputs"])
+    masks, scores = model.eval().segment(torch.randn(1, 3, 3, 64, 48), ["a red dog"])
+    assert masks.shape == (1, 3, 64, 48) and scores.shape == (1, 3)
+    criterion = make_objective("referformer", mask_stride=1).criterion
+    assert isinstance(criterion, ReferFormerCriterion)
+    assert criterion.mask_stride == 1 and criterion.matcher.mask_stride == 1
+    with pytest.raises(ConfigError, match="mask_refine"):
+        _tiny_config(mask_refine=-1)

@@ -133,17 +133,19 @@ def _train_data(env, split="train"):
     return RefYouTubeVOS(env["root"], split)
 
 
-def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(env):
+@pytest.mark.parametrize("mask_refine", [0, 16], ids=["stride4", "refined"])
+def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(env, mask_refine):
     from lvseg.data import collate_clips
+    from lvseg.train.api import with_config_changes
     from lvseg.train.engine import build_targets, prepare_frames
     from lvseg.train.losses import ReferFormerCriterion
 
-    model = _tiny_model(env)
+    model = with_config_changes(_tiny_model(env), {"mask_refine": mask_refine} if mask_refine else {})
     data = _train_data(env)
     batch = collate_clips([data[0], data[5]])
     frames = prepare_frames(batch["frames"], model, torch.device("cpu"))
     targets = build_targets(batch, torch.device("cpu"))
-    crit = ReferFormerCriterion()
+    crit = ReferFormerCriterion(mask_stride=model.config.mask_stride)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     losses = []
@@ -483,3 +485,41 @@ def test_referformer_ytvos_presets_start_from_the_refcoco_pretrained_weights():
         preset = get_preset(f"referformer-{backbone}-ytvos")
         assert preset.model == f"referformer-{backbone}.refcoco"
         assert "refcoco" in get_entry(preset.model).training_data.lower()
+
+
+def test_model_overrides_grow_a_trained_model_and_the_hr_preset_continues_a_shapes_run(env, tmp_path):
+    import lvseg
+    from lvseg.errors import ConfigError
+    from lvseg.train.api import with_config_changes
+
+    base = _tiny_model(env)
+    grown = with_config_changes(base, {"mask_refine": 16})
+    assert grown.config.mask_refine == 16 and base.config.mask_refine == 0
+    kept = base.state_dict()
+    new = {k: v for k, v in grown.state_dict().items() if k not in kept}
+    assert new and all(k.startswith("mask_refiner.") for k in new)
+    assert all(torch.equal(grown.state_dict()[k], v) for k, v in kept.items())
+    with pytest.raises(ConfigError, match="not fields"):
+        with_config_changes(base, {"mask_refinement": 16})
+    with pytest.raises(ConfigError, match="remove trained weights"):
+        with_config_changes(grown, {"mask_refine": 0})
+    with pytest.raises(ConfigError, match="shape"):
+        with_config_changes(base, {"mask_dim": 16})
+    with pytest.raises(ConfigError, match="invalid config"):
+        with_config_changes(base, {"mask_refine": -1})
+    # the stage-3 preset needs the stage-2 model and says how to pass it
+    with pytest.raises(ConfigError, match="--model"):
+        lvseg.train(preset="referformer-tiny-shapes-hr", data_root=env["root"], output_dir=tmp_path / "x")
+    start = tmp_path / "stage2"
+    base.save_pretrained(start)
+    result = lvseg.train(str(start), _train_data(env), None, tmp_path / "hr", preset="referformer-tiny-shapes-hr",
+                         max_steps=2, progress=False, tensorboard=False, device="cpu")
+    trained = lvseg.load(result.final_checkpoint, device="cpu")
+    assert trained.config.mask_refine == 16 and trained.config.mask_stride == 1
+    frames = torch.randn(1, 2, 3, SIZE, SIZE)
+    assert trained._forward(frames, ["the red circle"], None, None, all_layer_masks=False)["pred_masks"].shape[-2:] \
+        == (SIZE, SIZE)
+    # resuming the finished run rebuilds the grown model and loads its checkpoint
+    again = lvseg.train(str(start), _train_data(env), None, tmp_path / "hr", preset="referformer-tiny-shapes-hr",
+                        max_steps=2, progress=False, tensorboard=False, device="cpu", resume=True)
+    assert again.steps == 2

@@ -18,7 +18,7 @@ from .distributed import init_distributed
 from .engine import TrainConfig, Trainer, TrainResult
 from .presets import PRESETS, get_preset
 
-__all__ = ["train", "main_cli"]
+__all__ = ["train", "main_cli", "with_config_changes"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,43 @@ def _build_model(model: Any, tokenizer: Any = None) -> RVOSModel:
         return loaded
     raise ConfigError(f"model must be a registry name, 'hf-hub:org/repo', a local folder, an RVOSModel or a "
                       f"ModelConfig, got {type(model).__name__}")
+
+
+def with_config_changes(model: RVOSModel, changes: dict[str, Any]) -> RVOSModel:
+    """``model`` rebuilt with ``changes`` applied to its config, keeping all of its weights.
+
+    For growing a trained model (e.g. ``{"mask_refine": 16}`` adds ReferFormer's stride-1 mask head): the
+    parameters the changes add start from their initialisation (listed in the log). A change that would drop
+    weights or change a shape (a smaller ``hidden_dim``) is refused: start such a model from a config instead.
+    """
+    if not changes:
+        return model
+    from ..models import get_model_class
+
+    fields = {f.name for f in dataclasses.fields(model.config)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(f"model_overrides {unknown} are not fields of {type(model.config).__name__}; valid: "
+                          f"{', '.join(sorted(fields))}")
+    try:
+        config = dataclasses.replace(model.config, **changes)
+    except LVSegError as exc:
+        raise ConfigError(f"model_overrides {changes} make an invalid config: {exc}") from exc
+    grown = get_model_class(config.architecture)(config)
+    grown.tokenizer = getattr(model, "tokenizer", None)
+    state = model.state_dict()
+    try:
+        missing, unexpected = grown.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"model_overrides {changes} change the shape of trained weights, which cannot be kept: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    if unexpected:
+        raise ConfigError(f"model_overrides {changes} remove trained weights ({', '.join(unexpected[:5])}"
+                          f"{', ...' if len(unexpected) > 5 else ''}); start from a config instead")
+    if missing:
+        logger.info("model_overrides %s: %d new parameter tensors start from their initialisation (%s%s)", changes,
+                    len(missing), ", ".join(missing[:4]), ", ..." if len(missing) > 4 else "")
+    return grown
 
 
 def _as_dataset(data: Any, what: str) -> Dataset | None:
@@ -97,6 +134,7 @@ def train(
     preset: str | None = None,
     data_root: str | Path | None = None,
     tokenizer: Any = None,
+    model_overrides: dict[str, Any] | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train or fine-tune a model; runs data-parallel when started under ``torchrun``.
@@ -111,6 +149,9 @@ def train(
             steps (default: at the end of every epoch); the best model is kept in ``<output_dir>/best``.
         output_dir: where checkpoints, ``log.jsonl``, ``curves.png``, ``final/`` and ``best/`` go.
         preset: a recipe from :data:`lvseg.train.presets.PRESETS` (e.g. ``"referformer-r50-ytvos"``).
+        model_overrides: config fields to change on the starting model, keeping its weights (see
+            :func:`with_config_changes`; added to the preset's own, e.g. ``{"mask_refine": 16}``). Applied on
+            resume too, so the run's checkpoints fit the grown model.
         options: any :class:`~lvseg.train.engine.TrainConfig` field (``epochs``, ``batch_size``, ``lr``,
             ``resume``, ``precision``, ``grad_accum``, ``gradient_checkpointing``, ``max_steps``, ...).
 
@@ -144,6 +185,8 @@ def train(
     val_ds = _as_dataset(val_data, "val_data")
     info = init_distributed(config.device)
     built = _build_model(model, tokenizer)
+    changes = {**(chosen.model_overrides if chosen is not None else {}), **(model_overrides or {})}
+    built = with_config_changes(built, changes)
     if chosen is not None and built.config.architecture != chosen.family:
         raise ConfigError(f"preset {chosen.name!r} trains the {chosen.family!r} family but the model is a "
                           f"{built.config.architecture!r}: pick a {chosen.family} model or another preset")

@@ -318,7 +318,8 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise ConfigError("the training dataset is empty: check the data root and split (no samples found)")
-        self.objective: Objective = make_objective(model.config.architecture, config.loss_weights, criterion)
+        self.objective: Objective = make_objective(model.config.architecture, config.loss_weights, criterion,
+                                                   mask_stride=getattr(model.config, "mask_stride", 4))
         if config.gradient_checkpointing:
             model.config.gradient_checkpointing = True
             backbone = getattr(model, "backbone", None)

@@ -162,14 +162,17 @@ class MTTRObjective(Objective):
 FAMILIES = ("referformer", "mttr")
 
 
-def make_objective(family: str, loss_weights: Any = None, criterion: nn.Module | None = None) -> Objective:
+def make_objective(family: str, loss_weights: Any = None, criterion: nn.Module | None = None,
+                   mask_stride: int = 4) -> Objective:
     """The :class:`Objective` of ``family``; ``loss_weights`` (:class:`LossWeights` for ReferFormer,
-    :class:`MTTRLossWeights` for MTTR, or None for the official ones) or a ready ``criterion``."""
+    :class:`MTTRLossWeights` for MTTR, or None for the official ones) or a ready ``criterion``. ``mask_stride``:
+    input pixels per predicted mask cell (ReferFormer's ``config.mask_stride``: 4, or 1 with ``mask_refine``);
+    the ground truth is subsampled to that grid."""
     if family == "referformer":
         if loss_weights is not None and not isinstance(loss_weights, LossWeights):
             raise ConfigError(f"ReferFormer takes LossWeights (cls, bbox, giou, mask, dice), got "
                               f"{type(loss_weights).__name__}")
-        return ReferFormerObjective(criterion or ReferFormerCriterion(loss_weights))
+        return ReferFormerObjective(criterion or ReferFormerCriterion(loss_weights, mask_stride=mask_stride))
     if family == "mttr":
         if loss_weights is not None and not isinstance(loss_weights, MTTRLossWeights):
             raise ConfigError(f"MTTR takes MTTRLossWeights (is_referred, sigmoid_focal, dice, eos_coef), got "

@@ -44,6 +44,8 @@ class Preset:
     #: ``prepare(model, data_root, seed, progress, steps) -> record`` (a JSON-able dict saved as
     #: ``<output_dir>/prepare.json``); ``steps`` is ``TrainConfig.prepare_steps`` (None = the preset's own)
     prepare: Callable[[Any, Path, int, bool, int | None], dict[str, Any]] | None = None
+    #: config changes applied to the starting model, keeping its weights (``lvseg.train(model_overrides=...)``)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
@@ -108,6 +110,7 @@ def build_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
     return ReferFormer(shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
 
 
+SHAPES_REFINE_STEPS = 8000  # stage 3 of the embedded model: training on with the stride-1 mask head
 SHAPES_PRETRAIN_STEPS = 6000  # stage 1 of the embedded model: dense attribute pre-training of the backbone
 
 
@@ -245,6 +248,12 @@ def joint_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
     return ConcatDataset(parts), None
 
 
+def _needs_shapes_base() -> Any:
+    raise ConfigError("preset 'referformer-tiny-shapes-hr' continues a run of the 'referformer-tiny-shapes' preset: "
+                      "pass model=<that run's output_dir>/best (CLI: --model runs/shapes/best); "
+                      "benchmarks/train_shapes.py runs both stages")
+
+
 _REFERFORMER_FINETUNE = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
                              batch_size=1, epochs=6, lr_drops=(3, 5), freeze_text_encoder=True)
 _REFERFORMER_JOINT = dict(_REFERFORMER_FINETUNE, epochs=12, lr_drops=(8, 10), seed=42)
@@ -266,6 +275,15 @@ PRESETS: dict[str, Preset] = {
         data=shapes_data, prepare=shapes_prepare,
         description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU); "
                     "stage 1 pre-trains the backbone on the Shapes attributes"),
+    "referformer-tiny-shapes-hr": Preset(
+        "referformer-tiny-shapes-hr", "referformer", _needs_shapes_base,
+        train=dict(lr=2e-4, lr_backbone=2e-4, lr_text_encoder=2e-4, weight_decay=1e-4, clip_max_norm=1.0,
+                   batch_size=2, epochs=1, max_steps=SHAPES_REFINE_STEPS, warmup_steps=100,
+                   lr_drop_steps=(SHAPES_REFINE_STEPS * 3 // 4,), disable_dropout=True, eval_every=1000,
+                   eval_max_samples=120, checkpoint_every=250, log_every=25),
+        data=shapes_data, model_overrides={"mask_refine": 16},
+        description="stage 3 of the embedded model: a referformer-tiny-shapes run's best model grows the "
+                    "image-guided stride-1 mask head (mask_refine=16) and trains on with it"),
     "referformer-r50-ytvos": Preset(
         "referformer-r50-ytvos", "referformer", "referformer-r50.refcoco", train=dict(_REFERFORMER_FINETUNE), data=ytvos_data,
         description="official Ref-YouTube-VOS fine-tuning from the RefCOCO-pretrained weights (--pretrained_weights; "

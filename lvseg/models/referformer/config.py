@@ -72,7 +72,10 @@ class ReferFormerConfig(ModelConfig):
     the whole clip by the Ref-YouTube-VOS rule; 0 = one pass whatever the length (the paper's protocol, which
     needs about 24 GB for a typical Ref-YouTube-VOS video). ``fused_attention`` runs the standard attention
     layers through PyTorch's fused kernels: less memory and time for long clips, but results differ from the
-    official code by float rounding (~1e-6 relative) instead of matching it bit for bit.
+    official code by float rounding (~1e-6 relative) instead of matching it bit for bit. ``mask_refine`` > 0
+    adds lvseg's image-guided refinement of the mask features to stride 1 (that many channels,
+    :class:`~lvseg.models.referformer.fpn.MaskRefiner`): masks at the input resolution instead of the official
+    stride 4 (see :attr:`mask_stride`); 0 = the official head.
     """
 
     architecture: str = "referformer"
@@ -104,6 +107,7 @@ class ReferFormerConfig(ModelConfig):
     temporal_kernel: int = 0
     sentence_pooling: str = "pooler"
     query_reference: str = "learned"
+    mask_refine: int = 0
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -134,8 +138,15 @@ class ReferFormerConfig(ModelConfig):
         if self.query_reference not in QUERY_REFERENCE:
             raise ConfigError(f"unknown query_reference {self.query_reference!r}; use one of "
                               f"{', '.join(QUERY_REFERENCE)}")
+        if self.mask_refine < 0:
+            raise ConfigError(f"mask_refine must be >= 0 (0 = the official stride-4 masks), got {self.mask_refine}")
         if self.swin is not None and self.backbone in RESNETS:
             raise ConfigError(f"backbone {self.backbone!r} is a ResNet: remove the 'swin' section")
+
+    @property
+    def mask_stride(self) -> int:
+        """Input pixels per mask cell: 4 (official), 1 with ``mask_refine``."""
+        return 1 if self.mask_refine else 4
 
     @property
     def is_video_backbone(self) -> bool:

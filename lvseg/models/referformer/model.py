@@ -25,7 +25,7 @@ from ..layers.swin import SwinBackbone
 from ..layers.timm_backbone import TimmBackbone
 from ..layers.text import build_roberta
 from .config import ReferFormerConfig
-from .fpn import CrossModalFPN, VisionLanguageFusion
+from .fpn import CrossModalFPN, MaskRefiner, VisionLanguageFusion
 from .transformer import DeformableTransformer
 
 __all__ = ["ReferFormer", "ReferFormerConfig"]
@@ -100,6 +100,7 @@ class ReferFormer(RVOSModel):
         self.pixel_decoder = CrossModalFPN(channels[0], conv_dim=d, mask_dim=cfg.mask_dim,
                                            dim_feedforward=cfg.dim_feedforward, nhead=8,
                                            fused_attention=cfg.fused_attention)
+        self.mask_refiner = MaskRefiner(cfg.mask_dim, cfg.mask_refine) if cfg.mask_refine else None
         # dynamic mask head: (mask_dim + 2 rel. coords) -> ch -> ... -> 1, all 1x1 convs, generated per query
         ch = cfg.dynamic_mask_channels
         in_ch = cfg.mask_dim + (2 if cfg.rel_coord else 0)
@@ -169,8 +170,8 @@ class ReferFormer(RVOSModel):
 
         Returns:
             dict with ``pred_logits`` [b, t, q, K], ``pred_boxes`` [b, t, q, 4] (cx, cy, w, h in [0, 1] of the
-            unpadded frame), ``pred_masks`` [b, t, q, H/4, W/4] logits, ``aux_outputs`` (the same for the other
-            decoder layers) and ``reference_points`` [b, t, q, 2].
+            unpadded frame), ``pred_masks`` [b, t, q, H/s, W/s] logits (s = ``config.mask_stride``),
+            ``aux_outputs`` (the same for the other decoder layers) and ``reference_points`` [b, t, q, 2].
         """
         return self._forward(frames, text, padding_mask, valid_indices, all_layer_masks=True)
 
@@ -221,6 +222,7 @@ class ReferFormer(RVOSModel):
             masks = [m.index_select(0, keep) for m in masks]
             poses = [p.index_select(0, keep) for p in poses]
             pad = pad.index_select(0, keep)
+            samples = samples.index_select(0, keep)
             t = 1
 
         words, words_mask, sentence = self.encode_text(texts)
@@ -253,6 +255,8 @@ class ReferFormer(RVOSModel):
         boxes = rearrange(boxes, "l (b t) q n -> l b t q n", b=b, t=t)
 
         mask_features = self.pixel_decoder([feats[0], *memory], masks, poses, words, words_mask, num_frames=t)
+        if self.mask_refiner is not None:
+            mask_features = self.mask_refiner(mask_features, samples)
         mask_features = rearrange(mask_features, "(b t) c h w -> b t c h w", b=b, t=t)
         layers = range(n_layers) if all_layer_masks else [n_layers - 1]
         pred_masks: dict[int, torch.Tensor] = {}
@@ -280,7 +284,7 @@ class ReferFormer(RVOSModel):
         """Apply each query's generated 1x1 conv stack to the mask features.
 
         Args:
-            features: [b, t, C, h, w] mask features (stride 4).
+            features: [b, t, C, h, w] mask features (stride ``config.mask_stride``: 4, or 1 with ``mask_refine``).
             params: [b, t, q, P] generated parameters, split as w0, w1, ..., b0, b1, ... (weights out-major).
             centers: [b, t, q, 2] refined box centres (cx, cy) in [0, 1].
             image_size: [b, 2] (W, H) of the unpadded input in pixels.
@@ -293,7 +297,7 @@ class ReferFormer(RVOSModel):
         ch = self.config.dynamic_mask_channels
         n_layers = len(self.weight_nums)
         if self.config.rel_coord:
-            stride = 4
+            stride = self.config.mask_stride
             shifts_x = torch.arange(0, w * stride, step=stride, dtype=torch.float32, device=features.device)
             shifts_y = torch.arange(0, h * stride, step=stride, dtype=torch.float32, device=features.device)
             loc_y, loc_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
@@ -331,7 +335,8 @@ class ReferFormer(RVOSModel):
     @torch.no_grad()
     def segment(self, frames: torch.Tensor, text: Sequence[str],
                 protocol: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The referred object's mask logits [b, t, H/4, W/4] and scores [b, t] under an official protocol.
+        """The referred object's mask logits [b, t, H/s, W/s] (s = ``config.mask_stride``) and scores [b, t] under
+        an official protocol.
 
         ``protocol`` (default ``config.protocol``):
 
@@ -416,7 +421,7 @@ class ReferFormer(RVOSModel):
         """A2D-/JHMDB-Sentences protocol (``engine.evaluate_a2d``): every query of the annotated frame.
 
         The whole clip [b, t, 3, H, W] goes through the backbone and only ``frame_index`` (default the centre,
-        ``t // 2``) is decoded. Returns mask logits [b, q, H/4, W/4] and scores [b, q] (the sigmoid class score,
+        ``t // 2``) is decoded. Returns mask logits [b, q, H/s, W/s] and scores [b, q] (the sigmoid class score,
         the max over classes; the A2D models have one class). All queries are ranked for mAP; the top-scoring one
         is the prediction for precision@K and IoU.
         """
