@@ -110,7 +110,7 @@ def build_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
     return ReferFormer(shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
 
 
-SHAPES_REFINE_STEPS = 8000  # stage 3 of the embedded model: training on with the stride-1 mask head
+SHAPES_REFINE_STEPS = 12000  # stage 3 of the embedded model: training on with the stride-1 mask head
 SHAPES_PRETRAIN_STEPS = 6000  # stage 1 of the embedded model: dense attribute pre-training of the backbone
 
 
@@ -278,7 +278,7 @@ PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes-hr": Preset(
         "referformer-tiny-shapes-hr", "referformer", _needs_shapes_base,
         train=dict(lr=2e-4, lr_backbone=2e-4, lr_text_encoder=2e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=1, max_steps=SHAPES_REFINE_STEPS, warmup_steps=100,
+                   batch_size=2, epochs=2, max_steps=SHAPES_REFINE_STEPS, warmup_steps=100,
                    lr_drop_steps=(SHAPES_REFINE_STEPS * 3 // 4,), disable_dropout=True, eval_every=1000,
                    eval_max_samples=120, checkpoint_every=250, log_every=25),
         data=shapes_data, model_overrides={"mask_refine": 16},
