@@ -1,6 +1,6 @@
 """Reproduce the embedded ``referformer-tiny.shapes`` model from scratch on CPU, and its text-blind control.
 
-    python benchmarks/train_shapes.py --output-dir runs/shapes            # the model (about 2 h on 1 CPU core)
+    python benchmarks/train_shapes.py --output-dir runs/shapes            # the model (about 2 h 10 min on 1 CPU core)
     python benchmarks/train_shapes.py --output-dir runs/shapes-blind --control   # shuffled expressions
     python benchmarks/train_shapes.py --output-dir runs/shapes --resume   # continue an interrupted run
     python benchmarks/train_shapes.py --output-dir runs/shapes --export lvseg/assets/referformer-tiny-shapes
