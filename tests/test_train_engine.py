@@ -519,6 +519,11 @@ def test_model_overrides_grow_a_trained_model_and_the_hr_preset_continues_a_shap
     frames = torch.randn(1, 2, 3, SIZE, SIZE)
     assert trained._forward(frames, ["the red circle"], None, None, all_layer_masks=False)["pred_masks"].shape[-2:] \
         == (SIZE, SIZE)
+    # the added parameters' initialisation is seeded (config.seed): the same run again gives the same weights
+    twin = lvseg.train(str(start), _train_data(env), None, tmp_path / "hr2", preset="referformer-tiny-shapes-hr",
+                       max_steps=2, progress=False, tensorboard=False, device="cpu")
+    a, b = (lvseg.load(r.final_checkpoint, device="cpu").state_dict() for r in (result, twin))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # resuming the finished run rebuilds the grown model and loads its checkpoint
     again = lvseg.train(str(start), _train_data(env), None, tmp_path / "hr", preset="referformer-tiny-shapes-hr",
                         max_steps=2, progress=False, tensorboard=False, device="cpu", resume=True)

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import ConfigError, LVSegError
@@ -184,9 +185,12 @@ def train(
     train_ds = _as_dataset(train_data, "train_data")
     val_ds = _as_dataset(val_data, "val_data")
     info = init_distributed(config.device)
-    built = _build_model(model, tokenizer)
     changes = {**(chosen.model_overrides if chosen is not None else {}), **(model_overrides or {})}
-    built = with_config_changes(built, changes)
+    # random initialisation (a model built from a config, the parameters model_overrides add) is seeded by
+    # config.seed, without touching the caller's random state
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        built = with_config_changes(_build_model(model, tokenizer), changes)
     if chosen is not None and built.config.architecture != chosen.family:
         raise ConfigError(f"preset {chosen.name!r} trains the {chosen.family!r} family but the model is a "
                           f"{built.config.architecture!r}: pick a {chosen.family} model or another preset")
