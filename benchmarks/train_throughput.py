@@ -1,6 +1,7 @@
 """Training throughput (clips/s) and peak memory of lvseg's ReferFormer training step.
 
-    python benchmarks/train_throughput.py                 # tiny Shapes config on CPU (4x96x96 clips, batch 2)
+    python benchmarks/train_throughput.py                 # tiny Shapes config on CPU (4x96x96 clips, batch 2),
+                                                          # without and with the stride-1 mask head
     python benchmarks/train_throughput.py --gpu           # + ReferFormer-R50 at 5x360x640, fp32 vs bf16 autocast
 
 Each configuration runs ``--warmup`` steps, then times ``--steps`` full optimisation steps (forward, matching,
@@ -34,7 +35,7 @@ def bench(model, b: int, t: int, h: int, w: int, device: torch.device, precision
     from lvseg.train.losses import ReferFormerCriterion
 
     model.to(device).train()
-    crit = ReferFormerCriterion()
+    crit = ReferFormerCriterion(mask_stride=model.config.mask_stride)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = _batch(b, t, h, w)
     frames = prepare_frames(batch["frames"], model, device)
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny = build_shapes_tiny()
     r = bench(tiny, 2, 4, 96, 96, torch.device("cpu"), "fp32", args.steps, args.warmup)
     rows.append(("referformer-tiny (Shapes)", "cpu", "fp32", "2x4x96x96", r))
+    # the bundled model's architecture: + the stride-1 mask head (stage 3 of its recipe)
+    from lvseg.train.api import with_config_changes
+
+    r = bench(with_config_changes(tiny, {"mask_refine": 16}), 2, 4, 96, 96, torch.device("cpu"), "fp32", args.steps,
+              args.warmup)
+    rows.append(("referformer-tiny + mask_refine=16", "cpu", "fp32", "2x4x96x96", r))
     if args.gpu:
         if not torch.cuda.is_available():
             print("--gpu: CUDA is not available", file=sys.stderr)
@@ -101,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("referformer-r50", "cuda", precision, "1x5x360x640", r))
             del model
             torch.cuda.empty_cache()
-    print(f"{'model':28s} {'device':6s} {'prec':5s} {'clip':12s} {'clips/s':>8s} {'s/step':>7s} {'peak MiB':>9s}")
+    print(f"{'model':34s} {'device':6s} {'prec':5s} {'clip':12s} {'clips/s':>8s} {'s/step':>7s} {'peak MiB':>9s}")
     for name, dev, prec, clip, r in rows:
-        print(f"{name:28s} {dev:6s} {prec:5s} {clip:12s} {r['clips_per_s']:8.2f} {r['s_per_step']:7.3f} "
+        print(f"{name:34s} {dev:6s} {prec:5s} {clip:12s} {r['clips_per_s']:8.2f} {r['s_per_step']:7.3f} "
               f"{r['peak_MiB']:9.0f}")
     return 0
 
