@@ -179,6 +179,24 @@ def shapes_root(tmp_path_factory):
     return root
 
 
+def _fit_fixed_batch(model, objective, batch, kwargs, targets, lr, steps):
+    """``steps`` AdamW steps of ``model`` on one collated batch with the objective's criterion (CPU); returns the
+    losses before each step and the last step's loss dict."""
+    from lvseg.train.engine import prepare_frames
+
+    frames = prepare_frames(batch["frames"], model, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        out = objective.criterion(model(frames, batch["text"], **kwargs), targets, objective.count(targets))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    return losses, out
+
+
 def _shapes_train(root):
     from lvseg.data import ClipSampling, RefYouTubeVOS
 
@@ -187,7 +205,6 @@ def _shapes_train(root):
 
 def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(shapes_root):
     from lvseg.data import collate_clips
-    from lvseg.train.engine import prepare_frames
     from lvseg.train.objectives import make_objective
 
     model = _tiny_model()
@@ -198,16 +215,7 @@ def test_a_few_steps_decrease_the_loss_on_a_fixed_batch(shapes_root):
     kwargs, targets = objective.prepare(batch, device)
     assert kwargs == {"padding_mask": None}  # every frame is annotated: all are decoded
     assert [t.masks.shape for t in targets] == [(1, 2, SIZE, SIZE)] * 2
-    frames = prepare_frames(batch["frames"], model, device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    model.train()
-    losses = []
-    for _ in range(6):
-        out = objective.criterion(model(frames, batch["text"], **kwargs), targets, objective.count(targets))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    losses, out = _fit_fixed_batch(model, objective, batch, kwargs, targets, lr=5e-3, steps=6)
     assert {"loss_is_referred_0", "loss_dice_0", "loss_sigmoid_focal_0"} <= set(out)  # auxiliary layer
     assert losses[-1] < 0.8 * losses[0], losses
     assert all(p.grad is None for p in model.transformer.text_encoder.parameters())  # frozen (official)
@@ -425,7 +433,6 @@ def test_ytvos_instances_hold_every_object_of_the_window(ytvos_root, tmp_path):
 
 def test_ytvos_batches_train_mttr_on_all_objects(ytvos_root):
     from lvseg.data import collate_clips
-    from lvseg.train.engine import prepare_frames
     from lvseg.train.mttr_data import YTVOSInstances, ytvos_mttr_transforms
     from lvseg.train.objectives import make_objective
 
@@ -444,17 +451,7 @@ def test_ytvos_batches_train_mttr_on_all_objects(ytvos_root):
     assert [t.masks.shape[0] for t in targets] == [len(s["obj_ids"]) for s in samples]
     assert [t.referred for t in targets] == [s["referred_index"] for s in samples]
     assert targets[0].visible.tolist() == [True, False, True]  # official is_ref_inst_visible
-    model = _tiny_model()
-    frames = prepare_frames(batch["frames"], model, torch.device("cpu"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(10):
-        out = objective.criterion(model(frames, batch["text"], **kwargs), targets, objective.count(targets))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    losses, _ = _fit_fixed_batch(_tiny_model(), objective, batch, kwargs, targets, lr=3e-3, steps=10)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
