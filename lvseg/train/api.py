@@ -215,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("eval-every", int), ("eval-max-samples", int), ("checkpoint-every", int),
                        ("keep-last", int), ("log-every", int), ("warmup-steps", int), ("prepare-steps", int)):
         p.add_argument(f"--{name}", type=kind, default=None)
-    p.add_argument("--lr-drops", type=int, nargs="*", default=None, help="epochs at which the LR is multiplied by lr_gamma (0.1 unless the preset says otherwise)")
+    p.add_argument("--lr-drops", type=int, nargs="*", default=None,
+                   help="epochs at which the LR is multiplied by lr_gamma (0.1 unless the preset says otherwise)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
