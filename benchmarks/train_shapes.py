@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     import lvseg
     from lvseg.data import RefYouTubeVOS, shapes
     from lvseg.train.engine import evaluate_jf
-    from lvseg.train.presets import SHAPES_FRAMES, SHAPES_SIZE, ShuffledExpressions, get_preset, shapes_data
+    from lvseg.train.presets import (SHAPES_FRAMES, SHAPES_SIZE, ShuffledExpressions, get_preset, shapes_data,
+                                      shapes_refine_schedule)
 
     root = Path(args.data_root)
     train_ds, val_ds = shapes_data(root)
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             # stage 3: the stage-2 model grows the stride-1 mask head (the preset's model_overrides) and trains on
             options = {"resume": args.resume}
             if args.refine_steps is not None:
-                options["max_steps"] = args.refine_steps
-                options["lr_drop_steps"] = (args.refine_steps * 3 // 4,)
+                options.update(shapes_refine_schedule(args.refine_steps))
             lvseg.train(str(best_of(out)), train_ds, val_ds, refine_dir, preset="referformer-tiny-shapes-hr",
                         **options)
     train_s = time.time() - t0

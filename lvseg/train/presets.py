@@ -20,7 +20,7 @@ from .mttr_data import a2d_mttr_data, ytvos_mttr_data
 
 __all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
            "build_shapes_tiny", "shapes_prepare", "ensure_shapes", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES",
-           "SHAPES_PRETRAIN_STEPS"]
+           "SHAPES_PRETRAIN_STEPS", "SHAPES_REFINE_STEPS", "shapes_refine_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ def build_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
 
 SHAPES_REFINE_STEPS = 12000  # stage 3 of the embedded model: training on with the stride-1 mask head
 SHAPES_PRETRAIN_STEPS = 6000  # stage 1 of the embedded model: dense attribute pre-training of the backbone
+
+
+def shapes_refine_schedule(steps: int = SHAPES_REFINE_STEPS) -> dict[str, Any]:
+    """Length and LR drop of stage 3 (``referformer-tiny-shapes-hr``): ``steps`` steps, LR x0.1 at 3/4 of them."""
+    return {"max_steps": steps, "lr_drop_steps": (steps * 3 // 4,)}
 
 
 def shapes_prepare(model: Any, data_root: Path, seed: int, progress: bool = True,
@@ -278,9 +283,8 @@ PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes-hr": Preset(
         "referformer-tiny-shapes-hr", "referformer", _needs_shapes_base,
         train=dict(lr=2e-4, lr_backbone=2e-4, lr_text_encoder=2e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=2, max_steps=SHAPES_REFINE_STEPS, warmup_steps=100,
-                   lr_drop_steps=(SHAPES_REFINE_STEPS * 3 // 4,), disable_dropout=True, eval_every=1000,
-                   eval_max_samples=120, checkpoint_every=250, log_every=25),
+                   batch_size=2, epochs=2, warmup_steps=100, disable_dropout=True, eval_every=1000,
+                   eval_max_samples=120, checkpoint_every=250, log_every=25, **shapes_refine_schedule()),
         data=shapes_data, model_overrides={"mask_refine": 16},
         description="stage 3 of the embedded model: a referformer-tiny-shapes run's best model grows the "
                     "image-guided stride-1 mask head (mask_refine=16) and trains on with it"),
