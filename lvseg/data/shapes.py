@@ -60,6 +60,7 @@ __all__ = [
     "render_video",
     "generate",
     "expression_semantics",
+    "frame_names",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -506,8 +507,10 @@ def make_video(seed: int, split: str, index: int, num_frames: int, height: int, 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing the Ref-YouTube-VOS layout.
-def _frame_names(num_frames: int) -> list[str]:
-    return [f"{5 * t:05d}" for t in range(num_frames)]  # Ref-YouTube-VOS ships every 5th frame
+def frame_names(num_frames: int) -> list[str]:
+    """The file stems of a generated video's frames: ``00000``, ``00005``, ... (Ref-YouTube-VOS ships every 5th
+    frame, and Shapes is written in its layout)."""
+    return [f"{5 * t:05d}" for t in range(num_frames)]
 
 
 def _save_png(idmap: np.ndarray, path: Path) -> None:
@@ -562,7 +565,7 @@ def generate(root: str | Path, split: str = "train", num_videos: int = 100, fram
             shutil.rmtree(p, ignore_errors=True)
     img_root = split_dir / "JPEGImages"
     ann_root = (split_dir if has_gt else gt_dir) / "Annotations"
-    names = _frame_names(frames)
+    names = frame_names(frames)
     meta_videos: dict[str, dict] = {}
     gt_videos: dict[str, dict] = {}
     objects_meta: dict[str, dict] = {}

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data.shapes import COLORS, MOTIONS, SHAPES, SIZES, frame_names
 from ..errors import ConfigError, DatasetError
 
 __all__ = ["ATTRIBUTES", "ShapesAttributeClips", "AttributeHeads", "pretrain_backbone_on_shapes"]
@@ -35,13 +36,7 @@ __all__ = ["ATTRIBUTES", "ShapesAttributeClips", "AttributeHeads", "pretrain_bac
 logger = logging.getLogger(__name__)
 
 
-def _attribute_classes() -> dict[str, tuple[str, ...]]:
-    from ..data.shapes import COLORS, MOTIONS, SHAPES, SIZES
-
-    return {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "motion": MOTIONS}
-
-
-ATTRIBUTES: dict[str, tuple[str, ...]] = _attribute_classes()
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "motion": MOTIONS}
 _SWAP = {"left": "right", "right": "left"}
 
 
@@ -74,7 +69,7 @@ class ShapesAttributeClips(Dataset):
         self.root, self.split, self.num_frames, self.size, self.flip = root, split, num_frames, size, flip
         self.videos = sorted(info["videos"])
         self.objects = {v: info["videos"][v]["objects"] for v in self.videos}
-        self.frame_names = [f"{5 * i:05d}" for i in range(int(info["frames"]))]
+        self.frame_names = frame_names(int(info["frames"]))
         if num_frames > len(self.frame_names):
             raise ConfigError(f"num_frames={num_frames} exceeds the {len(self.frame_names)} frames per video")
 
