@@ -17,7 +17,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -157,8 +157,16 @@ class ClipSampling:
         return list(range(0, max(num_total, 1), self.num_frames))
 
 
+class RandomSource(Protocol):
+    """What clip sampling draws from: a :class:`random.Random` or the :mod:`random` module itself."""
+
+    def randint(self, a: int, b: int) -> int: ...
+
+    def sample(self, population: Sequence[int], k: int) -> list[int]: ...
+
+
 def sample_frame_indices(num_total: int, anchor: int, sampling: ClipSampling,
-                         rng: random.Random | None = None) -> list[int]:
+                         rng: RandomSource | None = None) -> list[int]:
     """Indices (into a video's frame list of length ``num_total``) of one clip, sorted ascending.
 
     ``sampling.num_frames=None`` returns every index. The result always has ``num_frames`` entries; videos
@@ -169,7 +177,8 @@ def sample_frame_indices(num_total: int, anchor: int, sampling: ClipSampling,
     k = sampling.num_frames
     if k is None:
         return list(range(num_total))
-    rng = rng or random  # type: ignore[assignment]
+    if rng is None:
+        rng = random
     last = num_total - 1
     if sampling.mode == "fixed":
         return [min(anchor + i * sampling.stride, last) for i in range(k)]

@@ -198,10 +198,12 @@ class A2DSentences(Dataset):
             return indices, pos, stack_frames((load_rgb(p) for p in paths), f"video {video!r}")
         path = self.video_dir / f"{video}.mp4"
         # the clip depends on the frame count, so decode once to count when it is not known yet
-        total = self._num_frames_cache.get(video)
-        if total is None:
+        cached = self._num_frames_cache.get(video)
+        if cached is None:
             total, _ = count_and_read_frames(path)
             self._num_frames_cache[video] = total
+        else:
+            total = cached
         indices, pos = centered_window(center, self.num_frames, total, self.stride)
         _, got = count_and_read_frames(path, set(indices))
         return indices, pos, stack_frames((got[i] for i in indices), f"video {video!r}")

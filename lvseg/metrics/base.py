@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, cast
 
 import numpy as np
 import torch
@@ -26,19 +26,21 @@ def to_numpy_masks(x: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray
 def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], digits: int = 2,
                  title: str = "") -> str:
     """A plain-text table: one row per key of ``rows`` (or a single row), one column per metric."""
+    table: dict[str, Mapping[str, float]]
     if rows and all(isinstance(v, (int, float)) for v in rows.values()):
-        rows = {"": rows}  # type: ignore[dict-item]
-    rows = dict(rows)  # type: ignore[arg-type]
+        table = {"": cast(Mapping[str, float], rows)}
+    else:
+        table = dict(cast(Mapping[str, Mapping[str, float]], rows))
     columns: list[str] = []
-    for row in rows.values():
-        for key in row:  # type: ignore[union-attr]
+    for row in table.values():
+        for key in row:
             if key not in columns:
                 columns.append(key)
-    header = ["", *columns] if any(rows) else columns
+    header = ["", *columns] if any(table) else columns
     body = []
-    for name, row in rows.items():
-        cells = [f"{row[c]:.{digits}f}" if c in row else "-" for c in columns]  # type: ignore[index,operator]
-        body.append([name, *cells] if any(rows) else cells)
+    for name, row in table.items():
+        cells = [f"{row[c]:.{digits}f}" if c in row else "-" for c in columns]
+        body.append([name, *cells] if any(table) else cells)
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     lines = [title] if title else []
     lines.append("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))

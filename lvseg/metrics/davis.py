@@ -272,12 +272,13 @@ def _count_near(layout: _Layout, src: np.ndarray, dst: np.ndarray) -> np.ndarray
     shift = (start & 31).astype(_WORD)
     row_steps = row_bytes // 4
     for dy, row_tests in _disk_rows(layout.radius):  # base/shift hold the pixels not matched yet
-        hit = None
+        hit: np.ndarray | None = None
         for piece, mask in row_tests:
             window = steps[base + (row_steps * dy + piece)]
             window >>= shift
             window &= np.uint64(mask)
             hit = window != 0 if hit is None else hit | (window != 0)
+        assert hit is not None  # every disk row has at least one test
         miss = ~hit
         base, shift = base[miss], shift[miss]
         if base.size == 0:

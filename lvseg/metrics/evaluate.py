@@ -206,7 +206,7 @@ class SamplePrediction:
 # p >= 0.5 plus the float32 values of those pixels only (lossless for every protocol: Ref-DAVIS17 sets p < 0.5 to 0
 # and the others threshold at 0.5), which keeps a 480p expression to a few MB.
 def _save_prediction(path: Path, pred: SamplePrediction) -> None:
-    arrays: dict[str, np.ndarray] = {"kind": np.array(pred.kind), "shape": np.array(pred.values.shape, np.int64),
+    arrays: dict[str, Any] = {"kind": np.array(pred.kind), "shape": np.array(pred.values.shape, np.int64),
                                      "scores": pred.scores.numpy().astype(np.float32)}
     if pred.kind == "probabilities":
         p = pred.values.numpy().astype(np.float32, copy=False)

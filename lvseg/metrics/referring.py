@@ -235,7 +235,7 @@ class LAVTEvaluator(Evaluator):
         if self.size is None or mask.shape == (self.size, self.size):
             return mask
         image = Image.fromarray(mask.astype(np.uint8), mode="L")
-        return np.asarray(image.resize((self.size, self.size), Image.NEAREST)) != 0
+        return np.asarray(image.resize((self.size, self.size), Image.Resampling.NEAREST)) != 0
 
     def add(self, pred: Any, gt: Any) -> None:
         """One sentence: predicted mask [H', W'] and ground truth [H, W] at the original resolution."""

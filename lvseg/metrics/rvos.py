@@ -59,7 +59,7 @@ def read_binary_png(path: str | Path) -> np.ndarray:
         else:
             arr = np.asarray(im)
     if arr.ndim == 3:
-        arr = arr.any(-1)
+        return np.asarray(arr.any(-1))
     return arr != 0
 
 

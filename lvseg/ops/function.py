@@ -157,7 +157,7 @@ class _MSDeformAttnCompiled(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         ext: Any,
         deterministic: bool,

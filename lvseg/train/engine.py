@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
 import torch
@@ -320,7 +320,7 @@ class Trainer:
             raise ConfigError("the training dataset is empty: check the data root and split (no samples found)")
         self.objective: Objective = make_objective(model.config.architecture, config.loss_weights, criterion,
                                                    mask_stride=getattr(model.config, "mask_stride", 4))
-        if config.gradient_checkpointing:
+        if config.gradient_checkpointing and hasattr(model.config, "gradient_checkpointing"):
             model.config.gradient_checkpointing = True
             backbone = getattr(model, "backbone", None)
             if backbone is not None and hasattr(backbone, "gradient_checkpointing"):
@@ -435,7 +435,7 @@ class Trainer:
         model_kwargs, targets = self.objective.prepare(batch, device)
         # DETR normalisation: the global number of target-frames, averaged over ranks (DDP averages gradients)
         normaliser = all_reduce_sum(self.objective.count(targets), device) / self.info.world_size
-        context = self.ddp.no_sync() if (not sync and self.info.distributed) else contextlib.nullcontext()
+        context = cast(Any, self.ddp).no_sync() if (not sync and self.info.distributed) else contextlib.nullcontext()
         with context:
             with self._autocast():
                 outputs = self.ddp(frames, list(batch["text"]), **model_kwargs)
@@ -464,7 +464,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         # a private generator: creating the loader's iterator must not draw from the global RNG (resume exactness)
         generator = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
-        return DataLoader(_SeededSamples(self.train_data), batch_sampler=self.sampler,  # type: ignore[arg-type]
+        return DataLoader(_SeededSamples(self.train_data), batch_sampler=self.sampler,
                           collate_fn=_collate, num_workers=self.cfg.num_workers, generator=generator)
 
     def _save(self) -> None:

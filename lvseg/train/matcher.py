@@ -78,7 +78,7 @@ class MatchCosts:
     focal_gamma: float = 2.0
 
 
-def downsample_masks(masks: torch.Tensor, size: tuple[int, int], stride: int = 4) -> torch.Tensor:
+def downsample_masks(masks: torch.Tensor, size: Sequence[int], stride: int = 4) -> torch.Tensor:
     """Ground-truth masks [..., H, W] -> [..., h, w] on the prediction grid of a stride-``stride`` mask head.
 
     Takes one pixel per cell, from offset ``stride // 2`` (the cell centre; ReferFormer subsamples the same way),
@@ -196,7 +196,7 @@ class MTTRTarget:
         return out
 
 
-def upsample_mask_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_mask_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """MTTR compares masks at the input resolution: stride-4 logits [..., h, w] -> [..., H, W] (bilinear,
     ``align_corners=False``, as the official matcher and loss do)."""
     lead = logits.shape[:-2]

@@ -148,13 +148,13 @@ class ShuffledExpressions(Dataset):
         if hasattr(ds, "samples") and hasattr(ds, "videos"):  # RefYouTubeVOS-style index: no frame decoding
             vid, exp_id, _ = ds.samples[index]
             return ds.videos[vid]["expressions"][exp_id]["exp"]
-        return ds[index]["text"]  # type: ignore[index]
+        return ds[index]["text"]
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = dict(self.dataset[index])  # type: ignore[index]
+        sample = dict(self.dataset[index])
         sample["text"] = self.texts[index]
         return sample
 

@@ -18,7 +18,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import COLORS, MOTIONS, SHAPES, SIZES, frame_names
 from ..errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:
+    from ..models.base import RVOSModel
 
 __all__ = ["ATTRIBUTES", "ShapesAttributeClips", "AttributeHeads", "pretrain_backbone_on_shapes"]
 
@@ -119,7 +122,7 @@ class AttributeHeads(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """feats: per level [N, C_l, h_l, w_l] -> per level {attribute: logits [N, K_a + 1, h_l, w_l]}."""
-        return [{a: head(f) for a, head in heads.items()} for heads, f in zip(self.heads, feats)]
+        return [{a: head(f) for a, head in cast(nn.ModuleDict, heads).items()} for heads, f in zip(self.heads, feats)]
 
 
 def _attribute_loss(outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor,
@@ -187,7 +190,7 @@ def _collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in batch]) for k in ("frames", "labels", "ids")}
 
 
-def pretrain_backbone_on_shapes(model: nn.Module, root: str | Path, steps: int = 1500, batch_size: int = 4,
+def pretrain_backbone_on_shapes(model: RVOSModel, root: str | Path, steps: int = 1500, batch_size: int = 4,
                                 lr: float = 1e-3, weight_decay: float = 1e-4, num_frames: int = 4,
                                 background_weight: float = 0.2, objective: str = "pixel", seed: int = 0,
                                 num_workers: int = 0,

@@ -20,7 +20,7 @@ multiples of the window (e.g. 90x160 at 360x640 input), so the released weights 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,8 @@ def _relative_position_index(window: Triple) -> torch.Tensor:
 
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside (shifted) windows with a learned relative-position bias."""
+
+    relative_position_index: torch.Tensor
 
     def __init__(self, dim: int, window: Triple, num_heads: int, qkv_bias: bool = True, fused: bool = False) -> None:
         super().__init__()
@@ -166,10 +168,8 @@ class WindowAttention3D(nn.Module):
                     out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
                                                          attn_mask=attn_mask, scale=self.scale)
                     break
-                part = F.scaled_dot_product_attention(
-                    *(t.index_select(1, index).flatten(0, 1) for t in (q, k, v)), attn_mask=attn_mask,
-                    scale=self.scale,
-                )
+                qi, ki, vi = (t.index_select(1, index).flatten(0, 1) for t in (q, k, v))
+                part = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=attn_mask, scale=self.scale)
                 out.index_copy_(1, index, part.unflatten(0, (b_ // nw, -1)))
             out = out.reshape(b_, heads, n, -1)
         else:
@@ -181,9 +181,8 @@ class WindowAttention3D(nn.Module):
             for s in range(0, nw, chunk):
                 e = min(nw, s + chunk)
                 attn_mask = (bias + mask[s:e].to(q.dtype).unsqueeze(1)).repeat(b_ // nw, 1, 1, 1)
-                part = F.scaled_dot_product_attention(
-                    *(t[:, s:e].flatten(0, 1) for t in (q, k, v)), attn_mask=attn_mask, scale=self.scale
-                )
+                qc, kc, vc = (t[:, s:e].flatten(0, 1) for t in (q, k, v))
+                part = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=attn_mask, scale=self.scale)
                 out[:, s:e] = part.unflatten(0, (b_ // nw, -1))
             out = out.reshape(b_, heads, n, -1)
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
@@ -311,6 +310,20 @@ class SwinStage(nn.Module):
         )
 
 
+class _PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (Conv3d 1xPxP for video, Conv2d PxP for images) and its LayerNorm."""
+
+    def __init__(self, embed_dim: int, patch_size: int, video: bool) -> None:
+        super().__init__()
+        self.proj: nn.Conv2d | nn.Conv3d
+        if video:
+            kernel = (1, patch_size, patch_size)
+            self.proj = nn.Conv3d(3, embed_dim, kernel_size=kernel, stride=kernel)
+        else:
+            self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+
 class SwinBackbone(nn.Module):
     """Swin (``video=False``) or Video Swin (``video=True``) returning four maps at strides 4, 8, 16, 32.
 
@@ -327,16 +340,12 @@ class SwinBackbone(nn.Module):
         # fused_attention: SDPA window attention with region-id shift masks (less memory, same math up to
         # rounding); False keeps the eager reference path.
         self.fused_attention = fused_attention
-        self._mask_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._mask_cache: dict[tuple[Any, ...], ShiftMaskGroups] = {}
         self.window: Triple = tuple(int(v) for v in window)  # type: ignore[assignment]
         self.shift: Triple = tuple(v // 2 for v in self.window)  # type: ignore[assignment]
         self.patch_size = patch_size
         self.gradient_checkpointing = gradient_checkpointing
-        proj_cls = nn.Conv3d if video else nn.Conv2d
-        kernel = (1, patch_size, patch_size) if video else (patch_size, patch_size)
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = proj_cls(3, embed_dim, kernel_size=kernel, stride=kernel)
-        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        self.patch_embed = _PatchEmbed(embed_dim, patch_size, video)
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.num_channels = [embed_dim * 2**i for i in range(len(depths))]
         self.strides = [patch_size * 2**i for i in range(len(depths))]
@@ -352,7 +361,8 @@ class SwinBackbone(nn.Module):
                 self.downsamples.append(PatchMerging(dim))
         self.out_norms = None if video else nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels)
 
-    def _shift_mask(self, padded: Triple, window: Triple, shift: Triple, x: torch.Tensor) -> torch.Tensor:
+    def _shift_mask(self, padded: Triple, window: Triple, shift: Triple,
+                    x: torch.Tensor) -> torch.Tensor | ShiftMaskGroups:
         """The shift mask of one geometry: for the fused path its :class:`ShiftMaskGroups` (cached, a few
         entries); otherwise the additive [nW, N, N] mask (not cached: it can take hundreds of MB)."""
         if not self.fused_attention:
@@ -388,7 +398,7 @@ class SwinBackbone(nn.Module):
             window, shift = effective_window((d, h, w), self.window, self.shift, clamp=self.video)
             padded = tuple(int(math.ceil(s / win)) * win for s, win in zip((d, h, w), window))
             mask = self._shift_mask(padded, window, shift, x) if any(shift) else None  # type: ignore[arg-type]
-            for block in stage.blocks:
+            for block in cast(SwinStage, stage).blocks:
                 if self.gradient_checkpointing and self.training and x.requires_grad:
                     x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
                 else:

@@ -9,6 +9,8 @@ left" from "moving right".
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -29,7 +31,7 @@ class TemporalMix(nn.Module):
         self.conv = nn.Conv3d(channels, channels, kernel_size=(kernel, 1, 1), padding=(kernel // 2, 0, 0),
                               groups=channels)
         nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.conv.bias))
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """x: [(b t), C, h, w] -> same shape (frames of a video are consecutive along dim 0)."""
@@ -58,14 +60,14 @@ class TimmBackbone(nn.Module):
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ConfigError(f"timm cannot build {name!r} as a feature extractor ({exc}); pick a CNN from "
                               "timm.list_models() that supports features_only=True") from exc
-        reductions = list(probe.feature_info.reduction())
+        reductions = list(cast(Any, probe.feature_info).reduction())
         missing = [s for s in _STRIDES if s not in reductions]
         if missing:
             raise ConfigError(f"timm model {name!r} has feature strides {reductions}, lacking {missing}; "
                               "ReferFormer needs strides 4, 8, 16 and 32")
         indices = tuple(reductions.index(s) for s in _STRIDES)
         self.body = timm.create_model(name, features_only=True, pretrained=False, out_indices=indices)
-        self.num_channels = list(self.body.feature_info.channels())
+        self.num_channels = list(cast(Any, self.body.feature_info).channels())
         self.strides = list(_STRIDES)
         self.video = temporal_kernel > 0
         self.temporal = nn.ModuleList(TemporalMix(c, temporal_kernel) for c in self.num_channels) if self.video \

@@ -189,7 +189,8 @@ class FPNSpatialDecoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, stride8: torch.Tensor, stride4: torch.Tensor) -> torch.Tensor:
         """x: [N, d, h16, w16]; stride8: [N, C2, h8, w8]; stride4: [N, C1, h4, w4] -> [N, out_dim, h4, w4]."""
@@ -259,6 +260,7 @@ class MTTR(RVOSModel):
 
     config_class = MTTRConfig
     architecture = "mttr"
+    config: MTTRConfig
 
     def __init__(self, config: MTTRConfig, tokenizer: Any = None) -> None:
         super().__init__(config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -124,7 +126,7 @@ class CrossModalFPN(nn.Module):
             self.add_module(f"cross_attn_{k + 1}", block)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=3, padding=1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
-        nn.init.zeros_(self.mask_features.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.mask_features.bias))
         self.text_pos = PositionEmbeddingSine1D(conv_dim, normalize=True)
 
     def forward(self, inputs: list[torch.Tensor], masks: list[torch.Tensor], poses: list[torch.Tensor],
@@ -172,7 +174,7 @@ class _GuidedUpsample(nn.Module):
         self.norm = nn.GroupNorm(min(8, hidden), hidden)
         self.proj = nn.Conv2d(hidden, channels, 1)
         nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.proj.bias))
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(x, size=guide.shape[-2:], mode="bilinear", align_corners=False)

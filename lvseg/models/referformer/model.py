@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,7 @@ class FeatureResizer(nn.Module):
         return self.dropout(self.layer_norm(self.fc(x)))
 
 
-def _build_backbone(config: ReferFormerConfig) -> nn.Module:
+def _build_backbone(config: ReferFormerConfig) -> TimmBackbone | ResNetBackbone | SwinBackbone:
     if config.backbone == "timm":
         return TimmBackbone(config.timm_model, temporal_kernel=config.temporal_kernel,
                             gradient_checkpointing=config.gradient_checkpointing)
@@ -69,6 +69,7 @@ class ReferFormer(RVOSModel):
 
     config_class = ReferFormerConfig
     architecture = "referformer"
+    config: ReferFormerConfig
 
     def __init__(self, config: ReferFormerConfig, tokenizer: Any = None) -> None:
         super().__init__(config)
@@ -111,17 +112,19 @@ class ReferFormer(RVOSModel):
 
     def _init_heads(self) -> None:
         bias_value = -math.log((1 - 0.01) / 0.01)
-        for head in self.class_embed:
+        for head in cast(list[nn.Linear], list(self.class_embed)):
             nn.init.constant_(head.bias, bias_value)
-        for i, mlp in enumerate(self.bbox_embed):
-            nn.init.zeros_(mlp.layers[-1].weight)
-            nn.init.zeros_(mlp.layers[-1].bias)
+        for i, mlp in enumerate(cast(list[MLP], list(self.bbox_embed))):
+            last = cast(nn.Linear, mlp.layers[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
             if i == 0:
-                nn.init.constant_(mlp.layers[-1].bias[2:], -2.0)
+                nn.init.constant_(last.bias[2:], -2.0)
         for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.zeros_(proj[0].bias)
-        for layer in self.controller.layers:
+            conv = cast(nn.Conv2d, cast(nn.Sequential, proj)[0])
+            nn.init.xavier_uniform_(conv.weight, gain=1)
+            nn.init.zeros_(cast(torch.Tensor, conv.bias))
+        for layer in cast(list[nn.Linear], list(self.controller.layers)):
             nn.init.zeros_(layer.bias)
             nn.init.xavier_uniform_(layer.weight)
 
