@@ -69,7 +69,7 @@ def homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 def _warp(img: torch.Tensor, matrix: torch.Tensor, mode: str) -> torch.Tensor:
     """Warp ``[C, H, W]`` float so that output pixel ``p`` takes the input at ``matrix^-1 p`` (pixel-index
     coordinates); outside the input is 0."""
-    c, h, w = img.shape
+    _, h, w = img.shape
     inv = torch.linalg.inv(matrix)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                             indexing="ij")

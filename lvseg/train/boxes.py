@@ -60,7 +60,7 @@ def mask_boxes_cxcywh(masks: torch.Tensor, size: torch.Tensor) -> tuple[torch.Te
 
     ``size`` [N, 2] is each mask's unpadded (H, W); empty masks get all-zero boxes.
     """
-    n, h, w = masks.shape
+    _, h, w = masks.shape
     visible = masks.flatten(1).any(1)
     ys = torch.arange(h, dtype=torch.float32, device=masks.device)
     xs = torch.arange(w, dtype=torch.float32, device=masks.device)

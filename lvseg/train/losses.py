@@ -98,7 +98,7 @@ class ReferFormerCriterion(torch.nn.Module):
         """Unweighted losses of one decoder layer's outputs."""
         logits, boxes, masks = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_masks"]
         matches = self.matcher(outputs, targets)
-        b, t, q, k = logits.shape
+        b, t, _, _ = logits.shape
         device = logits.device
 
         # classification: every query of every real frame; the matched query is positive where its target is

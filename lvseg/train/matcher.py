@@ -110,7 +110,7 @@ class HungarianMatcher:
                     target: VideoTarget) -> torch.Tensor:
         """The [q, n] matching cost of one video: logits [t, q, K], boxes [t, q, 4], masks [t, q, h, w]."""
         c = self.costs
-        t, q = logits.shape[:2]
+        t = logits.shape[0]
         prob = logits.float().sigmoid()  # [t, q, K]
         # focal-loss style class cost (Deformable-DETR): positive minus negative cost of the target's class
         neg = (1 - c.focal_alpha) * prob.pow(c.focal_gamma) * -(1 - prob + 1e-8).log()

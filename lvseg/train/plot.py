@@ -63,9 +63,11 @@ def _plot_pillow(panels: list[tuple[str, list[tuple[float, float]]]], path: Path
         if ymax == ymin:
             ymax = ymin + 1
 
-        def to_px(x: float, y: float) -> tuple[float, float]:
-            px = x0 + margin + (x - xmin) / (xmax - xmin) * (pw - 2 * margin)
-            py = ph - margin - (y - ymin) / (ymax - ymin) * (ph - 2 * margin)
+        def to_px(x: float, y: float, x0: float = x0, bounds: tuple[float, float, float, float] = (xmin, xmax, ymin, ymax)
+                  ) -> tuple[float, float]:
+            x_lo, x_hi, y_lo, y_hi = bounds
+            px = x0 + margin + (x - x_lo) / (x_hi - x_lo) * (pw - 2 * margin)
+            py = ph - margin - (y - y_lo) / (y_hi - y_lo) * (ph - 2 * margin)
             return px, py
 
         draw.rectangle([x0 + margin, margin, x0 + pw - margin, ph - margin], outline=(120, 120, 120))

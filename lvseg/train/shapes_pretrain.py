@@ -242,7 +242,7 @@ def pretrain_backbone_on_shapes(model: RVOSModel, root: str | Path, steps: int =
                             collate_fn=_collate, num_workers=num_workers)
         for batch in loader:
             frames = prepare_frames(batch["frames"], model, device)  # [B, T, 3, H, W]
-            b, t = frames.shape[:2]
+            t = frames.shape[1]
             feats = backbone(frames.flatten(0, 1), num_frames=t)
             outputs = heads(feats)
             if objective == "object":

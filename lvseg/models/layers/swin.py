@@ -394,7 +394,7 @@ class SwinBackbone(nn.Module):
         x = self._embed(x, num_frames)
         outs = []
         for i, stage in enumerate(self.layers):
-            b, d, h, w, _ = x.shape
+            _, d, h, w, _ = x.shape
             window, shift = effective_window((d, h, w), self.window, self.shift, clamp=self.video)
             padded = tuple(int(math.ceil(s / win)) * win for s, win in zip((d, h, w), window))
             mask = self._shift_mask(padded, window, shift, x) if any(shift) else None  # type: ignore[arg-type]
