@@ -48,6 +48,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from lvseg.errors import LVSegError
 from lvseg.utils import atomic_write_text
 
 try:
@@ -95,7 +96,7 @@ class MSDABuildWarning(RuntimeWarning):
     """A compiled MSDA backend could not be built or loaded; the pure-PyTorch backend is used instead."""
 
 
-class BuildError(RuntimeError):
+class BuildError(LVSegError, RuntimeError):
     """Why a compiled backend cannot be built, with the fix in the message."""
 
 
@@ -454,7 +455,8 @@ def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
         # A fresh folder per build: an installed library is never rewritten in place (a process may have it
         # mapped), and nothing is installed until the marker names this folder. os.mkdir honours the umask.
         while True:
-            build_dir = info.directory / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+            token = secrets.token_hex(3)
+            build_dir = info.directory / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{token}"
             try:
                 build_dir.mkdir()
                 break
@@ -467,7 +469,9 @@ def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
         env_cxx = os.environ.get("CXX")
         try:
             module = cpp_extension.load(
-                name=info.name,
+                # Python keeps one extension module per name in a process, so each build gets its own name:
+                # a forced rebuild can then be imported beside the build this process already loaded.
+                name=f"{info.name}_{token}",
                 sources=[str(s) for s in info.sources],
                 extra_cflags=list(_CFLAGS),
                 extra_ldflags=list(_LDFLAGS),
@@ -492,8 +496,7 @@ def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
 
 def _install(info: BuildInfo, module: ModuleType, seconds: float) -> Path:
     """Record the freshly built library in the marker (atomically), then delete the other build folders."""
-    # <entry>/build-.../<name>.so; a second build in one process is named <name>_v1.so by torch (its module
-    # cache is per name), which is why the marker records the file and the module name.
+    # <entry>/build-...-<token>/<name>_<token>.so, whose module is named <name>_<token>
     library = Path(str(module.__file__))
     build_dir = library.parent
     record = {
@@ -516,6 +519,9 @@ def _install(info: BuildInfo, module: ModuleType, seconds: float) -> Path:
     for entry in info.directory.iterdir():
         if entry.is_dir() and entry.name.startswith("build-") and entry != build_dir:
             shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(f".{info.marker.name}.") and entry.name.endswith(".tmp"):  # a killed write
+            with contextlib.suppress(OSError):
+                entry.unlink()
     return library
 
 
