@@ -409,6 +409,21 @@ def _import_library(installed: Installed) -> ModuleType:
     return module
 
 
+def _load_installed(info: BuildInfo) -> Optional[ModuleType]:
+    """Import the installed build after :func:`verify_installed`; ``None`` if nothing is installed.
+
+    Raises:
+        CacheDamaged: the entry does not verify, or its verified library does not import.
+    """
+    installed = verify_installed(info)
+    if installed is None:
+        return None
+    try:
+        return _import_library(installed)
+    except (ImportError, OSError) as exc:  # e.g. deleted by a forced rebuild in another process since the check
+        raise CacheDamaged(f"{installed.library} does not import ({exc})") from exc
+
+
 def _writable_cache_error(info: BuildInfo, exc: OSError) -> BuildError:
     return BuildError(
         f"cannot write the build cache {info.directory} ({exc.strerror or exc}). Make it writable or set "
@@ -417,28 +432,31 @@ def _writable_cache_error(info: BuildInfo, exc: OSError) -> BuildError:
 
 
 @contextlib.contextmanager
-def _entry_lock(info: BuildInfo) -> Iterator[None]:
+def _entry_lock(info: BuildInfo) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on the entry's lock file: one process builds or repairs an entry at a time,
     the others wait and then use its result. The kernel releases the lock when its holder dies, so a killed
-    build never blocks later ones."""
+    build never blocks later ones. Yields whether the lock is held (False where ``flock`` is unavailable)."""
     try:
         info.directory.mkdir(parents=True, exist_ok=True)
         handle = open(info.lock_file, "a+b")
     except OSError as exc:
         raise _writable_cache_error(info, exc) from exc
     with handle:
+        held = False
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
             except BlockingIOError:
                 logger.info("waiting for another process that is building the MSDA %s extension (lock %s)",
                             info.kind, info.lock_file)
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                held = True
             except OSError as exc:  # e.g. ENOLCK on some network filesystems
                 # Builds still go to their own folders and the marker is replaced atomically, so the worst case
                 # without the lock is two processes building the same thing.
                 logger.debug("cannot lock %s (%s); building without the lock", info.lock_file, exc)
-        yield  # closing the handle releases the lock
+        yield held  # closing the handle releases the lock
 
 
 def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
@@ -494,8 +512,9 @@ def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
     return module, time.perf_counter() - start
 
 
-def _install(info: BuildInfo, module: ModuleType, seconds: float) -> Path:
-    """Record the freshly built library in the marker (atomically), then delete the other build folders."""
+def _install(info: BuildInfo, module: ModuleType, seconds: float, remove_others: bool) -> Path:
+    """Record the freshly built library in the marker (atomically), then (holding the lock) delete the other
+    build folders."""
     # <entry>/build-...-<token>/<name>_<token>.so, whose module is named <name>_<token>
     library = Path(str(module.__file__))
     build_dir = library.parent
@@ -514,6 +533,8 @@ def _install(info: BuildInfo, module: ModuleType, seconds: float) -> Path:
         atomic_write_text(info.marker, json.dumps(record, indent=2))
     except OSError as exc:
         raise _writable_cache_error(info, exc) from exc
+    if not remove_others:  # without the lock, another process may be building into one of them right now
+        return library
     # Under the lock, every other build folder is superseded or abandoned (a killed build). Processes that still
     # run a superseded library keep their mapping: unlinking a mapped file does not affect them.
     for entry in info.directory.iterdir():
@@ -542,40 +563,25 @@ def build(kind: str, force: bool = False) -> ModuleType:
         BuildError: with the reason and the fix.
     """
     info = build_info(kind)
+    module: Optional[ModuleType] = None
     if not force:
-        try:
-            installed = verify_installed(info)
-            if installed is not None:
-                module = _import_library(installed)
-                with _lock:
-                    _loaded[kind] = module
-                return module
-        except (CacheDamaged, ImportError, OSError):
-            pass  # checked again under the lock: another process may be repairing it right now
-    with _entry_lock(info):
-        problem = None
-        if not force:
-            # another process may have built or repaired the entry while this one waited for the lock
-            installed = None
-            try:
-                installed = verify_installed(info)
-                if installed is not None:
-                    module = _import_library(installed)
-                    with _lock:
-                        _loaded[kind] = module
-                    return module
-            except CacheDamaged as exc:
-                problem = str(exc)
-            except (ImportError, OSError) as exc:
-                problem = f"{installed.library if installed else info.marker} does not import ({exc})"
-            if problem is not None:
-                logger.warning("the cached MSDA %s build in %s is damaged: %s. Rebuilding it.",
-                               kind, info.directory, problem)
-        else:
-            logger.info("rebuilding the MSDA %s extension (forced)", kind)
-        module, seconds = _compile(info)
-        library = _install(info, module, seconds)
-    logger.info("built the MSDA %s extension in %.1f s: %s", kind, seconds, library)
+        with contextlib.suppress(CacheDamaged):  # checked again under the lock: another process may be repairing it
+            module = _load_installed(info)
+    if module is None:
+        with _entry_lock(info) as locked:
+            if not force:
+                # another process may have built or repaired the entry while this one waited for the lock
+                try:
+                    module = _load_installed(info)
+                except CacheDamaged as exc:
+                    logger.warning("the cached MSDA %s build in %s is damaged: %s. Rebuilding it.",
+                                   kind, info.directory, exc)
+            else:
+                logger.info("rebuilding the MSDA %s extension (forced)", kind)
+            if module is None:
+                module, seconds = _compile(info)
+                library = _install(info, module, seconds, remove_others=locked)
+                logger.info("built the MSDA %s extension in %.1f s: %s", kind, seconds, library)
     with _lock:
         _loaded[kind] = module
     return module
