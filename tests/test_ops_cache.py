@@ -55,7 +55,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _run_op(cache: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", OP_SCRIPT, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", OP_SCRIPT, *args], capture_output=True, text=True, check=False,
                           env=_env(cache), timeout=900)
 
 
@@ -196,7 +196,7 @@ def test_force_rebuilds_a_truncated_library(cache):
     old = info.library
     _truncate(old)
     old_marker = info.marker.stat()
-    proc = subprocess.run([sys.executable, "-m", "lvseg.cli", "build-ops", "--kind", "cpu", "--force"],
+    proc = subprocess.run([sys.executable, "-m", "lvseg.cli", "build-ops", "--kind", "cpu", "--force"], check=False,
                           capture_output=True, text=True, env=_env(cache), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rebuilding the MSDA cpu extension (forced)" in proc.stderr
@@ -229,8 +229,8 @@ def test_force_in_a_process_that_loaded_the_library(cache):
     )
     info = build.build_info("cpu")
     old = info.library
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(cache),
-                          timeout=900)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          env=_env(cache), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("FIRST", "SECOND")))
     assert Path(lines["FIRST"]) == old

@@ -377,7 +377,8 @@ def verify_installed(info: BuildInfo) -> Optional[Installed]:
     except ValueError as exc:
         raise CacheDamaged(f"its marker {info.marker} is not valid JSON ({exc})") from exc
     fields = {"layout": int, "key": dict, "module": str, "library": str, "size": int, "sha256": str}
-    wrong = [name for name, kind in fields.items() if not isinstance(record, dict) or not isinstance(record.get(name), kind)]
+    wrong = [name for name, kind in fields.items()
+             if not isinstance(record, dict) or not isinstance(record.get(name), kind)]
     if wrong:
         raise CacheDamaged(f"its marker {info.marker} lacks valid {', '.join(wrong)} fields")
     if record["layout"] != CACHE_LAYOUT or record["key"] != info.key_parts:
@@ -391,7 +392,9 @@ def verify_installed(info: BuildInfo) -> Optional[Installed]:
     try:
         size = library.stat().st_size
         if size != record["size"]:
-            raise CacheDamaged(f"{library} has {size} bytes where the build wrote {record['size']} (truncated or overwritten)")
+            raise CacheDamaged(
+                f"{library} has {size} bytes where the build wrote {record['size']} (truncated or overwritten)"
+            )
         digest = _sha256(library)
     except OSError as exc:
         raise CacheDamaged(f"the library it names, {library}, cannot be read ({exc.strerror or exc})") from exc
@@ -641,7 +644,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             failed += 1
             print(f"[FAIL] {kind}: {exc}")
             continue
-        print(f"[ OK ] {kind}: {module.__file__} ({time.perf_counter() - start:.1f} s; compiler {info.compiler_version})")
+        seconds = time.perf_counter() - start
+        print(f"[ OK ] {kind}: {module.__file__} ({seconds:.1f} s; compiler {info.compiler_version})")
     return 1 if failed else 0
 
 
