@@ -151,10 +151,12 @@ def test_no_marker_means_not_installed(cache):
     assert build.verify_installed(info) is None
 
 
-def test_cache_key_changes_with_the_layout():
+def test_cache_key_changes_with_the_layout(monkeypatch):
     # entries written by releases that put the library into the entry folder itself are never reused
     info = build.build_info("cpu")
     assert info.key_parts["cache_layout"] == str(build.CACHE_LAYOUT)
+    monkeypatch.setattr(build, "CACHE_LAYOUT", build.CACHE_LAYOUT + 1)
+    assert build.build_info("cpu").name != info.name
 
 
 def test_unwritable_cache_is_a_build_error(tmp_path, monkeypatch):
