@@ -4,7 +4,9 @@ The extensions are compiled on first use with ``torch.utils.cpp_extension.load``
 ``lvseg/ops/csrc`` and cached on disk under a folder whose name is a hash of everything that makes a binary
 different: the sources, the torch version, the CUDA version, the compiler (path and ``--version``), the
 Python ABI, the flags and, for CUDA, the target architectures. Later processes import the cached binary
-directly (no ninja run, no recompile).
+directly (no ninja run, no recompile), after checking its size and sha256 against the marker written when it
+was built; a damaged entry is rebuilt with one logged warning. Each build goes into a new folder, builds of one
+entry are serialised by a file lock, and the marker that installs a build is replaced atomically.
 
 Cache location, first match wins:
 
@@ -30,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -41,14 +44,25 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
+
+from lvseg.errors import LVSegError
+from lvseg.utils import atomic_write_text
+
+try:
+    import fcntl
+except ImportError:  # Windows: builds still go to their own folders and the marker is replaced atomically
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MSDABuildWarning",
     "BuildError",
     "BuildInfo",
+    "Installed",
+    "CacheDamaged",
+    "verify_installed",
     "cache_root",
     "build_info",
     "compile_cuda_object",
@@ -62,6 +76,10 @@ logger = logging.getLogger(__name__)
 CSRC = Path(__file__).resolve().parent / "csrc"
 VERBOSE_ENV = "LVSEG_VERBOSE_BUILD"
 KINDS = ("cpu", "cuda")
+# Layout of a cache entry: a marker naming build-*/<name>.so with its size and sha256, a lock file, one folder per
+# build. Part of the cache key, so releases that wrote the library into the entry folder itself never share an
+# entry with this one.
+CACHE_LAYOUT = 2
 
 # Sources of each extension (relative to csrc/). Every file in csrc/ is hashed into the key of both, so an
 # edit of a shared header rebuilds both.
@@ -78,7 +96,7 @@ class MSDABuildWarning(RuntimeWarning):
     """A compiled MSDA backend could not be built or loaded; the pure-PyTorch backend is used instead."""
 
 
-class BuildError(RuntimeError):
+class BuildError(LVSegError, RuntimeError):
     """Why a compiled backend cannot be built, with the fix in the message."""
 
 
@@ -95,14 +113,37 @@ class BuildInfo:
     key_parts: dict[str, str] = field(default_factory=dict)
 
     @property
-    def library(self) -> Path:
-        """The shared library that ``cpp_extension.load`` writes."""
-        return self.directory / f"{self.name}.so"
+    def marker(self) -> Path:
+        """Written (atomically) after a successful build and import: names the installed shared library and
+        its size and sha256, which are checked before every import."""
+        return self.directory / "lvseg-build.json"
 
     @property
-    def marker(self) -> Path:
-        """Written after a successful build and import; its presence makes later processes skip ninja."""
-        return self.directory / "lvseg-build.json"
+    def lock_file(self) -> Path:
+        """Locked (``flock``) by the process that builds or repairs this entry; the others wait for it."""
+        return self.directory / "lvseg-build.lock"
+
+    @property
+    def library(self) -> Optional[Path]:
+        """The installed shared library named by the marker, or ``None`` if nothing is installed (not checked:
+        see :func:`verify_installed`)."""
+        try:
+            record = json.loads(self.marker.read_text())
+            return self.directory / record["library"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass
+class Installed:
+    """An installed build whose shared library matched the size and sha256 recorded in the marker."""
+
+    library: Path
+    module_name: str
+
+
+class CacheDamaged(Exception):
+    """A cache entry whose marker or shared library does not match (internal: the entry is rebuilt)."""
 
 
 _lock = threading.RLock()
@@ -265,6 +306,7 @@ def build_info(kind: str) -> BuildInfo:
         "machine": platform.machine(),
         "cxx11_abi": str(int(torch._C._GLIBCXX_USE_CXX11_ABI)),
         "cflags": " ".join(_CFLAGS + _LDFLAGS),
+        "cache_layout": str(CACHE_LAYOUT),
     }
     if kind == "cuda":
         cpp_extension = _cpp_extension()
@@ -288,15 +330,6 @@ def build_info(kind: str) -> BuildInfo:
     return BuildInfo(kind, name, cache_root() / name, sources, compiler, compiler_version, parts)
 
 
-def _import_library(info: BuildInfo) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(info.name, info.library)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {info.library}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @contextlib.contextmanager
 def _quiet_build():
     """Silence torch's build chatter (ABI notices, CUDA_HOME notices, ninja output) unless verbose."""
@@ -315,65 +348,245 @@ def _quiet_build():
         torch_logger.setLevel(old_level)
 
 
-def build(kind: str, force: bool = False) -> ModuleType:
-    """Compile (or reuse from the cache) and import the ``kind`` extension.
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    Args:
-        kind: ``"cpu"`` or ``"cuda"``.
-        force: rebuild even if a cached build exists.
+
+def verify_installed(info: BuildInfo) -> Optional[Installed]:
+    """Check the installed build of ``info`` without loading it; ``None`` if nothing is installed yet.
+
+    The marker must be readable, written for this build key, and name a shared library inside the entry's
+    folder whose size and sha256 are the ones recorded after the build. A truncated or overwritten library is
+    therefore never handed to ``dlopen``, which can kill the process with SIGBUS instead of raising.
 
     Raises:
-        BuildError: with the reason and the fix.
+        CacheDamaged: what does not match (the caller rebuilds the entry).
     """
-    info = build_info(kind)
-    if not force and info.marker.is_file() and info.library.is_file():
-        try:
-            return _import_library(info)
-        except ImportError as exc:  # a damaged cache entry: rebuild it
-            logger.info("cached MSDA %s build %s does not import (%s); rebuilding", kind, info.library, exc)
+    try:
+        text = info.marker.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CacheDamaged(f"its marker {info.marker} cannot be read ({exc})") from exc
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise CacheDamaged(f"its marker {info.marker} is not valid JSON ({exc})") from exc
+    fields = {"layout": int, "key": dict, "module": str, "library": str, "size": int, "sha256": str}
+    wrong = [name for name, kind in fields.items()
+             if not isinstance(record, dict) or not isinstance(record.get(name), kind)]
+    if wrong:
+        raise CacheDamaged(f"its marker {info.marker} lacks valid {', '.join(wrong)} fields")
+    if record["layout"] != CACHE_LAYOUT or record["key"] != info.key_parts:
+        raise CacheDamaged(f"its marker {info.marker} was written for another build (layout or key differs)")
+    relative = Path(record["library"])
+    if relative.is_absolute() or ".." in relative.parts or len(relative.parts) != 2:
+        raise CacheDamaged(f"its marker {info.marker} names a library outside the entry ({record['library']!r})")
+    library = info.directory / relative
+    if library.name.split(".")[0] != record["module"]:
+        raise CacheDamaged(f"its marker {info.marker} names module {record['module']!r} for {library.name}")
+    try:
+        size = library.stat().st_size
+        if size != record["size"]:
+            raise CacheDamaged(
+                f"{library} has {size} bytes where the build wrote {record['size']} (truncated or overwritten)"
+            )
+        digest = _sha256(library)
+    except OSError as exc:
+        raise CacheDamaged(f"the library it names, {library}, cannot be read ({exc.strerror or exc})") from exc
+    if digest != record["sha256"]:
+        raise CacheDamaged(f"the sha256 of {library} is not the one recorded after the build (the file was modified)")
+    return Installed(library, record["module"])
+
+
+def _import_library(installed: Installed) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(installed.module_name, installed.library)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {installed.library}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_installed(info: BuildInfo) -> Optional[ModuleType]:
+    """Import the installed build after :func:`verify_installed`; ``None`` if nothing is installed.
+
+    Raises:
+        CacheDamaged: the entry does not verify, or its verified library does not import.
+    """
+    installed = verify_installed(info)
+    if installed is None:
+        return None
+    try:
+        return _import_library(installed)
+    except (ImportError, OSError) as exc:  # e.g. deleted by a forced rebuild in another process since the check
+        raise CacheDamaged(f"{installed.library} does not import ({exc})") from exc
+
+
+def _writable_cache_error(info: BuildInfo, exc: OSError) -> BuildError:
+    return BuildError(
+        f"cannot write the build cache {info.directory} ({exc.strerror or exc}). Make it writable or set "
+        "$LVSEG_CACHE_DIR to a writable folder."
+    )
+
+
+@contextlib.contextmanager
+def _entry_lock(info: BuildInfo) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the entry's lock file: one process builds or repairs an entry at a time,
+    the others wait and then use its result. The kernel releases the lock when its holder dies, so a killed
+    build never blocks later ones. Yields whether the lock is held (False where ``flock`` is unavailable)."""
+    try:
+        info.directory.mkdir(parents=True, exist_ok=True)
+        handle = open(info.lock_file, "a+b")
+    except OSError as exc:
+        raise _writable_cache_error(info, exc) from exc
+    with handle:
+        held = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                logger.info("waiting for another process that is building the MSDA %s extension (lock %s)",
+                            info.kind, info.lock_file)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                held = True
+            except OSError as exc:  # e.g. ENOLCK on some network filesystems
+                # Builds still go to their own folders and the marker is replaced atomically, so the worst case
+                # without the lock is two processes building the same thing.
+                logger.debug("cannot lock %s (%s); building without the lock", info.lock_file, exc)
+        yield held  # closing the handle releases the lock
+
+
+def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
+    """Compile the extension into a new folder of its own inside the entry, and import it from there.
+
+    Returns:
+        (the imported module, seconds the build took).
+    """
     with _quiet_build():
         from torch.utils import cpp_extension
 
         if not cpp_extension.is_ninja_available():
             raise BuildError("ninja was not found. Install it with `pip install ninja` (or your package manager).")
-        info.directory.mkdir(parents=True, exist_ok=True)
-        if force:
-            with contextlib.suppress(FileNotFoundError):
-                info.marker.unlink()
+        # A fresh folder per build: an installed library is never rewritten in place (a process may have it
+        # mapped), and nothing is installed until the marker names this folder. os.mkdir honours the umask.
+        while True:
+            token = secrets.token_hex(3)
+            build_dir = info.directory / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{token}"
+            try:
+                build_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _writable_cache_error(info, exc) from exc
         start = time.perf_counter()
-        logger.info("building the MSDA %s extension into %s (once; takes about a minute)", kind, info.directory)
+        logger.info("building the MSDA %s extension into %s (once; takes about a minute)", info.kind, build_dir)
         env_cxx = os.environ.get("CXX")
         try:
             module = cpp_extension.load(
-                name=info.name,
+                # Python keeps one extension module per name in a process, so each build gets its own name:
+                # a forced rebuild can then be imported beside the build this process already loaded.
+                name=f"{info.name}_{token}",
                 sources=[str(s) for s in info.sources],
                 extra_cflags=list(_CFLAGS),
                 extra_ldflags=list(_LDFLAGS),
-                extra_cuda_cflags=list(_CUDA_FLAGS) if kind == "cuda" else None,
+                extra_cuda_cflags=list(_CUDA_FLAGS) if info.kind == "cuda" else None,
                 extra_include_paths=[str(CSRC)],
-                build_directory=str(info.directory),
-                with_cuda=(kind == "cuda"),
+                build_directory=str(build_dir),
+                with_cuda=(info.kind == "cuda"),
                 verbose=_verbose(),
             )
         except Exception as exc:  # compiler errors, linker errors, ninja failures
+            shutil.rmtree(build_dir, ignore_errors=True)
             detail = str(exc).strip()
             if len(detail) > 3000:
                 detail = "...\n" + detail[-3000:]
             raise BuildError(
-                f"compiling the {kind} extension with {info.compiler!r} failed:\n{detail}\n"
+                f"compiling the {info.kind} extension with {info.compiler!r} failed:\n{detail}\n"
                 f"Check the compiler (CXX={env_cxx!r}) and, for cuda, that nvcc matches torch's CUDA "
                 f"{torch.version.cuda}; run `LVSEG_VERBOSE_BUILD=1 python -m lvseg.ops.build` for the full log."
             ) from exc
-    payload = {
-        **info.key_parts,
+    return module, time.perf_counter() - start
+
+
+def _install(info: BuildInfo, module: ModuleType, seconds: float, remove_others: bool) -> Path:
+    """Record the freshly built library in the marker (atomically), then (holding the lock) delete the other
+    build folders."""
+    # <entry>/build-...-<token>/<name>_<token>.so, whose module is named <name>_<token>
+    library = Path(str(module.__file__))
+    build_dir = library.parent
+    record = {
+        "layout": CACHE_LAYOUT,
+        "key": info.key_parts,
         "name": info.name,
+        "module": module.__name__,
+        "library": library.relative_to(info.directory).as_posix(),
+        "size": library.stat().st_size,
+        "sha256": _sha256(library),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
     }
-    tmp = info.marker.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, info.marker)
-    logger.info("built the MSDA %s extension in %.1f s", kind, payload["seconds"])
+    try:
+        atomic_write_text(info.marker, json.dumps(record, indent=2))
+    except OSError as exc:
+        raise _writable_cache_error(info, exc) from exc
+    if not remove_others:  # without the lock, another process may be building into one of them right now
+        return library
+    # Under the lock, every other build folder is superseded or abandoned (a killed build). Processes that still
+    # run a superseded library keep their mapping: unlinking a mapped file does not affect them.
+    for entry in info.directory.iterdir():
+        if entry.is_dir() and entry.name.startswith("build-") and entry != build_dir:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(f".{info.marker.name}.") and entry.name.endswith(".tmp"):  # a killed write
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    return library
+
+
+def build(kind: str, force: bool = False) -> ModuleType:
+    """Compile (or reuse from the cache) and import the ``kind`` extension.
+
+    A cached build is imported only after its size and sha256 match the marker (:func:`verify_installed`); a
+    damaged entry is reported with one logged warning and rebuilt. Builds of one entry are serialised by a
+    file lock, each goes into a new folder, and the marker that installs it is replaced atomically, so
+    concurrent processes neither corrupt the cache nor load a half-written library.
+
+    Args:
+        kind: ``"cpu"`` or ``"cuda"``.
+        force: compile anew even if a valid build is cached, and import the new library (also when this
+            process already imported the old one).
+
+    Raises:
+        BuildError: with the reason and the fix.
+    """
+    info = build_info(kind)
+    module: Optional[ModuleType] = None
+    if not force:
+        with contextlib.suppress(CacheDamaged):  # checked again under the lock: another process may be repairing it
+            module = _load_installed(info)
+    if module is None:
+        with _entry_lock(info) as locked:
+            if not force:
+                # another process may have built or repaired the entry while this one waited for the lock
+                try:
+                    module = _load_installed(info)
+                except CacheDamaged as exc:
+                    logger.warning("the cached MSDA %s build in %s is damaged: %s. Rebuilding it.",
+                                   kind, info.directory, exc)
+            else:
+                logger.info("rebuilding the MSDA %s extension (forced)", kind)
+            if module is None:
+                module, seconds = _compile(info)
+                library = _install(info, module, seconds, remove_others=locked)
+                logger.info("built the MSDA %s extension in %.1f s: %s", kind, seconds, library)
+    with _lock:
+        _loaded[kind] = module
     return module
 
 
@@ -408,7 +621,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--kind", choices=("auto", "cpu", "cuda", "all"), default="auto",
         help="auto: cpu, plus cuda when a CUDA torch and nvcc are available (default)",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--force", action="store_true",
+                        help="compile anew into a new folder even if a valid build is cached")
     args = parser.parse_args(argv)
     if args.kind == "auto":
         cpp_extension = _cpp_extension()
@@ -424,13 +638,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     for kind in kinds:
         start = time.perf_counter()
         try:
-            build(kind, force=args.force)
+            module = build(kind, force=args.force)
             info = build_info(kind)
         except BuildError as exc:
             failed += 1
             print(f"[FAIL] {kind}: {exc}")
             continue
-        print(f"[ OK ] {kind}: {info.library} ({time.perf_counter() - start:.1f} s; compiler {info.compiler_version})")
+        seconds = time.perf_counter() - start
+        print(f"[ OK ] {kind}: {module.__file__} ({seconds:.1f} s; compiler {info.compiler_version})")
     return 1 if failed else 0
 
 
