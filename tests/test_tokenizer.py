@@ -186,3 +186,29 @@ def test_a_good_folder_still_loads_with_its_tokenizer(bundled_copy):
     model = from_pretrained(bundled_copy, device="cpu")
     ids = model.tokenizer(PROBE_SENTENCE)["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2 and len(ids) > 2 and 3 not in ids
+
+
+# ------------------------------------------------------------------------------------------ training
+class _OneSample:
+    """A dataset that must not be read: the tokenizer is refused before training starts."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict:
+        raise AssertionError("training started with a tokenizer that does not fit the text encoder")
+
+
+def test_train_refuses_a_tokenizer_that_does_not_fit_the_text_encoder(tmp_path):
+    import lvseg
+    from transformers import RobertaTokenizerFast
+
+    from lvseg.train.presets import shapes_tiny_config
+
+    empty = RobertaTokenizerFast.from_pretrained(str(tmp_path))  # what an offline roberta-base load returns
+    with pytest.raises(TokenizerError, match=r"tokenizer= \(or the model's own\).*it has 5 tokens"):
+        lvseg.train(model=shapes_tiny_config(400, size=32), tokenizer=empty, train_data=_OneSample(),
+                    output_dir=tmp_path / "run", max_steps=1, device="cpu")
+    with pytest.raises(TokenizerError, match="it has 400 tokens but the text encoder's embedding has 394 rows"):
+        lvseg.train(model=shapes_tiny_config(394, size=32), tokenizer=fixture_tokenizer(), train_data=_OneSample(),
+                    output_dir=tmp_path / "run2", max_steps=1, device="cpu")
