@@ -9,6 +9,7 @@ frame that does not exist.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,3 +59,14 @@ def test_a2d_frames_dir_without_frames(tmp_path: Path) -> None:
     ds = A2DSentences(tmp_path, "test", num_frames=3, frames_dir=fd)
     with pytest.raises(DatasetError, match=f"'{fd / 'vidB'}' of video 'vidB' holds no .jpg/.png frames"):
         ds[3]  # a vidB sample (tests/test_data_a2d_jhmdb.py reads it from the same layout)
+
+
+def test_meta_expressions_video_without_frames(tmp_path: Path) -> None:
+    """Ref-YouTube-VOS and MeViS read meta_expressions.json through the same function."""
+    from lvseg.data.ytvos import read_meta_expressions
+
+    path = tmp_path / "meta_expressions.json"
+    path.write_text(json.dumps({"videos": {"v1": {"frames": ["00000"], "expressions": {}},
+                                           "v2": {"frames": [], "expressions": {"0": {"exp": "a dog"}}}}}))
+    with pytest.raises(DatasetError, match="video 'v2' lists no frames"):
+        read_meta_expressions(path)
