@@ -212,3 +212,15 @@ def test_train_refuses_a_tokenizer_that_does_not_fit_the_text_encoder(tmp_path):
     with pytest.raises(TokenizerError, match="it has 400 tokens but the text encoder's embedding has 394 rows"):
         lvseg.train(model=shapes_tiny_config(394, size=32), tokenizer=fixture_tokenizer(), train_data=_OneSample(),
                     output_dir=tmp_path / "run2", max_steps=1, device="cpu")
+
+
+def test_old_format_checkpoints_are_still_read(tmp_path):
+    """The converters read checkpoints memory-mapped (so the tokenizer's size check comes in seconds); a file in
+    torch's legacy (pre-zip) format cannot be mapped and is read whole."""
+    from lvseg.models.convert_utils import read_official_checkpoint
+
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    for name, zipped in (("new.pth", True), ("legacy.pth", False)):
+        torch.save(state, tmp_path / name, _use_new_zipfile_serialization=zipped)
+        loaded = read_official_checkpoint(tmp_path / name, "a test checkpoint")
+        assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], state["model"]["w"])

@@ -47,7 +47,14 @@ def read_official_checkpoint(path: str | Path, expected: str) -> Any:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                # memory-mapped: tensors are read when touched, so the config (from shapes) and the tokenizer's
+                # size check come in seconds even for a multi-GB file
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):  # only the legacy (pre-zip) format cannot be mapped
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors come in many types
         raise CheckpointError(
             f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({exc}). It must be {expected}; a "

@@ -180,8 +180,10 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
         raise CheckpointError(f"MTTR was released with a Video Swin-T backbone only, got --backbone {backbone!r}")
     # the tokenizer first: a missing or empty one fails in seconds, not after the checkpoint is read and converted
     text_tokenizer = load_roberta_tokenizer(tokenizer)
-    state, config = convert(checkpoint_path, **_entry_overrides(entry))
+    official = load_official_checkpoint(checkpoint_path)  # memory-mapped: shapes only so far
+    config = infer_config(official, **_entry_overrides(entry))
     check_converted_tokenizer(text_tokenizer, config.text_encoder, tokenizer)
+    state = convert_state_dict(official, config)
     model = MTTR(config, tokenizer=text_tokenizer)
     hub.load_state_dict_strict(model, state, str(checkpoint_path))
     logger.info("converted %s (%d tensors)", checkpoint_path, len(state))

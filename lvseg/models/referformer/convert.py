@@ -254,8 +254,11 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
     entry = get_entry(name) if name else None
     # the tokenizer first: a missing or empty one fails in seconds, not after the checkpoint is read and converted
     text_tokenizer = load_roberta_tokenizer(tokenizer)
-    state, config = convert(checkpoint_path, backbone)
+    official, args = load_official_checkpoint(checkpoint_path)  # memory-mapped: shapes only so far
+    config = infer_config(official, args, backbone)
     check_converted_tokenizer(text_tokenizer, config.text_encoder, tokenizer)
+    logger.info("converting a ReferFormer %s checkpoint (%d tensors)", config.backbone, len(official))
+    state = convert_state_dict(official, config)
     model = ReferFormer(config, tokenizer=text_tokenizer)
     model.load_state_dict(state, strict=True)
     return hub.save_pretrained(model, output_dir, entry=entry, name=name)
