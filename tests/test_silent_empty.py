@@ -70,3 +70,23 @@ def test_meta_expressions_video_without_frames(tmp_path: Path) -> None:
                                            "v2": {"frames": [], "expressions": {"0": {"exp": "a dog"}}}}}))
     with pytest.raises(DatasetError, match="video 'v2' lists no frames"):
         read_meta_expressions(path)
+
+
+def test_a2dplus_frame_count_file_that_is_not_a_dict(tmp_path: Path) -> None:
+    """torch.load of vid_frame_dict.pth: a damaged file or a non-dict was a raw traceback (with PyTorch's
+    weights_only advice) or a TypeError."""
+    import torch
+
+    from lvseg.data import A2DSPlus
+    from test_data_a2dplus_refcoco import write_a2dplus
+
+    write_a2dplus(tmp_path)
+    path = tmp_path / "A2D_SUBSET/MUL/vid_frame_dict.pth"
+    for content in (b"not a checkpoint", None):
+        if content is None:
+            torch.save(torch.zeros(3), path)  # loads, but is not a dict
+        else:
+            path.write_bytes(content)
+        with pytest.raises(DatasetError, match="vid_frame_dict.pth' is not a {video: number of frames} dict") as err:
+            A2DSPlus(tmp_path, "mul")
+        assert "weights_only" not in str(err.value)

@@ -80,8 +80,14 @@ class A2DSPlus(Dataset):
         self.num_video_frames: dict[str, int] = {}
         for name in ("vid_frame_dict.pth", "vid_frames_dict.pth"):
             if (folder / name).is_file():
-                loaded = torch.load(folder / name, map_location="cpu", weights_only=True)
-                self.num_video_frames = {str(k): int(v) for k, v in dict(loaded).items()}
+                try:
+                    loaded = torch.load(folder / name, map_location="cpu", weights_only=True)
+                    self.num_video_frames = {str(k): int(v) for k, v in loaded.items()}
+                except Exception as exc:  # unpickling, or not a {video: count} dict
+                    # torch's own message would advise weights_only=False, which must not reach a user
+                    raise DatasetError(f"'{folder / name}' is not a {{video: number of frames}} dict "
+                                       f"({type(exc).__name__}); re-extract it, or delete it (it only fills "
+                                       "num_video_frames).") from exc
                 break
         self.samples: list[dict[str, Any]] = []
         for video, entry in table.items():
