@@ -229,6 +229,9 @@ def save_pretrained(
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         # save_model de-duplicates tied tensors (e.g. shared embeddings) so the file loads back strictly.
         save_model(model, str(tmp), metadata=metadata)
+    if model.tokenizer is None and isinstance(getattr(model.config, "text_encoder", None), dict):
+        logger.warning("%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
+                       "added (model.tokenizer.save_pretrained(DIR))", model.config.architecture, directory)
     if model.tokenizer is not None:
         with tempfile.TemporaryDirectory(dir=directory) as tmp_dir:
             model.tokenizer.save_pretrained(tmp_dir)

@@ -224,3 +224,19 @@ def test_old_format_checkpoints_are_still_read(tmp_path):
         torch.save(state, tmp_path / name, _use_new_zipfile_serialization=zipped)
         loaded = read_official_checkpoint(tmp_path / name, "a test checkpoint")
         assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], state["model"]["w"])
+
+
+def test_saving_a_text_model_without_tokenizer_warns_and_the_folder_is_refused(tmp_path, caplog):
+    """The weights are still written (no lost work), with a warning; loading names the missing files."""
+    from lvseg.models.referformer.model import ReferFormer
+    from lvseg.train.presets import shapes_tiny_config
+
+    model = ReferFormer(shapes_tiny_config(394, size=32))
+    with caplog.at_level("WARNING", logger="lvseg.hub"):
+        folder = model.save_pretrained(tmp_path / "m")
+    assert "has a text encoder but no tokenizer" in caplog.text and (folder / "model.safetensors").is_file()
+    with pytest.raises(TokenizerError, match="has none of tokenizer_config.json"):
+        from_pretrained(folder, device="cpu")
+    model.tokenizer = fixture_tokenizer()  # 400 tokens for a 394-row embedding: saved, refused on load
+    with pytest.raises(TokenizerError, match="it has 400 tokens but the text encoder's embedding has 394 rows"):
+        from_pretrained(model.save_pretrained(tmp_path / "m2"), device="cpu")
