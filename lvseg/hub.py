@@ -309,7 +309,7 @@ def _load_tokenizer(directory: Path, config: ModelConfig) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # the Rust `tokenizers` raises a plain Exception for a malformed tokenizer.json
         raise TokenizerError(f"cannot load the tokenizer in {directory} ({type(exc).__name__}: {exc}). {fix}") from exc
     if isinstance(text_config, dict):
         check_tokenizer(tokenizer, text_config, source=str(directory), fix=fix)

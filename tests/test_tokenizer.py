@@ -240,3 +240,12 @@ def test_saving_a_text_model_without_tokenizer_warns_and_the_folder_is_refused(t
     model.tokenizer = fixture_tokenizer()  # 400 tokens for a 394-row embedding: saved, refused on load
     with pytest.raises(TokenizerError, match="it has 400 tokens but the text encoder's embedding has 394 rows"):
         from_pretrained(model.save_pretrained(tmp_path / "m2"), device="cpu")
+
+
+def test_a_damaged_tokenizer_file_is_a_tokenizer_error(bundled_copy):
+    """Before: a raw JSONDecodeError (truncated file) or KeyError (another schema) from transformers."""
+    text = (bundled_copy / "tokenizer.json").read_text()
+    for damaged in (text[: len(text) // 2], '{"version": "1.0", "model": {"type": "Nope"}}'):
+        (bundled_copy / "tokenizer.json").write_text(damaged)
+        with pytest.raises(TokenizerError, match=f"cannot load the tokenizer in {bundled_copy}"):
+            from_pretrained(bundled_copy, device="cpu")

@@ -97,7 +97,7 @@ def load_roberta_tokenizer(tokenizer: Any) -> Any:
     where = _tokenizer_source(tokenizer)
     try:
         loaded = RobertaTokenizerFast.from_pretrained(str(tokenizer) if tokenizer is not None else "roberta-base")
-    except (OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # OSError, ValueError, and the Rust `tokenizers`' plain Exception for a bad file
         raise TokenizerError(f"cannot load the RoBERTa tokenizer from {where} ({exc}). {TOKENIZER_FIX}") from exc
     check_tokenizer(loaded, {}, source=where, fix=TOKENIZER_FIX)
     return loaded
