@@ -90,3 +90,15 @@ def test_a2dplus_frame_count_file_that_is_not_a_dict(tmp_path: Path) -> None:
         with pytest.raises(DatasetError, match="vid_frame_dict.pth' is not a {video: number of frames} dict") as err:
             A2DSPlus(tmp_path, "mul")
         assert "weights_only" not in str(err.value)
+
+
+def test_a2dplus_damaged_mask_file(tmp_path: Path) -> None:
+    from lvseg.data import A2DSPlus
+    from test_data_a2dplus_refcoco import write_a2dplus
+
+    write_a2dplus(tmp_path)
+    (tmp_path / "A2D_SUBSET/MUL/mask/vidX_3_00002.pth").write_bytes(b"truncated")
+    ds = A2DSPlus(tmp_path, "mul")
+    with pytest.raises(DatasetError, match="vidX_3_00002.pth' is not a saved tensor") as err:
+        ds[0]
+    assert "weights_only" not in str(err.value)

@@ -122,8 +122,11 @@ class A2DSPlus(Dataset):
             path = self.mask_dir / f"{video.replace('/', '_')}_{obj}_{n}.pth"
             if not path.is_file():
                 raise DatasetError(f"mask not found: '{path}' (frame {n} of {video!r} is in 'labels').")
-            m = torch.load(path, map_location="cpu", weights_only=True)
-            m = torch.as_tensor(m).squeeze()
+            try:
+                m = torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).squeeze()
+            except Exception as exc:  # torch's message would advise weights_only=False: not for users
+                raise DatasetError(f"mask '{path}' is not a saved tensor ({type(exc).__name__}); re-extract the "
+                                   "A2D-S+ masks.") from exc
             if tuple(m.shape) != (h, w):
                 raise DatasetError(f"mask '{path}' is {tuple(m.shape)} but the frames are {(h, w)}.")
             masks[t] = m > 0
