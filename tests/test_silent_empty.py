@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from test_data_a2d_jhmdb import write_a2d, write_jhmdb
+from test_data_mevis_davis import write_davis
 
 from lvseg.data import A2DSentences, JHMDBSentences, RefDAVIS17
 from lvseg.errors import DatasetError
-
-from test_data_a2d_jhmdb import write_a2d, write_jhmdb
-from test_data_mevis_davis import write_davis
 
 
 def _empty(folder: Path) -> None:
@@ -76,9 +75,9 @@ def test_a2dplus_frame_count_file_that_is_not_a_dict(tmp_path: Path) -> None:
     """torch.load of vid_frame_dict.pth: a damaged file or a non-dict was a raw traceback (with PyTorch's
     weights_only advice) or a TypeError."""
     import torch
+    from test_data_a2dplus_refcoco import write_a2dplus
 
     from lvseg.data import A2DSPlus
-    from test_data_a2dplus_refcoco import write_a2dplus
 
     write_a2dplus(tmp_path)
     path = tmp_path / "A2D_SUBSET/MUL/vid_frame_dict.pth"
@@ -93,8 +92,9 @@ def test_a2dplus_frame_count_file_that_is_not_a_dict(tmp_path: Path) -> None:
 
 
 def test_a2dplus_damaged_mask_file(tmp_path: Path) -> None:
-    from lvseg.data import A2DSPlus
     from test_data_a2dplus_refcoco import write_a2dplus
+
+    from lvseg.data import A2DSPlus
 
     write_a2dplus(tmp_path)
     (tmp_path / "A2D_SUBSET/MUL/mask/vidX_3_00002.pth").write_bytes(b"truncated")

@@ -200,9 +200,9 @@ class _OneSample:
 
 
 def test_train_refuses_a_tokenizer_that_does_not_fit_the_text_encoder(tmp_path):
-    import lvseg
     from transformers import RobertaTokenizerFast
 
+    import lvseg
     from lvseg.train.presets import shapes_tiny_config
 
     empty = RobertaTokenizerFast.from_pretrained(str(tmp_path))  # what an offline roberta-base load returns
