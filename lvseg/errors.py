@@ -13,6 +13,7 @@ __all__ = [
     "HubError",
     "OfflineError",
     "CheckpointError",
+    "TokenizerError",
     "ConfigError",
     "VideoError",
     "VideoNotFoundError",
@@ -49,6 +50,12 @@ class OfflineError(HubError):
 
 class CheckpointError(LVSegError, ValueError):
     """A weights file that is corrupt, of the wrong model, or whose keys do not match the architecture."""
+
+
+class TokenizerError(CheckpointError):
+    """A tokenizer that is not the one the model's text encoder was trained with: missing or empty tokenizer
+    files, a vocabulary size other than the embedding's rows, special tokens at other ids, or one that cannot
+    encode plain English. Such a model would run but ignore its text, so it is refused."""
 
 
 class ConfigError(LVSegError, ValueError):

@@ -229,6 +229,9 @@ def save_pretrained(
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         # save_model de-duplicates tied tensors (e.g. shared embeddings) so the file loads back strictly.
         save_model(model, str(tmp), metadata=metadata)
+    if model.tokenizer is None and isinstance(getattr(model.config, "text_encoder", None), dict):
+        logger.warning("%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
+                       "added (model.tokenizer.save_pretrained(DIR))", model.config.architecture, directory)
     if model.tokenizer is not None:
         with tempfile.TemporaryDirectory(dir=directory) as tmp_dir:
             model.tokenizer.save_pretrained(tmp_dir)
@@ -275,6 +278,42 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is corrupt or truncated ({exc}). Delete it and download again (`lvseg download NAME "
             "--force`, or remove the model from the Hugging Face cache with `hf cache delete`)."
         ) from exc
+
+
+# Files one of which a saved transformers tokenizer always has.
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json")
+
+
+def _load_tokenizer(directory: Path, config: ModelConfig) -> Any:
+    """The tokenizer saved in a model folder, checked against the config's text encoder (``None`` for a model
+    without one and no tokenizer files).
+
+    transformers 5 builds an empty tokenizer, without raising, from a folder whose tokenizer files are missing or
+    incomplete; a model with it would ignore its text, so such a folder is refused here.
+    """
+    from .errors import TokenizerError
+    from .models.layers.text import check_tokenizer
+
+    text_config = getattr(config, "text_encoder", None)
+    present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not isinstance(text_config, dict) and not (directory / "tokenizer_config.json").is_file():
+        return None  # a model without a text encoder, saved without a tokenizer
+    fix = (f"The model folder {directory} lacks its tokenizer files or holds the wrong ones: convert the official "
+           "checkpoint again (`lvseg convert FAMILY CHECKPOINT -o DIR --tokenizer TOKENIZER_DIR`), copy in the "
+           "tokenizer files the model was saved with (model.tokenizer.save_pretrained(DIR)), or download it again "
+           "(`lvseg download NAME --force`).")
+    if not present:
+        raise TokenizerError(f"the model's text encoder needs a tokenizer but {directory} has none of "
+                             f"{', '.join(TOKENIZER_FILES)}. {fix}")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as exc:  # the Rust `tokenizers` raises a plain Exception for a malformed tokenizer.json
+        raise TokenizerError(f"cannot load the tokenizer in {directory} ({type(exc).__name__}: {exc}). {fix}") from exc
+    if isinstance(text_config, dict):
+        check_tokenizer(tokenizer, text_config, source=str(directory), fix=fix)
+    return tokenizer
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -334,13 +373,11 @@ def from_pretrained(
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = _read_config(directory)
     model_class = get_model_class(config.architecture)
+    tokenizer = _load_tokenizer(directory, config)  # before the weights: it is the quick check
     state_dict = _load_weights(directory / WEIGHTS_NAME)
     model = model_class(config)
     load_state_dict_strict(model, state_dict, str(directory / WEIGHTS_NAME))
-    if (directory / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        model.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model.tokenizer = tokenizer
     model.eval()
     model.to(device=torch_device, dtype=torch_dtype)
     return model

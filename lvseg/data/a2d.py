@@ -188,7 +188,11 @@ class A2DSentences(Dataset):
             if video not in self._num_frames_cache:
                 if not folder.is_dir():
                     raise DatasetError(f"frame folder not found: '{folder}'.")
-                self._num_frames_cache[video] = sum(1 for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+                count = sum(1 for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+                if count == 0:
+                    raise DatasetError(f"the frame folder '{folder}' of video {video!r} holds no .jpg/.png frames; "
+                                       "re-extract the frames.")
+                self._num_frames_cache[video] = count
             total = self._num_frames_cache[video]
             indices, pos = centered_window(center, self.num_frames, total, self.stride)
             paths = []

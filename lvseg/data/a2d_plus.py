@@ -80,8 +80,14 @@ class A2DSPlus(Dataset):
         self.num_video_frames: dict[str, int] = {}
         for name in ("vid_frame_dict.pth", "vid_frames_dict.pth"):
             if (folder / name).is_file():
-                loaded = torch.load(folder / name, map_location="cpu", weights_only=True)
-                self.num_video_frames = {str(k): int(v) for k, v in dict(loaded).items()}
+                try:
+                    loaded = torch.load(folder / name, map_location="cpu", weights_only=True)
+                    self.num_video_frames = {str(k): int(v) for k, v in loaded.items()}
+                except Exception as exc:  # unpickling, or not a {video: count} dict
+                    # torch's own message would advise weights_only=False, which must not reach a user
+                    raise DatasetError(f"'{folder / name}' is not a {{video: number of frames}} dict "
+                                       f"({type(exc).__name__}); re-extract it, or delete it (it only fills "
+                                       "num_video_frames).") from exc
                 break
         self.samples: list[dict[str, Any]] = []
         for video, entry in table.items():
@@ -116,8 +122,11 @@ class A2DSPlus(Dataset):
             path = self.mask_dir / f"{video.replace('/', '_')}_{obj}_{n}.pth"
             if not path.is_file():
                 raise DatasetError(f"mask not found: '{path}' (frame {n} of {video!r} is in 'labels').")
-            m = torch.load(path, map_location="cpu", weights_only=True)
-            m = torch.as_tensor(m).squeeze()
+            try:
+                m = torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).squeeze()
+            except Exception as exc:  # torch's message would advise weights_only=False: not for users
+                raise DatasetError(f"mask '{path}' is not a saved tensor ({type(exc).__name__}); re-extract the "
+                                   "A2D-S+ masks.") from exc
             if tuple(m.shape) != (h, w):
                 raise DatasetError(f"mask '{path}' is {tuple(m.shape)} but the frames are {(h, w)}.")
             masks[t] = m > 0

@@ -100,6 +100,9 @@ class RefDAVIS17(Dataset):
                 raise DatasetError(f"video {vid!r} is listed in '{list_file}' but its frame folder '{folder}' is "
                                    "missing; re-extract the DAVIS archive.")
             frames = sorted(p.stem for p in folder.iterdir() if p.suffix == ".jpg")
+            if not frames:  # an empty glob would otherwise surface as an unsampleable video much later
+                raise DatasetError(f"the frame folder '{folder}' of video {vid!r} holds no .jpg frames; re-extract "
+                                   "the DAVIS archive (DAVIS-2017-trainval-480p.zip).")
             obj_ids = sorted(set().union(*(t.get(vid, {}).keys() for t in texts)))
             if not obj_ids:
                 raise DatasetError(f"video {vid!r} has no expression in davis_text_annotations/; the text "

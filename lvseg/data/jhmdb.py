@@ -97,6 +97,9 @@ class JHMDBSentences(Dataset):
             mask_path = self.root / "puppet_mask" / action / video / "puppet_mask.mat"
             require_file(mask_path, f"puppet mask of {video!r}", _HINT)
             num_png = sum(1 for p in frames_dir.iterdir() if p.suffix == ".png")
+            if num_png == 0:  # eval_frames="all" would otherwise drop the video from the evaluation silently
+                raise DatasetError(f"the frame folder '{frames_dir}' of video {video!r} holds no .png frames; "
+                                   "re-extract Rename_Images.")
             self.videos[video] = {"action": action, "frames_dir": frames_dir, "mask_path": mask_path,
                                   "num_png": num_png}
             if eval_frames == "mttr":
@@ -108,6 +111,9 @@ class JHMDBSentences(Dataset):
                 chosen = None  # every masked frame, resolved below
             if chosen is None:
                 total = min(num_png, len(read_puppet_mask(mask_path)))
+                if total == 0:
+                    raise DatasetError(f"'{mask_path}' holds no mask: video {video!r} would add no sample; "
+                                       "re-extract puppet_mask.")
                 chosen = list(range(1, total + 1))
             for f in chosen:
                 self.samples.append((video, query, f))

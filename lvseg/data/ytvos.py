@@ -51,6 +51,8 @@ def read_meta_expressions(path: Path) -> dict[str, dict]:
     for vid, entry in data["videos"].items():
         if not isinstance(entry, dict) or "frames" not in entry or "expressions" not in entry:
             raise DatasetError(f"'{path}': video {vid!r} lacks 'frames' or 'expressions'.")
+        if not entry["frames"]:  # would surface only at its first sample, without its name
+            raise DatasetError(f"'{path}': video {vid!r} lists no frames; re-download meta_expressions.json.")
     return data["videos"]
 
 

@@ -13,7 +13,8 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["safe_globals", "read_official_checkpoint", "load_roberta_tokenizer", "count_groups"]
+__all__ = ["safe_globals", "read_official_checkpoint", "load_roberta_tokenizer", "check_converted_tokenizer",
+           "count_groups"]
 
 
 def safe_globals() -> list[Any]:
@@ -46,7 +47,14 @@ def read_official_checkpoint(path: str | Path, expected: str) -> Any:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                # memory-mapped: tensors are read when touched, so the config (from shapes) and the tokenizer's
+                # size check come in seconds even for a multi-GB file
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):  # only the legacy (pre-zip) format cannot be mapped
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors come in many types
         raise CheckpointError(
             f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({exc}). It must be {expected}; a "
@@ -54,21 +62,66 @@ def read_official_checkpoint(path: str | Path, expected: str) -> Any:
         ) from exc
 
 
+# How to get a tokenizer the converters accept, for their error messages.
+TOKENIZER_FIX = (
+    "Pass --tokenizer DIR (tokenizer=DIR in Python): a folder with roberta-base's tokenizer files (vocab.json and "
+    "merges.txt, or tokenizer.json). On a machine with network, get them with `hf download roberta-base vocab.json "
+    "merges.txt tokenizer.json tokenizer_config.json --local-dir DIR` (huggingface_hub's CLI; older versions call "
+    "it huggingface-cli), or convert once online without --tokenizer so that roberta-base lands in the Hugging "
+    "Face cache (HF_HOME)."
+)
+
+
 def load_roberta_tokenizer(tokenizer: Any) -> Any:
     """A folder with RoBERTa tokenizer files, a ready ``transformers`` tokenizer, or ``None`` (fetch
-    ``roberta-base``'s from the Hugging Face Hub) -> a tokenizer."""
+    ``roberta-base``'s from the Hugging Face Hub or its cache) -> a checked tokenizer.
+
+    Everything but the vocabulary size is checked here (special-token ids, a sentence round trip; see
+    :func:`~lvseg.models.layers.text.tokenizer_problems`), so a converter fails in seconds, before it reads a
+    checkpoint; the size is checked against the embedding by :func:`check_converted_tokenizer`.
+
+    Raises:
+        TokenizerError: the tokenizer cannot be loaded, or transformers built an empty one (which it does,
+            without raising, for a folder without tokenizer files or when offline without a cached roberta-base).
+    """
+    from ..errors import TokenizerError
+    from .layers.text import check_tokenizer
+
     if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
+        check_tokenizer(tokenizer, {}, source=_tokenizer_source(tokenizer), fix=TOKENIZER_FIX)
         return tokenizer
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise TokenizerError(f"tokenizer folder {str(tokenizer)!r} does not exist. {TOKENIZER_FIX}")
     from transformers import RobertaTokenizerFast
 
-    source = str(tokenizer) if tokenizer is not None else "roberta-base"
+    where = _tokenizer_source(tokenizer)
     try:
-        return RobertaTokenizerFast.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot load the RoBERTa tokenizer from {source!r} ({exc}); pass --tokenizer DIR with "
-            "roberta-base's tokenizer files (vocab.json, merges.txt) when offline"
-        ) from exc
+        loaded = RobertaTokenizerFast.from_pretrained(str(tokenizer) if tokenizer is not None else "roberta-base")
+    except Exception as exc:  # OSError, ValueError, and the Rust `tokenizers`' plain Exception for a bad file
+        raise TokenizerError(f"cannot load the RoBERTa tokenizer from {where} ({exc}). {TOKENIZER_FIX}") from exc
+    check_tokenizer(loaded, {}, source=where, fix=TOKENIZER_FIX)
+    return loaded
+
+
+def _tokenizer_source(tokenizer: Any) -> str:
+    """The converter's ``tokenizer`` argument, as error messages name it."""
+    if tokenizer is None:
+        return "roberta-base (Hugging Face Hub or cache)"
+    if isinstance(tokenizer, (str, Path)):
+        return f"--tokenizer {tokenizer}"
+    return "the tokenizer object passed"
+
+
+def check_converted_tokenizer(tokenizer: Any, text_config: dict[str, Any], argument: Any) -> None:
+    """Check a tokenizer from :func:`load_roberta_tokenizer` against the converted text encoder (its embedding
+    rows, ``text_config["vocab_size"]``, and special-token ids), before the model is built.
+
+    Args:
+        argument: the converter's ``tokenizer`` argument the tokenizer came from (named in the error).
+    """
+    from .layers.text import check_tokenizer
+
+    check_tokenizer(tokenizer, text_config, source=_tokenizer_source(argument), fix=TOKENIZER_FIX)
 
 
 def count_groups(state: dict[str, torch.Tensor], pattern: str) -> int:

@@ -196,6 +196,14 @@ def train(
                           f"{built.config.architecture!r}: pick a {chosen.family} model or another preset")
     if getattr(built, "tokenizer", None) is None:
         raise ConfigError("the model has no tokenizer: load it with lvseg.load(...) or pass tokenizer=...")
+    text_config = getattr(built.config, "text_encoder", None)
+    if isinstance(text_config, dict):  # an empty or foreign tokenizer would train a model that ignores its text
+        from ..models.layers.text import check_tokenizer
+
+        check_tokenizer(built.tokenizer, text_config, source="tokenizer= (or the model's own)",
+                        fix="Pass tokenizer= the tokenizer the text encoder was built for (RoBERTa models: "
+                            "roberta-base's, transformers.AutoTokenizer.from_pretrained(DIR) on a folder with its "
+                            "files), or start from lvseg.load(...), whose model brings its own.")
     if chosen is not None and chosen.prepare is not None and model is chosen.model:
         _run_prepare(chosen, built, data_root, config, info)
     trainer = Trainer(built, train_ds, config, val_ds, info)  # type: ignore[arg-type]

@@ -27,7 +27,12 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
-from ..convert_utils import count_groups, load_roberta_tokenizer, read_official_checkpoint
+from ..convert_utils import (
+    check_converted_tokenizer,
+    count_groups,
+    load_roberta_tokenizer,
+    read_official_checkpoint,
+)
 from ..layers.swin import _relative_position_index
 from .config import MTTRConfig
 
@@ -173,8 +178,13 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
         raise CheckpointError(f"{name!r} is a {entry.family} model, not an MTTR one")
     if backbone not in (None, "swin-t", "video-swin-t"):
         raise CheckpointError(f"MTTR was released with a Video Swin-T backbone only, got --backbone {backbone!r}")
-    state, config = convert(checkpoint_path, **_entry_overrides(entry))
-    model = MTTR(config, tokenizer=load_roberta_tokenizer(tokenizer))
+    # the tokenizer first: a missing or empty one fails in seconds, not after the checkpoint is read and converted
+    text_tokenizer = load_roberta_tokenizer(tokenizer)
+    official = load_official_checkpoint(checkpoint_path)  # memory-mapped: shapes only so far
+    config = infer_config(official, **_entry_overrides(entry))
+    check_converted_tokenizer(text_tokenizer, config.text_encoder, tokenizer)
+    state = convert_state_dict(official, config)
+    model = MTTR(config, tokenizer=text_tokenizer)
     hub.load_state_dict_strict(model, state, str(checkpoint_path))
     logger.info("converted %s (%d tensors)", checkpoint_path, len(state))
     return hub.save_pretrained(model, output_dir, entry=entry, name=name)

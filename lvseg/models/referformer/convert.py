@@ -30,7 +30,12 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError
-from ..convert_utils import count_groups, load_roberta_tokenizer, read_official_checkpoint
+from ..convert_utils import (
+    check_converted_tokenizer,
+    count_groups,
+    load_roberta_tokenizer,
+    read_official_checkpoint,
+)
 from ..layers.swin import _relative_position_index
 from .config import SWIN_PRESETS, ReferFormerConfig, SwinConfig
 
@@ -247,7 +252,13 @@ def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, to
     from .model import ReferFormer
 
     entry = get_entry(name) if name else None
-    state, config = convert(checkpoint_path, backbone)
-    model = ReferFormer(config, tokenizer=load_roberta_tokenizer(tokenizer))
+    # the tokenizer first: a missing or empty one fails in seconds, not after the checkpoint is read and converted
+    text_tokenizer = load_roberta_tokenizer(tokenizer)
+    official, args = load_official_checkpoint(checkpoint_path)  # memory-mapped: shapes only so far
+    config = infer_config(official, args, backbone)
+    check_converted_tokenizer(text_tokenizer, config.text_encoder, tokenizer)
+    logger.info("converting a ReferFormer %s checkpoint (%d tensors)", config.backbone, len(official))
+    state = convert_state_dict(official, config)
+    model = ReferFormer(config, tokenizer=text_tokenizer)
     model.load_state_dict(state, strict=True)
     return hub.save_pretrained(model, output_dir, entry=entry, name=name)
