@@ -376,7 +376,9 @@ class Predictor:
                 "%s's config has window=0: the whole video (%s frames) goes through the model at once and memory "
                 "grows with its length; pass window=36 (lvseg predict --window 36) or set preprocessing.window in "
                 "its config.json to stream it in windows", type(model).__name__, source.num_frames or "unknown")
-        bar = tqdm(total=source.num_frames, desc="segmenting", unit="frame", disable=not self.progress)
+        # updated once per window (the frames whose masks are final), and redrawn at every update
+        bar = tqdm(total=source.num_frames, desc="segmenting", unit="frame", disable=not self.progress,
+                   mininterval=0, miniters=1)
 
         def keep_values(values: torch.Tensor, scores: torch.Tensor) -> None:
             mask_chunks.append(_foreground(values, self.upsampling, self.threshold))
@@ -405,7 +407,7 @@ class Predictor:
                 values[:, :k] = (values[:, :k] + pending[0]) / 2
                 scores[:, :k] = (scores[:, :k] + pending[1]) / 2
             keep = len(frames) if final else len(frames) - overlap
-            logger.debug("window of %d frames done: frames %d-%d final", len(frames), done[0],
+            logger.debug("segmented a window of %d frames; frames %d-%d are final", len(frames), done[0],
                          done[0] + keep - 1)
             done[0] += keep
             keep_values(values[:, :keep], scores[:, :keep])
