@@ -158,6 +158,19 @@ def test_save_pngs_failing_midway_leaves_the_previous_result(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["masks"]
 
 
+def test_submission_pngs_ignore_what_a_killed_run_left(tmp_path):
+    """write_expression_pngs once reused `.<exp>.partial`: the PNGs a killed run had left there were swapped into
+    the expression's folder with the new ones."""
+    from lvseg.metrics import write_expression_pngs
+
+    masks = np.zeros((2, 6, 8), dtype=bool)
+    leftover = tmp_path / "v" / ".0.partial"
+    leftover.mkdir(parents=True)
+    (leftover / "00099.png").write_bytes(b"half-written by a killed run")
+    folder = write_expression_pngs(tmp_path, "v", "0", masks, ["00000", "00001"])
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]
+
+
 def _predict_cli(video, out, *texts, extra=()):
     return main(["predict", str(video), *texts, "-m", str(out.parent / "model"), "-o", str(out), "--format", "png",
                  "rle", "-q", "--device", "cpu", *extra])
