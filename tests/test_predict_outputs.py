@@ -196,6 +196,10 @@ def test_predict_rerun_refuses_or_replaces_the_whole_output_folder(tmp_path, cap
         "expression_0", "expression_0.rle.json", "expression_0/00000.png", "expression_0/00001.png",
         "lvseg-predict.json"]  # one result: no PNG, rle.json or expression of the first run is left
     assert len(json.loads((out / "expression_0.rle.json").read_text())["rle"]) == 2
+    second = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # a run that fails after the output folder was prepared (here: the video) leaves the previous result whole
+    assert _predict_cli(tmp_path / "missing.mp4", out, "red", extra=["--overwrite"]) == 1
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == second
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "model", "out", "short.mp4"]
 
 
@@ -270,6 +274,13 @@ def test_predict_checks_the_output_folder_before_loading_the_model(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("lvseg: error:") and "Traceback" not in err and "unknown model" not in err
     assert str(out if where != "under a file" else out.parent) in err
+
+
+def test_demo_checks_its_output_folder_before_running(tmp_path, capsys):
+    blocked = _file(tmp_path) / "demo"
+    assert main(["demo", "-o", str(blocked), "-m", "no-such-model"]) == 1
+    err = capsys.readouterr().err
+    assert "a-file.txt is a file, not a folder" in err and "unknown model" not in err
 
 
 @pytest.mark.parametrize("args, match", [
