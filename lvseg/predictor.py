@@ -363,7 +363,8 @@ class Predictor:
         window = self.window or None
         overlap = self.overlap if window else 0
         step = (window - overlap) if window else None
-        mask_chunks: list[torch.Tensor] = []
+        # masks of finished windows, bit-packed along W (uint8 [E, t, H, ceil(W/8)]): an eighth of the final masks
+        mask_chunks: list[np.ndarray] = []
         prob_chunks: list[torch.Tensor] = []
         score_chunks: list[torch.Tensor] = []
         pending: tuple[torch.Tensor, torch.Tensor] | None = None  # values/scores of the last `overlap` frames
@@ -381,7 +382,7 @@ class Predictor:
                    mininterval=0, miniters=1)
 
         def keep_values(values: torch.Tensor, scores: torch.Tensor) -> None:
-            mask_chunks.append(_foreground(values, self.upsampling, self.threshold))
+            mask_chunks.append(np.packbits(_foreground(values, self.upsampling, self.threshold).numpy(), axis=-1))
             if self.return_probabilities:
                 prob_chunks.append(_probabilities(values, self.upsampling))
             score_chunks.append(scores)
@@ -425,7 +426,23 @@ class Predictor:
             keep_values(*pending)
         bar.close()
         probs = _concat_freeing(prob_chunks) if self.return_probabilities else None
-        return _concat_freeing(mask_chunks), torch.cat(score_chunks, dim=1), probs
+        return _unpack_freeing(mask_chunks, source.width), torch.cat(score_chunks, dim=1), probs
+
+
+def _unpack_freeing(chunks: list[np.ndarray], width: int) -> torch.Tensor:
+    """Bit-packed mask chunks uint8 [E, t, H, ceil(W/8)] -> one bool [E, T, H, W] tensor, each chunk freed once
+    unpacked: the peak is the result plus an eighth of it, and memory does not grow with the video beyond that."""
+    total = sum(c.shape[1] for c in chunks)
+    e, _, h, _ = chunks[0].shape
+    out = torch.empty((e, total, h, width), dtype=torch.bool)
+    target = out.numpy().view(np.uint8)
+    start = 0
+    for i in range(len(chunks)):
+        n = chunks[i].shape[1]
+        target[:, start: start + n] = np.unpackbits(chunks[i], axis=-1, count=width)
+        chunks[i] = None  # type: ignore[call-overload]
+        start += n
+    return out
 
 
 def _concat_freeing(chunks: list[torch.Tensor]) -> torch.Tensor:
