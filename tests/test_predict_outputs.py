@@ -116,6 +116,17 @@ def test_windows_equal_the_whole_video_pass_when_the_query_is_the_same(offline):
     assert torch.allclose(streamed.scores, whole.scores, atol=1e-6)
 
 
+@pytest.mark.parametrize("width", [45, 48, 53])
+def test_bit_packed_windows_give_the_exact_masks(width):
+    """Finished windows are kept bit-packed along W; unpacked, they are the exact masks for any width (also widths
+    that are not a multiple of 8), for several expressions at once."""
+    frames, masks = color_video(num_frames=11, height=20, width=width, square=6)
+    model = make_color_model(short_side=20, max_size=64)  # model resolution = frame size: exact masks
+    red, blue = model.predict(frames, ["red", "blue"], window=4, overlap=1, progress=False)
+    assert red.masks.shape == (11, 20, width) and red.masks.dtype == torch.bool
+    assert torch.equal(red.masks, torch.from_numpy(masks)) and torch.equal(blue.masks, ~torch.from_numpy(masks))
+
+
 def test_a_whole_video_config_warns_on_long_videos(caplog):
     frames, _ = color_video(num_frames=120, height=16, width=16, square=4)
     model = make_color_model(short_side=16, max_size=16)  # window 0 in its config
