@@ -50,12 +50,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .errors import OutputError
     from .hub import load
     from .predictor import Predictor, check_window, save_overlay
-    from .utils import atomic_folder, atomic_write_text
+    from .utils import atomic_folder, atomic_write_text, check_output_folder
 
     # everything that can be checked without the model is checked before it loads (minutes for a large one)
     check_window(args.window, args.overlap)
     out = Path(args.output)
-    if args.overwrite and out.is_dir() and any(out.iterdir()) and not (out / PREDICT_MANIFEST).is_file():
+    used = check_output_folder(out, overwrite=args.overwrite, option="--overwrite")  # a file, read-only, in use
+    if used and not (out / PREDICT_MANIFEST).is_file():
         raise OutputError(
             f"{out} holds files that `lvseg predict` did not write (no {PREDICT_MANIFEST}); --overwrite only "
             "replaces an earlier lvseg predict result: choose a new or empty folder"

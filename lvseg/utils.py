@@ -140,7 +140,10 @@ def check_output_folder(path: str | Path, *, overwrite: bool, option: str = "ove
         return False
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{path} is not writable: make it writable (chmod u+w {path}) or choose another folder")
-    used = any(path.iterdir())
+    try:
+        used = any(path.iterdir())
+    except OSError as exc:
+        raise _output_error(path, exc, "list") from exc
     if used and not overwrite:
         raise OutputError(
             f"{path} already holds files; choose a new or empty folder, or pass {option} to replace the folder "
