@@ -168,20 +168,24 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False, option: str = "o
     tmp = make_temp_folder(path)
     try:
         yield tmp
-        _swap_in(tmp, path)
+        _swap_in(tmp, path, overwrite=overwrite, option=option)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _swap_in(new: Path, path: Path) -> None:
-    """Rename the folder ``new`` onto ``path`` (absent, empty or not), deleting the old content afterwards."""
+def _swap_in(new: Path, path: Path, *, overwrite: bool, option: str) -> None:
+    """Rename the folder ``new`` onto ``path`` (absent, empty or, with ``overwrite``, not), deleting the old content
+    afterwards."""
     try:
         os.replace(new, path)  # absent or empty destination: one atomic rename
         return
     except OSError as exc:
         if not path.is_dir() or not any(path.iterdir()):
             raise _output_error(path, exc) from exc
+        if not overwrite:  # files appeared in `path` while the result was written
+            raise OutputError(f"{path} got files while lvseg wrote its result; pass {option} or choose a new "
+                              "folder") from exc
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
     os.replace(path, old / path.name)  # the old result moves aside in one step ...
     try:
