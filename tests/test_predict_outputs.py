@@ -127,6 +127,15 @@ def test_bit_packed_windows_give_the_exact_masks(width):
     assert torch.equal(red.masks, torch.from_numpy(masks)) and torch.equal(blue.masks, ~torch.from_numpy(masks))
 
 
+def test_the_streaming_window_is_not_taken_for_an_a2d_clip_length(offline):
+    """lvseg.evaluate warns when A2D/JHMDB clips differ from the model's official clip length, and `lvseg evaluate`
+    builds A2D/JHMDB datasets with that length; ReferFormer's new 36-frame streaming window is not one (its clip
+    length is the dataset's num_frames), MTTR's window is."""
+    assert lvseg.load(BUNDLED, device="cpu").annotated_clip_frames() is None
+    assert make_color_model(window=10).annotated_clip_frames() == 10
+    assert make_color_model().annotated_clip_frames() is None  # window 0: none
+
+
 def test_a_whole_video_config_warns_on_long_videos(caplog):
     frames, _ = color_video(num_frames=120, height=16, width=16, square=4)
     model = make_color_model(short_side=16, max_size=16)  # window 0 in its config
