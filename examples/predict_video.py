@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     results = model.predict(args.video, args.texts)  # one decode for all expressions
     out = Path(args.output)
     for i, result in enumerate(results):
-        result.save_pngs(out / f"expression_{i}")
+        # replaces the folder of an earlier run as a whole (no stale PNGs of a longer video are left)
+        result.save_pngs(out / f"expression_{i}", overwrite=True)
         logging.info("%r: mean score %.3f over %d frames", result.text, float(result.scores.mean()), len(result))
     save_overlay(results, out / "overlay.mp4")
     logging.info("wrote %s", out)

@@ -42,33 +42,50 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# written last into an `lvseg predict` output folder: marks the folder as one complete result that --overwrite may replace
+PREDICT_MANIFEST = "lvseg-predict.json"
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .errors import OutputError
     from .hub import load
-    from .predictor import Predictor, save_overlay
+    from .predictor import Predictor, check_window, save_overlay
+    from .utils import atomic_folder, atomic_write_text, check_output_folder
 
-    model = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
-    predictor = Predictor(model, window=args.window, overlap=args.overlap, progress=not args.quiet)
-    results = predictor(args.video, list(args.text))
+    # everything that can be checked without the model is checked before it loads (minutes for a large one)
+    check_window(args.window, args.overlap)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for i, result in enumerate(results):
-        item = {"text": result.text, "frames": len(result), "mean_score": round(float(result.scores.mean()), 4)}
-        if "png" in args.format:
-            item["pngs"] = str(result.save_pngs(out / f"expression_{i}"))
-        if "rle" in args.format:
-            rle_path = out / f"expression_{i}.rle.json"
-            from .utils import atomic_write_text
-
-            atomic_write_text(rle_path, json.dumps({"text": result.text, "frames": result.frame_names,
-                                                    "rle": result.to_rle()}))
-            item["rle"] = str(rle_path)
-        summary.append(item)
-    if "overlay" in args.format:
-        overlay = out / f"overlay{args.overlay_ext}"
-        save_overlay(results, overlay)
-        for item in summary:
-            item["overlay"] = str(overlay)
+    used = check_output_folder(out, overwrite=args.overwrite, option="--overwrite")  # a file, read-only, in use
+    if used and not (out / PREDICT_MANIFEST).is_file():
+        raise OutputError(
+            f"{out} holds files that `lvseg predict` did not write (no {PREDICT_MANIFEST}); --overwrite only "
+            "replaces an earlier lvseg predict result: choose a new or empty folder"
+        )
+    # The outputs go to a temporary folder beside `out` that replaces it when complete: `out` always holds one
+    # whole result (the previous one until this one is written), never a mix, even after Ctrl-C.
+    with atomic_folder(out, overwrite=args.overwrite, option="--overwrite") as tmp:
+        model = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+        predictor = Predictor(model, window=args.window, overlap=args.overlap, progress=not args.quiet)
+        results = predictor(args.video, list(args.text))
+        summary = []
+        for i, result in enumerate(results):
+            item = {"text": result.text, "frames": len(result), "mean_score": round(float(result.scores.mean()), 4)}
+            if "png" in args.format:
+                result.save_pngs(tmp / f"expression_{i}")
+                item["pngs"] = str(out / f"expression_{i}")
+            if "rle" in args.format:
+                name = f"expression_{i}.rle.json"
+                atomic_write_text(tmp / name, json.dumps({"text": result.text, "frames": result.frame_names,
+                                                          "rle": result.to_rle()}))
+                item["rle"] = str(out / name)
+            summary.append(item)
+        if "overlay" in args.format:
+            name = f"overlay{args.overlay_ext}"
+            save_overlay(results, tmp / name)
+            for item in summary:
+                item["overlay"] = str(out / name)
+        manifest = {"video": str(args.video), "model": args.model, "expressions": summary}
+        atomic_write_text(tmp / PREDICT_MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
@@ -139,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="+", help="one or more referring expressions (quote each)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help=f"registry name, hf-hub:org/repo or folder (default: {DEFAULT_MODEL}, bundled)")
-    p.add_argument("-o", "--output", default="lvseg_output", help="output folder (default: lvseg_output)")
+    p.add_argument("-o", "--output", default="lvseg_output",
+                   help="output folder, new or empty unless --overwrite (default: lvseg_output)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
@@ -148,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", nargs="+", default=["overlay", "png"], choices=["overlay", "png", "rle"],
                    help="what to write (default: overlay png)")
     p.add_argument("--overlay-ext", default=".mp4", choices=[".mp4", ".gif", ".webm", ".mkv"])
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that holds an earlier lvseg predict result")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 

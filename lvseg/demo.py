@@ -84,11 +84,13 @@ def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODE
     from .data.shapes import make_video
     from .hub import load
     from .metrics.davis import boundary_f, region_similarity
+    from .utils import ensure_folder
     from .video import overlay_frame, write_video
 
     start = time.perf_counter()
     if frames < 2 or size < 48:
         raise InvalidInputError("the demo needs frames >= 2 and size >= 48")
+    out = ensure_folder(output_dir)  # an unwritable output folder fails now, not after the model has run
     net = load(model, device="cpu") if isinstance(model, (str, Path)) else model
     video, rgb, ids = make_video(seed, "demo", 0, frames, size, size)
     chosen = _pick_expressions(video, texts)
@@ -109,8 +111,6 @@ def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODE
         scores.append((text, j, f))
         preds.append(pred)
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     captions = [t for t, _ in chosen]
     gts = [np.isin(id_maps, sorted(o)) for _, o in chosen]
 

@@ -22,6 +22,7 @@ __all__ = [
     "InvalidInputError",
     "UnsupportedDtypeError",
     "DatasetError",
+    "OutputError",
 ]
 
 
@@ -88,3 +89,8 @@ class UnsupportedDtypeError(LVSegError, TypeError):
 
 class DatasetError(LVSegError, FileNotFoundError):
     """A dataset root or file that is missing or not in the official layout."""
+
+
+class OutputError(LVSegError, OSError):
+    """A path lvseg cannot write its outputs to (an existing file, a read-only folder, a path under a file, a
+    system folder such as ``/proc``), or an output folder that already holds files and may not be replaced."""

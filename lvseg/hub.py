@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from .errors import (
 from .models import get_model_class
 from .models.base import ModelConfig, RVOSModel
 from .registry import ModelEntry, get_entry
-from .utils import atomic_path, atomic_write_text
+from .utils import atomic_path, atomic_write_text, ensure_folder, make_temp_folder
 
 __all__ = [
     "load",
@@ -220,8 +219,7 @@ def save_pretrained(
 
     if not isinstance(model, RVOSModel):
         raise InvalidInputError(f"save_pretrained needs an lvseg RVOSModel, got {type(model).__name__}")
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = ensure_folder(save_directory)  # a read-only or impossible folder fails here, before any writing
     model.config.save(directory / CONFIG_NAME)
     from . import __version__
 
@@ -233,10 +231,13 @@ def save_pretrained(
         logger.warning("%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
                        "added (model.tokenizer.save_pretrained(DIR))", model.config.architecture, directory)
     if model.tokenizer is not None:
-        with tempfile.TemporaryDirectory(dir=directory) as tmp_dir:
-            model.tokenizer.save_pretrained(tmp_dir)
-            for file in Path(tmp_dir).iterdir():
+        tmp_dir = make_temp_folder(directory / "tokenizer")  # files keep the umask's mode when moved out
+        try:
+            model.tokenizer.save_pretrained(str(tmp_dir))
+            for file in tmp_dir.iterdir():
                 os.replace(file, directory / file.name)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     if model_card:
         card_name = name or (entry.name if entry else directory.resolve().name)
         atomic_write_text(directory / "README.md", _model_card(model, entry, card_name))

@@ -26,12 +26,15 @@ from tqdm.auto import tqdm
 
 from .errors import InvalidInputError
 from .models.base import RVOSModel, validate_texts
-from .utils import atomic_path
+from .utils import atomic_folder
 from .video import PALETTE, VideoSource, open_video, overlay_frame, preprocess_frames, write_video
 
-__all__ = ["Predictor", "VideoSegmentation", "save_overlay", "UPSAMPLING", "upsample_mask_logits"]
+__all__ = ["Predictor", "VideoSegmentation", "save_overlay", "UPSAMPLING", "upsample_mask_logits", "check_window"]
 
 logger = logging.getLogger(__name__)
+
+# a model whose config says window=0 gets a warning on videos longer than this (memory grows with the length)
+_WHOLE_VIDEO_WARN = 100
 
 
 @dataclass
@@ -69,25 +72,36 @@ class VideoSegmentation:
         """One COCO RLE per frame (``{"size": [H, W], "counts": str}``, JSON-serialisable; pycocotools format)."""
         from pycocotools import mask as mask_utils
 
-        array = np.asfortranarray(self.to_numpy().transpose(1, 2, 0).astype(np.uint8))  # [H, W, T]
-        rles = mask_utils.encode(array)
-        for rle in rles:
+        rles = []
+        for mask in self.to_numpy():  # one frame at a time: no [H, W, T] copy of a long video's masks
+            rle = mask_utils.encode(np.asfortranarray(mask[:, :, None].astype(np.uint8)))[0]
             rle["counts"] = rle["counts"].decode("ascii")
-        return list(rles)
+            rles.append(rle)
+        return rles
 
-    def save_pngs(self, directory: str | Path) -> Path:
-        """Write one palette PNG per frame (0 background, 1 object; the DAVIS/Ref-YouTube-VOS palette)."""
+    def save_pngs(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write one palette PNG per frame (0 background, 1 object; the DAVIS/Ref-YouTube-VOS palette).
+
+        The PNGs are written into a temporary folder beside ``directory`` that replaces it when all are written,
+        so ``directory`` holds exactly this result's PNGs, never a mix with an earlier one, even after Ctrl-C.
+
+        Args:
+            directory: the folder to write; it must be absent or empty unless ``overwrite``.
+            overwrite: replace an existing non-empty ``directory`` and everything in it.
+
+        Raises:
+            OutputError: ``directory`` is a file, not writable, or not empty (without ``overwrite``); checked
+                before any PNG is written.
+        """
         from PIL import Image
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         names = self.frame_names or [f"{i:05d}" for i in range(len(self))]
-        for name, mask in zip(names, self.to_numpy()):
-            image = Image.fromarray(mask.astype(np.uint8), mode="P")
-            image.putpalette(PALETTE)
-            with atomic_path(directory / f"{name}.png") as tmp:
-                image.save(tmp, format="PNG")
-        return directory
+        with atomic_folder(directory, overwrite=overwrite) as tmp:
+            for name, mask in zip(names, self.to_numpy()):
+                image = Image.fromarray(mask.astype(np.uint8), mode="P")
+                image.putpalette(PALETTE)
+                image.save(tmp / f"{name}.png", format="PNG")
+        return Path(directory)
 
     def save_overlay(self, path: str | Path, *, alpha: float = 0.5, caption: bool = True,
                      color: tuple[int, int, int] | None = None) -> Path:
@@ -141,6 +155,29 @@ UPSAMPLING: dict[str, str] = {
 }
 # rules whose values are probabilities (averaged and thresholded as probabilities); the others resize logits
 _PROBABILITY_SPACE = ("threshold-nearest", "probability-aligned")
+
+
+def check_window(window: Any, overlap: Any) -> None:
+    """Check the Predictor's ``window``/``overlap`` arguments (None = the model's default) before any work.
+
+    Raises :class:`~lvseg.errors.InvalidInputError` naming the argument for a value that is not a whole number of
+    frames, a negative value, or ``overlap >= window`` (when both are given; a window of 0 takes no overlap).
+    """
+    for name, value in (("window", window), ("overlap", overlap)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidInputError(
+                f"{name} must be a whole number of frames (e.g. {name}={36 if name == 'window' else 0}), "
+                f"got {value!r} ({type(value).__name__})"
+            )
+        if value < 0:
+            hint = "0 runs the whole video in one pass" if name == "window" else "0 means no shared frames"
+            raise InvalidInputError(f"{name} must be >= 0 ({hint}), got {value}")
+    if window is not None and overlap is not None and window and overlap >= window:
+        raise InvalidInputError(
+            f"overlap must be smaller than window, got window={window}, overlap={overlap}; pass a smaller overlap"
+        )
 
 
 def _check_upsampling(mode: str) -> str:
@@ -264,12 +301,17 @@ class Predictor:
             raise InvalidInputError(f"Predictor needs an lvseg model, got {type(model).__name__}")
         pre = model.preprocessing
         self.model = model
+        check_window(window, overlap)
         self.window = pre.window if window is None else int(window)
         self.overlap = pre.overlap if overlap is None else int(overlap)
-        if self.window < 0 or self.overlap < 0 or (self.window and self.overlap >= self.window):
+        if self.window and self.overlap >= self.window:
             raise InvalidInputError(
-                f"need window >= 0 and 0 <= overlap < window, got window={self.window}, overlap={self.overlap}"
+                f"overlap must be smaller than window, got window={self.window}, overlap={self.overlap}"
+                f"{' (from the model config)' if window is None or overlap is None else ''}; pass a smaller "
+                "overlap (e.g. overlap=0) or a larger window"
             )
+        # window 0 from the config (an older config.json): whole video at once, memory grows with its length
+        self._window_from_config = window is None and self.window == 0
         if protocol is not None and "protocol" not in inspect.signature(model.segment).parameters:
             raise InvalidInputError(
                 f"{type(model).__name__}.segment() has no named inference protocols; leave protocol=None"
@@ -321,17 +363,26 @@ class Predictor:
         window = self.window or None
         overlap = self.overlap if window else 0
         step = (window - overlap) if window else None
-        mask_chunks: list[torch.Tensor] = []
+        # masks of finished windows, bit-packed along W (uint8 [E, t, H, ceil(W/8)]): an eighth of the final masks
+        mask_chunks: list[np.ndarray] = []
         prob_chunks: list[torch.Tensor] = []
         score_chunks: list[torch.Tensor] = []
         pending: tuple[torch.Tensor, torch.Tensor] | None = None  # values/scores of the last `overlap` frames
         state: Any = None
         buffer: list[np.ndarray] = []
         processed = 0  # frames of the buffer already covered by a window (the overlap carried over)
-        bar = tqdm(total=source.num_frames, desc="segmenting", unit="frame", disable=not self.progress)
+        done = [0]  # frames whose masks are final
+        if self._window_from_config and (source.num_frames is None or source.num_frames > _WHOLE_VIDEO_WARN):
+            logger.warning(
+                "%s's config has window=0: the whole video (%s frames) goes through the model at once and memory "
+                "grows with its length; pass window=36 (lvseg predict --window 36) or set preprocessing.window in "
+                "its config.json to stream it in windows", type(model).__name__, source.num_frames or "unknown")
+        # updated once per window (the frames whose masks are final), and redrawn at every update
+        bar = tqdm(total=source.num_frames, desc="segmenting", unit="frame", disable=not self.progress,
+                   mininterval=0, miniters=1)
 
         def keep_values(values: torch.Tensor, scores: torch.Tensor) -> None:
-            mask_chunks.append(_foreground(values, self.upsampling, self.threshold))
+            mask_chunks.append(np.packbits(_foreground(values, self.upsampling, self.threshold).numpy(), axis=-1))
             if self.return_probabilities:
                 prob_chunks.append(_probabilities(values, self.upsampling))
             score_chunks.append(scores)
@@ -357,6 +408,9 @@ class Predictor:
                 values[:, :k] = (values[:, :k] + pending[0]) / 2
                 scores[:, :k] = (scores[:, :k] + pending[1]) / 2
             keep = len(frames) if final else len(frames) - overlap
+            logger.debug("segmented a window of %d frames; frames %d-%d are final", len(frames), done[0],
+                         done[0] + keep - 1)
+            done[0] += keep
             keep_values(values[:, :keep], scores[:, :keep])
             pending = (values[:, keep:], scores[:, keep:]) if keep < len(frames) else None
 
@@ -372,7 +426,23 @@ class Predictor:
             keep_values(*pending)
         bar.close()
         probs = _concat_freeing(prob_chunks) if self.return_probabilities else None
-        return _concat_freeing(mask_chunks), torch.cat(score_chunks, dim=1), probs
+        return _unpack_freeing(mask_chunks, source.width), torch.cat(score_chunks, dim=1), probs
+
+
+def _unpack_freeing(chunks: list[np.ndarray], width: int) -> torch.Tensor:
+    """Bit-packed mask chunks uint8 [E, t, H, ceil(W/8)] -> one bool [E, T, H, W] tensor, each chunk freed once
+    unpacked: the peak is the result plus an eighth of it, and memory does not grow with the video beyond that."""
+    total = sum(c.shape[1] for c in chunks)
+    e, _, h, _ = chunks[0].shape
+    out = torch.empty((e, total, h, width), dtype=torch.bool)
+    target = out.numpy().view(np.uint8)
+    start = 0
+    for i in range(len(chunks)):
+        n = chunks[i].shape[1]
+        target[:, start: start + n] = np.unpackbits(chunks[i], axis=-1, count=width)
+        chunks[i] = None  # type: ignore[call-overload]
+        start += n
+    return out
 
 
 def _concat_freeing(chunks: list[torch.Tensor]) -> torch.Tensor:

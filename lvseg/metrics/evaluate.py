@@ -403,7 +403,10 @@ def evaluate(
         first = dataset[0]
         has_gt = isinstance(first, Mapping) and first.get("masks") is not None
     evaluator = make_evaluator(protocol, dataset, output_dir=out, davis_root=davis_root, has_ground_truth=has_gt)
-    window = int(getattr(getattr(model, "preprocessing", None), "window", 0) or 0)
+    if hasattr(model, "annotated_clip_frames"):  # an RVOSModel; a plain runner's model may have neither
+        window = int(model.annotated_clip_frames() or 0)
+    else:
+        window = int(getattr(getattr(model, "preprocessing", None), "window", 0) or 0)
     clip = getattr(dataset, "num_frames", None)
     if protocol in ("a2d", "jhmdb") and runner is None and window and isinstance(clip, int) and clip != window:
         logger.warning("%s clips have %d frames but %s was evaluated officially on %d-frame windows: build the "
@@ -515,7 +518,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         load_kwargs = {"device": args.device} if args.device else {}
         model = load(args.model, **load_kwargs)
         dataset_kwargs = _parse_kv(args.dataset_arg)
-        window = int(getattr(getattr(model, "preprocessing", None), "window", 0) or 0)
+        # the official clip around the annotated frame (MTTR: its window; ReferFormer: the dataset's default)
+        window = int(model.annotated_clip_frames() or 0)
         if _dataset_class(args.dataset) in ("A2DSentences", "JHMDBSentences") and window:
             dataset_kwargs.setdefault("num_frames", window)  # the official clip: the model's window
         dataset = build_dataset(args.dataset, args.root, args.split, **dataset_kwargs)

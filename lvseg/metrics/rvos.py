@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError, InvalidInputError
-from ..utils import atomic_path
+from ..utils import atomic_folder, atomic_path
 from .base import Evaluator, to_numpy_masks
 from .davis import region_and_boundary
 
@@ -134,16 +134,10 @@ def write_expression_pngs(root: str | Path, video: str, exp_id: str, masks: Any,
     if len(frame_names) != m.shape[0]:
         raise InvalidInputError(f"{video}/{exp_id}: {m.shape[0]} masks but {len(frame_names)} frame names")
     final = Path(root) / str(video) / str(exp_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.partial"
-    tmp.mkdir(exist_ok=True)
-    for name, mask in zip(frame_names, m):
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp / f"{name}.png")
-    if final.exists():
-        for old in final.iterdir():
-            old.unlink()
-        final.rmdir()
-    tmp.rename(final)
+    # a fresh temporary folder per call (never one left by a killed run), swapped in whole (see atomic_folder)
+    with atomic_folder(final, overwrite=True) as tmp:
+        for name, mask in zip(frame_names, m):
+            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp / f"{name}.png")
     return final
 
 

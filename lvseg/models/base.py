@@ -280,6 +280,12 @@ class RVOSModel(nn.Module):
         """
         return "bilinear"
 
+    def annotated_clip_frames(self) -> int | None:
+        """Frames per clip of the family's official A2D-/JHMDB-Sentences evaluation, or None when the family fixes
+        none; :func:`lvseg.evaluate` warns when a dataset's clips differ. Default: ``preprocessing.window`` (MTTR's
+        A2D models are evaluated on their training window)."""
+        return self.preprocessing.window or None
+
     def benchmark_protocol(self, benchmark: str) -> str | None:
         """The inference protocol (a ``protocol=`` of :meth:`segment`) of the family's official script for a
         :func:`lvseg.evaluate` benchmark protocol (``"refdavis"``, ``"ytvos"``, ...), or None.

@@ -94,7 +94,7 @@ def shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
         "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 40, "type_vocab_size": 1,
         "initializer_range": 0.02, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
     }
-    pre = PreprocessConfig(short_side=size, max_size=size, window=0, overlap=0, max_text_tokens=32)
+    pre = PreprocessConfig(short_side=size, max_size=size, window=36, overlap=0, max_text_tokens=32)
     return ReferFormerConfig(
         preprocessing=pre, backbone="timm", timm_model="test_convnext", temporal_kernel=3, hidden_dim=64,
         nheads=4, enc_layers=2, dec_layers=3, dim_feedforward=128, dropout=0.0, mask_dim=32, num_queries=1,

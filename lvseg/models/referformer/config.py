@@ -57,7 +57,7 @@ class SwinConfig:
 def _ytvos_preprocessing() -> PreprocessConfig:
     # Ref-YouTube-VOS inference: short side 360 (max 640 for the usual 16:9 and 4:3 videos), ImageNet stats.
     # window 0: the Predictor hands the whole video to segment(), which links passes itself (max_frames_per_pass)
-    return PreprocessConfig(short_side=360, max_size=640, window=0, overlap=0, max_text_tokens=512)
+    return PreprocessConfig(short_side=360, max_size=640, window=36, overlap=0, max_text_tokens=512)
 
 
 @dataclass

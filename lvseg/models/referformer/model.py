@@ -440,6 +440,11 @@ class ReferFormer(RVOSModel):
         size, threshold, crop and resize with nearest (``"threshold-nearest"``)."""
         return "threshold-nearest" if (protocol or self.config.protocol) == "frame" else "direct"
 
+    def annotated_clip_frames(self) -> int | None:
+        """None: ReferFormer's A2D/JHMDB clip length is an option of the evaluation (the dataset's ``num_frames``),
+        not ``preprocessing.window``, which is only the Predictor's streaming window."""
+        return None
+
     def benchmark_protocol(self, benchmark: str) -> str | None:
         """Ref-DAVIS17 runs ``inference_davis.py`` (a query per 36-frame clip); Ref-YouTube-VOS and MeViS the whole
         video with one query (``inference_ytvos.py``)."""
