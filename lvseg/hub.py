@@ -476,7 +476,7 @@ def _not_published_message(entry: ModelEntry) -> str:
 
 
 def download(
-    name_or_path: str,
+    name_or_path: str | Path,
     *,
     revision: str | None = None,
     cache_dir: str | Path | None = None,

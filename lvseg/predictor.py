@@ -17,7 +17,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, overload
 
 import numpy as np
 import torch
@@ -186,15 +186,16 @@ def _check_upsampling(mode: str) -> str:
     return mode
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, align_corners: bool | None = None) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: Sequence[int], mode: str, align_corners: bool | None = None) -> torch.Tensor:
     """[N, h, w] -> [N, *size]; the identity when the size is already right."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    extra = {"align_corners": align_corners} if mode == "bilinear" else {}
-    return F.interpolate(x.unsqueeze(1), size=tuple(size), mode=mode, **extra)[:, 0]
+    if mode == "bilinear":
+        return F.interpolate(x.unsqueeze(1), size=tuple(size), mode=mode, align_corners=align_corners)[:, 0]
+    return F.interpolate(x.unsqueeze(1), size=tuple(size), mode=mode)[:, 0]
 
 
-def _crop_output(x: torch.Tensor, input_size: tuple[int, int], resized_size: tuple[int, int]) -> torch.Tensor:
+def _crop_output(x: torch.Tensor, input_size: Sequence[int], resized_size: Sequence[int]) -> torch.Tensor:
     """Drop the padding from model-resolution maps [N, h, w] (the rows/columns that cover the resized frame)."""
     if tuple(input_size) == tuple(resized_size):
         return x
@@ -204,8 +205,8 @@ def _crop_output(x: torch.Tensor, input_size: tuple[int, int], resized_size: tup
     return x[..., :keep_h, :keep_w]
 
 
-def _upsample(logits: torch.Tensor, input_size: tuple[int, int], resized_size: tuple[int, int],
-              original_size: tuple[int, int], mode: str) -> torch.Tensor:
+def _upsample(logits: torch.Tensor, input_size: Sequence[int], resized_size: Sequence[int],
+              original_size: Sequence[int], mode: str) -> torch.Tensor:
     """[N, h, w] logits -> float32 [N, H, W]: logits for the logit-space rules, probabilities for the others."""
     x = logits.float()
     if mode == "bilinear":
@@ -235,9 +236,9 @@ def _probabilities(values: torch.Tensor, mode: str) -> torch.Tensor:
 
 def upsample_mask_logits(
     logits: torch.Tensor,
-    input_size: tuple[int, int],
-    resized_size: tuple[int, int],
-    original_size: tuple[int, int],
+    input_size: Sequence[int],
+    resized_size: Sequence[int],
+    original_size: Sequence[int],
     mode: str = "bilinear",
     threshold: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,6 +324,12 @@ class Predictor:
         self.protocol = protocol
         self.upsampling = _check_upsampling(upsampling or model.output_upsampling(protocol))
 
+    @overload
+    def __call__(self, video: Any, text: str) -> VideoSegmentation: ...
+
+    @overload
+    def __call__(self, video: Any, text: Sequence[str]) -> list[VideoSegmentation]: ...
+
     def __call__(self, video: Any, text: str | Sequence[str]) -> VideoSegmentation | list[VideoSegmentation]:
         texts = validate_texts(text)
         source = open_video(video, fps=self.fps)
@@ -401,7 +408,7 @@ class Predictor:
                     f"{type(model).__name__}.segment returned logits {tuple(logits.shape)} and scores "
                     f"{tuple(scores.shape)} for {n_text} expression(s) x {len(frames)} frames"
                 )
-            values = self._logits_to_original(logits, tuple(x.shape[-2:]), size, source)
+            values = self._logits_to_original(logits, (int(x.shape[-2]), int(x.shape[-1])), size, source)
             scores = scores.float().cpu()
             if pending is not None:  # frames shared with the previous window: mean of both (logits or probabilities)
                 k = pending[0].shape[1]

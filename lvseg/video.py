@@ -239,7 +239,7 @@ def open_video(video: Any, *, fps: float | None = None) -> VideoSource:
                 )
             if video.dtype != torch.uint8:
                 raise InvalidInputError(f"a video tensor must be uint8 (0-255), got {video.dtype}")
-            frames: Sequence[Any] = video
+            frames: Any = video
         elif isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] != 3:
                 raise InvalidInputError(f"a video array must be uint8 [T, H, W, 3], got shape {list(video.shape)}")
@@ -346,11 +346,11 @@ def overlay_frame(
         draw = ImageDraw.Draw(image)
         y = 4
         for i, caption in enumerate(captions):
-            color = tuple(colors[i % len(colors)])
+            text_color = tuple(colors[i % len(colors)])
             box = draw.textbbox((6, y), caption)
             draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
-            draw.text((6, y), caption, fill=color)
-            y = box[3] + 6
+            draw.text((6, y), caption, fill=text_color)
+            y = int(box[3]) + 6
         out = np.asarray(image)
     return out
 

@@ -332,6 +332,7 @@ def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], S
     def run(sample: Mapping[str, Any]) -> SamplePrediction:
         result = predictor(_frames_tensor(sample), _sample_text(sample))
         values = result.probabilities if kind == "probabilities" else result.masks
+        assert values is not None  # the Predictor was built with return_probabilities for that kind
         return SamplePrediction(kind, values, result.scores)
 
     return run
