@@ -68,8 +68,8 @@ def main() -> None:
                 if k in os.environ}
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads, {settings or 'no overrides'}; tolerance {RELATIVE_TOLERANCE:.0e}")
-    print(f"| {"comparison":<52} | max relative deviation | output |")
-    print(f"|{"-" * 54}|{'-' * 24}|{'-' * 8}|")
+    print(f"| {'comparison':<52} | max relative deviation | output |")
+    print(f"|{'-' * 54}|{'-' * 24}|{'-' * 8}|")
     for what, deviation, key in rows:
         print(f"| {what:<52} | {deviation:22.2e} | {key} |")
 
