@@ -349,7 +349,7 @@ def from_pretrained(
 def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path | None, token: str | bool | None,
                   force_download: bool) -> Path:
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.utils import (  # not .errors: huggingface_hub < 0.24 defines these only in .utils
+    from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -505,7 +505,7 @@ def push_to_hub(
     The folder is checked first (it must load strictly), so a broken model is never published.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.utils import HfHubHTTPError  # not .errors: huggingface_hub < 0.24 has it only in .utils
+    from huggingface_hub.errors import HfHubHTTPError
 
     directory = Path(directory)
     from_pretrained(directory, device="cpu")  # validates config, weights and tokenizer
