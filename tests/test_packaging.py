@@ -73,3 +73,37 @@ def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
          "print(select_backend('cpu'))"], capture_output=True, text=True, cwd=tmp_path, env=build_env,
         timeout=120)
     assert run.returncode == 0 and run.stdout.strip().endswith("cpu"), run.stdout + run.stderr
+
+
+def _floors(requirements: list[str]) -> dict[str, str]:
+    """{normalised name: floor} of requirements written ``name>=X`` (the form pyproject.toml uses)."""
+    import re
+
+    floors = {}
+    for req in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", req.replace(" ", ""))
+        assert match, f"pyproject.toml requirement {req!r} is not of the form name>=version"
+        floors[match[1].lower().replace("_", "-")] = match[2]
+    return floors
+
+
+def test_oldest_constraints_pin_the_pyproject_floors():
+    """.ci/constraints-oldest.txt (CI's oldest-dependencies job) pins every dependency of pyproject.toml (and of
+    the dev extra) at its floor, so that the floors are what CI tests."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = _floors(project["dependencies"] + project["optional-dependencies"]["dev"])
+    pins = {}
+    for line in (ROOT / ".ci" / "constraints-oldest.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+
+    def same(a: str, b: str) -> bool:  # 9.2 == 9.2.0
+        pad = max(len(a.split(".")), len(b.split(".")))
+        return a.split(".") + ["0"] * (pad - len(a.split("."))) == b.split(".") + ["0"] * (pad - len(b.split(".")))
+
+    assert set(floors) <= set(pins), f"not pinned in .ci/constraints-oldest.txt: {sorted(set(floors) - set(pins))}"
+    wrong = {name: (floor, pins[name]) for name, floor in floors.items() if not same(floor, pins[name])}
+    assert not wrong, f"pyproject floor != oldest pin: {wrong}"
