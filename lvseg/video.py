@@ -7,6 +7,7 @@ yields one ``uint8 [H, W, 3]`` RGB frame at a time and can be iterated again (a 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -171,7 +172,7 @@ def _open_file(path: Path) -> VideoSource:
         try:
             # The display matrix of phone videos says how to rotate the decoded frames.
             first = next(container.decode(stream))
-            rotation = int(round(getattr(first, "rotation", 0) or 0))
+            rotation = _display_rotation(first, stream)
             height, width = first.height, first.width
         except StopIteration:
             raise VideoDecodeError(f"{path} contains no video frames") from None
@@ -403,3 +404,25 @@ def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 
                 container.mux(packet)
     return path
 
+
+
+def _display_rotation(frame: Any, stream: Any) -> int:
+    """Degrees counter-clockwise of the display matrix: ``VideoFrame.rotation`` (PyAV >= 14.1), else computed
+    from the frame's ``DISPLAYMATRIX`` side data as FFmpeg's ``av_display_rotation_get`` does (PyAV 12-14.0,
+    which have no ``rotation``); 0 without a matrix."""
+    import struct
+
+    degrees = getattr(frame, "rotation", None)
+    if degrees is None:
+        for side in getattr(frame, "side_data", None) or ():
+            if getattr(getattr(side, "type", None), "name", None) == "DISPLAYMATRIX" and len(bytes(side)) >= 36:
+                m = struct.unpack("=9i", bytes(side)[:36])  # 3x3, 16.16 fixed point in the first two columns
+                scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+                if scale0 and scale1:
+                    degrees = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+                break
+    try:
+        degrees = float(degrees or 0)
+    except (TypeError, ValueError):
+        return 0
+    return int(round(degrees)) if math.isfinite(degrees) else 0
