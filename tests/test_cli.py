@@ -127,3 +127,53 @@ def test_predict_uses_the_bundled_default_model_offline(tmp_path, capsys, monkey
                  "--format", "rle"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary[0]["frames"] == 3 and Path(summary[0]["rle"]).is_file()
+
+
+def _closed_port_url() -> str:
+    """An http:// address where nothing listens (the port was free a moment ago)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_push_without_network_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """`lvseg push DIR org/repo` with the Hub unreachable: rc 1 and one line naming the endpoint and the fix
+    (before: a 27-frame httpx ConnectError traceback)."""
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    url = _closed_port_url()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["push", str(model_dir), "lvseg-test/cli"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lvseg: error: could not reach the Hub at " + url) and "Check the network" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # a malformed repo id is named before anything is sent
+    assert main(["push", str(model_dir), "a/b/c"]) == 1
+    assert "'a/b/c' is not a valid Hub repo id" in capsys.readouterr().err
+    # offline mode: said as such, nothing is attempted
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert main(["push", str(model_dir), "lvseg-test/cli"]) == 1
+    assert "offline mode is on (HF_HUB_OFFLINE=1): cannot push" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "invalid device 'gpu'; use 'cpu', 'cuda' or 'cuda:N'"),
+    ("cuda:x", "invalid device 'cuda:x'; use 'cpu', 'cuda' or 'cuda:N'"),
+    ("cuda:3", "cuda:3"),
+])
+def test_predict_with_a_bad_device_names_it(tmp_path, capsys, device, message):
+    """The exact device string is in the message (before: 'cuda' for 'cuda:3'); 'gpu' / 'cuda:x' are lvseg errors."""
+    import torch
+
+    if device == "cuda:3" and torch.cuda.is_available() and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a cuda:3")
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    assert main(["predict", "x.mp4", "red", "-m", str(model_dir), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if device == "cuda:3":
+        assert "device 'cuda:3'" in err
