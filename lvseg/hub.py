@@ -267,7 +267,10 @@ def _read_config(directory: Path) -> ModelConfig:
     if not isinstance(raw, dict) or "architecture" not in raw:
         raise ConfigError(f"{path} has no 'architecture' field: it is not an lvseg config")
     cls = get_model_class(raw["architecture"])
-    return cls.config_class.from_dict(raw)
+    try:
+        return cls.config_class.from_dict(raw)
+    except ConfigError as exc:  # name the file: the field names alone do not say which model is broken
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
