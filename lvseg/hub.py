@@ -414,7 +414,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path |
 def _network_errors() -> tuple[type[BaseException], ...]:
     """The exceptions ``huggingface_hub``'s HTTP clients raise when the Hub cannot be reached (connection refused,
     DNS failure, timeout): ``httpx2`` (huggingface_hub 2.x), ``httpx`` (1.x) or ``requests`` (0.x), whichever
-    are installed. Other ``OSError``\ s (e.g. an unreadable file in the folder) are not network errors."""
+    are installed. Other ``OSError`` exceptions (e.g. an unreadable file in the folder) are not network errors."""
     errors: list[type[BaseException]] = []
     for module_name, attribute in (("httpx2", "TransportError"), ("httpx", "TransportError"),
                                    ("requests", "ConnectionError"), ("requests", "Timeout")):
