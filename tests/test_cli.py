@@ -39,7 +39,7 @@ def test_list_json_and_pattern(capsys):
 
     register(ModelEntry(name="test-cli-net.a2d", family="test", backbone="tiny", training_data="A2D",
                         paper_metrics=(PaperMetric("A2D-Sentences", "test", "mAP", 46.1, "README"),)))
-    assert main(["list", "test-cli-*"]) == 0
+    assert main(["list", "test-cli-*", "--wide"]) == 0
     table = capsys.readouterr().out
     assert "test-cli-net.a2d" in table and "A2D-Sentences test mAP 46.1" in table and "lvseg convert test" in table
     assert main(["list", "test-cli-*", "--json"]) == 0
@@ -177,3 +177,36 @@ def test_predict_with_a_bad_device_names_it(tmp_path, capsys, device, message):
     assert message in err and "Traceback" not in err
     if device == "cuda:3":
         assert "device 'cuda:3'" in err
+
+
+def test_list_pattern_without_match_is_an_error(capsys):
+    """Before: "(no models registered)" and rc 0 for a pattern that matches nothing."""
+    assert main(["list", "no-such-model-*"]) == 1
+    captured = capsys.readouterr()
+    assert "no model matches 'no-such-model-*'" in captured.err and "`lvseg list`" in captured.err
+    assert captured.out == ""
+    assert main(["list", "no-such-model-*", "--json"]) == 1
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_list_table_fits_the_terminal(capsys, monkeypatch, columns):
+    """Before: ~330 columns whatever the terminal; now every line fits, --wide shows every column in full."""
+    from lvseg.registry import list_models
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["list"]) == 0
+    table = capsys.readouterr().out
+    assert max(len(line) for line in table.splitlines()) <= columns
+    assert all(name in table for name in list_models())  # names are never cut
+    assert "`lvseg list --wide`" in table
+    assert main(["list", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert max(len(line) for line in wide.splitlines()) > columns and "paper metrics" in wide
+    assert "Ref-YouTube-VOS valid J&F" in wide
+
+
+def test_list_json_has_the_source_checkpoint(capsys):
+    """docs/models/mttr.md sends users to `lvseg list mttr-* --json` for the official checkpoint's link."""
+    assert main(["list", "mttr-swin-t.ytvos", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["source"]["url"].startswith("https://") and "paper" in row and row["default"] is True
