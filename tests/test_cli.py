@@ -198,7 +198,7 @@ def test_list_table_fits_the_terminal(capsys, monkeypatch, columns):
     table = capsys.readouterr().out
     assert max(len(line) for line in table.splitlines()) <= columns
     assert all(name in table for name in list_models())  # names are never cut
-    assert "`lvseg list --wide`" in table
+    assert "--wide" in table
     assert main(["list", "--wide"]) == 0
     wide = capsys.readouterr().out
     assert max(len(line) for line in wide.splitlines()) > columns and "paper metrics" in wide
