@@ -69,7 +69,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         summary.append(item)
     if "overlay" in args.format:
         overlay = out / f"overlay{args.overlay_ext}"
-        save_overlay(results, overlay)
+        save_overlay(results, overlay, progress=False if args.quiet else None)
         for item in summary:
             item["overlay"] = str(overlay)
     print(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -210,3 +210,19 @@ def test_list_json_has_the_source_checkpoint(capsys):
     assert main(["list", "mttr-swin-t.ytvos", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["source"]["url"].startswith("https://") and "paper" in row and row["default"] is True
+
+
+def test_quiet_predict_hides_every_bar(tmp_path, capsys):
+    """-q hides the overlay-writing bar too (before: shown for videos of 50 frames or more)."""
+    from lvseg.video import write_video
+
+    frames, _ = color_video(num_frames=60)
+    video = write_video(iter(frames), tmp_path / "clip.mp4", fps=10)
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    args = ["predict", str(video), "the red square", "-m", str(model_dir), "--format", "overlay", "--device", "cpu"]
+    assert main([*args, "-o", str(tmp_path / "loud")]) == 0
+    assert "writing overlay" in capsys.readouterr().err  # the bar this test looks for
+    assert main([*args, "-o", str(tmp_path / "quiet"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "writing overlay" not in err and "segmenting" not in err
+    assert (tmp_path / "quiet" / "overlay.mp4").stat().st_size > 0
