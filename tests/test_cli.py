@@ -226,3 +226,28 @@ def test_quiet_predict_hides_every_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "writing overlay" not in err and "segmenting" not in err
     assert (tmp_path / "quiet" / "overlay.mp4").stat().st_size > 0
+
+
+def test_odd_sized_video_overlay_is_padded_but_masks_keep_the_size(tmp_path, capsys):
+    """As documented (docs/predict.md): video codecs need even sizes, so an odd-sized video's .mp4 overlay is one
+    pixel larger; the GIF overlay, the PNG masks and the RLE keep the original size."""
+    import av
+    from PIL import Image
+
+    frames, _ = color_video(num_frames=3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame[:25, :33]).save(folder / f"{t:05d}.png")  # 33 x 25, both odd
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    for ext in (".mp4", ".gif"):
+        out = tmp_path / ext[1:]
+        assert main(["predict", str(folder), "red", "-m", str(model_dir), "-o", str(out), "-q", "--device", "cpu",
+                     "--format", "overlay", "png", "rle", "--overlay-ext", ext]) == 0
+    capsys.readouterr()
+    with av.open(str(tmp_path / "mp4" / "overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (34, 26)
+    assert Image.open(tmp_path / "gif" / "overlay.gif").size == (33, 25)
+    assert Image.open(tmp_path / "mp4" / "expression_0" / "00000.png").size == (33, 25)
+    assert json.loads((tmp_path / "mp4" / "expression_0.rle.json").read_text())["rle"][0]["size"] == [25, 33]
