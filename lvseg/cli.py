@@ -107,6 +107,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"the {args.family} family is not available in lvseg {__version__} yet ({exc.name} is missing)"
         ) from exc
+    if Path(args.checkpoint).is_dir():
+        raise InvalidInputError(f"{args.checkpoint} is a folder: pass the official checkpoint file (.pth) itself")
     if not Path(args.checkpoint).is_file():
         raise InvalidInputError(f"checkpoint {args.checkpoint} does not exist")
     folder = module.convert_to_folder(args.checkpoint, args.output, tokenizer=args.tokenizer,

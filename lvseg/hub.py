@@ -342,6 +342,9 @@ def from_pretrained(
 ) -> RVOSModel:
     """Build the model a Hub-format folder describes, load its weights strictly, and put it in eval mode."""
     directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(f"{directory} is a file, not a model folder: pass the folder that holds config.json "
+                              "and model.safetensors")
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} does not exist")
     torch_device = resolve_device(device)
@@ -591,5 +594,12 @@ def push_to_hub(
 def copy_folder(source: str | Path, destination: str | Path) -> Path:
     """Copy a model folder (e.g. out of the Hub cache, whose files are symlinks) to a plain folder."""
     destination = Path(destination)
-    shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    if destination.exists() and not destination.is_dir():
+        raise InvalidInputError(f"{destination} is a file, not a folder: choose another -o/--output folder")
+    try:
+        shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    except (shutil.Error, OSError) as exc:
+        raise InvalidInputError(
+            f"cannot copy the model to {destination} ({exc}); check that the folder is writable and has free space"
+        ) from exc
     return destination

@@ -251,3 +251,17 @@ def test_odd_sized_video_overlay_is_padded_but_masks_keep_the_size(tmp_path, cap
     assert Image.open(tmp_path / "gif" / "overlay.gif").size == (33, 25)
     assert Image.open(tmp_path / "mp4" / "expression_0" / "00000.png").size == (33, 25)
     assert json.loads((tmp_path / "mp4" / "expression_0.rle.json").read_text())["rle"][0]["size"] == [25, 33]
+
+
+def test_commands_name_a_file_given_for_a_folder_and_back(tmp_path, capsys, monkeypatch):
+    """Before: `download -o FILE` raised a raw FileExistsError, `push FILE` said the folder "does not exist" and
+    `convert FAMILY FOLDER` said the checkpoint "does not exist"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert main(["download", "referformer-tiny.shapes", "-o", str(a_file)]) == 1
+    assert f"{a_file} is a file, not a folder" in capsys.readouterr().err
+    assert main(["push", str(a_file), "lvseg-test/cli"]) == 1
+    assert f"{a_file} is a file, not a model folder" in capsys.readouterr().err
+    assert main(["convert", "referformer", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
+    assert f"{tmp_path} is a folder: pass the official checkpoint file" in capsys.readouterr().err
