@@ -265,3 +265,17 @@ def test_commands_name_a_file_given_for_a_folder_and_back(tmp_path, capsys, monk
     assert f"{a_file} is a file, not a model folder" in capsys.readouterr().err
     assert main(["convert", "referformer", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
     assert f"{tmp_path} is a folder: pass the official checkpoint file" in capsys.readouterr().err
+
+
+def test_push_with_a_refused_token_says_how_to_log_in(tmp_path, monkeypatch, capsys):
+    """HTTP 401 from the Hub on push: one line that says to log in, not the HTTP error's traceback."""
+    model_dir = make_color_model().save_pretrained(tmp_path / "model")
+    with LocalHub() as server:
+        server.write_token = "hf_right"
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+        assert main(["push", str(model_dir), "lvseg-test/cli"]) == 1
+        err = capsys.readouterr().err
+        assert "refused the push to lvseg-test/cli (HTTP 401)" in err and "hf auth login" in err, err
+        monkeypatch.setenv("HF_TOKEN", "hf_right")
+        assert main(["push", str(model_dir), "lvseg-test/cli"]) == 0
