@@ -266,6 +266,9 @@ def _read_config(directory: Path) -> ModelConfig:
         raise ConfigError(f"{path} is not valid JSON ({exc}); re-download or re-convert the model") from exc
     if not isinstance(raw, dict) or "architecture" not in raw:
         raise ConfigError(f"{path} has no 'architecture' field: it is not an lvseg config")
+    if not isinstance(raw["architecture"], str):
+        raise ConfigError(f"{path}: config field 'architecture' must be a string such as 'referformer', got "
+                          f"{raw['architecture']!r}")
     cls = get_model_class(raw["architecture"])
     try:
         return cls.config_class.from_dict(raw)

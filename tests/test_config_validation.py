@@ -86,6 +86,9 @@ def test_a_bad_config_json_names_the_file_and_the_field(tmp_path):
     (folder / "config.json").write_text(json.dumps(edited(lambda c: c.update(hidden_dim="sixty-four"))))
     with pytest.raises(ConfigError, match="'hidden_dim' must be an integer, got 'sixty-four'"):
         from_pretrained(folder, device="cpu")
+    (folder / "config.json").write_text(json.dumps(edited(lambda c: c.update(architecture=["referformer"]))))
+    with pytest.raises(ConfigError, match="'architecture' must be a string"):  # before: TypeError (unhashable)
+        from_pretrained(folder, device="cpu")
 
 
 def test_fields_that_may_be_absent_take_the_official_default():
