@@ -30,6 +30,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import entry_as_dict, format_table, list_models
 
     names = list_models(args.pattern or "*", published_only=args.published)
+    if not names and args.pattern and not any(c in args.pattern for c in "*?["):
+        # a bare architecture name ("referformer-swin-l") lists its tags ("referformer-swin-l.joint", ...)
+        names = list_models(f"{args.pattern}.*", published_only=args.published)
     if not names and (args.pattern or args.published):
         which = f"matches {args.pattern!r}" if args.pattern else "is published"
         if args.pattern and args.published:

@@ -210,6 +210,10 @@ def test_list_json_has_the_source_checkpoint(capsys):
     assert main(["list", "mttr-swin-t.ytvos", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["source"]["url"].startswith("https://") and "paper" in row and row["default"] is True
+    # an architecture name lists its tags (docs/predict.md: `lvseg list referformer-swin-l --json`)
+    assert main(["list", "referformer-swin-l", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"referformer-swin-l.joint", "referformer-swin-l.ytvos"}
 
 
 def test_quiet_predict_hides_every_bar(tmp_path, capsys):
