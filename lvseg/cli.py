@@ -24,21 +24,27 @@ CONVERTERS = {"referformer": "lvseg.models.referformer.convert", "mttr": "lvseg.
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import format_table, list_models
+    import shutil
+
+    from .errors import ModelNotFoundError
+    from .registry import entry_as_dict, format_table, list_models
 
     names = list_models(args.pattern or "*", published_only=args.published)
+    if not names and args.pattern and not any(c in args.pattern for c in "*?["):
+        # a bare architecture name ("referformer-swin-l") lists its tags ("referformer-swin-l.joint", ...)
+        names = list_models(f"{args.pattern}.*", published_only=args.published)
+    if not names and (args.pattern or args.published):
+        which = f"matches {args.pattern!r}" if args.pattern else "is published"
+        if args.pattern and args.published:
+            which = f"matching {args.pattern!r} is published"
+        raise ModelNotFoundError(
+            f"no model {which}; run `lvseg list` to see every name (patterns are fnmatch globs, e.g. 'referformer-*')"
+        )
     if args.json:
-        from .registry import get_entry
-
-        rows = []
-        for name in names:
-            e = get_entry(name)
-            rows.append({"name": name, "family": e.family, "backbone": e.backbone, "training_data": e.training_data,
-                         "hub_repo": e.hub_repo, "hub_revision": e.hub_revision, "published": e.published,
-                         "paper_metrics": [vars(m) for m in e.paper_metrics]})
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([entry_as_dict(name) for name in names], indent=2))
     else:
-        print(format_table(names))
+        width = None if args.wide else shutil.get_terminal_size().columns
+        print(format_table(names, width=width))
     return 0
 
 
@@ -81,7 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             summary.append(item)
         if "overlay" in args.format:
             name = f"overlay{args.overlay_ext}"
-            save_overlay(results, tmp / name)
+            save_overlay(results, tmp / name, progress=False if args.quiet else None)
             for item in summary:
                 item["overlay"] = str(out / name)
         manifest = {"video": str(args.video), "model": args.model, "expressions": summary}
@@ -121,6 +127,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"the {args.family} family is not available in lvseg {__version__} yet ({exc.name} is missing)"
         ) from exc
+    if Path(args.checkpoint).is_dir():
+        raise InvalidInputError(f"{args.checkpoint} is a folder: pass the official checkpoint file (.pth) itself")
     if not Path(args.checkpoint).is_file():
         raise InvalidInputError(f"checkpoint {args.checkpoint} does not exist")
     folder = module.convert_to_folder(args.checkpoint, args.output, tokenizer=args.tokenizer,
@@ -148,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="show the model registry")
     p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'referformer-*'")
     p.add_argument("--published", action="store_true", help="only models whose weights can be downloaded")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (with the source checkpoints)")
+    p.add_argument("--wide", action="store_true", help="cells in full, however wide (default: fit the terminal)")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("predict", help="segment the object an expression refers to in a video")
@@ -210,6 +219,11 @@ def _run(func: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("lvseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`lvseg list | head`): stop quietly, as other tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -15,6 +15,7 @@ A Hub-format model folder holds::
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -72,20 +73,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> CUDA when available, else CPU; a requested device that is absent raises a clear error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    requested = device
+    if isinstance(requested, bool) or not isinstance(requested, (str, int, torch.device)):
+        raise InvalidInputError(
+            f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {type(requested).__name__} ({requested!r})"
+        )
     try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidInputError(f"invalid device {device!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from exc
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"invalid device {requested!r}; use 'cpu', 'cuda' or 'cuda:N' (N a GPU index)") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InvalidInputError(
-                "device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or install a CUDA build "
-                "of torch"
+                f"device {str(device)!r} was requested but PyTorch sees no CUDA GPU; use device='cpu' or install a "
+                "CUDA build of torch"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidInputError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise InvalidInputError(
+                f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidInputError("device 'mps' was requested but MPS is not available; use device='cpu'")
+        raise InvalidInputError(f"device {str(device)!r} was requested but MPS is not available; use device='cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(f"lvseg runs on 'cpu', 'cuda[:N]' or 'mps', not {str(device)!r}")
     return device
 
 
@@ -259,8 +270,14 @@ def _read_config(directory: Path) -> ModelConfig:
         raise ConfigError(f"{path} is not valid JSON ({exc}); re-download or re-convert the model") from exc
     if not isinstance(raw, dict) or "architecture" not in raw:
         raise ConfigError(f"{path} has no 'architecture' field: it is not an lvseg config")
+    if not isinstance(raw["architecture"], str):
+        raise ConfigError(f"{path}: config field 'architecture' must be a string such as 'referformer', got "
+                          f"{raw['architecture']!r}")
     cls = get_model_class(raw["architecture"])
-    return cls.config_class.from_dict(raw)
+    try:
+        return cls.config_class.from_dict(raw)
+    except ConfigError as exc:  # name the file: the field names alone do not say which model is broken
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -368,6 +385,9 @@ def from_pretrained(
 ) -> RVOSModel:
     """Build the model a Hub-format folder describes, load its weights strictly, and put it in eval mode."""
     directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(f"{directory} is a file, not a model folder: pass the folder that holds config.json "
+                              "and model.safetensors")
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} does not exist")
     torch_device = resolve_device(device)
@@ -433,6 +453,23 @@ def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path |
     except HfHubHTTPError as exc:
         raise HubError(f"the Hub could not serve {where}: {exc}") from exc
     return Path(path)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ``huggingface_hub``'s HTTP clients raise when the Hub cannot be reached (connection refused,
+    DNS failure, timeout): ``httpx2`` (huggingface_hub 2.x), ``httpx`` (1.x) or ``requests`` (0.x), whichever
+    are installed. Other ``OSError`` exceptions (e.g. an unreadable file in the folder) are not network errors."""
+    errors: list[type[BaseException]] = []
+    for module_name, attribute in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                                   ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        cls = getattr(module, attribute, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            errors.append(cls)
+    return tuple(errors)
 
 
 def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, Any, str | None]:
@@ -542,15 +579,28 @@ def push_to_hub(
 
     The folder is checked first (it must load strictly), so a broken model is never published.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalTokenNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     directory = Path(directory)
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise InvalidInputError(f"{repo_id!r} is not a Hub repo id: write it as 'org/name' (e.g. my-org/my-model)")
     from_pretrained(directory, device="cpu")  # validates config, weights and tokenizer
     stray = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth", ".pt", ".pkl"))
     if stray:
         raise InvalidInputError(f"{directory} contains pickled files {stray}; remove them (lvseg publishes safetensors only)")
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token, library_name="lvseg")
+    if constants.is_offline_mode():
+        raise OfflineError(f"offline mode is on (HF_HUB_OFFLINE=1): cannot push {directory} to {repo_id}. Unset "
+                           "HF_HUB_OFFLINE and try again with network access.")
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint, token=token, library_name="lvseg")
+    login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
@@ -560,13 +610,37 @@ def push_to_hub(
             commit_message=commit_message,
             allow_patterns=ALLOW_PATTERNS,
         )
+    except LocalTokenNotFoundError as exc:
+        raise HubError(f"pushing to {repo_id} needs a Hugging Face token: {login}") from exc
+    except HFValidationError as exc:
+        raise InvalidInputError(f"{repo_id!r} is not a valid Hub repo id ({exc}); use 'org/name'") from exc
+    except RevisionNotFoundError as exc:
+        raise HubError(f"branch {revision!r} does not exist in {repo_id}; create it first or omit --revision") from exc
+    except RepositoryNotFoundError as exc:
+        raise HubError(f"cannot write to {repo_id}: the repo was not found or your token may not write to it; "
+                       f"check the name and {login}") from exc
     except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"the Hub refused the push to {repo_id} (HTTP {status}): {login}") from exc
         raise HubError(f"could not push {directory} to {repo_id}: {exc}") from exc
+    except _network_errors() as exc:
+        raise OfflineError(
+            f"could not reach the Hub at {endpoint or constants.ENDPOINT} to push {directory} to {repo_id} "
+            f"({type(exc).__name__}: {exc}). Check the network (or HF_ENDPOINT / proxy settings) and try again."
+        ) from exc
     return info.oid
 
 
 def copy_folder(source: str | Path, destination: str | Path) -> Path:
     """Copy a model folder (e.g. out of the Hub cache, whose files are symlinks) to a plain folder."""
     destination = Path(destination)
-    shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    if destination.exists() and not destination.is_dir():
+        raise InvalidInputError(f"{destination} is a file, not a folder: choose another -o/--output folder")
+    try:
+        shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    except (shutil.Error, OSError) as exc:
+        raise InvalidInputError(
+            f"cannot copy the model to {destination} ({exc}); check that the folder is writable and has free space"
+        ) from exc
     return destination

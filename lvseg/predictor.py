@@ -104,12 +104,16 @@ class VideoSegmentation:
         return Path(directory)
 
     def save_overlay(self, path: str | Path, *, alpha: float = 0.5, caption: bool = True,
-                     color: tuple[int, int, int] | None = None) -> Path:
+                     color: tuple[int, int, int] | None = None, progress: bool | None = None) -> Path:
         """Write the video with the mask blended in colour, outlined, and the expression as a caption.
 
-        ``.mp4``/``.mkv``/``.webm``/``.avi``/``.mov`` are encoded with PyAV, ``.gif`` with Pillow.
+        ``.mp4``/``.mkv``/``.webm``/``.avi``/``.mov`` are encoded with PyAV, ``.gif`` with Pillow. Video codecs
+        need even sizes (yuv420p): an odd height or width is padded by one pixel (the last row or column
+        repeated), so a 853x481 video gives an 854x482 overlay; a ``.gif`` keeps the original size, and so do
+        the masks (:meth:`save_pngs`, :meth:`to_rle`). ``progress``: a tqdm bar (default: for 50 frames or more).
         """
-        return save_overlay([self], path, alpha=alpha, caption=caption, colors=[color] if color else None)
+        return save_overlay([self], path, alpha=alpha, caption=caption, colors=[color] if color else None,
+                            progress=progress)
 
 
 def save_overlay(
@@ -119,8 +123,14 @@ def save_overlay(
     alpha: float = 0.5,
     caption: bool = True,
     colors: Sequence[tuple[int, int, int]] | None = None,
+    progress: bool | None = None,
 ) -> Path:
-    """Write one overlay video showing several expressions' masks (one colour each) on the same video."""
+    """Write one overlay video showing several expressions' masks (one colour each) on the same video.
+
+    ``progress``: a tqdm bar; ``None`` shows it for videos of 50 frames or more, ``False`` never (``lvseg
+    predict -q``). Sizes as in :meth:`VideoSegmentation.save_overlay` (odd sizes padded by one pixel for video
+    codecs).
+    """
     if not results:
         raise InvalidInputError("no results to draw")
     source = results[0].source
@@ -133,7 +143,7 @@ def save_overlay(
 
     def frames() -> Any:
         for index, frame in enumerate(tqdm(source, total=total, desc="writing overlay", unit="frame",
-                                           leave=False, disable=total < 50)):
+                                           leave=False, disable=total < 50 if progress is None else not progress)):
             if index >= total:
                 break
             yield overlay_frame(frame, [r.masks[index].numpy() for r in results], colors=colors, alpha=alpha,

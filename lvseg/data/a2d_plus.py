@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lvseg.data._common import check_split, load_rgb, read_json, require_dir, stack_frames, target_fields
-from lvseg.errors import DatasetError
+from lvseg.errors import CheckpointError, DatasetError
+from lvseg.utils import torch_load
 
 logger = logging.getLogger("lvseg.data.a2d_plus")
 
@@ -54,6 +55,14 @@ _TYPES = ("NORM", "MUL", "SPAT", "TEMP")
 _HINT = "Get Locater's A2D_SUBSET data (see docs/datasets.md) and pass the folder that holds A2D_SUBSET/."
 
 
+def _load_pth(path: Path, expected: str) -> Any:
+    """A tensor file of the dataset (read without running pickled code); a damaged one is a DatasetError."""
+    try:
+        return torch_load(path, expected=expected)
+    except CheckpointError as exc:
+        raise DatasetError(f"{exc}. {_HINT}") from exc
+
+
 class A2DSPlus(Dataset):
     """One A2D-S+ subset (``split`` = ``"NORM"``, ``"MUL"``, ``"SPAT"`` or ``"TEMP"``; case-insensitive).
 
@@ -80,14 +89,8 @@ class A2DSPlus(Dataset):
         self.num_video_frames: dict[str, int] = {}
         for name in ("vid_frame_dict.pth", "vid_frames_dict.pth"):
             if (folder / name).is_file():
-                try:
-                    loaded = torch.load(folder / name, map_location="cpu", weights_only=True)
-                    self.num_video_frames = {str(k): int(v) for k, v in loaded.items()}
-                except Exception as exc:  # unpickling, or not a {video: count} dict
-                    # torch's own message would advise weights_only=False, which must not reach a user
-                    raise DatasetError(f"'{folder / name}' is not a {{video: number of frames}} dict "
-                                       f"({type(exc).__name__}); re-extract it, or delete it (it only fills "
-                                       "num_video_frames).") from exc
+                loaded = _load_pth(folder / name, "the A2D-S+ frame-count table (a dict video -> frames)")
+                self.num_video_frames = {str(k): int(v) for k, v in dict(loaded).items()}
                 break
         self.samples: list[dict[str, Any]] = []
         for video, entry in table.items():
@@ -122,11 +125,8 @@ class A2DSPlus(Dataset):
             path = self.mask_dir / f"{video.replace('/', '_')}_{obj}_{n}.pth"
             if not path.is_file():
                 raise DatasetError(f"mask not found: '{path}' (frame {n} of {video!r} is in 'labels').")
-            try:
-                m = torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).squeeze()
-            except Exception as exc:  # torch's message would advise weights_only=False: not for users
-                raise DatasetError(f"mask '{path}' is not a saved tensor ({type(exc).__name__}); re-extract the "
-                                   "A2D-S+ masks.") from exc
+            m = _load_pth(path, "an A2D-S+ mask (a tensor)")
+            m = torch.as_tensor(m).squeeze()
             if tuple(m.shape) != (h, w):
                 raise DatasetError(f"mask '{path}' is {tuple(m.shape)} but the frames are {(h, w)}.")
             masks[t] = m > 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..utils import atomic_path
+from ..utils import atomic_path, torch_load
 
 __all__ = ["rng_state", "set_rng_state", "save_checkpoint", "list_checkpoints", "load_latest_checkpoint",
            "replace_folder"]
@@ -78,19 +78,24 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
 
 def load_latest_checkpoint(directory: str | Path) -> dict[str, Any] | None:
     """The newest checkpoint that loads, or None when there is none. A damaged file is skipped with a warning."""
+    problems = []
     for step, path in reversed(list_checkpoints(directory)):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a file damaged by something other than us (disk full, copied partially, ...)
-            logger.warning("checkpoint %s does not load (%s); trying an older one", path, exc)
+            # weights_only=False: the file is one lvseg wrote (optimizer and RNG states are not plain tensors)
+            state = torch_load(path, expected="an lvseg training checkpoint", weights_only=False)
+        except CheckpointError as exc:  # a file damaged by something other than us (disk full, copied partially)
+            logger.warning("%s; trying an older checkpoint", exc)
+            problems.append(str(exc))
             continue
         if not isinstance(state, dict) or "model" not in state or state.get("step") != step:
             logger.warning("checkpoint %s is not an lvseg training checkpoint; skipped", path)
+            problems.append(f"{path} is not an lvseg training checkpoint")
             continue
         logger.info("resuming from %s (step %d)", path, step)
         return state
     if list_checkpoints(directory):
-        raise CheckpointError(f"no checkpoint in {directory} loads; delete the folder to start over")
+        raise CheckpointError(f"no checkpoint in {directory} loads ({'; '.join(problems)}); delete the damaged "
+                              "files (or the folder, to start over)")
     return None
 
 

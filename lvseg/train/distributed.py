@@ -50,9 +50,10 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
+    from ..hub import resolve_device
+
+    # the exact device asked for is checked (and named in the error): "cuda:3" on a 2-GPU machine, "gpu", ...
+    want = resolve_device(device)
     if want.type == "cuda":
         if world > 1 or want.index is None:
             want = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
