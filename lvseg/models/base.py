@@ -174,12 +174,12 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise bad()
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
+        item_hints = typing.get_args(hint)
+        if len(item_hints) == 2 and item_hints[1] is Ellipsis:
+            return tuple(_convert(v, item_hints[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(item_hints):
             raise ConfigError(f"config field {where!r} must be {_expected(hint)}, got {len(value)} values: {value!r}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, item_hints)))
     if origin is list:
         if not isinstance(value, list):
             raise bad()
@@ -339,10 +339,10 @@ class RVOSModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for param in self.parameters():
+            return param.device
+        for buffer in self.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     @property
