@@ -8,8 +8,8 @@ import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import __version__
 from .errors import InvalidInputError, LVSegError
@@ -48,7 +48,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# written last into an `lvseg predict` output folder: marks the folder as one complete result that --overwrite may replace
+# written last into an `lvseg predict` output folder: marks the folder as one complete result that --overwrite
+# may replace
 PREDICT_MANIFEST = "lvseg-predict.json"
 
 
@@ -81,8 +82,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 item["pngs"] = str(out / f"expression_{i}")
             if "rle" in args.format:
                 name = f"expression_{i}.rle.json"
-                atomic_write_text(tmp / name, json.dumps({"text": result.text, "frames": result.frame_names,
-                                                          "rle": result.to_rle()}))
+                atomic_write_text(
+                    tmp / name, json.dumps({"text": result.text, "frames": result.frame_names, "rle": result.to_rle()})
+                )
                 item["rle"] = str(out / name)
             summary.append(item)
         if "overlay" in args.format:
@@ -112,8 +114,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
-    commit = push_to_hub(args.directory, args.repo, revision=args.revision, private=args.private or None,
-                         commit_message=args.message)
+    commit = push_to_hub(
+        args.directory, args.repo, revision=args.revision, private=args.private or None, commit_message=args.message
+    )
     print(f"pushed {args.directory} to {args.repo} at commit {commit}")
     return 0
 
@@ -131,8 +134,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.checkpoint} is a folder: pass the official checkpoint file (.pth) itself")
     if not Path(args.checkpoint).is_file():
         raise InvalidInputError(f"checkpoint {args.checkpoint} does not exist")
-    folder = module.convert_to_folder(args.checkpoint, args.output, tokenizer=args.tokenizer,
-                                      backbone=args.backbone, name=args.name)
+    folder = module.convert_to_folder(
+        args.checkpoint, args.output, tokenizer=args.tokenizer, backbone=args.backbone, name=args.name
+    )
     print(f"wrote {folder}; load it with lvseg.load({str(folder)!r})")
     return 0
 
@@ -163,20 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment the object an expression refers to in a video")
     p.add_argument("video", help="video file (mp4, webm, avi, ...) or folder of frames")
     p.add_argument("text", nargs="+", help="one or more referring expressions (quote each)")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                   help=f"registry name, hf-hub:org/repo or folder (default: {DEFAULT_MODEL}, bundled)")
-    p.add_argument("-o", "--output", default="lvseg_output",
-                   help="output folder, new or empty unless --overwrite (default: lvseg_output)")
+    p.add_argument(
+        "-m",
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registry name, hf-hub:org/repo or folder (default: {DEFAULT_MODEL}, bundled)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="lvseg_output",
+        help="output folder, new or empty unless --overwrite (default: lvseg_output)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     p.add_argument("--window", type=int, default=None, help="frames per model pass (0: whole video)")
     p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows")
-    p.add_argument("--format", nargs="+", default=["overlay", "png"], choices=["overlay", "png", "rle"],
-                   help="what to write (default: overlay png)")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        default=["overlay", "png"],
+        choices=["overlay", "png", "rle"],
+        help="what to write (default: overlay png)",
+    )
     p.add_argument("--overlay-ext", default=".mp4", choices=[".mp4", ".gif", ".webm", ".mkv"])
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output folder that holds an earlier lvseg predict result")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an output folder that holds an earlier lvseg predict result"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
@@ -227,8 +245,7 @@ def _run(func: Callable[[], int]) -> int:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,10 +61,17 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md", "*.model"]
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 
 
@@ -107,9 +114,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, str):
         key = dtype.lower().removeprefix("torch.")
         if key not in _DTYPES:
-            raise UnsupportedDtypeError(
-                f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, float64"
-            )
+            raise UnsupportedDtypeError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, float64")
         dtype = _DTYPES[key]
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise UnsupportedDtypeError(
@@ -128,7 +133,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _half_precision_failure(device_type: str, dtype: torch.dtype) -> str | None:
     """Probe the two ops every model needs (old CPU builds lack half-precision kernels), once per process;
     returns the error text, or None when the dtype runs."""
@@ -199,8 +204,12 @@ def _model_card(model: RVOSModel, entry: ModelEntry | None, name: str) -> str:
             lines.append(f"- paper: {entry.paper}")
         lines.append("")
     if metrics:
-        lines += ["## Results (as reported by the paper / official README, not re-measured by lvseg)", "",
-                  "| dataset | split | metric | value | source |", "|---|---|---|---|---|"]
+        lines += [
+            "## Results (as reported by the paper / official README, not re-measured by lvseg)",
+            "",
+            "| dataset | split | metric | value | source |",
+            "|---|---|---|---|---|",
+        ]
         lines += [f"| {m.dataset} | {m.split} | {m.metric} | {m.value:g} | {m.source} |" for m in metrics]
         lines.append("")
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
@@ -239,8 +248,12 @@ def save_pretrained(
         # save_model de-duplicates tied tensors (e.g. shared embeddings) so the file loads back strictly.
         save_model(model, str(tmp), metadata=metadata)
     if model.tokenizer is None and isinstance(getattr(model.config, "text_encoder", None), dict):
-        logger.warning("%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
-                       "added (model.tokenizer.save_pretrained(DIR))", model.config.architecture, directory)
+        logger.warning(
+            "%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
+            "added (model.tokenizer.save_pretrained(DIR))",
+            model.config.architecture,
+            directory,
+        )
     if model.tokenizer is not None:
         tmp_dir = make_temp_folder(directory / "tokenizer")  # files keep the umask's mode when moved out
         try:
@@ -271,8 +284,9 @@ def _read_config(directory: Path) -> ModelConfig:
     if not isinstance(raw, dict) or "architecture" not in raw:
         raise ConfigError(f"{path} has no 'architecture' field: it is not an lvseg config")
     if not isinstance(raw["architecture"], str):
-        raise ConfigError(f"{path}: config field 'architecture' must be a string such as 'referformer', got "
-                          f"{raw['architecture']!r}")
+        raise ConfigError(
+            f"{path}: config field 'architecture' must be a string such as 'referformer', got {raw['architecture']!r}"
+        )
     cls = get_model_class(raw["architecture"])
     try:
         return cls.config_class.from_dict(raw)
@@ -316,13 +330,17 @@ def _load_tokenizer(directory: Path, config: ModelConfig) -> Any:
     present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
     if not isinstance(text_config, dict) and not (directory / "tokenizer_config.json").is_file():
         return None  # a model without a text encoder, saved without a tokenizer
-    fix = (f"The model folder {directory} lacks its tokenizer files or holds the wrong ones: convert the official "
-           "checkpoint again (`lvseg convert FAMILY CHECKPOINT -o DIR --tokenizer TOKENIZER_DIR`), copy in the "
-           "tokenizer files the model was saved with (model.tokenizer.save_pretrained(DIR)), or download it again "
-           "(`lvseg download NAME --force`).")
+    fix = (
+        f"The model folder {directory} lacks its tokenizer files or holds the wrong ones: convert the official "
+        "checkpoint again (`lvseg convert FAMILY CHECKPOINT -o DIR --tokenizer TOKENIZER_DIR`), copy in the "
+        "tokenizer files the model was saved with (model.tokenizer.save_pretrained(DIR)), or download it again "
+        "(`lvseg download NAME --force`)."
+    )
     if not present:
-        raise TokenizerError(f"the model's text encoder needs a tokenizer but {directory} has none of "
-                             f"{', '.join(TOKENIZER_FILES)}. {fix}")
+        raise TokenizerError(
+            f"the model's text encoder needs a tokenizer but {directory} has none of "
+            f"{', '.join(TOKENIZER_FILES)}. {fix}"
+        )
     from transformers import AutoTokenizer
 
     try:
@@ -343,10 +361,7 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
         if tensor.device.type != "meta" and tensor.numel():
             by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(key)
     aliases = {k: names for names in by_storage.values() if len(names) > 1 for k in names}
-    missing = [
-        k for k in expected
-        if k not in state_dict and not any(a in state_dict for a in aliases.get(k, ()))
-    ]
+    missing = [k for k in expected if k not in state_dict and not any(a in state_dict for a in aliases.get(k, ()))]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -386,8 +401,9 @@ def from_pretrained(
     """Build the model a Hub-format folder describes, load its weights strictly, and put it in eval mode."""
     directory = Path(directory)
     if directory.is_file():
-        raise CheckpointError(f"{directory} is a file, not a model folder: pass the folder that holds config.json "
-                              "and model.safetensors")
+        raise CheckpointError(
+            f"{directory} is a file, not a model folder: pass the folder that holds config.json and model.safetensors"
+        )
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} does not exist")
     torch_device = resolve_device(device)
@@ -404,8 +420,9 @@ def from_pretrained(
     return model
 
 
-def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path | None, token: str | bool | None,
-                  force_download: bool) -> Path:
+def _hub_snapshot(
+    repo_id: str, revision: str | None, *, cache_dir: str | Path | None, token: str | bool | None, force_download: bool
+) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -460,8 +477,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     DNS failure, timeout): ``httpx2`` (huggingface_hub 2.x), ``httpx`` (1.x) or ``requests`` (0.x), whichever
     are installed. Other ``OSError`` exceptions (e.g. an unreadable file in the folder) are not network errors."""
     errors: list[type[BaseException]] = []
-    for module_name, attribute in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                                   ("requests", "ConnectionError"), ("requests", "Timeout")):
+    for module_name, attribute in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -476,10 +497,11 @@ def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, 
     """-> (kind, target, revision) with kind one of 'local', 'hub', 'registry'."""
     text = str(name_or_path)
     if not text.strip():
-        raise InvalidInputError("no model name given: pass a registry name (see `lvseg list`), 'hf-hub:org/repo' "
-                                "or a local folder")
+        raise InvalidInputError(
+            "no model name given: pass a registry name (see `lvseg list`), 'hf-hub:org/repo' or a local folder"
+        )
     if text.startswith(HF_HUB_PREFIX):
-        repo = text[len(HF_HUB_PREFIX):]
+        repo = text[len(HF_HUB_PREFIX) :]
         if "@" in repo:
             repo, at_revision = repo.split("@", 1)
             if revision is not None and revision != at_revision:
@@ -503,8 +525,11 @@ def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, 
 def _not_published_message(entry: ModelEntry) -> str:
     lines = [f"the weights of {entry.name!r} are not published on the Hub yet, so they cannot be downloaded by name."]
     if entry.source:
-        lines.append(f"Get the official checkpoint from {entry.source.url}" +
-                     (f" ({entry.source.notes})" if entry.source.notes else "") + ", then convert it:")
+        lines.append(
+            f"Get the official checkpoint from {entry.source.url}"
+            + (f" ({entry.source.notes})" if entry.source.notes else "")
+            + ", then convert it:"
+        )
     else:
         lines.append("Convert the official checkpoint:")
     lines.append(f"    lvseg convert {entry.family} CHECKPOINT.pth -o {entry.name} --name {entry.name}")
@@ -531,8 +556,9 @@ def download(
         return PACKAGE_ROOT / entry.bundled
     if not entry.published or entry.hub_repo is None:
         raise WeightsNotPublishedError(_not_published_message(entry))
-    return _hub_snapshot(entry.hub_repo, revision or entry.hub_revision, cache_dir=cache_dir, token=token,
-                         force_download=force_download)
+    return _hub_snapshot(
+        entry.hub_repo, revision or entry.hub_revision, cache_dir=cache_dir, token=token, force_download=force_download
+    )
 
 
 def load(
@@ -561,8 +587,7 @@ def load(
     """
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)  # fail before any download
-    folder = download(name_or_path, revision=revision, cache_dir=cache_dir, token=token,
-                      force_download=force_download)
+    folder = download(name_or_path, revision=revision, cache_dir=cache_dir, token=token, force_download=force_download)
     return from_pretrained(folder, device=torch_device, dtype=dtype)
 
 
@@ -594,10 +619,14 @@ def push_to_hub(
     from_pretrained(directory, device="cpu")  # validates config, weights and tokenizer
     stray = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth", ".pt", ".pkl"))
     if stray:
-        raise InvalidInputError(f"{directory} contains pickled files {stray}; remove them (lvseg publishes safetensors only)")
+        raise InvalidInputError(
+            f"{directory} contains pickled files {stray}; remove them (lvseg publishes safetensors only)"
+        )
     if constants.is_offline_mode():
-        raise OfflineError(f"offline mode is on (HF_HUB_OFFLINE=1): cannot push {directory} to {repo_id}. Unset "
-                           "HF_HUB_OFFLINE and try again with network access.")
+        raise OfflineError(
+            f"offline mode is on (HF_HUB_OFFLINE=1): cannot push {directory} to {repo_id}. Unset "
+            "HF_HUB_OFFLINE and try again with network access."
+        )
     endpoint = os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint, token=token, library_name="lvseg")
     login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
@@ -617,8 +646,10 @@ def push_to_hub(
     except RevisionNotFoundError as exc:
         raise HubError(f"branch {revision!r} does not exist in {repo_id}; create it first or omit --revision") from exc
     except RepositoryNotFoundError as exc:
-        raise HubError(f"cannot write to {repo_id}: the repo was not found or your token may not write to it; "
-                       f"check the name and {login}") from exc
+        raise HubError(
+            f"cannot write to {repo_id}: the repo was not found or your token may not write to it; "
+            f"check the name and {login}"
+        ) from exc
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):

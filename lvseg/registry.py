@@ -14,8 +14,9 @@ import fnmatch
 import importlib
 import re
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import ModelNotFoundError
 
@@ -202,8 +203,16 @@ def format_table(names: Iterable[str] | None = None, *, width: int | None = None
             weights = f"{entry.hub_repo}@{entry.hub_revision[:8]}"  # type: ignore[index]
         else:
             weights = f"not on the Hub yet: lvseg convert {entry.family} ..."
-        rows.append((name + (" *" if _DEFAULTS.get(entry.architecture) == name else ""), entry.family,
-                     entry.backbone, entry.training_data, metrics, weights))
+        rows.append(
+            (
+                name + (" *" if _DEFAULTS.get(entry.architecture) == name else ""),
+                entry.family,
+                entry.backbone,
+                entry.training_data,
+                metrics,
+                weights,
+            )
+        )
 
     def natural(head: tuple[str, ...], body: list[tuple[str, ...]]) -> list[int]:
         return [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
@@ -223,9 +232,15 @@ def format_table(names: Iterable[str] | None = None, *, width: int | None = None
             excess -= cut
         header = tuple(_truncate(h, w) for h, w in zip(header, widths))
         rows = [tuple(_truncate(c, w) for c, w in zip(row, widths)) for row in rows]
-        notes.append("Paper metrics left out to fit the terminal" + (" and long cells cut" if any(
-            c.endswith("...") and not c.endswith("lvseg convert ...") for row in rows for c in row) else "") +
-            ": `lvseg list --wide` shows every column in full, `lvseg list --json` as data.")
+        notes.append(
+            "Paper metrics left out to fit the terminal"
+            + (
+                " and long cells cut"
+                if any(c.endswith("...") and not c.endswith("lvseg convert ...") for row in rows for c in row)
+                else ""
+            )
+            + ": `lvseg list --wide` shows every column in full, `lvseg list --json` as data."
+        )
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -243,10 +258,24 @@ def entry_as_dict(name: str) -> dict[str, Any]:
     entry = get_entry(name)
     source = None
     if entry.source is not None:
-        source = {"url": entry.source.url, "filename": entry.source.filename, "sha256": entry.source.sha256,
-                  "notes": entry.source.notes}
-    return {"name": entry.name, "family": entry.family, "backbone": entry.backbone,
-            "training_data": entry.training_data, "hub_repo": entry.hub_repo, "hub_revision": entry.hub_revision,
-            "published": entry.published, "bundled": entry.bundled is not None, "default": _DEFAULTS.get(
-                entry.architecture) == entry.name, "license": entry.license, "paper": entry.paper,
-            "source": source, "paper_metrics": [vars(m) for m in entry.paper_metrics]}
+        source = {
+            "url": entry.source.url,
+            "filename": entry.source.filename,
+            "sha256": entry.source.sha256,
+            "notes": entry.source.notes,
+        }
+    return {
+        "name": entry.name,
+        "family": entry.family,
+        "backbone": entry.backbone,
+        "training_data": entry.training_data,
+        "hub_repo": entry.hub_repo,
+        "hub_revision": entry.hub_revision,
+        "published": entry.published,
+        "bundled": entry.bundled is not None,
+        "default": _DEFAULTS.get(entry.architecture) == entry.name,
+        "license": entry.license,
+        "paper": entry.paper,
+        "source": source,
+        "paper_metrics": [vars(m) for m in entry.paper_metrics],
+    }

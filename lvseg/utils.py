@@ -12,14 +12,23 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_folder", "check_output_folder", "current_umask",
-           "ensure_folder", "make_temp_folder", "torch_load"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_folder",
+    "check_output_folder",
+    "current_umask",
+    "ensure_folder",
+    "make_temp_folder",
+    "torch_load",
+]
 
 
 def current_umask() -> int:
@@ -185,8 +194,9 @@ def _swap_in(new: Path, path: Path, *, overwrite: bool, option: str) -> None:
         if not path.is_dir() or not any(path.iterdir()):
             raise _output_error(path, exc) from exc
         if not overwrite:  # files appeared in `path` while the result was written
-            raise OutputError(f"{path} got files while lvseg wrote its result; pass {option} or choose a new "
-                              "folder") from exc
+            raise OutputError(
+                f"{path} got files while lvseg wrote its result; pass {option} or choose a new folder"
+            ) from exc
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
     os.replace(path, old / path.name)  # the old result moves aside in one step ...
     try:
@@ -202,8 +212,14 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol >= 2 (torch.save's legacy format starts with one)
 
 
-def torch_load(path: str | Path, *, expected: str, allowed_globals: Sequence[Any] = (),
-               weights_only: bool = True, mmap: bool = False) -> Any:
+def torch_load(
+    path: str | Path,
+    *,
+    expected: str,
+    allowed_globals: Sequence[Any] = (),
+    weights_only: bool = True,
+    mmap: bool = False,
+) -> Any:
     """``torch.load(path, map_location="cpu")`` that fails with a :class:`~lvseg.errors.CheckpointError` naming
     the file and what is wrong with it: empty, not a PyTorch file, truncated or damaged, or holding objects outside
     the allow-list. PyTorch's own text (and its advice to retry with ``weights_only=False``, which would run
@@ -244,15 +260,20 @@ def torch_load(path: str | Path, *, expected: str, allowed_globals: Sequence[Any
         text = str(exc)
         blocked = re.search(r"GLOBAL ([\w.]+)", text)
         if blocked and weights_only:
-            reason = (f"it holds an object of type {blocked.group(1)}, which is not among the types lvseg accepts "
-                      "in a checkpoint (tensors, numbers, strings, containers, argparse.Namespace): lvseg does not "
-                      "run code stored in a file. It must be " + expected)
+            reason = (
+                f"it holds an object of type {blocked.group(1)}, which is not among the types lvseg accepts "
+                "in a checkpoint (tensors, numbers, strings, containers, argparse.Namespace): lvseg does not "
+                "run code stored in a file. It must be " + expected
+            )
         elif not (is_zip or is_pickle):
             reason = f"it is not a PyTorch checkpoint (it starts with bytes {head!r}); it must be {expected}"
         elif isinstance(exc, (EOFError, zipfile.BadZipFile)) or any(
-                s in text for s in ("central directory", "EOF", "truncated", "corrupted", "failed reading")):
-            reason = (f"it is truncated or damaged (an interrupted download or copy?): download or copy it again. "
-                      f"It must be {expected}")
+            s in text for s in ("central directory", "EOF", "truncated", "corrupted", "failed reading")
+        ):
+            reason = (
+                f"it is truncated or damaged (an interrupted download or copy?): download or copy it again. "
+                f"It must be {expected}"
+            )
         elif is_zip and "data.pkl" in text:
             reason = f"it is a zip archive but not a PyTorch checkpoint (no data.pkl inside); it must be {expected}"
         elif isinstance(exc, pickle.UnpicklingError) and is_pickle:

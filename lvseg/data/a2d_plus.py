@@ -18,8 +18,9 @@ time (``fix_queries=True`` applies the same table to the lower-cased text).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -35,8 +36,9 @@ __all__ = ["A2DSPlus", "LOCATER_QUERY_FIXES"]
 #: Misspelled A2D queries (lower-cased) and Locater's corrections (``dataloader/vid_anchor_test.py``).
 LOCATER_QUERY_FIXES: dict[str, str] = {
     "the peson in red is standing": "the person in red is standing",
-    "rd black formula car riding on the right side of the track":
-        "red black formula car riding on the right side of the track",
+    "rd black formula car riding on the right side of the track": (
+        "red black formula car riding on the right side of the track"
+    ),
     "white standing near the building": "person standing near the building",
     "red black is riding on the left": "red black car is riding on the left",
     "solder in camouflage uniforms crawling ": "soldier in camouflage uniforms crawling",
@@ -73,8 +75,14 @@ class A2DSPlus(Dataset):
     scores with IoU 1 when the prediction is empty too.
     """
 
-    def __init__(self, root: str | Path, split: str = "MUL", *, fix_queries: bool = True,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "MUL",
+        *,
+        fix_queries: bool = True,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "A2D-S+ root", _HINT)
         self.split = check_split(split.upper(), _TYPES, "A2DSPlus")
         self.transform, self.fix_queries = transform, fix_queries
@@ -95,12 +103,21 @@ class A2DSPlus(Dataset):
         self.samples: list[dict[str, Any]] = []
         for video, entry in table.items():
             if not (self.image_dir / video).is_dir():
-                raise DatasetError(f"video {video!r} is listed in the expressions file but '{self.image_dir / video}'"
-                                   " is missing; re-extract allPngs320H.")
+                raise DatasetError(
+                    f"video {video!r} is listed in the expressions file but '{self.image_dir / video}'"
+                    " is missing; re-extract allPngs320H."
+                )
             frames = sorted(set(entry["frames"]))
             for obj, exp in entry["expressions"].items():
-                self.samples.append({"video": video, "obj": str(obj), "exp": exp["exp"], "frames": frames,
-                                     "labels": set(exp.get("labels", []))})
+                self.samples.append(
+                    {
+                        "video": video,
+                        "obj": str(obj),
+                        "exp": exp["exp"],
+                        "frames": frames,
+                        "labels": set(exp.get("labels", [])),
+                    }
+                )
         logger.info("A2D-S+ %s: %d videos, %d samples", self.split, len(table), len(self.samples))
 
     def __len__(self) -> int:

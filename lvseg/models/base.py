@@ -16,9 +16,10 @@ import json
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import torch
 from torch import nn
@@ -54,12 +55,24 @@ class PreprocessConfig:
     optional_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        check_ranges(self, {"short_side": (1, None), "max_size": (1, None), "mean": (0.0, 1.0), "std": (0.0, None),
-                            "size_divisor": (1, None), "window": (0, None), "overlap": (0, None),
-                            "max_text_tokens": (1, None)})
+        check_ranges(
+            self,
+            {
+                "short_side": (1, None),
+                "max_size": (1, None),
+                "mean": (0.0, 1.0),
+                "std": (0.0, None),
+                "size_divisor": (1, None),
+                "window": (0, None),
+                "overlap": (0, None),
+                "max_text_tokens": (1, None),
+            },
+        )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"preprocessing needs 3 mean values and 3 std values > 0 (one per RGB channel), got "
-                              f"mean={self.mean}, std={self.std}")
+            raise ConfigError(
+                f"preprocessing needs 3 mean values and 3 std values > 0 (one per RGB channel), got "
+                f"mean={self.mean}, std={self.std}"
+            )
         if self.short_side <= 0 or self.max_size < self.short_side:
             raise ConfigError(
                 f"preprocessing needs 0 < short_side <= max_size, got short_side={self.short_side}, "
@@ -97,11 +110,14 @@ def check_ranges(config: Any, ranges: dict[str, tuple[float | None, float | None
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise ConfigError(f"config field {name!r} of {type(config).__name__} must be a number, got {item!r}")
             if (low is not None and item < low) or (high is not None and item > high):
-                bounds = (f"between {low:g} and {high:g}" if low is not None and high is not None
-                          else f">= {low:g}" if low is not None else f"<= {high:g}")
-                raise ConfigError(
-                    f"config field {name!r} of {type(config).__name__} must be {bounds}, got {value!r}"
+                bounds = (
+                    f"between {low:g} and {high:g}"
+                    if low is not None and high is not None
+                    else f">= {low:g}"
+                    if low is not None
+                    else f"<= {high:g}"
                 )
+                raise ConfigError(f"config field {name!r} of {type(config).__name__} must be {bounds}, got {value!r}")
 
 
 def _expected(hint: Any) -> str:
@@ -134,8 +150,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     tuples); a value of another type raises :class:`~lvseg.errors.ConfigError` naming the field."""
 
     def bad() -> ConfigError:
-        return ConfigError(f"config field {where!r} must be {_expected(hint)}, got {value!r} "
-                           f"({type(value).__name__})")
+        return ConfigError(f"config field {where!r} must be {_expected(hint)}, got {value!r} ({type(value).__name__})")
 
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -293,17 +308,13 @@ def validate_texts(text: str | Sequence[str]) -> list[str]:
     """
     items = [text] if isinstance(text, str) else text
     if not isinstance(items, (list, tuple)):
-        raise InvalidTextError(
-            f"the expression must be a string or a list of strings, got {type(text).__name__}"
-        )
+        raise InvalidTextError(f"the expression must be a string or a list of strings, got {type(text).__name__}")
     if not items:
         raise InvalidTextError("no expression given: pass a sentence such as 'the man riding a bike'")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise InvalidTextError(
-                f"expression {i} must be a string, got {type(item).__name__} ({item!r})"
-            )
+            raise InvalidTextError(f"expression {i} must be a string, got {type(item).__name__} ({item!r})")
         if not item.strip():
             raise InvalidTextError(
                 f"expression {i} is empty or whitespace only: describe the object to segment, "
@@ -386,8 +397,9 @@ class RVOSModel(nn.Module):
         logits, scores = self.segment(frames, text)
         return logits, scores, None
 
-    def segment_annotated_frame(self, frames: torch.Tensor, text: Sequence[str],
-                                frame_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_annotated_frame(
+        self, frames: torch.Tensor, text: Sequence[str], frame_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every candidate mask of one frame, with its score (the A2D-/JHMDB-Sentences mAP protocol).
 
         Args:
@@ -404,7 +416,7 @@ class RVOSModel(nn.Module):
         if not 0 <= index < frames.shape[1]:
             raise InvalidInputError(f"frame_index {index} is outside a clip of {frames.shape[1]} frames")
         logits, scores = self.segment(frames, text)
-        return logits[:, index: index + 1], scores[:, index: index + 1]
+        return logits[:, index : index + 1], scores[:, index : index + 1]
 
     def output_upsampling(self, protocol: str | None = None) -> str:
         """How this family's official code brings mask logits to the original frame size under ``protocol``.
@@ -443,7 +455,7 @@ class RVOSModel(nn.Module):
         return save_pretrained(self, save_directory, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "RVOSModel":
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> RVOSModel:
         """Load a model from a registry name, ``hf-hub:`` id or local folder (see :func:`lvseg.load`)."""
         from ..hub import load
 

@@ -13,8 +13,13 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["safe_globals", "read_official_checkpoint", "load_roberta_tokenizer", "check_converted_tokenizer",
-           "count_groups"]
+__all__ = [
+    "safe_globals",
+    "read_official_checkpoint",
+    "load_roberta_tokenizer",
+    "check_converted_tokenizer",
+    "count_groups",
+]
 
 
 def safe_globals() -> list[Any]:
@@ -25,8 +30,11 @@ def safe_globals() -> list[Any]:
         import numpy as np
 
         allowed += [np.dtype, np.float64, np.float32, np.int64]
-        allowed += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-                    if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
+        allowed += [
+            getattr(np.dtypes, n)
+            for n in ("Float64DType", "Float32DType", "Int64DType")
+            if hasattr(np, "dtypes") and hasattr(np.dtypes, n)
+        ]
         core = getattr(np, "_core", None) or np.core
         allowed.append(core.multiarray.scalar)
     except (ImportError, AttributeError):  # pragma: no cover - numpy is always installed with lvseg

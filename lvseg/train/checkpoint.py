@@ -23,8 +23,14 @@ import torch
 from ..errors import CheckpointError
 from ..utils import atomic_path, torch_load
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "list_checkpoints", "load_latest_checkpoint",
-           "replace_folder"]
+__all__ = [
+    "rng_state",
+    "set_rng_state",
+    "save_checkpoint",
+    "list_checkpoints",
+    "load_latest_checkpoint",
+    "replace_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +76,7 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     path = directory / f"step_{step:08d}.pt"
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    for _, old in list_checkpoints(directory)[:-max(keep_last, 1)]:
+    for _, old in list_checkpoints(directory)[: -max(keep_last, 1)]:
         old.unlink(missing_ok=True)
     logger.info("saved checkpoint %s", path)
     return path
@@ -94,8 +100,10 @@ def load_latest_checkpoint(directory: str | Path) -> dict[str, Any] | None:
         logger.info("resuming from %s (step %d)", path, step)
         return state
     if list_checkpoints(directory):
-        raise CheckpointError(f"no checkpoint in {directory} loads ({'; '.join(problems)}); delete the damaged "
-                              "files (or the folder, to start over)")
+        raise CheckpointError(
+            f"no checkpoint in {directory} loads ({'; '.join(problems)}); delete the damaged "
+            "files (or the folder, to start over)"
+        )
     return None
 
 

@@ -70,12 +70,24 @@ class MTTRConfig(ModelConfig):
             check_text_encoder(data["text_encoder"], require_sizes=True)
 
     def __post_init__(self) -> None:
-        check_ranges(self, {
-            "embed_dim": (1, None), "depths": (1, None), "num_heads": (1, None), "swin_window": (1, None),
-            "drop_path_rate": (0.0, 1.0), "d_model": (1, None), "nheads": (1, None), "num_encoder_layers": (1, None),
-            "num_decoder_layers": (1, None), "dim_feedforward": (1, None), "dropout": (0.0, 1.0),
-            "num_queries": (1, None), "mask_kernels_dim": (1, None),
-        })
+        check_ranges(
+            self,
+            {
+                "embed_dim": (1, None),
+                "depths": (1, None),
+                "num_heads": (1, None),
+                "swin_window": (1, None),
+                "drop_path_rate": (0.0, 1.0),
+                "d_model": (1, None),
+                "nheads": (1, None),
+                "num_encoder_layers": (1, None),
+                "num_decoder_layers": (1, None),
+                "dim_feedforward": (1, None),
+                "dropout": (0.0, 1.0),
+                "num_queries": (1, None),
+                "mask_kernels_dim": (1, None),
+            },
+        )
         check_text_encoder(self.text_encoder)
         self.text_encoder = complete_text_encoder(self.text_encoder)
         if self.protocol not in PROTOCOLS:
