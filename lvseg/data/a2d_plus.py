@@ -98,7 +98,13 @@ class A2DSPlus(Dataset):
         for name in ("vid_frame_dict.pth", "vid_frames_dict.pth"):
             if (folder / name).is_file():
                 loaded = _load_pth(folder / name, "the A2D-S+ frame-count table (a dict video -> frames)")
-                self.num_video_frames = {str(k): int(v) for k, v in dict(loaded).items()}
+                try:
+                    self.num_video_frames = {str(k): int(v) for k, v in loaded.items()}
+                except (AttributeError, TypeError, ValueError) as exc:
+                    raise DatasetError(
+                        f"'{folder / name}' is not a {{video: number of frames}} dict (it holds "
+                        f"{type(loaded).__name__}); re-extract it, or delete it (it only fills num_video_frames)."
+                    ) from exc
                 break
         self.samples: list[dict[str, Any]] = []
         for video, entry in table.items():
