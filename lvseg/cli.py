@@ -8,8 +8,8 @@ import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import __version__
 from .errors import InvalidInputError, LVSegError
@@ -24,25 +24,32 @@ CONVERTERS = {"referformer": "lvseg.models.referformer.convert", "mttr": "lvseg.
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import format_table, list_models
+    import shutil
+
+    from .errors import ModelNotFoundError
+    from .registry import entry_as_dict, format_table, list_models
 
     names = list_models(args.pattern or "*", published_only=args.published)
+    if not names and args.pattern and not any(c in args.pattern for c in "*?["):
+        # a bare architecture name ("referformer-swin-l") lists its tags ("referformer-swin-l.joint", ...)
+        names = list_models(f"{args.pattern}.*", published_only=args.published)
+    if not names and (args.pattern or args.published):
+        which = f"matches {args.pattern!r}" if args.pattern else "is published"
+        if args.pattern and args.published:
+            which = f"matching {args.pattern!r} is published"
+        raise ModelNotFoundError(
+            f"no model {which}; run `lvseg list` to see every name (patterns are fnmatch globs, e.g. 'referformer-*')"
+        )
     if args.json:
-        from .registry import get_entry
-
-        rows = []
-        for name in names:
-            e = get_entry(name)
-            rows.append({"name": name, "family": e.family, "backbone": e.backbone, "training_data": e.training_data,
-                         "hub_repo": e.hub_repo, "hub_revision": e.hub_revision, "published": e.published,
-                         "paper_metrics": [vars(m) for m in e.paper_metrics]})
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([entry_as_dict(name) for name in names], indent=2))
     else:
-        print(format_table(names))
+        width = None if args.wide else shutil.get_terminal_size().columns
+        print(format_table(names, width=width))
     return 0
 
 
-# written last into an `lvseg predict` output folder: marks the folder as one complete result that --overwrite may replace
+# written last into an `lvseg predict` output folder: marks the folder as one complete result that --overwrite
+# may replace
 PREDICT_MANIFEST = "lvseg-predict.json"
 
 
@@ -75,13 +82,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 item["pngs"] = str(out / f"expression_{i}")
             if "rle" in args.format:
                 name = f"expression_{i}.rle.json"
-                atomic_write_text(tmp / name, json.dumps({"text": result.text, "frames": result.frame_names,
-                                                          "rle": result.to_rle()}))
+                atomic_write_text(
+                    tmp / name, json.dumps({"text": result.text, "frames": result.frame_names, "rle": result.to_rle()})
+                )
                 item["rle"] = str(out / name)
             summary.append(item)
         if "overlay" in args.format:
             name = f"overlay{args.overlay_ext}"
-            save_overlay(results, tmp / name)
+            save_overlay(results, tmp / name, progress=False if args.quiet else None)
             for item in summary:
                 item["overlay"] = str(out / name)
         manifest = {"video": str(args.video), "model": args.model, "expressions": summary}
@@ -106,8 +114,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
-    commit = push_to_hub(args.directory, args.repo, revision=args.revision, private=args.private or None,
-                         commit_message=args.message)
+    commit = push_to_hub(
+        args.directory, args.repo, revision=args.revision, private=args.private or None, commit_message=args.message
+    )
     print(f"pushed {args.directory} to {args.repo} at commit {commit}")
     return 0
 
@@ -121,10 +130,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"the {args.family} family is not available in lvseg {__version__} yet ({exc.name} is missing)"
         ) from exc
+    if Path(args.checkpoint).is_dir():
+        raise InvalidInputError(f"{args.checkpoint} is a folder: pass the official checkpoint file (.pth) itself")
     if not Path(args.checkpoint).is_file():
         raise InvalidInputError(f"checkpoint {args.checkpoint} does not exist")
-    folder = module.convert_to_folder(args.checkpoint, args.output, tokenizer=args.tokenizer,
-                                      backbone=args.backbone, name=args.name)
+    folder = module.convert_to_folder(
+        args.checkpoint, args.output, tokenizer=args.tokenizer, backbone=args.backbone, name=args.name
+    )
     print(f"wrote {folder}; load it with lvseg.load({str(folder)!r})")
     return 0
 
@@ -148,26 +160,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="show the model registry")
     p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'referformer-*'")
     p.add_argument("--published", action="store_true", help="only models whose weights can be downloaded")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (with the source checkpoints)")
+    p.add_argument("--wide", action="store_true", help="cells in full, however wide (default: fit the terminal)")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("predict", help="segment the object an expression refers to in a video")
     p.add_argument("video", help="video file (mp4, webm, avi, ...) or folder of frames")
     p.add_argument("text", nargs="+", help="one or more referring expressions (quote each)")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                   help=f"registry name, hf-hub:org/repo or folder (default: {DEFAULT_MODEL}, bundled)")
-    p.add_argument("-o", "--output", default="lvseg_output",
-                   help="output folder, new or empty unless --overwrite (default: lvseg_output)")
+    p.add_argument(
+        "-m",
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registry name, hf-hub:org/repo or folder (default: {DEFAULT_MODEL}, bundled)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="lvseg_output",
+        help="output folder, new or empty unless --overwrite (default: lvseg_output)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     p.add_argument("--window", type=int, default=None, help="frames per model pass (0: whole video)")
     p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows")
-    p.add_argument("--format", nargs="+", default=["overlay", "png"], choices=["overlay", "png", "rle"],
-                   help="what to write (default: overlay png)")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        default=["overlay", "png"],
+        choices=["overlay", "png", "rle"],
+        help="what to write (default: overlay png)",
+    )
     p.add_argument("--overlay-ext", default=".mp4", choices=[".mp4", ".gif", ".webm", ".mkv"])
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output folder that holds an earlier lvseg predict result")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an output folder that holds an earlier lvseg predict result"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
@@ -210,11 +237,15 @@ def _run(func: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("lvseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`lvseg list | head`): stop quietly, as other tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,10 @@ import argparse
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,8 +50,10 @@ def _pick_expressions(video: Any, texts: Sequence[str] | None) -> list[tuple[str
         for text in texts:
             ids = expression_semantics(" ".join(text.lower().split()), video.objects)
             if ids is None:
-                raise InvalidTextError(f"{text!r} is not a Shapes expression (grammar: 'the [leftmost|...] [small|big] "
-                                       "[colour] (shape|object) [moving left|...]'); use another or omit --text")
+                raise InvalidTextError(
+                    f"{text!r} is not a Shapes expression (grammar: 'the [leftmost|...] [small|big] "
+                    "[colour] (shape|object) [moving left|...]'); use another or omit --text"
+                )
             out.append((text, ids))
         return out
     chosen: list[tuple[str, set[int]]] = []
@@ -66,8 +69,17 @@ def _upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODEL, seed: int = 0, frames: int = 16,
-             size: int = 96, texts: Sequence[str] | None = None, scale: int = 4, fps: float = 6.0) -> DemoResult:
+def run_demo(
+    output_dir: str | Path = "lvseg-demo",
+    *,
+    model: Any = DEFAULT_MODEL,
+    seed: int = 0,
+    frames: int = 16,
+    size: int = 96,
+    texts: Sequence[str] | None = None,
+    scale: int = 4,
+    fps: float = 6.0,
+) -> DemoResult:
     """Generate a Shapes video, segment two expressions and write ``overlay.mp4`` and ``side_by_side.png``.
 
     Args:
@@ -116,8 +128,9 @@ def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODE
 
     def overlay(t: int, masks: Sequence[np.ndarray], with_captions: bool) -> np.ndarray:
         big = [_upscale(m[t], scale) for m in masks]
-        return overlay_frame(_upscale(array[t], scale), big, colors=_COLORS, alpha=0.45,
-                             captions=captions if with_captions else None)
+        return overlay_frame(
+            _upscale(array[t], scale), big, colors=_COLORS, alpha=0.45, captions=captions if with_captions else None
+        )
 
     overlay_path = write_video((overlay(t, preds, True) for t in range(frames)), out / "overlay.mp4", fps=fps)
     # side by side: rows = 3 frames (first, middle, last); columns = input, prediction, ground truth
@@ -146,8 +159,11 @@ def run_demo(output_dir: str | Path = "lvseg-demo", *, model: Any = DEFAULT_MODE
 
 def main_cli(argv: Sequence[str] | None = None) -> int:
     """``lvseg demo [-o DIR] [--model NAME] [--seed N] [--text EXPR --text EXPR]``."""
-    p = argparse.ArgumentParser(prog="lvseg demo", description="Segment two expressions in a generated Shapes video "
-                                "with the embedded model (offline) and print J&F.")
+    p = argparse.ArgumentParser(
+        prog="lvseg demo",
+        description="Segment two expressions in a generated Shapes video "
+        "with the embedded model (offline) and print J&F.",
+    )
     p.add_argument("-o", "--output-dir", default="lvseg-demo")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL)
     p.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,7 @@ A Hub-format model folder holds::
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -60,10 +61,17 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md", "*.model"]
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 
 
@@ -72,20 +80,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> CUDA when available, else CPU; a requested device that is absent raises a clear error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    requested = device
+    if isinstance(requested, bool) or not isinstance(requested, (str, int, torch.device)):
+        raise InvalidInputError(
+            f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {type(requested).__name__} ({requested!r})"
+        )
     try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidInputError(f"invalid device {device!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from exc
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"invalid device {requested!r}; use 'cpu', 'cuda' or 'cuda:N' (N a GPU index)") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InvalidInputError(
-                "device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or install a CUDA build "
-                "of torch"
+                f"device {str(device)!r} was requested but PyTorch sees no CUDA GPU; use device='cpu' or install a "
+                "CUDA build of torch"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidInputError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise InvalidInputError(
+                f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidInputError("device 'mps' was requested but MPS is not available; use device='cpu'")
+        raise InvalidInputError(f"device {str(device)!r} was requested but MPS is not available; use device='cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(f"lvseg runs on 'cpu', 'cuda[:N]' or 'mps', not {str(device)!r}")
     return device
 
 
@@ -96,9 +114,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, str):
         key = dtype.lower().removeprefix("torch.")
         if key not in _DTYPES:
-            raise UnsupportedDtypeError(
-                f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, float64"
-            )
+            raise UnsupportedDtypeError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, float64")
         dtype = _DTYPES[key]
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise UnsupportedDtypeError(
@@ -117,7 +133,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _half_precision_failure(device_type: str, dtype: torch.dtype) -> str | None:
     """Probe the two ops every model needs (old CPU builds lack half-precision kernels), once per process;
     returns the error text, or None when the dtype runs."""
@@ -188,8 +204,12 @@ def _model_card(model: RVOSModel, entry: ModelEntry | None, name: str) -> str:
             lines.append(f"- paper: {entry.paper}")
         lines.append("")
     if metrics:
-        lines += ["## Results (as reported by the paper / official README, not re-measured by lvseg)", "",
-                  "| dataset | split | metric | value | source |", "|---|---|---|---|---|"]
+        lines += [
+            "## Results (as reported by the paper / official README, not re-measured by lvseg)",
+            "",
+            "| dataset | split | metric | value | source |",
+            "|---|---|---|---|---|",
+        ]
         lines += [f"| {m.dataset} | {m.split} | {m.metric} | {m.value:g} | {m.source} |" for m in metrics]
         lines.append("")
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
@@ -228,8 +248,12 @@ def save_pretrained(
         # save_model de-duplicates tied tensors (e.g. shared embeddings) so the file loads back strictly.
         save_model(model, str(tmp), metadata=metadata)
     if model.tokenizer is None and isinstance(getattr(model.config, "text_encoder", None), dict):
-        logger.warning("%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
-                       "added (model.tokenizer.save_pretrained(DIR))", model.config.architecture, directory)
+        logger.warning(
+            "%s has a text encoder but no tokenizer: %s will not load until its tokenizer files are "
+            "added (model.tokenizer.save_pretrained(DIR))",
+            model.config.architecture,
+            directory,
+        )
     if model.tokenizer is not None:
         tmp_dir = make_temp_folder(directory / "tokenizer")  # files keep the umask's mode when moved out
         try:
@@ -259,8 +283,15 @@ def _read_config(directory: Path) -> ModelConfig:
         raise ConfigError(f"{path} is not valid JSON ({exc}); re-download or re-convert the model") from exc
     if not isinstance(raw, dict) or "architecture" not in raw:
         raise ConfigError(f"{path} has no 'architecture' field: it is not an lvseg config")
+    if not isinstance(raw["architecture"], str):
+        raise ConfigError(
+            f"{path}: config field 'architecture' must be a string such as 'referformer', got {raw['architecture']!r}"
+        )
     cls = get_model_class(raw["architecture"])
-    return cls.config_class.from_dict(raw)
+    try:
+        return cls.config_class.from_dict(raw)
+    except ConfigError as exc:  # name the file: the field names alone do not say which model is broken
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -299,13 +330,17 @@ def _load_tokenizer(directory: Path, config: ModelConfig) -> Any:
     present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
     if not isinstance(text_config, dict) and not (directory / "tokenizer_config.json").is_file():
         return None  # a model without a text encoder, saved without a tokenizer
-    fix = (f"The model folder {directory} lacks its tokenizer files or holds the wrong ones: convert the official "
-           "checkpoint again (`lvseg convert FAMILY CHECKPOINT -o DIR --tokenizer TOKENIZER_DIR`), copy in the "
-           "tokenizer files the model was saved with (model.tokenizer.save_pretrained(DIR)), or download it again "
-           "(`lvseg download NAME --force`).")
+    fix = (
+        f"The model folder {directory} lacks its tokenizer files or holds the wrong ones: convert the official "
+        "checkpoint again (`lvseg convert FAMILY CHECKPOINT -o DIR --tokenizer TOKENIZER_DIR`), copy in the "
+        "tokenizer files the model was saved with (model.tokenizer.save_pretrained(DIR)), or download it again "
+        "(`lvseg download NAME --force`)."
+    )
     if not present:
-        raise TokenizerError(f"the model's text encoder needs a tokenizer but {directory} has none of "
-                             f"{', '.join(TOKENIZER_FILES)}. {fix}")
+        raise TokenizerError(
+            f"the model's text encoder needs a tokenizer but {directory} has none of "
+            f"{', '.join(TOKENIZER_FILES)}. {fix}"
+        )
     from transformers import AutoTokenizer
 
     try:
@@ -326,10 +361,7 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
         if tensor.device.type != "meta" and tensor.numel():
             by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(key)
     aliases = {k: names for names in by_storage.values() if len(names) > 1 for k in names}
-    missing = [
-        k for k in expected
-        if k not in state_dict and not any(a in state_dict for a in aliases.get(k, ()))
-    ]
+    missing = [k for k in expected if k not in state_dict and not any(a in state_dict for a in aliases.get(k, ()))]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -368,6 +400,10 @@ def from_pretrained(
 ) -> RVOSModel:
     """Build the model a Hub-format folder describes, load its weights strictly, and put it in eval mode."""
     directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(
+            f"{directory} is a file, not a model folder: pass the folder that holds config.json and model.safetensors"
+        )
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} does not exist")
     torch_device = resolve_device(device)
@@ -384,8 +420,9 @@ def from_pretrained(
     return model
 
 
-def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path | None, token: str | bool | None,
-                  force_download: bool) -> Path:
+def _hub_snapshot(
+    repo_id: str, revision: str | None, *, cache_dir: str | Path | None, token: str | bool | None, force_download: bool
+) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -435,14 +472,36 @@ def _hub_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | Path |
     return Path(path)
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ``huggingface_hub``'s HTTP clients raise when the Hub cannot be reached (connection refused,
+    DNS failure, timeout): ``httpx2`` (huggingface_hub 2.x), ``httpx`` (1.x) or ``requests`` (0.x), whichever
+    are installed. Other ``OSError`` exceptions (e.g. an unreadable file in the folder) are not network errors."""
+    errors: list[type[BaseException]] = []
+    for module_name, attribute in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        cls = getattr(module, attribute, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            errors.append(cls)
+    return tuple(errors)
+
+
 def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, Any, str | None]:
     """-> (kind, target, revision) with kind one of 'local', 'hub', 'registry'."""
     text = str(name_or_path)
     if not text.strip():
-        raise InvalidInputError("no model name given: pass a registry name (see `lvseg list`), 'hf-hub:org/repo' "
-                                "or a local folder")
+        raise InvalidInputError(
+            "no model name given: pass a registry name (see `lvseg list`), 'hf-hub:org/repo' or a local folder"
+        )
     if text.startswith(HF_HUB_PREFIX):
-        repo = text[len(HF_HUB_PREFIX):]
+        repo = text[len(HF_HUB_PREFIX) :]
         if "@" in repo:
             repo, at_revision = repo.split("@", 1)
             if revision is not None and revision != at_revision:
@@ -466,8 +525,11 @@ def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, 
 def _not_published_message(entry: ModelEntry) -> str:
     lines = [f"the weights of {entry.name!r} are not published on the Hub yet, so they cannot be downloaded by name."]
     if entry.source:
-        lines.append(f"Get the official checkpoint from {entry.source.url}" +
-                     (f" ({entry.source.notes})" if entry.source.notes else "") + ", then convert it:")
+        lines.append(
+            f"Get the official checkpoint from {entry.source.url}"
+            + (f" ({entry.source.notes})" if entry.source.notes else "")
+            + ", then convert it:"
+        )
     else:
         lines.append("Convert the official checkpoint:")
     lines.append(f"    lvseg convert {entry.family} CHECKPOINT.pth -o {entry.name} --name {entry.name}")
@@ -494,8 +556,9 @@ def download(
         return PACKAGE_ROOT / entry.bundled
     if not entry.published or entry.hub_repo is None:
         raise WeightsNotPublishedError(_not_published_message(entry))
-    return _hub_snapshot(entry.hub_repo, revision or entry.hub_revision, cache_dir=cache_dir, token=token,
-                         force_download=force_download)
+    return _hub_snapshot(
+        entry.hub_repo, revision or entry.hub_revision, cache_dir=cache_dir, token=token, force_download=force_download
+    )
 
 
 def load(
@@ -524,8 +587,7 @@ def load(
     """
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)  # fail before any download
-    folder = download(name_or_path, revision=revision, cache_dir=cache_dir, token=token,
-                      force_download=force_download)
+    folder = download(name_or_path, revision=revision, cache_dir=cache_dir, token=token, force_download=force_download)
     return from_pretrained(folder, device=torch_device, dtype=dtype)
 
 
@@ -542,15 +604,32 @@ def push_to_hub(
 
     The folder is checked first (it must load strictly), so a broken model is never published.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalTokenNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     directory = Path(directory)
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise InvalidInputError(f"{repo_id!r} is not a Hub repo id: write it as 'org/name' (e.g. my-org/my-model)")
     from_pretrained(directory, device="cpu")  # validates config, weights and tokenizer
     stray = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth", ".pt", ".pkl"))
     if stray:
-        raise InvalidInputError(f"{directory} contains pickled files {stray}; remove them (lvseg publishes safetensors only)")
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token, library_name="lvseg")
+        raise InvalidInputError(
+            f"{directory} contains pickled files {stray}; remove them (lvseg publishes safetensors only)"
+        )
+    if constants.is_offline_mode():
+        raise OfflineError(
+            f"offline mode is on (HF_HUB_OFFLINE=1): cannot push {directory} to {repo_id}. Unset "
+            "HF_HUB_OFFLINE and try again with network access."
+        )
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint, token=token, library_name="lvseg")
+    login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
@@ -560,13 +639,39 @@ def push_to_hub(
             commit_message=commit_message,
             allow_patterns=ALLOW_PATTERNS,
         )
+    except LocalTokenNotFoundError as exc:
+        raise HubError(f"pushing to {repo_id} needs a Hugging Face token: {login}") from exc
+    except HFValidationError as exc:
+        raise InvalidInputError(f"{repo_id!r} is not a valid Hub repo id ({exc}); use 'org/name'") from exc
+    except RevisionNotFoundError as exc:
+        raise HubError(f"branch {revision!r} does not exist in {repo_id}; create it first or omit --revision") from exc
+    except RepositoryNotFoundError as exc:
+        raise HubError(
+            f"cannot write to {repo_id}: the repo was not found or your token may not write to it; "
+            f"check the name and {login}"
+        ) from exc
     except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"the Hub refused the push to {repo_id} (HTTP {status}): {login}") from exc
         raise HubError(f"could not push {directory} to {repo_id}: {exc}") from exc
+    except _network_errors() as exc:
+        raise OfflineError(
+            f"could not reach the Hub at {endpoint or constants.ENDPOINT} to push {directory} to {repo_id} "
+            f"({type(exc).__name__}: {exc}). Check the network (or HF_ENDPOINT / proxy settings) and try again."
+        ) from exc
     return info.oid
 
 
 def copy_folder(source: str | Path, destination: str | Path) -> Path:
     """Copy a model folder (e.g. out of the Hub cache, whose files are symlinks) to a plain folder."""
     destination = Path(destination)
-    shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    if destination.exists() and not destination.is_dir():
+        raise InvalidInputError(f"{destination} is a file, not a folder: choose another -o/--output folder")
+    try:
+        shutil.copytree(source, destination, symlinks=False, dirs_exist_ok=True)
+    except (shutil.Error, OSError) as exc:
+        raise InvalidInputError(
+            f"cannot copy the model to {destination} ({exc}); check that the folder is writable and has free space"
+        ) from exc
     return destination

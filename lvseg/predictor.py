@@ -15,9 +15,10 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -103,13 +104,25 @@ class VideoSegmentation:
                 image.save(tmp / f"{name}.png", format="PNG")
         return Path(directory)
 
-    def save_overlay(self, path: str | Path, *, alpha: float = 0.5, caption: bool = True,
-                     color: tuple[int, int, int] | None = None) -> Path:
+    def save_overlay(
+        self,
+        path: str | Path,
+        *,
+        alpha: float = 0.5,
+        caption: bool = True,
+        color: tuple[int, int, int] | None = None,
+        progress: bool | None = None,
+    ) -> Path:
         """Write the video with the mask blended in colour, outlined, and the expression as a caption.
 
-        ``.mp4``/``.mkv``/``.webm``/``.avi``/``.mov`` are encoded with PyAV, ``.gif`` with Pillow.
+        ``.mp4``/``.mkv``/``.webm``/``.avi``/``.mov`` are encoded with PyAV, ``.gif`` with Pillow. Video codecs
+        need even sizes (yuv420p): an odd height or width is padded by one pixel (the last row or column
+        repeated), so a 853x481 video gives an 854x482 overlay; a ``.gif`` keeps the original size, and so do
+        the masks (:meth:`save_pngs`, :meth:`to_rle`). ``progress``: a tqdm bar (default: for 50 frames or more).
         """
-        return save_overlay([self], path, alpha=alpha, caption=caption, colors=[color] if color else None)
+        return save_overlay(
+            [self], path, alpha=alpha, caption=caption, colors=[color] if color else None, progress=progress
+        )
 
 
 def save_overlay(
@@ -119,8 +132,14 @@ def save_overlay(
     alpha: float = 0.5,
     caption: bool = True,
     colors: Sequence[tuple[int, int, int]] | None = None,
+    progress: bool | None = None,
 ) -> Path:
-    """Write one overlay video showing several expressions' masks (one colour each) on the same video."""
+    """Write one overlay video showing several expressions' masks (one colour each) on the same video.
+
+    ``progress``: a tqdm bar; ``None`` shows it for videos of 50 frames or more, ``False`` never (``lvseg
+    predict -q``). Sizes as in :meth:`VideoSegmentation.save_overlay` (odd sizes padded by one pixel for video
+    codecs).
+    """
     if not results:
         raise InvalidInputError("no results to draw")
     source = results[0].source
@@ -132,26 +151,36 @@ def save_overlay(
     total = len(results[0])
 
     def frames() -> Any:
-        for index, frame in enumerate(tqdm(source, total=total, desc="writing overlay", unit="frame",
-                                           leave=False, disable=total < 50)):
+        for index, frame in enumerate(
+            tqdm(
+                source,
+                total=total,
+                desc="writing overlay",
+                unit="frame",
+                leave=False,
+                disable=total < 50 if progress is None else not progress,
+            )
+        ):
             if index >= total:
                 break
-            yield overlay_frame(frame, [r.masks[index].numpy() for r in results], colors=colors, alpha=alpha,
-                                captions=captions)
+            yield overlay_frame(
+                frame, [r.masks[index].numpy() for r in results], colors=colors, alpha=alpha, captions=captions
+            )
 
     return write_video(frames(), path, fps=source.fps)
+
 
 #: How mask logits at the model's resolution become masks and probabilities at the original frame size; each rule
 #: is the post-processing of an official code base. Every rule drops the ``size_divisor`` padding.
 UPSAMPLING: dict[str, str] = {
     "bilinear": "bilinear (align_corners=False) on the logits to the padded input size, crop the padding, bilinear "
-                "to the original size, sigmoid (the default of families without an official rule)",
+    "to the original size, sigmoid (the default of families without an official rule)",
     "direct": "bilinear (align_corners=False) on the logits straight from the model's output (padding cropped) to "
-              "the original size, sigmoid (ReferFormer inference_ytvos.py / inference_davis.py)",
+    "the original size, sigmoid (ReferFormer inference_ytvos.py / inference_davis.py)",
     "threshold-nearest": "bilinear (align_corners=False) on the logits to the padded input size, sigmoid, crop the "
-                         "padding, nearest to the original size (MTTR, ReferFormer A2D/JHMDB, DETR PostProcessSegm)",
+    "padding, nearest to the original size (MTTR, ReferFormer A2D/JHMDB, DETR PostProcessSegm)",
     "probability-aligned": "sigmoid at the model's resolution (padding cropped), bilinear with align_corners=True "
-                           "to the original size (Locater tools/evaluate.py)",
+    "to the original size (Locater tools/evaluate.py)",
 }
 # rules whose values are probabilities (averaged and thresholded as probabilities); the others resize logits
 _PROBABILITY_SPACE = ("threshold-nearest", "probability-aligned")
@@ -205,8 +234,13 @@ def _crop_output(x: torch.Tensor, input_size: Sequence[int], resized_size: Seque
     return x[..., :keep_h, :keep_w]
 
 
-def _upsample(logits: torch.Tensor, input_size: Sequence[int], resized_size: Sequence[int],
-              original_size: Sequence[int], mode: str) -> torch.Tensor:
+def _upsample(
+    logits: torch.Tensor,
+    input_size: Sequence[int],
+    resized_size: Sequence[int],
+    original_size: Sequence[int],
+    mode: str,
+) -> torch.Tensor:
     """[N, h, w] logits -> float32 [N, H, W]: logits for the logit-space rules, probabilities for the others."""
     x = logits.float()
     if mode == "bilinear":
@@ -338,8 +372,15 @@ class Predictor:
         if len(names) < masks.shape[1]:
             names = [f"{i:05d}" for i in range(masks.shape[1])]
         results = [
-            VideoSegmentation(masks[i], scores[i], texts[i], fps=source.fps, frame_names=names, source=source,
-                              probabilities=probs[i] if probs is not None else None)
+            VideoSegmentation(
+                masks[i],
+                scores[i],
+                texts[i],
+                fps=source.fps,
+                frame_names=names,
+                source=source,
+                probabilities=probs[i] if probs is not None else None,
+            )
             for i in range(len(texts))
         ]
         return results[0] if isinstance(text, str) else results
@@ -348,12 +389,21 @@ class Predictor:
     def _prepare(self, frames: list[np.ndarray], source: VideoSource) -> tuple[torch.Tensor, tuple[int, int]]:
         pre = self.model.preprocessing
         size = pre.output_size(source.height, source.width)
-        x = preprocess_frames(np.stack(frames), size, pre.mean, pre.std, interpolation=pre.interpolation,
-                              size_divisor=pre.size_divisor, device=self.model.device, dtype=self.model.dtype)
+        x = preprocess_frames(
+            np.stack(frames),
+            size,
+            pre.mean,
+            pre.std,
+            interpolation=pre.interpolation,
+            size_divisor=pre.size_divisor,
+            device=self.model.device,
+            dtype=self.model.dtype,
+        )
         return x, size
 
-    def _logits_to_original(self, logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int],
-                            source: VideoSource) -> torch.Tensor:
+    def _logits_to_original(
+        self, logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int], source: VideoSource
+    ) -> torch.Tensor:
         """[E, t, h, w] logits at model resolution -> [E, t, H, W] float32 on CPU at the original resolution.
 
         The values are logits or probabilities depending on the upsampling rule (see :data:`UPSAMPLING`).
@@ -383,10 +433,19 @@ class Predictor:
             logger.warning(
                 "%s's config has window=0: the whole video (%s frames) goes through the model at once and memory "
                 "grows with its length; pass window=36 (lvseg predict --window 36) or set preprocessing.window in "
-                "its config.json to stream it in windows", type(model).__name__, source.num_frames or "unknown")
+                "its config.json to stream it in windows",
+                type(model).__name__,
+                source.num_frames or "unknown",
+            )
         # updated once per window (the frames whose masks are final), and redrawn at every update
-        bar = tqdm(total=source.num_frames, desc="segmenting", unit="frame", disable=not self.progress,
-                   mininterval=0, miniters=1)
+        bar = tqdm(
+            total=source.num_frames,
+            desc="segmenting",
+            unit="frame",
+            disable=not self.progress,
+            mininterval=0,
+            miniters=1,
+        )
 
         def keep_values(values: torch.Tensor, scores: torch.Tensor) -> None:
             mask_chunks.append(np.packbits(_foreground(values, self.upsampling, self.threshold).numpy(), axis=-1))
@@ -415,8 +474,9 @@ class Predictor:
                 values[:, :k] = (values[:, :k] + pending[0]) / 2
                 scores[:, :k] = (scores[:, :k] + pending[1]) / 2
             keep = len(frames) if final else len(frames) - overlap
-            logger.debug("segmented a window of %d frames; frames %d-%d are final", len(frames), done[0],
-                         done[0] + keep - 1)
+            logger.debug(
+                "segmented a window of %d frames; frames %d-%d are final", len(frames), done[0], done[0] + keep - 1
+            )
             done[0] += keep
             keep_values(values[:, :keep], scores[:, :keep])
             pending = (values[:, keep:], scores[:, keep:]) if keep < len(frames) else None
@@ -446,7 +506,7 @@ def _unpack_freeing(chunks: list[np.ndarray], width: int) -> torch.Tensor:
     start = 0
     for i in range(len(chunks)):
         n = chunks[i].shape[1]
-        target[:, start: start + n] = np.unpackbits(chunks[i], axis=-1, count=width)
+        target[:, start : start + n] = np.unpackbits(chunks[i], axis=-1, count=width)
         chunks[i] = None  # type: ignore[call-overload]
         start += n
     return out
@@ -459,7 +519,7 @@ def _concat_freeing(chunks: list[torch.Tensor]) -> torch.Tensor:
     start = 0
     for i in range(len(chunks)):
         n = chunks[i].shape[1]
-        out[:, start: start + n] = chunks[i]
+        out[:, start : start + n] = chunks[i]
         chunks[i] = None  # type: ignore[call-overload]
         start += n
     return out

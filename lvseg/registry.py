@@ -13,8 +13,10 @@ import difflib
 import fnmatch
 import importlib
 import re
+import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import ModelNotFoundError
 
@@ -27,6 +29,7 @@ __all__ = [
     "get_entry",
     "model_info",
     "format_table",
+    "entry_as_dict",
 ]
 
 # The model `lvseg demo` and `lvseg predict` use when none is named: bundled with the package, so it works offline.
@@ -167,12 +170,30 @@ def model_info(name: str) -> ModelEntry:
     return get_entry(name)
 
 
-def format_table(names: Iterable[str] | None = None) -> str:
-    """A plain-text table of registry entries (what ``lvseg list`` prints)."""
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+# columns (of the table without paper metrics) that give up width first when it is wider than the terminal:
+# backbone, training data, weights, family
+_SHRINK_ORDER = (2, 3, 4, 1)
+_METRICS = 4  # the paper-metrics column, left out of a table that does not fit (--wide and --json show it)
+
+
+def format_table(names: Iterable[str] | None = None, *, width: int | None = None) -> str:
+    """A plain-text table of registry entries (what ``lvseg list`` prints).
+
+    Args:
+        names: the entries to show (default: all).
+        width: the widest a line may be (``lvseg list`` passes the terminal's width). A table wider than that
+            leaves out the paper-metrics column, then cuts long cells of the weights, training-data, backbone and
+            family columns with ``...``; the name column is never cut. ``None``: every column in full
+            (``lvseg list --wide``).
+    """
     _ensure_loaded()
     names = list_models() if names is None else list(names)
-    header = ("name", "family", "backbone", "training data", "paper metrics", "weights")
-    rows = []
+    header: tuple[str, ...] = ("name", "family", "backbone", "training data", "paper metrics", "weights")
+    rows: list[tuple[str, ...]] = []
     for name in names:
         entry = _ENTRIES[name]
         metrics = "; ".join(str(m) for m in entry.paper_metrics) or "-"
@@ -182,14 +203,79 @@ def format_table(names: Iterable[str] | None = None) -> str:
             weights = f"{entry.hub_repo}@{entry.hub_revision[:8]}"  # type: ignore[index]
         else:
             weights = f"not on the Hub yet: lvseg convert {entry.family} ..."
-        rows.append((name + (" *" if _DEFAULTS.get(entry.architecture) == name else ""), entry.family,
-                     entry.backbone, entry.training_data, metrics, weights))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        rows.append(
+            (
+                name + (" *" if _DEFAULTS.get(entry.architecture) == name else ""),
+                entry.family,
+                entry.backbone,
+                entry.training_data,
+                metrics,
+                weights,
+            )
+        )
+
+    def natural(head: tuple[str, ...], body: list[tuple[str, ...]]) -> list[int]:
+        return [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+    widths = natural(header, rows)
+    notes = []
+    if width is not None and sum(widths) + 2 * (len(widths) - 1) > width:
+        keep = [i for i in range(len(header)) if i != _METRICS]
+        header, rows = tuple(header[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
+        widths = natural(header, rows)
+        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        for column in _SHRINK_ORDER:  # indices in the table without the metrics column
+            if excess <= 0:
+                break
+            cut = min(excess, max(widths[column] - 8, 0))
+            widths[column] -= cut
+            excess -= cut
+        header = tuple(_truncate(h, w) for h, w in zip(header, widths))
+        rows = [tuple(_truncate(c, w) for c, w in zip(row, widths)) for row in rows]
+        notes.append(
+            "Paper metrics left out to fit the terminal"
+            + (
+                " and long cells cut"
+                if any(c.endswith("...") and not c.endswith("lvseg convert ...") for row in rows for c in row)
+                else ""
+            )
+            + ": `lvseg list --wide` shows every column in full, `lvseg list --json` as data."
+        )
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     if rows:
         lines.append(f"\n{len(rows)} model(s); * marks the default tag of an architecture.")
+        lines += [textwrap.fill(note, width) if width else note for note in notes]
     else:
         lines.append("(no models registered)")
     return "\n".join(lines)
+
+
+def entry_as_dict(name: str) -> dict[str, Any]:
+    """Everything ``lvseg list --json`` shows of an entry: names, weights location, paper metrics, the official
+    source checkpoint (URL, file name, sha256 when known) and the paper."""
+    entry = get_entry(name)
+    source = None
+    if entry.source is not None:
+        source = {
+            "url": entry.source.url,
+            "filename": entry.source.filename,
+            "sha256": entry.source.sha256,
+            "notes": entry.source.notes,
+        }
+    return {
+        "name": entry.name,
+        "family": entry.family,
+        "backbone": entry.backbone,
+        "training_data": entry.training_data,
+        "hub_repo": entry.hub_repo,
+        "hub_revision": entry.hub_revision,
+        "published": entry.published,
+        "bundled": entry.bundled is not None,
+        "default": _DEFAULTS.get(entry.architecture) == entry.name,
+        "license": entry.license,
+        "paper": entry.paper,
+        "source": source,
+        "paper_metrics": [vars(m) for m in entry.paper_metrics],
+    }

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,8 +129,9 @@ class VideoSource:
                     "(e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or extract its frames to a folder"
                 ) from exc
             # A truncated file still yields the frames before the damage; keep them, but say so.
-            logger.warning("%s: decoding stopped after %d frames (%s); the file is probably truncated",
-                           self.path, count, exc)
+            logger.warning(
+                "%s: decoding stopped after %d frames (%s); the file is probably truncated", self.path, count, exc
+            )
         if count == 0:
             raise VideoDecodeError(f"{self.path} contains no decodable video frames")
 
@@ -189,12 +191,11 @@ def _open_file(path: Path) -> VideoSource:
 def _open_folder(path: Path) -> VideoSource:
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=_natural_key)
+    files = sorted(
+        (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()), key=_natural_key
+    )
     if not files:
-        raise VideoDecodeError(
-            f"the folder {path} contains no frames (expected {', '.join(IMAGE_EXTENSIONS)} files)"
-        )
+        raise VideoDecodeError(f"the folder {path} contains no frames (expected {', '.join(IMAGE_EXTENSIONS)} files)")
     sizes = {}
     for file in files:  # reading headers only: cheap, and a mixed-size folder fails before any model work
         try:
@@ -209,8 +210,9 @@ def _open_folder(path: Path) -> VideoSource:
             f"frames in {path} have mixed sizes: {files[0].name} is {width}x{height} but "
             f"{', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''} differ; resize them to one size"
         )
-    return VideoSource("folder", height, width, len(files), 30.0, frame_names=[f.stem for f in files],
-                       path=path, _frames=files)
+    return VideoSource(
+        "folder", height, width, len(files), 30.0, frame_names=[f.stem for f in files], path=path, _frames=files
+    )
 
 
 def open_video(video: Any, *, fps: float | None = None) -> VideoSource:
@@ -298,8 +300,9 @@ def preprocess_frames(
     x = x.permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, H, W]
     if tuple(x.shape[-2:]) != tuple(size):
         antialias = interpolation in ("bilinear", "bicubic")
-        x = F.interpolate(x, size=size, mode=interpolation, antialias=antialias,
-                          **({"align_corners": False} if antialias else {}))
+        x = F.interpolate(
+            x, size=size, mode=interpolation, antialias=antialias, **({"align_corners": False} if antialias else {})
+        )
         if interpolation == "bicubic":
             x = x.clamp_(0.0, 1.0)
     mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
@@ -375,8 +378,14 @@ def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 
             images = [Image.fromarray(f) for f in frames]
             if not images:
                 raise InvalidInputError("no frames to write")
-            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                           duration=max(1, int(round(1000 / fps))), loop=0)
+            images[0].save(
+                tmp,
+                format="GIF",
+                save_all=True,
+                append_images=images[1:],
+                duration=max(1, int(round(1000 / fps))),
+                loop=0,
+            )
             return path
         fmt = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
         if suffix not in fmt:
@@ -403,7 +412,6 @@ def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 
             for packet in stream.encode():
                 container.mux(packet)
     return path
-
 
 
 def _display_rotation(frame: Any, stream: Any) -> int:

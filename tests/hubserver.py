@@ -36,6 +36,8 @@ class LocalHub:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # when set, writes (POST) without "Authorization: Bearer <write_token>" get HTTP 401, like the Hub
+        self.write_token: str | None = None
 
     # ------------------------------------------------------------------------------------------ content
     def add_commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main", parent: bool = True) -> str:
@@ -131,6 +133,10 @@ class LocalHub:
         path = url.path
         with self._lock:
             self.requests.append((method, path))
+        if method == "POST" and self.write_token and h.headers.get("Authorization") != f"Bearer {self.write_token}":
+            message = "Invalid credentials in Authorization header"
+            self._send(h, 401, json.dumps({"error": message}).encode(), {"X-Error-Message": message}, method)
+            return
         parts = [p for p in path.split("/") if p]
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""

@@ -248,8 +248,31 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with path.open("wb") as f:
         pickle.dump({"model_state_dict": _Payload()}, f)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="a pickle but not a PyTorch checkpoint") as info:
         load_official_checkpoint(path)
+    assert "weights_only" not in str(info.value)  # PyTorch's advice to run the file's code never reaches a user
+    torch.save({"model_state_dict": {}, "payload": _Payload()}, tmp_path / "payload.pth")  # torch.save'd
+    with pytest.raises(CheckpointError, match=r"object of type (builtins\.)?print, which is not among the types") as info:
+        load_official_checkpoint(tmp_path / "payload.pth")
+    assert "weights_only" not in str(info.value)
     torch.save({"something": [1, 2]}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not an official MTTR checkpoint"):
         load_official_checkpoint(tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_convert_command_on_a_damaged_file_names_the_problem(checkpoint, tmp_path, capsys, damage):
+    """`lvseg convert` on a random, truncated or empty file: rc 1 and one line that says what is wrong with the
+    file, never a traceback nor PyTorch's advice to retry with weights_only=False (which runs pickled code)."""
+    from lvseg.cli import main
+
+    data = checkpoint.read_bytes()
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes({"random": bytes(range(256)) * 64, "truncated": data[: len(data) * 2 // 3], "empty": b""}[damage])
+    assert main(["convert", "mttr", str(bad), "-o", str(tmp_path / "out"), "--tokenizer", str(TOKENIZER_DIR)]) == 1
+    err = capsys.readouterr().err
+    expected = {"random": "it is not a PyTorch checkpoint", "truncated": "it is truncated or damaged",
+                "empty": "is empty (0 bytes)"}[damage]
+    assert expected in err and str(bad) in err, err
+    assert "weights_only" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

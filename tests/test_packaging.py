@@ -76,16 +76,13 @@ def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
 
 
 def _floors(requirements: list[str]) -> dict[str, str]:
-    """{normalised name: floor} of requirements written ``name>=X`` (the form pyproject.toml uses). Exact pins
-    ``name==X`` (the dev extra's linters) have no range to test, so they are left out: both jobs install X."""
+    """{normalised name: floor} of requirements written ``name>=X`` (the form pyproject.toml uses)."""
     import re
 
     floors = {}
     for req in requirements:
-        if re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]*", req.replace(" ", "")):
-            continue
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", req.replace(" ", ""))
-        assert match, f"pyproject.toml requirement {req!r} is not of the form name>=version or name==version"
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:>=|==)([0-9][0-9.]*)", req.replace(" ", ""))
+        assert match, f"pyproject.toml requirement {req!r} is not of the form name>=version (or name==version)"
         floors[match[1].lower().replace("_", "-")] = match[2]
     return floors
 
@@ -110,3 +107,15 @@ def test_oldest_constraints_pin_the_pyproject_floors():
     assert set(floors) <= set(pins), f"not pinned in .ci/constraints-oldest.txt: {sorted(set(floors) - set(pins))}"
     wrong = {name: (floor, pins[name]) for name, floor in floors.items() if not same(floor, pins[name])}
     assert not wrong, f"pyproject floor != oldest pin: {wrong}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """.ci/run runs the README's second command (lint, format check, type check, tests) and nothing less."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:]]
+    assert len(blocks) >= 2, "the README must open with two bash commands (install + demo, dev install + tests)"
+    test_command = blocks[1]
+    for step in ("ruff check lvseg", "ruff format --check lvseg", "mypy", "pytest"):
+        assert step in test_command, f"the README's test command lacks {step!r}"
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert test_command in ci, f".ci/run does not run the README's test command {test_command!r}"

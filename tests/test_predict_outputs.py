@@ -60,17 +60,19 @@ def modes(root: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------ item 3: streaming
 def test_every_registry_default_streams_in_windows():
-    """Each registered model's default config (the bundled one's config.json, the families' defaults with the
-    entry's overrides) runs the Predictor in windows, so no default holds a whole long video at once."""
+    """Each registered model's default config (the bundled one's config.json; for the others, the preprocessing the
+    converters write: the entry's own when it sets one, else the family's default) runs the Predictor in windows,
+    so no default holds a whole long video at once."""
     code = (
         "import json; from lvseg.registry import list_models, get_entry; from lvseg.hub import download, "
-        "_read_config; from lvseg.models import get_model_class\n"
+        "_read_config; from lvseg.models import get_model_class; from lvseg.models.base import PreprocessConfig\n"
         "out = {}\n"
         "for name in list_models():\n"
         "    e = get_entry(name)\n"
-        "    if e.bundled: config = _read_config(download(name))\n"
-        "    else: config = get_model_class(e.family).config_class.from_dict({'architecture': e.family, **e.config})\n"
-        "    out[name] = [config.preprocessing.window, config.preprocessing.overlap]\n"
+        "    if e.bundled: pre = _read_config(download(name)).preprocessing\n"
+        "    elif 'preprocessing' in e.config: pre = PreprocessConfig(**e.config['preprocessing'])\n"
+        "    else: pre = get_model_class(e.family).config_class().preprocessing\n"
+        "    out[name] = [pre.window, pre.overlap]\n"
         "print(json.dumps(out))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -86,7 +86,8 @@ def test_a2dplus_frame_count_file_that_is_not_a_dict(tmp_path: Path) -> None:
             torch.save(torch.zeros(3), path)  # loads, but is not a dict
         else:
             path.write_bytes(content)
-        with pytest.raises(DatasetError, match="vid_frame_dict.pth' is not a {video: number of frames} dict") as err:
+        expected = "it is not a PyTorch checkpoint" if content else "vid_frame_dict.pth' is not a {video: number of frames}"
+        with pytest.raises(DatasetError, match=expected) as err:
             A2DSPlus(tmp_path, "mul")
         assert "weights_only" not in str(err.value)
 
@@ -99,6 +100,6 @@ def test_a2dplus_damaged_mask_file(tmp_path: Path) -> None:
     write_a2dplus(tmp_path)
     (tmp_path / "A2D_SUBSET/MUL/mask/vidX_3_00002.pth").write_bytes(b"truncated")
     ds = A2DSPlus(tmp_path, "mul")
-    with pytest.raises(DatasetError, match="vidX_3_00002.pth' is not a saved tensor") as err:
+    with pytest.raises(DatasetError, match="vidX_3_00002.pth: it is not a PyTorch checkpoint") as err:
         ds[0]
     assert "weights_only" not in str(err.value)

@@ -528,3 +528,22 @@ def test_model_overrides_grow_a_trained_model_and_the_hr_preset_continues_a_shap
     again = lvseg.train(str(start), _train_data(env), None, tmp_path / "hr", preset="referformer-tiny-shapes-hr",
                         max_steps=2, progress=False, tensorboard=False, device="cpu", resume=True)
     assert again.steps == 2
+
+
+def test_resume_from_damaged_checkpoints_names_each_file(tmp_path):
+    """A damaged training checkpoint is skipped for an older one; when none loads, the error names each file and
+    what is wrong with it (not PyTorch's text)."""
+    from lvseg.errors import CheckpointError
+    from lvseg.train.checkpoint import load_latest_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "checkpoints"
+    first = save_checkpoint(ckpt, 1, {"step": 1, "model": {"w": torch.arange(4.0)}}, keep_last=5)
+    second = save_checkpoint(ckpt, 2, {"step": 2, "model": {"w": torch.arange(4.0)}}, keep_last=5)
+    second.write_bytes(second.read_bytes()[:100])
+    assert load_latest_checkpoint(ckpt)["step"] == 1
+    first.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError) as info:
+        load_latest_checkpoint(ckpt)
+    message = str(info.value)
+    assert f"{second}: it is truncated or damaged" in message and f"{first}: it is not a PyTorch checkpoint" in message
+    assert "weights_only" not in message

@@ -16,6 +16,20 @@ from lvseg.data.pseudo_video import PseudoVideo
 from lvseg.data.refcoco import RefCOCO
 from lvseg.data.ytvos import RefYouTubeVOS
 
-__all__ = ["A2DSPlus", "A2DSentences", "ClipCollator", "ClipSampling", "JHMDBSentences", "MeViS", "PseudoVideo",
-           "RefCOCO", "RedrawInvisible", "RefDAVIS17", "RefYouTubeVOS", "collate_clips", "sample_frame_indices",
-           "shapes", "transforms"]
+__all__ = [
+    "A2DSPlus",
+    "A2DSentences",
+    "ClipCollator",
+    "ClipSampling",
+    "JHMDBSentences",
+    "MeViS",
+    "PseudoVideo",
+    "RefCOCO",
+    "RedrawInvisible",
+    "RefDAVIS17",
+    "RefYouTubeVOS",
+    "collate_clips",
+    "sample_frame_indices",
+    "shapes",
+    "transforms",
+]

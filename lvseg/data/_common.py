@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def read_json(path: Path, what: str, hint: str = "") -> Any:
     """Load a JSON file with a clear error when it is missing or corrupt."""
     require_file(path, what, hint)
     try:
-        with open(path, "r", encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{what} '{path}' is not valid JSON ({exc}); re-download or re-extract it.") from exc
@@ -65,8 +66,10 @@ def check_split(split: str, allowed: Sequence[str], dataset: str, aliases: dict[
 def load_rgb(path: Path) -> np.ndarray:
     """Read an image as ``uint8 [H, W, 3]`` RGB; a missing file raises :class:`DatasetError` naming the path."""
     if not path.is_file():
-        raise DatasetError(f"frame not found: '{path}' is listed by the dataset's annotations but missing on disk; "
-                           "re-extract the dataset archive.")
+        raise DatasetError(
+            f"frame not found: '{path}' is listed by the dataset's annotations but missing on disk; "
+            "re-extract the dataset archive."
+        )
     with Image.open(path) as img:
         return np.array(img.convert("RGB"))  # a writable copy (torch.from_numpy warns on read-only arrays)
 
@@ -74,12 +77,16 @@ def load_rgb(path: Path) -> np.ndarray:
 def load_index_mask(path: Path) -> np.ndarray:
     """Read a palette ('P') or greyscale PNG as its index array ``uint8 [H, W]`` (pixel value = object id)."""
     if not path.is_file():
-        raise DatasetError(f"annotation not found: '{path}' is listed by the dataset's annotations but missing on "
-                           "disk; re-extract the dataset archive.")
+        raise DatasetError(
+            f"annotation not found: '{path}' is listed by the dataset's annotations but missing on "
+            "disk; re-extract the dataset archive."
+        )
     with Image.open(path) as img:
         if img.mode not in ("P", "L", "I", "I;16", "1"):
-            raise DatasetError(f"annotation '{path}' has image mode {img.mode!r}; expected an indexed (palette) PNG "
-                               "whose pixel values are object ids, as distributed by the dataset's authors.")
+            raise DatasetError(
+                f"annotation '{path}' has image mode {img.mode!r}; expected an indexed (palette) PNG "
+                "whose pixel values are object ids, as distributed by the dataset's authors."
+            )
         return np.asarray(img)
 
 
@@ -113,8 +120,10 @@ def stack_frames(frames: Iterable[np.ndarray], where: str) -> torch.Tensor:
     frames = list(frames)
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
-        raise DatasetError(f"frames of {where} have different sizes {sorted(shapes)}; a clip needs one size. "
-                           "Check that the video's frame folder is not mixed with another video's frames.")
+        raise DatasetError(
+            f"frames of {where} have different sizes {sorted(shapes)}; a clip needs one size. "
+            "Check that the video's frame folder is not mixed with another video's frames."
+        )
     return torch.from_numpy(np.stack(frames)) if frames else torch.zeros((0, 0, 0, 3), dtype=torch.uint8)
 
 
@@ -165,8 +174,9 @@ class RandomSource(Protocol):
     def sample(self, population: Sequence[int], k: int) -> list[int]: ...
 
 
-def sample_frame_indices(num_total: int, anchor: int, sampling: ClipSampling,
-                         rng: RandomSource | None = None) -> list[int]:
+def sample_frame_indices(
+    num_total: int, anchor: int, sampling: ClipSampling, rng: RandomSource | None = None
+) -> list[int]:
     """Indices (into a video's frame list of length ``num_total``) of one clip, sorted ascending.
 
     ``sampling.num_frames=None`` returns every index. The result always has ``num_frames`` entries; videos
@@ -248,5 +258,7 @@ class RedrawInvisible(torch.utils.data.Dataset):
             if bool(torch.as_tensor(sample["valid"]).any()):
                 return sample
             index = random.randrange(len(self.dataset))
-        raise DatasetError(f"no sample with a visible referred object in {self.max_draws} draws: the masks are "
-                           "empty in (almost) every clip; check the annotations and the crop transforms.")
+        raise DatasetError(
+            f"no sample with a visible referred object in {self.max_draws} draws: the masks are "
+            "empty in (almost) every clip; check the annotations and the crop transforms."
+        )

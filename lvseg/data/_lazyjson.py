@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import mmap
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lvseg.errors import DatasetError
 
@@ -45,11 +46,11 @@ class LazyJsonObject:
             if c == b'"':
                 if depth == 1:
                     j = m.end()
-                    while j < size and mm[j:j + 1] in (b" ", b"\t", b"\r", b"\n"):
+                    while j < size and mm[j : j + 1] in (b" ", b"\t", b"\r", b"\n"):
                         j += 1
-                    if j < size and mm[j:j + 1] == b":":  # a key of the top-level object
+                    if j < size and mm[j : j + 1] == b":":  # a key of the top-level object
                         j += 1
-                        while j < size and mm[j:j + 1] in (b" ", b"\t", b"\r", b"\n"):
+                        while j < size and mm[j : j + 1] in (b" ", b"\t", b"\r", b"\n"):
                             j += 1
                         starts.append((json.loads(tok.decode("utf-8")), j))
             elif c in (b"{", b"["):

@@ -20,8 +20,10 @@ def count_and_read_frames(path: Path, wanted: set[int] | None = None) -> tuple[i
     import av  # deferred: only the readers that need video files import PyAV
 
     if not path.is_file():
-        raise DatasetError(f"video not found: '{path}' is listed by the dataset's annotations but missing on disk; "
-                           "re-extract the dataset archive.")
+        raise DatasetError(
+            f"video not found: '{path}' is listed by the dataset's annotations but missing on disk; "
+            "re-extract the dataset archive."
+        )
     out: dict[int, np.ndarray] = {}
     count = 0
     try:

@@ -22,16 +22,24 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from lvseg.data._common import (centered_window, check_split, load_rgb, require_dir, require_file, stack_frames,
-                                target_fields)
+from lvseg.data._common import (
+    centered_window,
+    check_split,
+    load_rgb,
+    require_dir,
+    require_file,
+    stack_frames,
+    target_fields,
+)
 from lvseg.data._video import count_and_read_frames
 from lvseg.errors import DatasetError
 from lvseg.utils import atomic_write_text
@@ -40,8 +48,10 @@ logger = logging.getLogger("lvseg.data.a2d")
 
 __all__ = ["A2DSentences", "read_a2d_frame_annotation"]
 
-_HINT = ("Get A2D (Release/) and the A2D-Sentences text annotations (text_annotations/) and pass the folder holding "
-         "both (see docs/datasets.md).")
+_HINT = (
+    "Get A2D (Release/) and the A2D-Sentences text annotations (text_annotations/) and pass the folder holding "
+    "both (see docs/datasets.md)."
+)
 _BAD_INSTANCE = "1 (copy)"
 
 
@@ -49,8 +59,9 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError as exc:
-        raise DatasetError("A2D-Sentences masks are HDF5 files and need h5py: pip install h5py "
-                           "(or pip install lvseg[datasets]).") from exc
+        raise DatasetError(
+            "A2D-Sentences masks are HDF5 files and need h5py: pip install h5py (or pip install lvseg[datasets])."
+        ) from exc
     return h5py
 
 
@@ -95,9 +106,17 @@ class A2DSentences(Dataset):
     (``float32 [4]``, the annotation's own ``reBBox`` of the referred instance, xyxy).
     """
 
-    def __init__(self, root: str | Path, split: str = "test", *, num_frames: int = 8, stride: int = 1,
-                 frames_dir: str | Path | None = None, index_cache: str | Path | None = None,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        *,
+        num_frames: int = 8,
+        stride: int = 1,
+        frames_dir: str | Path | None = None,
+        index_cache: str | Path | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "A2D-Sentences root", _HINT)
         self.split = check_split(split, ("train", "test"), "A2DSentences")
         self.num_frames, self.stride, self.transform = num_frames, stride, transform
@@ -108,11 +127,14 @@ class A2DSentences(Dataset):
             require_dir(self.frames_dir, "A2D frames folder")
         else:
             require_dir(self.video_dir, "A2D videos folder", _HINT)
-        self.mask_dir = require_dir(self.root / "text_annotations" / "a2d_annotation_with_instances",
-                                    "A2D-Sentences instance masks folder", _HINT)
+        self.mask_dir = require_dir(
+            self.root / "text_annotations" / "a2d_annotation_with_instances",
+            "A2D-Sentences instance masks folder",
+            _HINT,
+        )
         cache = Path(index_cache) if index_cache is not None else None
         if cache is not None and cache.is_file():
-            with open(cache, "r", encoding="utf-8") as fh:
+            with open(cache, encoding="utf-8") as fh:
                 rows = json.load(fh)
             self.samples = [(str(q), str(v), int(f), int(i)) for q, v, f, i in rows]
             logger.info("A2D-Sentences %s: %d samples from %s", self.split, len(self.samples), cache)
@@ -124,8 +146,9 @@ class A2DSentences(Dataset):
 
     def _split_videos(self) -> list[str]:
         csv_path = require_file(self.root / "Release" / "videoset.csv", "A2D videoset.csv", _HINT)
-        missed_path = require_file(self.root / "text_annotations" / "a2d_missed_videos.txt",
-                                   "a2d_missed_videos.txt", _HINT)
+        missed_path = require_file(
+            self.root / "text_annotations" / "a2d_missed_videos.txt", "a2d_missed_videos.txt", _HINT
+        )
         missed = {line.strip() for line in missed_path.read_text(encoding="utf-8").splitlines() if line.strip()}
         subset = 0 if self.split == "train" else 1
         videos = []
@@ -150,8 +173,9 @@ class A2DSentences(Dataset):
             rows = [(r["video_id"], r["instance_id"], r["query"]) for r in reader]
         frame_instances: dict[str, list[tuple[int, list[int]]]] = {}
         samples: list[tuple[str, str, int, int]] = []
-        for video, instance, query in tqdm(rows, desc=f"A2D-Sentences {self.split} index", unit="sentence",
-                                           leave=False):
+        for video, instance, query in tqdm(
+            rows, desc=f"A2D-Sentences {self.split} index", unit="sentence", leave=False
+        ):
             if video not in videos:
                 continue
             if instance.strip() == _BAD_INSTANCE:
@@ -160,19 +184,25 @@ class A2DSentences(Dataset):
             try:
                 inst = int(instance)
             except ValueError as exc:
-                raise DatasetError(f"'{ann_path}': video {video!r} has a non-integer instance id {instance!r}.") \
-                    from exc
+                raise DatasetError(
+                    f"'{ann_path}': video {video!r} has a non-integer instance id {instance!r}."
+                ) from exc
             if video not in frame_instances:
                 folder = self.mask_dir / video
                 if not folder.is_dir():
-                    raise DatasetError(f"video {video!r} has sentences but no mask folder '{folder}'; "
-                                       "re-extract a2d_annotation_with_instances.")
+                    raise DatasetError(
+                        f"video {video!r} has sentences but no mask folder '{folder}'; "
+                        "re-extract a2d_annotation_with_instances."
+                    )
                 if self.frames_dir is None and not (self.video_dir / f"{video}.mp4").is_file():
-                    raise DatasetError(f"video {video!r} is in the {self.split} split but "
-                                       f"'{self.video_dir / (video + '.mp4')}' is missing; "
-                                       "re-extract Release/clips320H.")
-                frame_instances[video] = [(int(p.stem), read_a2d_frame_annotation(p)[0])
-                                          for p in sorted(folder.glob("*.h5"))]
+                    raise DatasetError(
+                        f"video {video!r} is in the {self.split} split but "
+                        f"'{self.video_dir / (video + '.mp4')}' is missing; "
+                        "re-extract Release/clips320H."
+                    )
+                frame_instances[video] = [
+                    (int(p.stem), read_a2d_frame_annotation(p)[0]) for p in sorted(folder.glob("*.h5"))
+                ]
             for frame_idx, instances in frame_instances[video]:
                 if inst in instances:
                     samples.append((query, video, frame_idx, inst))
@@ -190,8 +220,10 @@ class A2DSentences(Dataset):
                     raise DatasetError(f"frame folder not found: '{folder}'.")
                 count = sum(1 for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
                 if count == 0:
-                    raise DatasetError(f"the frame folder '{folder}' of video {video!r} holds no .jpg/.png frames; "
-                                       "re-extract the frames.")
+                    raise DatasetError(
+                        f"the frame folder '{folder}' of video {video!r} holds no .jpg/.png frames; "
+                        "re-extract the frames."
+                    )
                 self._num_frames_cache[video] = count
             total = self._num_frames_cache[video]
             indices, pos = centered_window(center, self.num_frames, total, self.stride)
@@ -216,14 +248,18 @@ class A2DSentences(Dataset):
         query, video, frame_idx, instance_id = self.samples[index]
         instances, inst_masks, inst_boxes = read_a2d_frame_annotation(self.mask_dir / video / f"{frame_idx:05d}.h5")
         if instance_id not in instances:
-            raise DatasetError(f"instance {instance_id} is not in '{self.mask_dir / video / f'{frame_idx:05d}.h5'}'; "
-                               "the index cache does not match these annotations, delete it.")
+            raise DatasetError(
+                f"instance {instance_id} is not in '{self.mask_dir / video / f'{frame_idx:05d}.h5'}'; "
+                "the index cache does not match these annotations, delete it."
+            )
         k = instances.index(instance_id)
         indices, pos, frames = self._read_clip(video, frame_idx - 1)
         h, w = frames.shape[1:3]
         if inst_masks.shape[1:] != (h, w):
-            raise DatasetError(f"the mask of {video!r} frame {frame_idx} is {inst_masks.shape[1:]} but the video is "
-                               f"{(h, w)}; use the 320H clips that the annotations were made on.")
+            raise DatasetError(
+                f"the mask of {video!r} frame {frame_idx} is {inst_masks.shape[1:]} but the video is "
+                f"{(h, w)}; use the 320H clips that the annotations were made on."
+            )
         masks = torch.zeros((len(indices), h, w), dtype=torch.bool)
         masks[pos] = torch.from_numpy(inst_masks[k])
         annotated = torch.zeros(len(indices), dtype=torch.bool)

@@ -18,14 +18,16 @@ time (``fix_queries=True`` applies the same table to the lower-cased text).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from lvseg.data._common import check_split, load_rgb, read_json, require_dir, stack_frames, target_fields
-from lvseg.errors import DatasetError
+from lvseg.errors import CheckpointError, DatasetError
+from lvseg.utils import torch_load
 
 logger = logging.getLogger("lvseg.data.a2d_plus")
 
@@ -34,8 +36,9 @@ __all__ = ["A2DSPlus", "LOCATER_QUERY_FIXES"]
 #: Misspelled A2D queries (lower-cased) and Locater's corrections (``dataloader/vid_anchor_test.py``).
 LOCATER_QUERY_FIXES: dict[str, str] = {
     "the peson in red is standing": "the person in red is standing",
-    "rd black formula car riding on the right side of the track":
-        "red black formula car riding on the right side of the track",
+    "rd black formula car riding on the right side of the track": (
+        "red black formula car riding on the right side of the track"
+    ),
     "white standing near the building": "person standing near the building",
     "red black is riding on the left": "red black car is riding on the left",
     "solder in camouflage uniforms crawling ": "soldier in camouflage uniforms crawling",
@@ -54,6 +57,14 @@ _TYPES = ("NORM", "MUL", "SPAT", "TEMP")
 _HINT = "Get Locater's A2D_SUBSET data (see docs/datasets.md) and pass the folder that holds A2D_SUBSET/."
 
 
+def _load_pth(path: Path, expected: str) -> Any:
+    """A tensor file of the dataset (read without running pickled code); a damaged one is a DatasetError."""
+    try:
+        return torch_load(path, expected=expected)
+    except CheckpointError as exc:
+        raise DatasetError(f"{exc}. {_HINT}") from exc
+
+
 class A2DSPlus(Dataset):
     """One A2D-S+ subset (``split`` = ``"NORM"``, ``"MUL"``, ``"SPAT"`` or ``"TEMP"``; case-insensitive).
 
@@ -64,8 +75,14 @@ class A2DSPlus(Dataset):
     scores with IoU 1 when the prediction is empty too.
     """
 
-    def __init__(self, root: str | Path, split: str = "MUL", *, fix_queries: bool = True,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "MUL",
+        *,
+        fix_queries: bool = True,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "A2D-S+ root", _HINT)
         self.split = check_split(split.upper(), _TYPES, "A2DSPlus")
         self.transform, self.fix_queries = transform, fix_queries
@@ -80,24 +97,33 @@ class A2DSPlus(Dataset):
         self.num_video_frames: dict[str, int] = {}
         for name in ("vid_frame_dict.pth", "vid_frames_dict.pth"):
             if (folder / name).is_file():
+                loaded = _load_pth(folder / name, "the A2D-S+ frame-count table (a dict video -> frames)")
                 try:
-                    loaded = torch.load(folder / name, map_location="cpu", weights_only=True)
                     self.num_video_frames = {str(k): int(v) for k, v in loaded.items()}
-                except Exception as exc:  # unpickling, or not a {video: count} dict
-                    # torch's own message would advise weights_only=False, which must not reach a user
-                    raise DatasetError(f"'{folder / name}' is not a {{video: number of frames}} dict "
-                                       f"({type(exc).__name__}); re-extract it, or delete it (it only fills "
-                                       "num_video_frames).") from exc
+                except (AttributeError, TypeError, ValueError) as exc:
+                    raise DatasetError(
+                        f"'{folder / name}' is not a {{video: number of frames}} dict (it holds "
+                        f"{type(loaded).__name__}); re-extract it, or delete it (it only fills num_video_frames)."
+                    ) from exc
                 break
         self.samples: list[dict[str, Any]] = []
         for video, entry in table.items():
             if not (self.image_dir / video).is_dir():
-                raise DatasetError(f"video {video!r} is listed in the expressions file but '{self.image_dir / video}'"
-                                   " is missing; re-extract allPngs320H.")
+                raise DatasetError(
+                    f"video {video!r} is listed in the expressions file but '{self.image_dir / video}'"
+                    " is missing; re-extract allPngs320H."
+                )
             frames = sorted(set(entry["frames"]))
             for obj, exp in entry["expressions"].items():
-                self.samples.append({"video": video, "obj": str(obj), "exp": exp["exp"], "frames": frames,
-                                     "labels": set(exp.get("labels", []))})
+                self.samples.append(
+                    {
+                        "video": video,
+                        "obj": str(obj),
+                        "exp": exp["exp"],
+                        "frames": frames,
+                        "labels": set(exp.get("labels", [])),
+                    }
+                )
         logger.info("A2D-S+ %s: %d videos, %d samples", self.split, len(table), len(self.samples))
 
     def __len__(self) -> int:
@@ -122,11 +148,8 @@ class A2DSPlus(Dataset):
             path = self.mask_dir / f"{video.replace('/', '_')}_{obj}_{n}.pth"
             if not path.is_file():
                 raise DatasetError(f"mask not found: '{path}' (frame {n} of {video!r} is in 'labels').")
-            try:
-                m = torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).squeeze()
-            except Exception as exc:  # torch's message would advise weights_only=False: not for users
-                raise DatasetError(f"mask '{path}' is not a saved tensor ({type(exc).__name__}); re-extract the "
-                                   "A2D-S+ masks.") from exc
+            m = _load_pth(path, "an A2D-S+ mask (a tensor)")
+            m = torch.as_tensor(m).squeeze()
             if tuple(m.shape) != (h, w):
                 raise DatasetError(f"mask '{path}' is {tuple(m.shape)} but the frames are {(h, w)}.")
             masks[t] = m > 0

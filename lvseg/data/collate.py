@@ -17,7 +17,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -44,8 +45,10 @@ def collate_clips(samples: Sequence[dict[str, Any]], size_divisibility: int = 1)
     for s in samples:
         f = s.get("frames")
         if not isinstance(f, torch.Tensor) or f.ndim != 4 or (f.dtype == torch.uint8) != channels_last:
-            raise InvalidInputError("every sample's 'frames' must be a 4-D tensor of the same kind: all uint8 "
-                                    "[T, H, W, 3] or all float [T, 3, H, W] (apply the same transform to all).")
+            raise InvalidInputError(
+                "every sample's 'frames' must be a 4-D tensor of the same kind: all uint8 "
+                "[T, H, W, 3] or all float [T, 3, H, W] (apply the same transform to all)."
+            )
         t, h, w = (f.shape[0], f.shape[1], f.shape[2]) if channels_last else (f.shape[0], f.shape[2], f.shape[3])
         shapes.append((t, h, w))
     B = len(samples)
@@ -73,8 +76,10 @@ def collate_clips(samples: Sequence[dict[str, Any]], size_divisibility: int = 1)
     for key in ("masks", "object_masks", "boxes", *_PER_FRAME):
         have = sum(key in s for s in samples)
         if 0 < have < B:
-            raise InvalidInputError(f"{have} of {B} samples have {key!r} and the others do not; batch samples of "
-                                    "one kind (with or without ground truth) together.")
+            raise InvalidInputError(
+                f"{have} of {B} samples have {key!r} and the others do not; batch samples of "
+                "one kind (with or without ground truth) together."
+            )
     if all("masks" in s for s in samples):
         masks = torch.zeros((B, T, H, W), dtype=torch.bool)
         for i, (s, (t, h, w)) in enumerate(zip(samples, shapes)):

@@ -23,15 +23,25 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvseg.data._common import (ClipSampling, check_split, load_index_mask, load_rgb, require_dir, require_file,
-                                sample_frame_indices, stack_frames, target_fields)
+from lvseg.data._common import (
+    ClipSampling,
+    check_split,
+    load_index_mask,
+    load_rgb,
+    require_dir,
+    require_file,
+    sample_frame_indices,
+    stack_frames,
+    target_fields,
+)
 from lvseg.errors import DatasetError
 
 logger = logging.getLogger("lvseg.data.davis")
@@ -46,14 +56,16 @@ ANNOTATION_FILES: tuple[tuple[str, str, int, str], ...] = (
     ("Davis17_annot2_full_video.txt", "latin-1", 2, "full_video"),
 )
 _NAME_FIXES = {"clasic-car": "classic-car", "dog-scale": "dogs-scale", "motor-bike": "motorbike"}
-_HINT = ("Unzip DAVIS-2017-Unsupervised-trainval-480p.zip (giving DAVIS/) and davis_text_annotations.zip into one "
-         "folder and pass that folder (see docs/datasets.md).")
+_HINT = (
+    "Unzip DAVIS-2017-Unsupervised-trainval-480p.zip (giving DAVIS/) and davis_text_annotations.zip into one "
+    "folder and pass that folder (see docs/datasets.md)."
+)
 
 
 def read_davis_expressions(path: Path, encoding: str) -> dict[str, dict[int, str]]:
     """``{video: {obj_id: expression}}`` from one MPI annotation file."""
     out: dict[str, dict[int, str]] = {}
-    with open(require_file(path, "Ref-DAVIS17 text annotation", _HINT), "r", encoding=encoding) as fh:
+    with open(require_file(path, "Ref-DAVIS17 text annotation", _HINT), encoding=encoding) as fh:
         for lineno, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:
@@ -76,37 +88,53 @@ class RefDAVIS17(Dataset):
     ``obj_ids`` (``[obj_id]``). Masks come from ``Annotations_unsupervised`` (pixel value == obj_id).
     """
 
-    def __init__(self, root: str | Path, split: str = "valid", *, sampling: ClipSampling | None = None,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "valid",
+        *,
+        sampling: ClipSampling | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "Ref-DAVIS17 root", _HINT)
         self.split = check_split(split, ("train", "valid"), "RefDAVIS17", {"val": "valid"})
         self.sampling = sampling or ClipSampling()
         self.transform = transform
         davis = require_dir(self.root / "DAVIS", "DAVIS-2017 folder", _HINT)
         self.image_dir = require_dir(davis / "JPEGImages" / "480p", "DAVIS frames folder", _HINT)
-        self.annotation_dir = require_dir(davis / "Annotations_unsupervised" / "480p",
-                                          "DAVIS unsupervised annotations folder", _HINT)
+        self.annotation_dir = require_dir(
+            davis / "Annotations_unsupervised" / "480p", "DAVIS unsupervised annotations folder", _HINT
+        )
         list_file = davis / "ImageSets" / "2017" / ("train.txt" if self.split == "train" else "val.txt")
-        videos = [v.strip() for v in require_file(list_file, "DAVIS split list", _HINT).read_text().splitlines()
-                  if v.strip()]
-        texts = [read_davis_expressions(self.root / "davis_text_annotations" / name, enc)
-                 for name, enc, _, _ in ANNOTATION_FILES]
+        videos = [
+            v.strip() for v in require_file(list_file, "DAVIS split list", _HINT).read_text().splitlines() if v.strip()
+        ]
+        texts = [
+            read_davis_expressions(self.root / "davis_text_annotations" / name, enc)
+            for name, enc, _, _ in ANNOTATION_FILES
+        ]
 
         self.videos: dict[str, dict] = {}
         self.samples: list[tuple[str, str, int]] = []
         for vid in videos:
             folder = self.image_dir / vid
             if not folder.is_dir():
-                raise DatasetError(f"video {vid!r} is listed in '{list_file}' but its frame folder '{folder}' is "
-                                   "missing; re-extract the DAVIS archive.")
+                raise DatasetError(
+                    f"video {vid!r} is listed in '{list_file}' but its frame folder '{folder}' is "
+                    "missing; re-extract the DAVIS archive."
+                )
             frames = sorted(p.stem for p in folder.iterdir() if p.suffix == ".jpg")
             if not frames:  # an empty glob would otherwise surface as an unsampleable video much later
-                raise DatasetError(f"the frame folder '{folder}' of video {vid!r} holds no .jpg frames; re-extract "
-                                   "the DAVIS archive (DAVIS-2017-trainval-480p.zip).")
+                raise DatasetError(
+                    f"the frame folder '{folder}' of video {vid!r} holds no .jpg frames; re-extract "
+                    "the DAVIS archive (DAVIS-2017-trainval-480p.zip)."
+                )
             obj_ids = sorted(set().union(*(t.get(vid, {}).keys() for t in texts)))
             if not obj_ids:
-                raise DatasetError(f"video {vid!r} has no expression in davis_text_annotations/; the text "
-                                   "annotation files do not match this DAVIS release.")
+                raise DatasetError(
+                    f"video {vid!r} has no expression in davis_text_annotations/; the text "
+                    "annotation files do not match this DAVIS release."
+                )
             exps: dict[str, dict] = {}
             for k, obj in enumerate(obj_ids):
                 for a, (name, _, annotator, kind) in enumerate(ANNOTATION_FILES):
@@ -115,8 +143,13 @@ class RefDAVIS17(Dataset):
                         logger.warning("Ref-DAVIS17: %s has no expression for object %d of %s", name, obj, vid)
                         continue
                     exp_id = str(4 * k + a)
-                    exps[exp_id] = {"exp": text, "obj_id": obj, "annotator": a, "annotator_id": annotator,
-                                    "expression_type": kind}
+                    exps[exp_id] = {
+                        "exp": text,
+                        "obj_id": obj,
+                        "annotator": a,
+                        "annotator_id": annotator,
+                        "expression_type": kind,
+                    }
                     for anchor in self.sampling.anchors(len(frames)):
                         self.samples.append((vid, exp_id, anchor))
             self.videos[vid] = {"frames": frames, "expressions": exps}
@@ -134,8 +167,10 @@ class RefDAVIS17(Dataset):
         frames = stack_frames((load_rgb(self.image_dir / vid / f"{n}.jpg") for n in names), f"video {vid!r}")
         ids = np.stack([load_index_mask(self.annotation_dir / vid / f"{n}.png") for n in names])
         if ids.shape[1:] != tuple(frames.shape[1:3]):
-            raise DatasetError(f"masks of video {vid!r} are {ids.shape[1:]} but its frames are "
-                               f"{tuple(frames.shape[1:3])}; use the 480p frames with the 480p annotations.")
+            raise DatasetError(
+                f"masks of video {vid!r} are {ids.shape[1:]} but its frames are "
+                f"{tuple(frames.shape[1:3])}; use the 480p frames with the 480p annotations."
+            )
         object_masks = torch.from_numpy(ids == exp["obj_id"])[None]
         sample: dict[str, Any] = {
             "frames": frames,

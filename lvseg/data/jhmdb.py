@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvseg.data._common import centered_window, check_split, load_rgb, require_dir, require_file, stack_frames, \
-    target_fields
+from lvseg.data._common import (
+    centered_window,
+    check_split,
+    load_rgb,
+    require_dir,
+    require_file,
+    stack_frames,
+    target_fields,
+)
 from lvseg.data._jhmdb_frames import MTTR_EVAL_FRAMES
 from lvseg.errors import DatasetError, InvalidInputError
 
@@ -69,9 +77,16 @@ class JHMDBSentences(Dataset):
     only the centre frame annotated (``annotated``), ``boxes`` and ``valid``.
     """
 
-    def __init__(self, root: str | Path, split: str = "test", *, eval_frames: Literal["mttr", "all"] = "mttr",
-                 num_frames: int = 8, stride: int = 1,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        *,
+        eval_frames: Literal["mttr", "all"] = "mttr",
+        num_frames: int = 8,
+        stride: int = 1,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "JHMDB-Sentences root", _HINT)
         self.split = check_split(split, ("test",), "JHMDBSentences")
         if eval_frames not in ("mttr", "all"):
@@ -90,30 +105,41 @@ class JHMDBSentences(Dataset):
         self.samples: list[tuple[str, str, int]] = []
         for video, query in rows:
             if video not in actions:
-                raise DatasetError(f"video {video!r} is listed in '{ann_path}' but there is no folder "
-                                   f"'{image_root}/<action>/{video}'; re-extract Rename_Images.")
+                raise DatasetError(
+                    f"video {video!r} is listed in '{ann_path}' but there is no folder "
+                    f"'{image_root}/<action>/{video}'; re-extract Rename_Images."
+                )
             action = actions[video]
             frames_dir = image_root / action / video
             mask_path = self.root / "puppet_mask" / action / video / "puppet_mask.mat"
             require_file(mask_path, f"puppet mask of {video!r}", _HINT)
             num_png = sum(1 for p in frames_dir.iterdir() if p.suffix == ".png")
             if num_png == 0:  # eval_frames="all" would otherwise drop the video from the evaluation silently
-                raise DatasetError(f"the frame folder '{frames_dir}' of video {video!r} holds no .png frames; "
-                                   "re-extract Rename_Images.")
-            self.videos[video] = {"action": action, "frames_dir": frames_dir, "mask_path": mask_path,
-                                  "num_png": num_png}
+                raise DatasetError(
+                    f"the frame folder '{frames_dir}' of video {video!r} holds no .png frames; "
+                    "re-extract Rename_Images."
+                )
+            self.videos[video] = {
+                "action": action,
+                "frames_dir": frames_dir,
+                "mask_path": mask_path,
+                "num_png": num_png,
+            }
             if eval_frames == "mttr":
                 if video not in MTTR_EVAL_FRAMES:
-                    raise DatasetError(f"video {video!r} is not in MTTR's evaluation list; this is not the "
-                                       "official JHMDB-Sentences release (use eval_frames='all').")
+                    raise DatasetError(
+                        f"video {video!r} is not in MTTR's evaluation list; this is not the "
+                        "official JHMDB-Sentences release (use eval_frames='all')."
+                    )
                 chosen: list[int] | None = list(MTTR_EVAL_FRAMES[video][1])
             else:
                 chosen = None  # every masked frame, resolved below
             if chosen is None:
                 total = min(num_png, len(read_puppet_mask(mask_path)))
                 if total == 0:
-                    raise DatasetError(f"'{mask_path}' holds no mask: video {video!r} would add no sample; "
-                                       "re-extract puppet_mask.")
+                    raise DatasetError(
+                        f"'{mask_path}' holds no mask: video {video!r} would add no sample; re-extract puppet_mask."
+                    )
                 chosen = list(range(1, total + 1))
             for f in chosen:
                 self.samples.append((video, query, f))
@@ -130,8 +156,7 @@ class JHMDBSentences(Dataset):
         if not 1 <= frame_idx <= total:
             raise DatasetError(f"frame {frame_idx} of {video!r} has no mask ({total} masked frames).")
         indices, pos = centered_window(frame_idx - 1, self.num_frames, total, self.stride)
-        frames = stack_frames((load_rgb(info["frames_dir"] / f"{i + 1:05d}.png") for i in indices),
-                              f"video {video!r}")
+        frames = stack_frames((load_rgb(info["frames_dir"] / f"{i + 1:05d}.png") for i in indices), f"video {video!r}")
         h, w = frames.shape[1:3]
         if all_masks.shape[1:] != (h, w):
             raise DatasetError(f"masks of {video!r} are {all_masks.shape[1:]} but its frames are {(h, w)}.")

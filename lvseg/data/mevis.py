@@ -18,16 +18,24 @@ from __future__ import annotations
 import logging
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from lvseg.data._common import (ClipSampling, check_split, load_rgb, require_dir, sample_frame_indices,
-                                stack_frames, target_fields)
+from lvseg.data._common import (
+    ClipSampling,
+    check_split,
+    load_rgb,
+    require_dir,
+    sample_frame_indices,
+    stack_frames,
+    target_fields,
+)
 from lvseg.data._lazyjson import LazyJsonObject
 from lvseg.data.ytvos import read_meta_expressions
 from lvseg.errors import DatasetError
@@ -53,8 +61,14 @@ class MeViS(Dataset):
     ``N`` may be 0) and ``masks`` ``bool [T, H, W]`` = their union.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", *, sampling: ClipSampling | None = None,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        sampling: ClipSampling | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "MeViS root", _HINT)
         self.split = check_split(split, ("train", "valid_u", "valid"), "MeViS")
         self.sampling = sampling or ClipSampling()
@@ -73,8 +87,10 @@ class MeViS(Dataset):
         self.samples: list[tuple[str, str, int]] = []
         for vid, entry in videos.items():
             if not (self.image_dir / vid).is_dir():
-                raise DatasetError(f"video {vid!r} is listed in meta_expressions.json but its frame folder "
-                                   f"'{self.image_dir / vid}' is missing; re-extract the {self.split} archive.")
+                raise DatasetError(
+                    f"video {vid!r} is listed in meta_expressions.json but its frame folder "
+                    f"'{self.image_dir / vid}' is missing; re-extract the {self.split} archive."
+                )
             listed = list(entry["frames"])
             order = sorted(range(len(listed)), key=lambda i: listed[i])  # present frames by name
             exps = {}
@@ -84,8 +100,10 @@ class MeViS(Dataset):
                     anno_ids = [str(a) for a in exp.get("anno_id", [])]
                     for a in anno_ids:
                         if a not in self.mask_dict:
-                            raise DatasetError(f"expression {exp_id!r} of video {vid!r} refers to anno_id {a!r}, "
-                                               f"which is not in '{mask_path}'.")
+                            raise DatasetError(
+                                f"expression {exp_id!r} of video {vid!r} refers to anno_id {a!r}, "
+                                f"which is not in '{mask_path}'."
+                            )
                     item["anno_ids"] = anno_ids
                     item["obj_ids"] = [int(o) for o in exp.get("obj_id", [])]
                 exps[exp_id] = item
@@ -124,11 +142,16 @@ class MeViS(Dataset):
             for a in exp["anno_ids"]:
                 rles = self.mask_dict[a]
                 if len(rles) != len(info["listed"]):
-                    raise DatasetError(f"mask_dict entry {a!r} has {len(rles)} frames but video {vid!r} lists "
-                                       f"{len(info['listed'])}; the annotation file does not match the videos.")
+                    raise DatasetError(
+                        f"mask_dict entry {a!r} has {len(rles)} frames but video {vid!r} lists "
+                        f"{len(info['listed'])}; the annotation file does not match the videos."
+                    )
                 per_object.append(np.stack([self._decode(rles[p], h, w, vid, a) for p in positions]))
-            object_masks = (torch.from_numpy(np.stack(per_object)) if per_object
-                            else torch.zeros((0, len(names), h, w), dtype=torch.bool))
+            object_masks = (
+                torch.from_numpy(np.stack(per_object))
+                if per_object
+                else torch.zeros((0, len(names), h, w), dtype=torch.bool)
+            )
             sample["obj_ids"] = list(exp["obj_ids"])
             sample["anno_ids"] = list(exp["anno_ids"])
             sample["object_masks"] = object_masks
@@ -140,8 +163,9 @@ class MeViS(Dataset):
         if rle is None:  # object absent in this frame
             return np.zeros((h, w), dtype=bool)
         if tuple(rle.get("size", ())) != (h, w):
-            raise DatasetError(f"mask of anno_id {anno_id!r} in video {vid!r} has size {rle.get('size')} but the "
-                               f"frames are {[h, w]}.")
+            raise DatasetError(
+                f"mask of anno_id {anno_id!r} in video {vid!r} has size {rle.get('size')} but the frames are {[h, w]}."
+            )
         counts = rle["counts"]
         if isinstance(counts, list):  # uncompressed RLE
             coded = mask_utils.frPyObjects(rle, h, w)

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +72,7 @@ def _warp(img: torch.Tensor, matrix: torch.Tensor, mode: str) -> torch.Tensor:
     coordinates); outside the input is 0."""
     _, h, w = img.shape
     inv = torch.linalg.inv(matrix)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1) @ inv.T  # [H, W, 3]
     sx, sy = pts[..., 0] / pts[..., 2], pts[..., 1] / pts[..., 2]
     grid = torch.stack([2.0 * sx / max(w - 1, 1) - 1.0, 2.0 * sy / max(h - 1, 1) - 1.0], dim=-1)
@@ -98,9 +98,16 @@ class ImageToClip:
     and dtypes). Random draws come from Python's ``random``.
     """
 
-    def __init__(self, brightness: float = 40.0, hue_saturation: int = 5, perspective: float = 0.08,
-                 rotation: float = 20.0, translate: float = 0.1, blur_prob: float = 0.25,
-                 blur_kernels: tuple[int, ...] = (9, 11)) -> None:
+    def __init__(
+        self,
+        brightness: float = 40.0,
+        hue_saturation: int = 5,
+        perspective: float = 0.08,
+        rotation: float = 20.0,
+        translate: float = 0.1,
+        blur_prob: float = 0.25,
+        blur_kernels: tuple[int, ...] = (9, 11),
+    ) -> None:
         if min(brightness, hue_saturation, perspective, rotation, translate) < 0 or not 0 <= blur_prob <= 1:
             raise InvalidInputError("ImageToClip ranges must be >= 0 and blur_prob in [0, 1].")
         if not blur_kernels or any(k < 3 or k % 2 == 0 for k in blur_kernels):
@@ -137,17 +144,29 @@ class ImageToClip:
     # --- geometry -------------------------------------------------------------------------------------------
     def _perspective_matrix(self, h: int, w: int) -> torch.Tensor:
         jitter = [abs(random.gauss(0.0, self.perspective)) % 1.0 for _ in range(8)]
-        pts = torch.tensor([[jitter[0] * w, jitter[1] * h], [(1 - jitter[2]) * w, jitter[3] * h],
-                            [(1 - jitter[4]) * w, (1 - jitter[5]) * h], [jitter[6] * w, (1 - jitter[7]) * h]],
-                           dtype=torch.float64)
+        pts = torch.tensor(
+            [
+                [jitter[0] * w, jitter[1] * h],
+                [(1 - jitter[2]) * w, jitter[3] * h],
+                [(1 - jitter[4]) * w, (1 - jitter[5]) * h],
+                [jitter[6] * w, (1 - jitter[7]) * h],
+            ],
+            dtype=torch.float64,
+        )
         tl, tr, br, bl = _order_corners(pts).clone()
         # imgaug widens / heightens a quadrilateral thinner than 2 pixels, half a step on each side
         while min(torch.dist(tr, tl), torch.dist(br, bl)) < 2:
             step = (2 - int(min(torch.dist(tr, tl), torch.dist(br, bl)))) / 2
-            tl[0] -= step; bl[0] -= step; tr[0] += step; br[0] += step  # noqa: E702
+            tl[0] -= step
+            bl[0] -= step
+            tr[0] += step
+            br[0] += step
         while min(torch.dist(tr, br), torch.dist(tl, bl)) < 2:
             step = (2 - int(min(torch.dist(tr, br), torch.dist(tl, bl)))) / 2
-            tl[1] -= step; tr[1] -= step; bl[1] += step; br[1] += step  # noqa: E702
+            tl[1] -= step
+            tr[1] -= step
+            bl[1] += step
+            br[1] += step
         dst = torch.tensor([[0, 0], [w, 0], [w, h], [0, h]], dtype=torch.float64)  # warp + resize to the frame
         return homography(torch.stack([tl, tr, br, bl]), dst)
 
@@ -156,9 +175,14 @@ class ImageToClip:
         t = random.uniform(-self.translate, self.translate)  # one draw for x and y
         cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
         cos, sin = math.cos(angle), math.sin(angle)
-        return torch.tensor([[cos, -sin, cx - cos * cx + sin * cy + t * w],
-                             [sin, cos, cy - sin * cx - cos * cy + t * h],
-                             [0.0, 0.0, 1.0]], dtype=torch.float64)
+        return torch.tensor(
+            [
+                [cos, -sin, cx - cos * cx + sin * cy + t * w],
+                [sin, cos, cy - sin * cx - cos * cy + t * h],
+                [0.0, 0.0, 1.0],
+            ],
+            dtype=torch.float64,
+        )
 
     # --- motion blur ----------------------------------------------------------------------------------------
     @staticmethod
@@ -170,9 +194,14 @@ class ImageToClip:
         line = (line * 255).to(torch.uint8).float()  # imgaug quantises the kernel to uint8 before rotating it
         c = (k - 1) / 2.0
         a = math.radians(angle)
-        rot = torch.tensor([[math.cos(a), -math.sin(a), c - math.cos(a) * c + math.sin(a) * c],
-                            [math.sin(a), math.cos(a), c - math.sin(a) * c - math.cos(a) * c],
-                            [0.0, 0.0, 1.0]], dtype=torch.float64)
+        rot = torch.tensor(
+            [
+                [math.cos(a), -math.sin(a), c - math.cos(a) * c + math.sin(a) * c],
+                [math.sin(a), math.cos(a), c - math.sin(a) * c - math.cos(a) * c],
+                [0.0, 0.0, 1.0],
+            ],
+            dtype=torch.float64,
+        )
         kernel = _to_uint8(_warp(line, rot, "bilinear"))[0].float() / 255.0
         total = kernel.sum()
         return kernel / total if total > 0 else line[0] / line[0].sum()
@@ -185,8 +214,9 @@ class ImageToClip:
 
     def __call__(self, frame: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
-            raise InvalidInputError(f"ImageToClip needs a uint8 [H, W, 3] frame, got {frame.dtype} "
-                                    f"{tuple(frame.shape)}.")
+            raise InvalidInputError(
+                f"ImageToClip needs a uint8 [H, W, 3] frame, got {frame.dtype} {tuple(frame.shape)}."
+            )
         if tuple(mask.shape) != tuple(frame.shape[:2]):
             raise InvalidInputError(f"mask {tuple(mask.shape)} does not match frame {tuple(frame.shape[:2])}.")
         img = self._photometric(frame.permute(2, 0, 1))
@@ -200,9 +230,11 @@ class ImageToClip:
         return img.permute(1, 2, 0).contiguous(), out_mask
 
     def __repr__(self) -> str:
-        return (f"ImageToClip(brightness={self.brightness}, hue_saturation={self.hue_saturation}, "
-                f"perspective={self.perspective}, rotation={self.rotation}, translate={self.translate}, "
-                f"blur_prob={self.blur_prob}, blur_kernels={self.blur_kernels})")
+        return (
+            f"ImageToClip(brightness={self.brightness}, hue_saturation={self.hue_saturation}, "
+            f"perspective={self.perspective}, rotation={self.rotation}, translate={self.translate}, "
+            f"blur_prob={self.blur_prob}, blur_kernels={self.blur_kernels})"
+        )
 
 
 class PseudoVideo(Dataset):
@@ -222,13 +254,18 @@ class PseudoVideo(Dataset):
     ``orig_size`` and the image sample's other entries (ids, ``sent``, ``file_name``, ...).
     """
 
-    def __init__(self, image_dataset: Any, num_frames: int = 5,
-                 transform: Callable[[Sample], Sample] | None = None,
-                 augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        image_dataset: Any,
+        num_frames: int = 5,
+        transform: Callable[[Sample], Sample] | None = None,
+        augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        shuffle: bool = True,
+    ) -> None:
         if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
-            raise InvalidInputError(f"PseudoVideo num_frames must be an integer >= 1 (ReferFormer uses 5), "
-                                    f"got {num_frames!r}.")
+            raise InvalidInputError(
+                f"PseudoVideo num_frames must be an integer >= 1 (ReferFormer uses 5), got {num_frames!r}."
+            )
         if len(image_dataset) == 0:
             raise DatasetError("PseudoVideo got an empty image dataset; check the dataset's root and split.")
         self.dataset, self.num_frames, self.transform = image_dataset, num_frames, transform
@@ -241,10 +278,17 @@ class PseudoVideo(Dataset):
     def __getitem__(self, index: int) -> Sample:
         image = self.dataset[index]
         frames, masks = image.get("frames"), image.get("masks")
-        if not (isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8 and frames.ndim == 4
-                and frames.shape[0] == 1 and frames.shape[-1] == 3):
-            raise DatasetError("PseudoVideo needs one-frame samples with uint8 frames [1, H, W, 3] (RefCOCO built "
-                               "with transform=None); pass the clip transform to PseudoVideo instead.")
+        if not (
+            isinstance(frames, torch.Tensor)
+            and frames.dtype == torch.uint8
+            and frames.ndim == 4
+            and frames.shape[0] == 1
+            and frames.shape[-1] == 3
+        ):
+            raise DatasetError(
+                "PseudoVideo needs one-frame samples with uint8 frames [1, H, W, 3] (RefCOCO built "
+                "with transform=None); pass the clip transform to PseudoVideo instead."
+            )
         if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (1, *frames.shape[1:3]):
             raise DatasetError("PseudoVideo needs a ground-truth mask [1, H, W] per sample; use a split with masks.")
         copies = [(frames[0], masks[0].bool())]
@@ -253,8 +297,11 @@ class PseudoVideo(Dataset):
         if self.shuffle:
             random.shuffle(order)
         clip_masks = torch.stack([copies[i][1] for i in order])
-        sample = {k: v for k, v in image.items() if k not in ("frames", "masks", "object_masks", "boxes", "valid",
-                                                              "annotated")}
+        sample = {
+            k: v
+            for k, v in image.items()
+            if k not in ("frames", "masks", "object_masks", "boxes", "valid", "annotated")
+        }
         sample["frames"] = torch.stack([copies[i][0] for i in order])
         sample["frame_order"] = torch.tensor(order, dtype=torch.int64)
         sample["object_masks"] = clip_masks[None].clone()

@@ -22,8 +22,9 @@ import io
 import logging
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,8 +65,10 @@ def load_refs(path: str | Path) -> list[dict]:
     try:
         refs = _PlainDataUnpickler(io.BytesIO(path.read_bytes()), encoding="utf-8").load()
     except _RefusedReference as exc:
-        raise DatasetError(f"'{path}' is not a plain refs pickle ({exc}); genuine REFER files hold only lists, "
-                           "dicts, strings and numbers, so it was not loaded. Re-download it.") from exc
+        raise DatasetError(
+            f"'{path}' is not a plain refs pickle ({exc}); genuine REFER files hold only lists, "
+            "dicts, strings and numbers, so it was not loaded. Re-download it."
+        ) from exc
     except Exception as exc:  # truncated or not a pickle at all
         raise DatasetError(f"'{path}' cannot be read as a pickle ({exc}); re-download it.") from exc
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
@@ -100,19 +103,29 @@ class RefCOCO(Dataset):
     ``sent_id``, ``category_id``, ``file_name``, ``bbox`` (the annotation's COCO ``[x, y, w, h]``), ``orig_size``.
     """
 
-    def __init__(self, root: str | Path, split: str = "val", *, dataset: str = "refcoco", split_by: str | None = None,
-                 image_dir: str | Path | None = None, overlap: Literal["union", "lavt"] = "union",
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "val",
+        *,
+        dataset: str = "refcoco",
+        split_by: str | None = None,
+        image_dir: str | Path | None = None,
+        overlap: Literal["union", "lavt"] = "union",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "REFER data root", _HINT)
         if dataset not in _DEFAULT_SPLIT_BY:
             raise InvalidInputError(f"dataset must be one of {sorted(_DEFAULT_SPLIT_BY)}, got {dataset!r}.")
         split_by = split_by or _DEFAULT_SPLIT_BY[dataset]
         if (dataset, split_by) not in _SPLITS:
-            raise InvalidInputError(f"{dataset} has no split_by {split_by!r}; use one of "
-                                    f"{[s for d, s in _SPLITS if d == dataset]}.")
+            raise InvalidInputError(
+                f"{dataset} has no split_by {split_by!r}; use one of {[s for d, s in _SPLITS if d == dataset]}."
+            )
         if split not in _SPLITS[(dataset, split_by)]:
-            raise InvalidInputError(f"{dataset} ({split_by}) has no split {split!r}; choose one of "
-                                    f"{list(_SPLITS[(dataset, split_by)])}.")
+            raise InvalidInputError(
+                f"{dataset} ({split_by}) has no split {split!r}; choose one of {list(_SPLITS[(dataset, split_by)])}."
+            )
         if overlap not in ("union", "lavt"):
             raise InvalidInputError(f"overlap must be 'union' or 'lavt', got {overlap!r}.")
         self.dataset, self.split_by, self.split, self.overlap = dataset, split_by, split, overlap
@@ -131,8 +144,10 @@ class RefCOCO(Dataset):
         self.samples: list[tuple[dict, dict]] = []
         for ref in refs:
             if ref["ann_id"] not in self.annotations or ref["image_id"] not in self.images:
-                raise DatasetError(f"ref {ref.get('ref_id')} points to annotation {ref['ann_id']} / image "
-                                   f"{ref['image_id']} missing from instances.json; the two files do not match.")
+                raise DatasetError(
+                    f"ref {ref.get('ref_id')} points to annotation {ref['ann_id']} / image "
+                    f"{ref['image_id']} missing from instances.json; the two files do not match."
+                )
             for sent in ref.get("sentences", []):
                 self.samples.append((ref, sent))
         logger.info("%s (%s) %s: %d refs, %d sentences", dataset, split_by, split, len(refs), len(self.samples))
@@ -161,8 +176,10 @@ class RefCOCO(Dataset):
         frame = load_rgb(self.image_dir / img["file_name"])
         h, w = frame.shape[:2]
         if (h, w) != (img["height"], img["width"]):
-            raise DatasetError(f"image '{img['file_name']}' is {h}x{w} but instances.json says "
-                               f"{img['height']}x{img['width']}; use the original COCO train2014 images.")
+            raise DatasetError(
+                f"image '{img['file_name']}' is {h}x{w} but instances.json says "
+                f"{img['height']}x{img['width']}; use the original COCO train2014 images."
+            )
         mask = torch.from_numpy(self._mask(ann, h, w))[None]  # [1, H, W]
         sample: dict[str, Any] = {
             "frames": torch.from_numpy(frame)[None],

@@ -33,9 +33,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -85,16 +86,38 @@ MOTION_PHRASES: dict[str, str] = {
     "bouncing": "bouncing around",
 }
 POSITIONS: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost")
-VOCABULARY: tuple[str, ...] = tuple(sorted(
-    {"the", "object", "objects", *COLORS, *SHAPES, *(s + "s" for s in SHAPES), *SIZES, *POSITIONS,
-     *(w for p in MOTION_PHRASES.values() for w in p.split())}))
+VOCABULARY: tuple[str, ...] = tuple(
+    sorted(
+        {
+            "the",
+            "object",
+            "objects",
+            *COLORS,
+            *SHAPES,
+            *(s + "s" for s in SHAPES),
+            *SIZES,
+            *POSITIONS,
+            *(w for p in MOTION_PHRASES.values() for w in p.split()),
+        }
+    )
+)
 
 _FP = 16  # fixed point: 1 pixel = 16 units
 _RADIUS_FRACTION = {"small": 0.075, "big": 0.14}  # of min(H, W)
 # Unit 5-point star (outer radius 1, inner 0.45), vertices listed clockwise from the top. The decimals are
 # written out (not computed with sin/cos) so that no libm difference can change a pixel.
-_STAR = ((0.0, -1.0), (0.264503, -0.364058), (0.951057, -0.309017), (0.427975, 0.139058), (0.587785, 0.809017),
-         (0.0, 0.45), (-0.587785, 0.809017), (-0.427975, 0.139058), (-0.951057, -0.309017), (-0.264503, -0.364058))
+_STAR = (
+    (0.0, -1.0),
+    (0.264503, -0.364058),
+    (0.951057, -0.309017),
+    (0.427975, 0.139058),
+    (0.587785, 0.809017),
+    (0.0, 0.45),
+    (-0.587785, 0.809017),
+    (-0.427975, 0.139058),
+    (-0.951057, -0.309017),
+    (-0.264503, -0.364058),
+)
 _TRIANGLE = ((0.0, -1.0), (0.866025, 0.5), (-0.866025, 0.5))
 # Scale of each shape relative to the object radius, chosen so the shapes have similar areas.
 _SHAPE_SCALE = {"circle": 1.0, "square": 0.85, "triangle": 1.3, "star": 1.3, "diamond": 1.15}
@@ -133,8 +156,15 @@ class ShapeObject:
     ys: np.ndarray  # int64 [T]
 
     def to_json(self) -> dict:
-        return {"color": self.color, "shape": self.shape, "size": self.size, "motion": self.motion,
-                "radius": self.radius / _FP, "x": [int(v) / _FP for v in self.xs], "y": [int(v) / _FP for v in self.ys]}
+        return {
+            "color": self.color,
+            "shape": self.shape,
+            "size": self.size,
+            "motion": self.motion,
+            "radius": self.radius / _FP,
+            "x": [int(v) / _FP for v in self.xs],
+            "y": [int(v) / _FP for v in self.ys],
+        }
 
 
 @dataclass
@@ -352,8 +382,12 @@ def _dominant(objs: Sequence[ShapeObject], position: str) -> ShapeObject | None:
     """The object of ``objs`` that is strictly (by >= 1 px) the most extreme in every frame, if any."""
     if len(objs) < 2:
         return None
-    key = {"leftmost": lambda o: o.xs, "rightmost": lambda o: -o.xs,
-           "topmost": lambda o: o.ys, "bottommost": lambda o: -o.ys}[position]
+    key = {
+        "leftmost": lambda o: o.xs,
+        "rightmost": lambda o: -o.xs,
+        "topmost": lambda o: o.ys,
+        "bottommost": lambda o: -o.ys,
+    }[position]
     for cand in objs:
         if all(bool(np.all(key(cand) + _FP <= key(o))) for o in objs if o is not cand):
             return cand
@@ -374,8 +408,8 @@ def expression_semantics(text: str, objects: Sequence[ShapeObject]) -> set[int] 
     motion = None
     for m, phrase in MOTION_PHRASES.items():
         p = phrase.split()
-        if words[-len(p):] == p:
-            motion, words = m, words[:-len(p)]
+        if words[-len(p) :] == p:
+            motion, words = m, words[: -len(p)]
             break
     if not words:
         return None
@@ -394,8 +428,14 @@ def expression_semantics(text: str, objects: Sequence[ShapeObject]) -> set[int] 
             color = w
         else:
             return None
-    match = [o for o in objects if (shape is None or o.shape == shape) and (size is None or o.size == size)
-             and (color is None or o.color == color) and (motion is None or o.motion == motion)]
+    match = [
+        o
+        for o in objects
+        if (shape is None or o.shape == shape)
+        and (size is None or o.size == size)
+        and (color is None or o.color == color)
+        and (motion is None or o.motion == motion)
+    ]
     if position is not None:
         if plural:
             return None
@@ -440,8 +480,9 @@ def _candidate_expressions(objs: Sequence[ShapeObject]) -> list[tuple[str, str, 
     return unique
 
 
-def _choose_expressions(rng: _Stream, objs: Sequence[ShapeObject],
-                        per_object: int) -> list[tuple[str, tuple[int, ...]]]:
+def _choose_expressions(
+    rng: _Stream, objs: Sequence[ShapeObject], per_object: int
+) -> list[tuple[str, tuple[int, ...]]]:
     cands = _candidate_expressions(objs)
     chosen: list[tuple[str, tuple[int, ...]]] = []
     for o in objs:
@@ -487,22 +528,32 @@ def _video_rng(seed: int, split: str, index: int) -> _Stream:
     return _Stream(np.random.SeedSequence(key))
 
 
-def make_video(seed: int, split: str, index: int, num_frames: int, height: int, width: int,
-               expressions_per_object: int = 2) -> tuple[ShapesVideo, list[np.ndarray], list[np.ndarray]]:
+def make_video(
+    seed: int, split: str, index: int, num_frames: int, height: int, width: int, expressions_per_object: int = 2
+) -> tuple[ShapesVideo, list[np.ndarray], list[np.ndarray]]:
     """Sample and render video ``index`` of ``split``: ``(video, frames [H, W, 3] list, id maps [H, W] list)``."""
     rng = _video_rng(seed, split, index)
     for _ in range(100):
         objs = _sample_objects(rng, num_frames, height, width)
-        video = ShapesVideo(f"video{index:05d}", height, width, num_frames, objs, _background(rng, height, width),
-                            int(rng.integers(0, 2**63 - 1)))
+        video = ShapesVideo(
+            f"video{index:05d}",
+            height,
+            width,
+            num_frames,
+            objs,
+            _background(rng, height, width),
+            int(rng.integers(0, 2**63 - 1)),
+        )
         video.expressions = _choose_expressions(rng, objs, expressions_per_object)
         if not video.expressions:
             continue
         frames, ids = render_video(video)
         if _visible_enough(video, ids):
             return video, frames, ids
-    raise DatasetError(f"could not place the objects of video {index} visibly at {height}x{width}; "
-                       "use a larger size (>= 64 px) for Shapes.")
+    raise DatasetError(
+        f"could not place the objects of video {index} visibly at {height}x{width}; "
+        "use a larger size (>= 64 px) for Shapes."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -523,9 +574,19 @@ def _dump(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def generate(root: str | Path, split: str = "train", num_videos: int = 100, frames: int = 8,
-             size: int | tuple[int, int] = 128, seed: int = 0, *, expressions_per_object: int = 2,
-             jpeg_quality: int = 90, overwrite: bool = False, progress: bool = True) -> Path:
+def generate(
+    root: str | Path,
+    split: str = "train",
+    num_videos: int = 100,
+    frames: int = 8,
+    size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    *,
+    expressions_per_object: int = 2,
+    jpeg_quality: int = 90,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Write ``num_videos`` Shapes videos of ``split`` under ``root`` in the Ref-YouTube-VOS layout.
 
     Args:
@@ -559,8 +620,10 @@ def generate(root: str | Path, split: str = "train", num_videos: int = 100, fram
     targets = [split_dir, meta_path.parent] + ([] if has_gt else [gt_dir])
     if any(p.exists() for p in targets):
         if not overwrite:
-            raise DatasetError(f"Shapes split '{split}' already exists under '{root}'; pass overwrite=True to "
-                               "replace it or choose another root.")
+            raise DatasetError(
+                f"Shapes split '{split}' already exists under '{root}'; pass overwrite=True to "
+                "replace it or choose another root."
+            )
         for p in targets:
             shutil.rmtree(p, ignore_errors=True)
     img_root = split_dir / "JPEGImages"
@@ -575,29 +638,49 @@ def generate(root: str | Path, split: str = "train", num_videos: int = 100, fram
         (img_root / video.name).mkdir(parents=True, exist_ok=True)
         (ann_root / video.name).mkdir(parents=True, exist_ok=True)
         for name, frame, idmap in zip(names, rgb, ids):
-            Image.fromarray(frame, mode="RGB").save(img_root / video.name / f"{name}.jpg", format="JPEG",
-                                                    quality=jpeg_quality)
+            Image.fromarray(frame, mode="RGB").save(
+                img_root / video.name / f"{name}.jpg", format="JPEG", quality=jpeg_quality
+            )
             _save_png(idmap, ann_root / video.name / f"{name}.png")
         exps_gt = {}
         for k, (text, obj_ids) in enumerate(video.expressions):
             ref = str(obj_ids[0]) if len(obj_ids) == 1 else [str(i) for i in obj_ids]
             exps_gt[str(k)] = {"exp": text, "obj_id": ref}
         gt_videos[video.name] = {"expressions": exps_gt, "frames": names}
-        meta_videos[video.name] = gt_videos[video.name] if has_gt else {
-            "expressions": {k: {"exp": v["exp"]} for k, v in exps_gt.items()}, "frames": names}
-        objects_meta[video.name] = {"objects": {
-            str(o.obj_id): {"category": o.shape,
-                            "frames": [n for n, m in zip(names, ids) if bool((m == o.obj_id).any())]}
-            for o in video.objects}}
-        info_videos[video.name] = {"background_seed": video.noise_seed,
-                                   "objects": {str(o.obj_id): o.to_json() for o in video.objects}}
+        meta_videos[video.name] = (
+            gt_videos[video.name]
+            if has_gt
+            else {"expressions": {k: {"exp": v["exp"]} for k, v in exps_gt.items()}, "frames": names}
+        )
+        objects_meta[video.name] = {
+            "objects": {
+                str(o.obj_id): {
+                    "category": o.shape,
+                    "frames": [n for n, m in zip(names, ids) if bool((m == o.obj_id).any())],
+                }
+                for o in video.objects
+            }
+        }
+        info_videos[video.name] = {
+            "background_seed": video.noise_seed,
+            "objects": {str(o.obj_id): o.to_json() for o in video.objects},
+        }
     meta_dir = split_dir if has_gt else gt_dir
     atomic_write_text(meta_dir / "meta.json", _dump({"videos": objects_meta}))
     if not has_gt:
         atomic_write_text(gt_dir / "meta_expressions.json", _dump({"videos": gt_videos}))
-    info = {"generator": "lvseg.data.shapes", "version": 1, "split": split, "num_videos": num_videos,
-            "frames": frames, "height": H, "width": W, "seed": seed,
-            "expressions_per_object": expressions_per_object, "videos": info_videos}
+    info = {
+        "generator": "lvseg.data.shapes",
+        "version": 1,
+        "split": split,
+        "num_videos": num_videos,
+        "frames": frames,
+        "height": H,
+        "width": W,
+        "seed": seed,
+        "expressions_per_object": expressions_per_object,
+        "videos": info_videos,
+    }
     atomic_write_text(root / "shapes_info" / f"{split}.json", _dump(info))
     # written last: a crash mid-way leaves no expression file, so the loader fails loudly instead of half-reading
     atomic_write_text(meta_path, _dump({"videos": meta_videos}))
@@ -607,11 +690,20 @@ def generate(root: str | Path, split: str = "train", num_videos: int = 100, fram
 
 def load_objects(info_path: str | Path, video: str) -> list[ShapeObject]:
     """Rebuild a video's :class:`ShapeObject` list from ``shapes_info/<split>.json`` (for checking expressions)."""
-    with open(info_path, "r", encoding="utf-8") as fh:
+    with open(info_path, encoding="utf-8") as fh:
         info = json.load(fh)
     out = []
     for oid, o in info["videos"][video]["objects"].items():
-        out.append(ShapeObject(int(oid), o["color"], o["shape"], o["size"], o["motion"], int(round(o["radius"] * _FP)),
-                               np.array([round(v * _FP) for v in o["x"]], dtype=np.int64),
-                               np.array([round(v * _FP) for v in o["y"]], dtype=np.int64)))
+        out.append(
+            ShapeObject(
+                int(oid),
+                o["color"],
+                o["shape"],
+                o["size"],
+                o["motion"],
+                int(round(o["radius"] * _FP)),
+                np.array([round(v * _FP) for v in o["x"]], dtype=np.int64),
+                np.array([round(v * _FP) for v in o["y"]], dtype=np.int64),
+            )
+        )
     return out

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torchvision import tv_tensors
@@ -141,8 +142,9 @@ class ResizeShortSide:
 
     def __init__(self, size: int, max_size: int | None = None) -> None:
         if size < 1 or (max_size is not None and max_size < size):
-            raise InvalidInputError(f"ResizeShortSide needs 1 <= size <= max_size, got size={size}, "
-                                    f"max_size={max_size}.")
+            raise InvalidInputError(
+                f"ResizeShortSide needs 1 <= size <= max_size, got size={size}, max_size={max_size}."
+            )
         self.size, self.max_size = size, max_size
 
     def __call__(self, sample: Sample) -> Sample:
@@ -266,8 +268,9 @@ class RandomSelect:
 class ColorJitter:
     """Photometric jitter (``torchvision.transforms.v2.ColorJitter``) with one draw for the whole clip."""
 
-    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
-                 hue: float = 0.0) -> None:
+    def __init__(
+        self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0
+    ) -> None:
         # hue is off by default: torchvision's RGB->HSV round trip costs ~5x the rest of the training pipeline
         self.jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
 
@@ -343,8 +346,14 @@ def _hsv_to_bgr(hsv: torch.Tensor) -> torch.Tensor:
     sector = (pre - torch.trunc(pre * _ONE_SIXTH) * 6.0).long().clamp(0, 5)
     # OpenCV's compiled code fuses ``1 - s * f`` into one multiply-add: computed in float64, rounded once
     s64 = s.double()
-    tab = torch.stack([v, v * (1.0 - s), v * (1.0 - s64 * frac.double()).to(torch.float32),
-                       v * (1.0 - s64 * (1.0 - frac).double()).to(torch.float32)])  # [4, H, W]
+    tab = torch.stack(
+        [
+            v,
+            v * (1.0 - s),
+            v * (1.0 - s64 * frac.double()).to(torch.float32),
+            v * (1.0 - s64 * (1.0 - frac).double()).to(torch.float32),
+        ]
+    )  # [4, H, W]
     index = torch.tensor(_SECTOR_TABLE, dtype=torch.long)[sector].permute(2, 0, 1)  # [3, H, W]
     return torch.gather(tab, 0, index)
 
@@ -390,9 +399,14 @@ class PhotometricDistort:
     rounding, wrap or clipping. Masks, boxes, text and all other keys are not touched.
     """
 
-    def __init__(self, brightness_delta: float = 32.0, contrast: tuple[float, float] = (0.5, 1.5),
-                 saturation: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18.0,
-                 overflow: Literal["wrap", "clip"] = "wrap") -> None:
+    def __init__(
+        self,
+        brightness_delta: float = 32.0,
+        contrast: tuple[float, float] = (0.5, 1.5),
+        saturation: tuple[float, float] = (0.5, 1.5),
+        hue_delta: float = 18.0,
+        overflow: Literal["wrap", "clip"] = "wrap",
+    ) -> None:
         if not 0.0 <= brightness_delta <= 255.0:
             raise InvalidInputError(f"PhotometricDistort needs 0 <= brightness_delta <= 255, got {brightness_delta}.")
         if not 0.0 <= hue_delta <= 360.0:
@@ -401,8 +415,9 @@ class PhotometricDistort:
             if not 0.0 <= lo <= hi:
                 raise InvalidInputError(f"PhotometricDistort needs 0 <= lower <= upper for {name}, got ({lo}, {hi}).")
         if overflow not in ("wrap", "clip"):
-            raise InvalidInputError(f"PhotometricDistort overflow must be 'wrap' (official) or 'clip', "
-                                    f"got {overflow!r}.")
+            raise InvalidInputError(
+                f"PhotometricDistort overflow must be 'wrap' (official) or 'clip', got {overflow!r}."
+            )
         self.brightness_delta, self.hue_delta = float(brightness_delta), float(hue_delta)
         self.contrast, self.saturation = tuple(contrast), tuple(saturation)
         self.overflow = overflow
@@ -464,8 +479,10 @@ class PhotometricDistort:
         return sample
 
     def __repr__(self) -> str:
-        return (f"PhotometricDistort(brightness_delta={self.brightness_delta}, contrast={self.contrast}, "
-                f"saturation={self.saturation}, hue_delta={self.hue_delta}, overflow={self.overflow!r})")
+        return (
+            f"PhotometricDistort(brightness_delta={self.brightness_delta}, contrast={self.contrast}, "
+            f"saturation={self.saturation}, hue_delta={self.hue_delta}, overflow={self.overflow!r})"
+        )
 
 
 class Normalize:
@@ -501,9 +518,15 @@ class CleanText:
         return "CleanText()"
 
 
-def train_transforms(max_size: int = 640, scales: Sequence[int] = (288, 320, 352, 392, 416, 448, 480, 512),
-                     flip: bool = True, crop: bool = True, photometric: Literal["ssd", "jitter"] | None = "ssd",
-                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Compose:
+def train_transforms(
+    max_size: int = 640,
+    scales: Sequence[int] = (288, 320, 352, 392, 416, 448, 480, 512),
+    flip: bool = True,
+    crop: bool = True,
+    photometric: Literal["ssd", "jitter"] | None = "ssd",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Compose:
     """ReferFormer's training augmentation: flip (+ text swap), photometric distortion, random resize or
     resize-crop-resize, normalise (the order of ``make_coco_transforms`` in its ``datasets/ytvos.py``).
 
@@ -530,7 +553,11 @@ def train_transforms(max_size: int = 640, scales: Sequence[int] = (288, 320, 352
     return Compose(ops)
 
 
-def eval_transforms(size: int = 360, max_size: int | None = 640, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> Compose:
+def eval_transforms(
+    size: int = 360,
+    max_size: int | None = 640,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Compose:
     """Evaluation preprocessing: clean text, short-side resize (ReferFormer: 360 / 640), normalise."""
     return Compose([CleanText(), ResizeShortSide(size, max_size), Normalize(mean, std)])

@@ -21,15 +21,25 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvseg.data._common import (ClipSampling, check_split, load_index_mask, load_rgb, read_json, require_dir,
-                                sample_frame_indices, stack_frames, target_fields)
+from lvseg.data._common import (
+    ClipSampling,
+    check_split,
+    load_index_mask,
+    load_rgb,
+    read_json,
+    require_dir,
+    sample_frame_indices,
+    stack_frames,
+    target_fields,
+)
 from lvseg.errors import DatasetError
 
 logger = logging.getLogger("lvseg.data.ytvos")
@@ -39,8 +49,10 @@ __all__ = ["RefYouTubeVOS", "read_meta_expressions", "referred_ids"]
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 _COMPETITION_VALID_VIDEOS = 507  # valid + test videos in the 2021 competition's valid meta file
-_HINT = ("Download Ref-YouTube-VOS from the competition page (see docs/datasets.md) and pass the folder that holds "
-         "train/, valid/ and meta_expressions/.")
+_HINT = (
+    "Download Ref-YouTube-VOS from the competition page (see docs/datasets.md) and pass the folder that holds "
+    "train/, valid/ and meta_expressions/."
+)
 
 
 def read_meta_expressions(path: Path) -> dict[str, dict]:
@@ -86,8 +98,15 @@ class RefYouTubeVOS(Dataset):
     ``object_masks`` ``bool [N, T, H, W]``, ``boxes`` ``float32 [T, 4]``, ``valid`` and ``annotated`` ``bool [T]``.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", *, sampling: ClipSampling | None = None,
-                 transform: Transform | None = None, gt_root: str | Path | None = "auto") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        sampling: ClipSampling | None = None,
+        transform: Transform | None = None,
+        gt_root: str | Path | None = "auto",
+    ) -> None:
         self.root = require_dir(Path(root), "Ref-YouTube-VOS root", _HINT)
         self.split = check_split(split, ("train", "valid", "test"), "RefYouTubeVOS", {"val": "valid"})
         self.sampling = sampling or ClipSampling()
@@ -105,8 +124,7 @@ class RefYouTubeVOS(Dataset):
         self.annotation_dir: Path | None = None
         gt_videos = videos
         if self.split == "train":
-            self.annotation_dir = require_dir(self.root / "train" / "Annotations", "Ref-YouTube-VOS train masks",
-                                              _HINT)
+            self.annotation_dir = require_dir(self.root / "train" / "Annotations", "Ref-YouTube-VOS train masks", _HINT)
         elif gt_root is not None:
             gt = self.root / f"{self.split}_gt" if gt_root == "auto" else Path(gt_root)
             if gt.is_dir():
@@ -120,8 +138,10 @@ class RefYouTubeVOS(Dataset):
         self.samples: list[tuple[str, str, int]] = []
         for vid, entry in videos.items():
             if not (self.image_dir / vid).is_dir():
-                raise DatasetError(f"video {vid!r} is listed in meta_expressions.json but its frame folder "
-                                   f"'{self.image_dir / vid}' is missing; re-extract the {self.split} archive.")
+                raise DatasetError(
+                    f"video {vid!r} is listed in meta_expressions.json but its frame folder "
+                    f"'{self.image_dir / vid}' is missing; re-extract the {self.split} archive."
+                )
             frames = sorted(entry["frames"])
             exps = {}
             for exp_id, exp in entry["expressions"].items():
@@ -142,14 +162,18 @@ class RefYouTubeVOS(Dataset):
         if test_meta.is_file():
             test = read_meta_expressions(test_meta)
             kept = {v: e for v, e in videos.items() if v not in test}
-            logger.info("Ref-YouTube-VOS valid: removed %d competition test videos, %d remain",
-                        len(videos) - len(kept), len(kept))
+            logger.info(
+                "Ref-YouTube-VOS valid: removed %d competition test videos, %d remain",
+                len(videos) - len(kept),
+                len(kept),
+            )
             return kept
         if len(videos) == _COMPETITION_VALID_VIDEOS:
             raise DatasetError(
                 f"'{test_meta}' is missing: the valid meta_expressions.json lists the 202 valid and 305 test videos "
                 "together and the test list is needed to keep the 202 that the server scores. Get "
-                "meta_expressions/test/meta_expressions.json from the competition page (see docs/datasets.md).")
+                "meta_expressions/test/meta_expressions.json from the competition page (see docs/datasets.md)."
+            )
         return videos
 
     @property
@@ -185,8 +209,10 @@ class RefYouTubeVOS(Dataset):
                     cache[n] = load_index_mask(self.annotation_dir / vid / f"{n}.png")
             ids = np.stack([cache[n] for n in names])  # [T, H, W]
             if ids.shape[1:] != tuple(frames.shape[1:3]):
-                raise DatasetError(f"masks of video {vid!r} are {ids.shape[1:]} but its frames are "
-                                   f"{tuple(frames.shape[1:3])}; the annotation and frame archives do not match.")
+                raise DatasetError(
+                    f"masks of video {vid!r} are {ids.shape[1:]} but its frames are "
+                    f"{tuple(frames.shape[1:3])}; the annotation and frame archives do not match."
+                )
             object_masks = torch.from_numpy(np.stack([ids == k for k in obj_ids]))  # [N, T, H, W]
             sample["obj_ids"] = list(obj_ids)
             sample["object_masks"] = object_masks

@@ -13,6 +13,7 @@ One evaluator per benchmark protocol: :class:`ExpressionJF` (MeViS, Ref-YouTube-
 ``lvseg.evaluate`` (defined in :mod:`lvseg.metrics.evaluate`) runs a model over a dataset. See ``docs/metrics.md``.
 """
 
+from .base import Evaluator, format_table
 from .coco import COCO_MAP_KEYS, coco_mask_map, encode_rle
 from .davis import (
     boundary_f,
@@ -46,7 +47,6 @@ from .refdavis import (
 )
 from .referring import LAVTEvaluator, LocaterEvaluator, MTTREvaluator, a2d_image_id
 from .rvos import ExpressionJF, SubmissionWriter, evaluate_mevis_folder, make_submission_zip, write_expression_pngs
-from .base import Evaluator, format_table
 
 __all__ = [
     "region_similarity",

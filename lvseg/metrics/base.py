@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, cast
+from collections.abc import Mapping
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ def to_numpy_masks(x: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray
     return arr != 0
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], digits: int = 2,
-                 title: str = "") -> str:
+def format_table(
+    rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], digits: int = 2, title: str = ""
+) -> str:
     """A plain-text table: one row per key of ``rows`` (or a single row), one column per metric."""
     table: dict[str, Mapping[str, float]]
     if rows and all(isinstance(v, (int, float)) for v in rows.values()):

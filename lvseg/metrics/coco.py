@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,14 @@ __all__ = ["encode_rle", "coco_mask_map", "COCO_MAP_KEYS"]
 logger = logging.getLogger(__name__)
 
 # pycocotools' stats[0..5], with MTTR's labels
-COCO_MAP_KEYS: tuple[str, ...] = ("mAP 0.5:0.95", "AP 0.5", "AP 0.75", "AP 0.5:0.95 S", "AP 0.5:0.95 M",
-                                  "AP 0.5:0.95 L")
+COCO_MAP_KEYS: tuple[str, ...] = (
+    "mAP 0.5:0.95",
+    "AP 0.5",
+    "AP 0.75",
+    "AP 0.5:0.95 S",
+    "AP 0.5:0.95 M",
+    "AP 0.5:0.95 L",
+)
 
 
 def encode_rle(mask: Any) -> dict[str, Any]:
@@ -45,8 +52,10 @@ def _as_rle(entry: Mapping[str, Any], what: str) -> dict[str, Any]:
         if not (isinstance(seg, Mapping) and "counts" in seg and "size" in seg):
             raise InvalidInputError(f"{what}: 'segmentation' must be a COCO RLE dict with 'size' and 'counts'")
         counts = seg["counts"]
-        return {"size": [int(s) for s in seg["size"]],
-                "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+        return {
+            "size": [int(s) for s in seg["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+        }
     if "mask" in entry:
         return encode_rle(entry["mask"])
     raise InvalidInputError(f"{what} needs a 'mask' ([H, W] array) or a 'segmentation' (COCO RLE)")
@@ -83,8 +92,14 @@ def coco_mask_map(
         height, width = rle["size"]
         sizes[image_id] = (height, width)
         images.append({"id": image_id, "height": height, "width": width})
-        ann = {"id": n + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
-               "area": float(mask_utils.area(rle)), "iscrowd": 0}
+        ann = {
+            "id": n + 1,
+            "image_id": image_id,
+            "category_id": 1,
+            "segmentation": rle,
+            "area": float(mask_utils.area(rle)),
+            "iscrowd": 0,
+        }
         if "bbox" in entry:
             ann["bbox"] = [float(v) for v in entry["bbox"]]
         annotations.append(ann)
@@ -101,16 +116,18 @@ def coco_mask_map(
                 f"prediction for {image_id!r} is {tuple(rle['size'])}, the ground truth is {sizes[image_id]}: "
                 "predict at the original resolution"
             )
-        detections.append({"image_id": image_id, "category_id": 1, "segmentation": rle,
-                           "score": float(entry["score"])})
+        detections.append({"image_id": image_id, "category_id": 1, "segmentation": rle, "score": float(entry["score"])})
     if not detections:
         raise InvalidInputError("coco_mask_map got no predictions; COCO AP is undefined without detections")
 
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):  # pycocotools prints its progress and the summary table
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": annotations,
-                           "categories": [{"id": 1, "name": "dummy_class"}]}
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "dummy_class"}],
+        }
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(detections)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")

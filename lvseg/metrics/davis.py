@@ -116,12 +116,12 @@ class _Layout:
 
     def frames(self, buf: np.ndarray) -> np.ndarray:
         """The frames' slots of a buffer: [n, slot, row_bytes] (a view)."""
-        return buf[self.top:self.rows - 1].reshape(self.n, self.slot, self.row_bytes)
+        return buf[self.top : self.rows - 1].reshape(self.n, self.slot, self.row_bytes)
 
     def place(self, packed: np.ndarray) -> np.ndarray:
         """uint8 [n, height, data_bytes] -> a new buffer holding them."""
         buf = self.empty()
-        self.frames(buf)[:, :self.height, self.left:self.left + self.data_bytes] = packed
+        self.frames(buf)[:, : self.height, self.left : self.left + self.data_bytes] = packed
         return buf
 
     def frame_of(self, bit: np.ndarray) -> np.ndarray:
@@ -166,7 +166,7 @@ def _packed_boundary(layout: _Layout, m: np.ndarray, right_edge_bit: int | None)
     h ^= flat
     h8 = h.view(np.uint8).reshape(m.shape)
     data = slice(layout.left, layout.left + layout.data_bytes)
-    h8[:, :data.start] = 0  # the left padding picked up the row's first pixel
+    h8[:, : data.start] = 0  # the left padding picked up the row's first pixel
     if right_edge_bit is not None:
         h8[:, data.stop - 1] &= np.uint8(0xFF ^ (1 << right_edge_bit))
     # b = v | h | h of the row below, with v: differs from the lower neighbour (see _seg2bmap)
@@ -176,7 +176,7 @@ def _packed_boundary(layout: _Layout, m: np.ndarray, right_edge_bit: int | None)
     b |= h
     b[:-row_words] |= h[row_words:]
     b8 = b.view(np.uint8).reshape(m.shape)
-    b8[:layout.top] = 0  # the last zero row above the first frame saw its first row
+    b8[: layout.top] = 0  # the last zero row above the first frame saw its first row
     frames_b, frames_h = layout.frames(b8), layout.frames(h8)
     height = layout.height
     frames_b[:, height - 1] = frames_h[:, height - 1]  # last row: right neighbour only
@@ -206,7 +206,7 @@ def _near_cells(layout: _Layout, dst: np.ndarray) -> np.ndarray:
     A pixel in cell (Y, X) has its whole disk inside cells Y +- ceil(r / 8), X +- ceil(r / 8); the cells around
     an occupied cell are marked in that box (a superset of the disk, so nothing that can match is dropped).
     """
-    cells = dst[:layout.rows - 1].reshape(-1, 8, layout.row_bytes)  # OR over the 8 rows of each cell, halving
+    cells = dst[: layout.rows - 1].reshape(-1, 8, layout.row_bytes)  # OR over the 8 rows of each cell, halving
     cells = cells[:, :4] | cells[:, 4:]
     cells = cells[:, :2] | cells[:, 2:]
     occupied = (cells[:, 0] | cells[:, 1]) != 0  # [rows / 8, row_bytes]
@@ -258,7 +258,7 @@ def _count_near(layout: _Layout, src: np.ndarray, dst: np.ndarray) -> np.ndarray
     """
     n, row_bytes = layout.n, layout.row_bytes
     near = _near_cells(layout, dst)
-    cand = np.bitwise_and(src[:layout.rows - 1].reshape(-1, 8, row_bytes), near[:, None, :])
+    cand = np.bitwise_and(src[: layout.rows - 1].reshape(-1, 8, row_bytes), near[:, None, :])
     bit = _set_bits(cand)
     if bit.size == 0:
         return np.zeros(n, dtype=np.int64)
@@ -288,8 +288,9 @@ def _count_near(layout: _Layout, src: np.ndarray, dst: np.ndarray) -> np.ndarray
     return (n_cand - unmatched).astype(np.int64)
 
 
-def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None,
-          need_j: bool = True) -> dict[str, np.ndarray]:
+def _scan(
+    p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None, need_j: bool = True
+) -> dict[str, np.ndarray]:
     """Pixel counts of bool [N, H, W] masks, chunk of frames by chunk of frames.
 
     Each chunk is bit-packed, cropped to the rows and bytes that hold foreground (plus a background margin, so
@@ -300,8 +301,9 @@ def _scan(p: np.ndarray, g: np.ndarray, v: np.ndarray | None, radius: int | None
     (boundary pixels) and ``fg_match``/``gt_match`` (boundary pixels within the disk of the other boundary).
     """
     n_total, height, width = p.shape
-    keys = (["inter", "union"] if need_j else []) + (["n_fg", "n_gt", "fg_match", "gt_match"] if radius is not None
-                                                      else [])
+    keys = (["inter", "union"] if need_j else []) + (
+        ["n_fg", "n_gt", "fg_match", "gt_match"] if radius is not None else []
+    )
     out = {k: np.zeros(n_total, dtype=np.int64) for k in keys}
     chunk = max(1, _CHUNK_PIXELS // (height * width))
     n_bytes = -(-width // 8)
@@ -349,8 +351,7 @@ def _crop(pp: np.ndarray, gp: np.ndarray) -> tuple[tuple[int, int], tuple[int, i
         return None
     cols = np.flatnonzero(occupied.any(axis=0))
     height = occupied.shape[0]
-    return ((max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, height)),
-            (max(int(cols[0]) - 1, 0), int(cols[-1]) + 1))
+    return ((max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, height)), (max(int(cols[0]) - 1, 0), int(cols[-1]) + 1))
 
 
 def _j_from_counts(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -520,7 +521,7 @@ def db_statistics(values: Any, decay_uint8_overflow: bool = True) -> tuple[float
             def stop(i: int) -> int:
                 return ids[i] + 1
 
-        first = v[ids[0]:stop(1)]
-        last = v[ids[3]:stop(4)]
+        first = v[ids[0] : stop(1)]
+        last = v[ids[3] : stop(4)]
         decay = np.nanmean(first) - np.nanmean(last)
     return float(mean), float(recall), float(decay)

@@ -20,9 +20,10 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,8 @@ from tqdm.auto import tqdm
 from ..errors import DatasetError, InvalidInputError, LVSegError
 from ..utils import atomic_path, atomic_write_text
 from .base import Evaluator
-from .referring import LAVTEvaluator, LocaterEvaluator, MTTREvaluator
 from .refdavis import RefDAVIS17Evaluator
+from .referring import LAVTEvaluator, LocaterEvaluator, MTTREvaluator
 from .rvos import ExpressionJF, SubmissionWriter
 
 __all__ = [
@@ -74,13 +75,27 @@ DATASET_PROTOCOLS: dict[str, str] = {
 
 # names accepted on the command line for a dataset -> the lvseg.data class
 _DATASET_ALIASES: dict[str, str] = {
-    "ref-youtube-vos": "RefYouTubeVOS", "refyoutubevos": "RefYouTubeVOS", "ytvos": "RefYouTubeVOS",
+    "ref-youtube-vos": "RefYouTubeVOS",
+    "refyoutubevos": "RefYouTubeVOS",
+    "ytvos": "RefYouTubeVOS",
     "mevis": "MeViS",
-    "ref-davis17": "RefDAVIS17", "refdavis17": "RefDAVIS17", "refdavis": "RefDAVIS17", "davis": "RefDAVIS17",
-    "a2d-sentences": "A2DSentences", "a2dsentences": "A2DSentences", "a2d": "A2DSentences",
-    "jhmdb-sentences": "JHMDBSentences", "jhmdbsentences": "JHMDBSentences", "jhmdb": "JHMDBSentences",
-    "a2d-s+": "A2DSPlus", "a2ds+": "A2DSPlus", "a2dsplus": "A2DSPlus", "a2d+": "A2DSPlus",
-    "refcoco": "RefCOCO", "refcoco+": "RefCOCO", "refcocog": "RefCOCO",
+    "ref-davis17": "RefDAVIS17",
+    "refdavis17": "RefDAVIS17",
+    "refdavis": "RefDAVIS17",
+    "davis": "RefDAVIS17",
+    "a2d-sentences": "A2DSentences",
+    "a2dsentences": "A2DSentences",
+    "a2d": "A2DSentences",
+    "jhmdb-sentences": "JHMDBSentences",
+    "jhmdbsentences": "JHMDBSentences",
+    "jhmdb": "JHMDBSentences",
+    "a2d-s+": "A2DSPlus",
+    "a2ds+": "A2DSPlus",
+    "a2dsplus": "A2DSPlus",
+    "a2d+": "A2DSPlus",
+    "refcoco": "RefCOCO",
+    "refcoco+": "RefCOCO",
+    "refcocog": "RefCOCO",
 }
 
 # what the default runner stores per protocol (recorded in evaluation.json so runs of different kinds never mix)
@@ -127,21 +142,31 @@ def benchmark_name(protocol: str, dataset: Any = None) -> str:
     return PROTOCOL_NAMES[protocol]
 
 
-def make_evaluator(protocol: str, dataset: Any = None, *, output_dir: str | Path | None = None,
-                   davis_root: str | Path | None = None, has_ground_truth: bool = True) -> Evaluator:
+def make_evaluator(
+    protocol: str,
+    dataset: Any = None,
+    *,
+    output_dir: str | Path | None = None,
+    davis_root: str | Path | None = None,
+    has_ground_truth: bool = True,
+) -> Evaluator:
     """The evaluator of a protocol (see :data:`PROTOCOL_NAMES`)."""
     if protocol not in PROTOCOL_NAMES:
         raise InvalidInputError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOL_NAMES)}")
     name = benchmark_name(protocol, dataset)
     if protocol == "refcoco" and getattr(dataset, "overlap", "lavt") != "lavt":
-        logger.warning("LAVT's protocol reads REFER masks with overlap='lavt' (pixels covered by two polygon parts "
-                       "are background); this dataset uses overlap=%r", getattr(dataset, "overlap", None))
+        logger.warning(
+            "LAVT's protocol reads REFER masks with overlap='lavt' (pixels covered by two polygon parts "
+            "are background); this dataset uses overlap=%r",
+            getattr(dataset, "overlap", None),
+        )
     if protocol in ("ytvos", "mevis"):
         if has_ground_truth:
             return ExpressionJF(name)
         if output_dir is None:
-            raise InvalidInputError(f"{name} without ground truth is scored by its server: pass output_dir= to "
-                                    "write the submission")
+            raise InvalidInputError(
+                f"{name} without ground truth is scored by its server: pass output_dir= to write the submission"
+            )
         return SubmissionWriter(output_dir, name, top_folder="Annotations" if protocol == "ytvos" else None)
     if protocol == "refdavis":
         return RefDAVIS17Evaluator(_davis_root(dataset, davis_root))
@@ -187,17 +212,21 @@ class SamplePrediction:
         self.values = values.float() if self.kind == "probabilities" else values.bool()
         self.scores = torch.as_tensor(self.scores).detach().cpu().float().reshape(-1)
         if self.values.dim() != 3 or self.scores.numel() != self.values.shape[0]:
-            raise InvalidInputError(f"a {self.kind!r} prediction needs values [N, H, W] and N scores, got "
-                                    f"{tuple(self.values.shape)} and {self.scores.numel()} scores")
+            raise InvalidInputError(
+                f"a {self.kind!r} prediction needs values [N, H, W] and N scores, got "
+                f"{tuple(self.values.shape)} and {self.scores.numel()} scores"
+            )
 
     @classmethod
-    def from_runner(cls, output: Any) -> "SamplePrediction":
+    def from_runner(cls, output: Any) -> SamplePrediction:
         """A runner's output: a :class:`SamplePrediction`, or ``(masks, scores)`` (float masks = probabilities)."""
         if isinstance(output, SamplePrediction):
             return output
         if not isinstance(output, (tuple, list)) or len(output) != 2:
-            raise InvalidInputError("a runner must return a SamplePrediction or a (masks [T, H, W], scores [T]) "
-                                    f"pair, got {type(output).__name__}")
+            raise InvalidInputError(
+                "a runner must return a SamplePrediction or a (masks [T, H, W], scores [T]) "
+                f"pair, got {type(output).__name__}"
+            )
         values = torch.as_tensor(output[0])
         return cls("probabilities" if values.is_floating_point() else "masks", values, output[1])
 
@@ -206,8 +235,11 @@ class SamplePrediction:
 # p >= 0.5 plus the float32 values of those pixels only (lossless for every protocol: Ref-DAVIS17 sets p < 0.5 to 0
 # and the others threshold at 0.5), which keeps a 480p expression to a few MB.
 def _save_prediction(path: Path, pred: SamplePrediction) -> None:
-    arrays: dict[str, Any] = {"kind": np.array(pred.kind), "shape": np.array(pred.values.shape, np.int64),
-                                     "scores": pred.scores.numpy().astype(np.float32)}
+    arrays: dict[str, Any] = {
+        "kind": np.array(pred.kind),
+        "shape": np.array(pred.values.shape, np.int64),
+        "scores": pred.scores.numpy().astype(np.float32),
+    }
     if pred.kind == "probabilities":
         p = pred.values.numpy().astype(np.float32, copy=False)
         fg = p >= 0.5
@@ -236,8 +268,10 @@ def _add_prediction(evaluator: Evaluator, sample: Mapping[str, Any], pred: Sampl
     if pred.kind == "queries":
         add_queries = getattr(evaluator, "add_sample_queries", None)
         if add_queries is None:
-            raise InvalidInputError(f"{type(evaluator).__name__} scores one mask per frame, not every query of an "
-                                    "annotated frame; return masks [T, H, W] from the runner")
+            raise InvalidInputError(
+                f"{type(evaluator).__name__} scores one mask per frame, not every query of an "
+                "annotated frame; return masks [T, H, W] from the runner"
+            )
         add_queries(sample, pred.values, pred.scores)
     elif pred.kind == "probabilities" and not isinstance(evaluator, RefDAVIS17Evaluator):
         evaluator.add_sample(sample, pred.values > 0.5, pred.scores)
@@ -286,14 +320,21 @@ def _annotated_frame_runner(model: Any) -> Callable[[Mapping[str, Any]], SampleP
         text = _sample_text(sample)
         height, width = frames.shape[1:3]
         size = pre.output_size(height, width)
-        x = preprocess_frames(frames, size, pre.mean, pre.std, interpolation=pre.interpolation,
-                              size_divisor=pre.size_divisor, device=model.device, dtype=model.dtype)
+        x = preprocess_frames(
+            frames,
+            size,
+            pre.mean,
+            pre.std,
+            interpolation=pre.interpolation,
+            size_divisor=pre.size_divisor,
+            device=model.device,
+            dtype=model.dtype,
+        )
         model.eval()
         all_masks, all_scores = [], []
         for index in _annotated_indices(sample, frames.shape[0]):  # A2D/JHMDB samples: one, the clip's centre
             logits, scores = model.segment_annotated_frame(x[None], [text], index)  # [1, Q, h, w], [1, Q]
-            masks, _ = upsample_mask_logits(logits[0], tuple(x.shape[-2:]), size, (height, width),
-                                            "threshold-nearest")
+            masks, _ = upsample_mask_logits(logits[0], tuple(x.shape[-2:]), size, (height, width), "threshold-nearest")
             all_masks.append(masks.cpu())
             all_scores.append(scores[0].float().cpu())
         if not all_masks:
@@ -386,9 +427,13 @@ def evaluate(
     out: Path | None = Path(output_dir) if output_dir is not None else None
     pred_dir = out / "predictions" if out is not None else None
     if out is not None:
-        manifest = {"protocol": protocol, "dataset": type(dataset).__name__, "samples": n_total,
-                    "split": str(getattr(dataset, "split", "")),
-                    "predictions": "custom runner" if runner is not None else _DEFAULT_KINDS.get(protocol, "masks")}
+        manifest = {
+            "protocol": protocol,
+            "dataset": type(dataset).__name__,
+            "samples": n_total,
+            "split": str(getattr(dataset, "split", "")),
+            "predictions": "custom runner" if runner is not None else _DEFAULT_KINDS.get(protocol, "masks"),
+        }
         manifest_path = out / "evaluation.json"
         if manifest_path.is_file() and resume:
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -410,9 +455,15 @@ def evaluate(
         window = int(getattr(getattr(model, "preprocessing", None), "window", 0) or 0)
     clip = getattr(dataset, "num_frames", None)
     if protocol in ("a2d", "jhmdb") and runner is None and window and isinstance(clip, int) and clip != window:
-        logger.warning("%s clips have %d frames but %s was evaluated officially on %d-frame windows: build the "
-                       "dataset with num_frames=%d to reproduce its numbers", benchmark_name(protocol), clip,
-                       type(model).__name__, window, window)
+        logger.warning(
+            "%s clips have %d frames but %s was evaluated officially on %d-frame windows: build the "
+            "dataset with num_frames=%d to reproduce its numbers",
+            benchmark_name(protocol),
+            clip,
+            type(model).__name__,
+            window,
+            window,
+        )
     run = runner or default_runner(model, protocol)
     reused = 0
     bar = tqdm(range(n), desc=f"evaluating {benchmark_name(protocol, dataset)}", disable=not progress, unit="sample")
@@ -488,13 +539,17 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
 
     The model may also be given as ``-m MODEL``.
     """
-    parser = argparse.ArgumentParser(prog="lvseg evaluate", description="Evaluate a model on a benchmark with "
-                                     "its official protocol (resumable when --output is given).")
-    parser.add_argument("model_name", nargs="?", metavar="MODEL",
-                        help="registry name, hf-hub:org/repo or local folder")
+    parser = argparse.ArgumentParser(
+        prog="lvseg evaluate",
+        description="Evaluate a model on a benchmark with its official protocol (resumable when --output is given).",
+    )
+    parser.add_argument("model_name", nargs="?", metavar="MODEL", help="registry name, hf-hub:org/repo or local folder")
     parser.add_argument("-m", "--model", default=None, help="the same as MODEL")
-    parser.add_argument("--dataset", required=True, help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, "
-                        "jhmdb-sentences, a2d-s+, refcoco, refcoco+, refcocog")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+, refcoco, refcoco+, refcocog",
+    )
     parser.add_argument("--root", required=True, help="the dataset's root folder (official layout)")
     parser.add_argument("--split", default=None, help="dataset split (default: the dataset's default)")
     parser.add_argument("-o", "--output", default=None, help="folder for predictions, results and submissions")
@@ -503,8 +558,13 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--protocol", default=None, choices=sorted(PROTOCOL_NAMES))
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N samples (smoke test)")
-    parser.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra keyword for the dataset constructor (repeatable)")
+    parser.add_argument(
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword for the dataset constructor (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     argv = list(argv) if argv is not None else sys.argv[1:]
     if argv[:1] == ["--"]:
@@ -524,8 +584,15 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if _dataset_class(args.dataset) in ("A2DSentences", "JHMDBSentences") and window:
             dataset_kwargs.setdefault("num_frames", window)  # the official clip: the model's window
         dataset = build_dataset(args.dataset, args.root, args.split, **dataset_kwargs)
-        result = evaluate(model, dataset, protocol=args.protocol, output_dir=args.output,
-                          resume=not args.no_resume, davis_root=args.davis_root, max_samples=args.max_samples)
+        result = evaluate(
+            model,
+            dataset,
+            protocol=args.protocol,
+            output_dir=args.output,
+            resume=not args.no_resume,
+            davis_root=args.davis_root,
+            max_samples=args.max_samples,
+        )
     except LVSegError as exc:
         print(f"lvseg evaluate: error: {exc}", file=sys.stderr)
         return 1

@@ -15,8 +15,9 @@ protocol   source                                per-sample IoU       P@K       
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -160,8 +161,13 @@ def iou_summary(
         iou_sum = np.cumsum(ious.astype(np.float32), dtype=np.float32)[-1]
         total = np.float32(i.size)
         # comparisons in float32, as a float32 tensor against a Python float in torch
-        correct = np.array([np.float32(np.count_nonzero(proto.passes(ious.astype(np.float32), np.float32(k))))
-                            for k in proto.thresholds], dtype=np.float32)
+        correct = np.array(
+            [
+                np.float32(np.count_nonzero(proto.passes(ious.astype(np.float32), np.float32(k))))
+                for k in proto.thresholds
+            ],
+            dtype=np.float32,
+        )
         out["overall_iou"] = float(np.float32(cum_i / cum_u)) * scale
         out["mean_iou"] = float(np.float32(iou_sum / total)) * scale
         for k, c in zip(proto.thresholds, correct):

@@ -21,8 +21,9 @@ ReferDINO ``eval/eval_davis.py`` / SAMWISE for the mean over the four annotators
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -151,8 +152,15 @@ class DAVISUnsupervised:
         if not self.stats["J"]["M"]:
             raise InvalidInputError("no object was evaluated: the first ground-truth frames hold no object")
         j, f = self.stats["J"], self.stats["F"]
-        values = [(np.mean(j["M"]) + np.mean(f["M"])) / 2.0, np.mean(j["M"]), np.mean(j["R"]), np.mean(j["D"]),
-                  np.mean(f["M"]), np.mean(f["R"]), np.mean(f["D"])]
+        values = [
+            (np.mean(j["M"]) + np.mean(f["M"])) / 2.0,
+            np.mean(j["M"]),
+            np.mean(j["R"]),
+            np.mean(j["D"]),
+            np.mean(f["M"]),
+            np.mean(f["R"]),
+            np.mean(f["D"]),
+        ]
         return dict(zip(DAVIS_MEASURES, (float(v) for v in values)))
 
 
@@ -170,8 +178,9 @@ def _sequence_frames(davis_root: Path, sequence: str) -> list[Path]:
 def _read_sequence_list(davis_root: Path, subset: str) -> list[str]:
     path = davis_root / "ImageSets" / "2017" / f"{subset}.txt"
     if not path.is_file():
-        raise DatasetError(f"'{path}' not found; davis_root must be the DAVIS folder holding ImageSets/ and "
-                           "Annotations_unsupervised/")
+        raise DatasetError(
+            f"'{path}' not found; davis_root must be the DAVIS folder holding ImageSets/ and Annotations_unsupervised/"
+        )
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -268,8 +277,10 @@ class RefDAVIS17Evaluator(Evaluator):
             self._video = video
         gt_shape = self._gt(video).shape
         if arr.shape != gt_shape:
-            raise InvalidInputError(f"{video}: prediction {arr.shape} vs ground truth {gt_shape}; predict every "
-                                    "frame at the original (480p) resolution")
+            raise InvalidInputError(
+                f"{video}: prediction {arr.shape} vs ground truth {gt_shape}; predict every "
+                "frame at the original (480p) resolution"
+            )
         label = obj_index + 1
         labels = self._labels.setdefault(annotator, np.zeros(gt_shape, np.uint8))
         # argmax([0.1, p_1, ...]) with p < 0.5 -> 0: object i wins a pixel if its value beats the current winner,
@@ -294,8 +305,9 @@ class RefDAVIS17Evaluator(Evaluator):
         ``annotator`` (0-3) is read from the sample when present.
         """
         if "video" not in sample or "exp_id" not in sample:
-            raise InvalidInputError("Ref-DAVIS17 evaluation needs sample['video'] and an integer sample['exp_id'] "
-                                    "(object * 4 + annotator)")
+            raise InvalidInputError(
+                "Ref-DAVIS17 evaluation needs sample['video'] and an integer sample['exp_id'] (object * 4 + annotator)"
+            )
         exp = int(sample["exp_id"])
         anno = int(sample["annotator"]) if "annotator" in sample else exp % self.annotators
         self.add(str(sample["video"]), exp // self.annotators, anno, masks)
@@ -336,9 +348,15 @@ class RefDAVIS17Evaluator(Evaluator):
     def summary(self) -> dict[str, float]:
         """The reported numbers (mean over annotators) in percent: J&F, J, F and the recalls/decays."""
         avg = self.tables()["average"]
-        return {"J&F": 100 * avg["J&F-Mean"], "J": 100 * avg["J-Mean"], "F": 100 * avg["F-Mean"],
-                "J-Recall": 100 * avg["J-Recall"], "J-Decay": 100 * avg["J-Decay"],
-                "F-Recall": 100 * avg["F-Recall"], "F-Decay": 100 * avg["F-Decay"]}
+        return {
+            "J&F": 100 * avg["J&F-Mean"],
+            "J": 100 * avg["J-Mean"],
+            "F": 100 * avg["F-Mean"],
+            "J-Recall": 100 * avg["J-Recall"],
+            "J-Decay": 100 * avg["J-Decay"],
+            "F-Recall": 100 * avg["F-Recall"],
+            "F-Decay": 100 * avg["F-Decay"],
+        }
 
     def format_table(self) -> str:
         rows = {name: {m: 100 * v for m, v in table.items()} for name, table in self.tables().items()}

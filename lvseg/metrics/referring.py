@@ -17,7 +17,8 @@ evaluator           what it reproduces                                        nu
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -81,22 +82,25 @@ class MTTREvaluator(Evaluator):
 
     def add(self, image_id: Any, gt_mask: Any, pred_masks: Any, scores: Any) -> None:
         """Args:
-            image_id: see :func:`a2d_image_id`.
-            gt_mask: the referred instance's mask [H, W].
-            pred_masks: [Q, H, W] (or one [H, W]) predictions at the original resolution.
-            scores: [Q] (or one float) confidences.
+        image_id: see :func:`a2d_image_id`.
+        gt_mask: the referred instance's mask [H, W].
+        pred_masks: [Q, H, W] (or one [H, W]) predictions at the original resolution.
+        scores: [Q] (or one float) confidences.
         """
         gt = to_numpy_masks(gt_mask, "gt_mask", 2)
         preds = to_numpy_masks(pred_masks, "pred_masks", (2, 3))
         if preds.ndim == 2:
             preds = preds[None]
-        score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
-                           dtype=np.float64).reshape(-1)
+        score = np.asarray(
+            scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores, dtype=np.float64
+        ).reshape(-1)
         if score.size != preds.shape[0]:
             raise InvalidInputError(f"{image_id}: {preds.shape[0]} predicted masks but {score.size} scores")
         if preds.shape[1:] != gt.shape:
-            raise InvalidInputError(f"{image_id}: predictions {preds.shape[1:]} vs ground truth {gt.shape}; "
-                                    "predict at the original resolution")
+            raise InvalidInputError(
+                f"{image_id}: predictions {preds.shape[1:]} vs ground truth {gt.shape}; "
+                "predict at the original resolution"
+            )
         if image_id in self.top1:
             raise InvalidInputError(f"image_id {image_id!r} was added twice; give all its predictions in one call")
         if preds.shape[0] == 0:
@@ -109,15 +113,17 @@ class MTTREvaluator(Evaluator):
         i, u = intersection_union(preds[best], gt)
         self.top1[image_id] = (int(i), int(u))
 
-    def _sample_arrays(self, sample: Mapping[str, Any], masks: Any,
-                       scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sample_arrays(
+        self, sample: Mapping[str, Any], masks: Any, scores: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(GT masks [T, H, W], predicted masks [N, H, W], scores float64 [N]) of one sample, checked."""
         if "video" not in sample or "masks" not in sample:
             raise InvalidInputError(f"{self.benchmark} evaluation needs sample['video'] and sample['masks']")
         gt = to_numpy_masks(sample["masks"], "sample['masks']", 3)
         pred = to_numpy_masks(masks, "masks", 3)
-        score = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
-                           dtype=np.float64).reshape(-1)
+        score = np.asarray(
+            scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores, dtype=np.float64
+        ).reshape(-1)
         return gt, pred, score
 
     def add_sample(self, sample: Mapping[str, Any], masks: Any, scores: Any) -> None:
@@ -152,8 +158,10 @@ class MTTREvaluator(Evaluator):
         if not frames:
             return
         if preds.shape[0] % len(frames) or score.size != preds.shape[0]:
-            raise InvalidInputError(f"{preds.shape[0]} candidate masks and {score.size} scores do not split into "
-                                    f"the sample's {len(frames)} annotated frames")
+            raise InvalidInputError(
+                f"{preds.shape[0]} candidate masks and {score.size} scores do not split into "
+                f"the sample's {len(frames)} annotated frames"
+            )
         q = preds.shape[0] // len(frames)
         given = sample.get("image_id")
         names = _frame_names(sample, gt.shape[0])
@@ -162,7 +170,7 @@ class MTTREvaluator(Evaluator):
                 image_id = given
             else:
                 image_id = a2d_image_id(str(sample["video"]), names[t], sample.get("instance_id"))
-            self.add(image_id, gt[t], preds[k * q:(k + 1) * q], score[k * q:(k + 1) * q])
+            self.add(image_id, gt[t], preds[k * q : (k + 1) * q], score[k * q : (k + 1) * q])
 
     def summary(self) -> dict[str, float]:
         if not self.ground_truth:

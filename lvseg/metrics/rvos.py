@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -111,8 +112,9 @@ class ExpressionJF(Evaluator):
         """``sample`` needs ``video``, ``exp_id`` and ``masks`` (GT union, [T, H, W])."""
         for key in ("video", "exp_id", "masks"):
             if key not in sample:
-                raise InvalidInputError(f"{self.benchmark} evaluation needs sample[{key!r}]; the dataset gave "
-                                        f"{sorted(sample)}")
+                raise InvalidInputError(
+                    f"{self.benchmark} evaluation needs sample[{key!r}]; the dataset gave {sorted(sample)}"
+                )
         self.add(str(sample["video"]), str(sample["exp_id"]), masks, sample["masks"])
 
     def summary(self) -> dict[str, float]:
@@ -123,8 +125,7 @@ class ExpressionJF(Evaluator):
         return {"J&F": 100 * float((j + f) / 2), "J": 100 * float(j), "F": 100 * float(f)}
 
 
-def write_expression_pngs(root: str | Path, video: str, exp_id: str, masks: Any,
-                          frame_names: Sequence[str]) -> Path:
+def write_expression_pngs(root: str | Path, video: str, exp_id: str, masks: Any, frame_names: Sequence[str]) -> Path:
     """Write ``<root>/<video>/<exp_id>/<frame>.png`` (uint8 0/255, single channel) for masks bool [T, H, W].
 
     The expression folder is written beside its final place and renamed into it, so an interrupted run never leaves
@@ -166,8 +167,9 @@ class SubmissionWriter(Evaluator):
 
     source = "server submission layout <video>/<exp_id>/<frame>.png (MTTR / ReferFormer / MeViS)"
 
-    def __init__(self, output_dir: str | Path, benchmark: str = "Ref-YouTube-VOS",
-                 top_folder: str | None = "Annotations") -> None:
+    def __init__(
+        self, output_dir: str | Path, benchmark: str = "Ref-YouTube-VOS", top_folder: str | None = "Annotations"
+    ) -> None:
         self.benchmark = benchmark  # type: ignore[misc]
         self.output_dir = Path(output_dir)
         self.top_folder = top_folder
@@ -193,8 +195,10 @@ class SubmissionWriter(Evaluator):
         return {}
 
     def format_table(self) -> str:
-        return (f"{self.benchmark}: {self.count} expression(s) written under {self.pred_root}; "
-                "zip them with make_submission_zip and upload to the benchmark server")
+        return (
+            f"{self.benchmark}: {self.count} expression(s) written under {self.pred_root}; "
+            "zip them with make_submission_zip and upload to the benchmark server"
+        )
 
 
 def _decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
@@ -223,6 +227,7 @@ def evaluate_mevis_folder(
     Returns:
         the :class:`ExpressionJF` holding per-expression ``(j, f)``; call ``.summary()`` for J&F.
     """
+
     def load(x: Any, what: str) -> Any:
         if isinstance(x, (str, Path)):
             path = Path(x)

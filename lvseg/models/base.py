@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, InvalidInputError, InvalidTextError
 
-__all__ = ["PreprocessConfig", "ModelConfig", "RVOSModel", "validate_texts"]
+__all__ = ["PreprocessConfig", "ModelConfig", "RVOSModel", "validate_texts", "check_ranges"]
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -49,7 +51,28 @@ class PreprocessConfig:
     overlap: int = 0
     max_text_tokens: int = 77
 
+    # every field is required in a config.json (see ModelConfig.from_dict)
+    optional_fields: ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "short_side": (1, None),
+                "max_size": (1, None),
+                "mean": (0.0, 1.0),
+                "std": (0.0, None),
+                "size_divisor": (1, None),
+                "window": (0, None),
+                "overlap": (0, None),
+                "max_text_tokens": (1, None),
+            },
+        )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(
+                f"preprocessing needs 3 mean values and 3 std values > 0 (one per RGB channel), got "
+                f"mean={self.mean}, std={self.std}"
+            )
         if self.short_side <= 0 or self.max_size < self.short_side:
             raise ConfigError(
                 f"preprocessing needs 0 < short_side <= max_size, got short_side={self.short_side}, "
@@ -73,43 +96,152 @@ class PreprocessConfig:
         return new_h, new_w
 
 
+def check_ranges(config: Any, ranges: dict[str, tuple[float | None, float | None]]) -> None:
+    """Raise :class:`~lvseg.errors.ConfigError` naming the first field of ``config`` outside its range.
+
+    ``ranges`` maps a field name to ``(low, high)``, both inclusive, ``None`` meaning unbounded. For a tuple field
+    every element is checked. Types are checked when a config is read (:meth:`ModelConfig.from_dict`); a value of
+    the wrong type built in code is reported here too rather than failing later inside the model.
+    """
+    for name, (low, high) in ranges.items():
+        value = getattr(config, name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ConfigError(f"config field {name!r} of {type(config).__name__} must be a number, got {item!r}")
+            if (low is not None and item < low) or (high is not None and item > high):
+                bounds = (
+                    f"between {low:g} and {high:g}"
+                    if low is not None and high is not None
+                    else f">= {low:g}"
+                    if low is not None
+                    else f"<= {high:g}"
+                )
+                raise ConfigError(f"config field {name!r} of {type(config).__name__} must be {bounds}, got {value!r}")
+
+
+def _expected(hint: Any) -> str:
+    """How a type hint reads in an error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if dataclasses.is_dataclass(hint) or origin is dict or hint is dict:
+        return "an object ({...})"
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is tuple:
+        return f"a list of {len(args)} {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is list:
+        return f"a list of {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    if origin in (Union, types.UnionType):
+        parts = [_expected(a) if a is not type(None) else "null" for a in args]
+        return " or ".join(parts)
+    return str(hint)
+
+
 def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Turn a JSON value back into the type a dataclass field declares (nested dataclasses, tuples)."""
+    """Check a JSON value against the type a dataclass field declares and convert it (nested dataclasses,
+    tuples); a value of another type raises :class:`~lvseg.errors.ConfigError` naming the field."""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"config field {where!r} must be {_expected(hint)}, got {value!r} ({type(value).__name__})")
+
     origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, dict):
-            raise ConfigError(f"config field {where!r} must be an object, got {type(value).__name__}")
+            raise bad()
         return _from_dict(hint, value, where)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(hint)):
             return None
-        return _convert(value, args[0], where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, list):
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], where) for v in value)
-        return tuple(value)
-    if origin is list and isinstance(value, list):
+        for arg in args:
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                if len(args) == 1:
+                    raise
+        raise bad()
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        item_hints = typing.get_args(hint)
+        if len(item_hints) == 2 and item_hints[1] is Ellipsis:
+            return tuple(_convert(v, item_hints[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(item_hints):
+            raise ConfigError(f"config field {where!r} must be {_expected(hint)}, got {len(value)} values: {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, item_hints)))
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad()
         (arg,) = typing.get_args(hint) or (Any,)
-        return [_convert(v, arg, where) for v in value]
+        return [_convert(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
     return value
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = {f.name for f in fields}
+    inside = f" in {where!r}" if where else ""
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"unknown config field(s) {unknown} for {cls.__name__}{' in ' + where if where else ''}; "
-            "the config was probably written by a newer lvseg: upgrade lvseg (pip install -U lvseg)"
+            f"unknown config field(s) {unknown} for {cls.__name__}{inside}; check the spelling (known fields: "
+            f"{', '.join(sorted(names))}), or the config was written by a newer lvseg: upgrade lvseg "
+            "(pip install -U lvseg)"
+        )
+    # A field that decides the architecture must be present: a silent default would build another model whose
+    # weights then fail to load with a long list of shape mismatches. Only fields added after the first release
+    # of a family, whose default is the official behaviour (or that select a runtime path only), may be absent.
+    optional = set(getattr(cls, "optional_fields", ()))
+    missing = [f.name for f in fields if f.name not in data and f.name not in optional]
+    if missing:
+        raise ConfigError(
+            f"config lacks the required field(s) {missing} of {cls.__name__}{inside}: lvseg does not guess "
+            "architecture sizes. Use the config.json written with the weights (save_pretrained / `lvseg convert`), "
+            "or re-convert the official checkpoint"
         )
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    check_raw = getattr(cls, "check_raw", None)
+    if check_raw is not None:  # what a family checks only in a file (e.g. sizes that code may leave to defaults)
+        check_raw(kwargs)
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"invalid config for {cls.__name__}: {exc}") from exc
+        raise ConfigError(f"invalid config for {cls.__name__}{inside}: {exc}") from exc
+    except ConfigError as exc:
+        if not where:
+            raise
+        raise ConfigError(f"in {where!r}: {exc}") from exc
 
 
 @dataclass
@@ -123,11 +255,26 @@ class ModelConfig:
     architecture: str = ""
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
 
+    # Fields that a config.json may omit: they were added after the family's first release with a default equal
+    # to the official behaviour, or they select a runtime path only (same weights, same outputs up to rounding).
+    # Every other field is required when a config is read (:meth:`from_dict`).
+    optional_fields: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        """Checks that apply to a config being read from a file only (its fields already type-checked); a family
+        overrides this, e.g. to require sizes that a config built in code may leave to a library's defaults."""
+
+    @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """The config a ``config.json`` describes. Every field is checked: unknown fields, missing required fields
+        (all but :attr:`optional_fields`), values of the wrong type and values out of range raise
+        :class:`~lvseg.errors.ConfigError` naming the field, the value and what is expected."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         data.pop("lvseg_version", None)
         return _from_dict(cls, data)
@@ -146,9 +293,12 @@ class ModelConfig:
     def load(cls: type[C], path: str | Path) -> C:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid JSON ({exc}); re-download or re-convert the model") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
 
 
 def validate_texts(text: str | Sequence[str]) -> list[str]:
@@ -158,17 +308,13 @@ def validate_texts(text: str | Sequence[str]) -> list[str]:
     """
     items = [text] if isinstance(text, str) else text
     if not isinstance(items, (list, tuple)):
-        raise InvalidTextError(
-            f"the expression must be a string or a list of strings, got {type(text).__name__}"
-        )
+        raise InvalidTextError(f"the expression must be a string or a list of strings, got {type(text).__name__}")
     if not items:
         raise InvalidTextError("no expression given: pass a sentence such as 'the man riding a bike'")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise InvalidTextError(
-                f"expression {i} must be a string, got {type(item).__name__} ({item!r})"
-            )
+            raise InvalidTextError(f"expression {i} must be a string, got {type(item).__name__} ({item!r})")
         if not item.strip():
             raise InvalidTextError(
                 f"expression {i} is empty or whitespace only: describe the object to segment, "
@@ -204,10 +350,10 @@ class RVOSModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for param in self.parameters():
+            return param.device
+        for buffer in self.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     @property
@@ -251,8 +397,9 @@ class RVOSModel(nn.Module):
         logits, scores = self.segment(frames, text)
         return logits, scores, None
 
-    def segment_annotated_frame(self, frames: torch.Tensor, text: Sequence[str],
-                                frame_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_annotated_frame(
+        self, frames: torch.Tensor, text: Sequence[str], frame_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every candidate mask of one frame, with its score (the A2D-/JHMDB-Sentences mAP protocol).
 
         Args:
@@ -269,7 +416,7 @@ class RVOSModel(nn.Module):
         if not 0 <= index < frames.shape[1]:
             raise InvalidInputError(f"frame_index {index} is outside a clip of {frames.shape[1]} frames")
         logits, scores = self.segment(frames, text)
-        return logits[:, index: index + 1], scores[:, index: index + 1]
+        return logits[:, index : index + 1], scores[:, index : index + 1]
 
     def output_upsampling(self, protocol: str | None = None) -> str:
         """How this family's official code brings mask logits to the original frame size under ``protocol``.
@@ -308,7 +455,7 @@ class RVOSModel(nn.Module):
         return save_pretrained(self, save_directory, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "RVOSModel":
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> RVOSModel:
         """Load a model from a registry name, ``hf-hub:`` id or local folder (see :func:`lvseg.load`)."""
         from ..hub import load
 

@@ -13,8 +13,13 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["safe_globals", "read_official_checkpoint", "load_roberta_tokenizer", "check_converted_tokenizer",
-           "count_groups"]
+__all__ = [
+    "safe_globals",
+    "read_official_checkpoint",
+    "load_roberta_tokenizer",
+    "check_converted_tokenizer",
+    "count_groups",
+]
 
 
 def safe_globals() -> list[Any]:
@@ -25,8 +30,11 @@ def safe_globals() -> list[Any]:
         import numpy as np
 
         allowed += [np.dtype, np.float64, np.float32, np.int64]
-        allowed += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType")
-                    if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
+        allowed += [
+            getattr(np.dtypes, n)
+            for n in ("Float64DType", "Float32DType", "Int64DType")
+            if hasattr(np, "dtypes") and hasattr(np.dtypes, n)
+        ]
         core = getattr(np, "_core", None) or np.core
         allowed.append(core.multiarray.scalar)
     except (ImportError, AttributeError):  # pragma: no cover - numpy is always installed with lvseg
@@ -42,24 +50,16 @@ def read_official_checkpoint(path: str | Path, expected: str) -> Any:
         path: the ``.pth`` file.
         expected: what the file should be, for the error message (e.g. "an official ReferFormer .pth").
     """
+    from ..utils import torch_load
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(safe_globals()):
-            try:
-                # memory-mapped: tensors are read when touched, so the config (from shapes) and the tokenizer's
-                # size check come in seconds even for a multi-GB file
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):  # only the legacy (pre-zip) format cannot be mapped
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors come in many types
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({exc}). It must be {expected}; a "
-            "file with other pickled objects is refused for safety."
-        ) from exc
+    # torch_load names what is wrong (not a checkpoint, truncated, a type outside the allow-list) without
+    # PyTorch's advice to retry with weights_only=False, which would run code stored in the file. Memory-mapped:
+    # tensors are read when touched, so the config (from shapes) and the tokenizer's size check come in seconds
+    # even for a multi-GB file.
+    return torch_load(path, expected=expected, allowed_globals=safe_globals(), mmap=True)
 
 
 # How to get a tokenizer the converters accept, for their error messages.

@@ -41,10 +41,10 @@ import sysconfig
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, Optional
 
 import torch
 
@@ -124,7 +124,7 @@ class BuildInfo:
         return self.directory / "lvseg-build.lock"
 
     @property
-    def library(self) -> Optional[Path]:
+    def library(self) -> Path | None:
         """The installed shared library named by the marker, or ``None`` if nothing is installed (not checked:
         see :func:`verify_installed`)."""
         try:
@@ -147,7 +147,7 @@ class CacheDamaged(Exception):
 
 
 _lock = threading.RLock()
-_loaded: dict[str, Optional[ModuleType]] = {}
+_loaded: dict[str, ModuleType | None] = {}
 _warned: set[str] = set()
 
 
@@ -264,17 +264,31 @@ def compile_cuda_object(output_dir: Path, arch: str = "80") -> Path:
     obj = output_dir / (source.stem + ".o")
     includes = [f"-I{p}" for p in cpp_extension.include_paths(device_type="cuda")] + [f"-I{CSRC}"]
     cmd = [
-        str(nvcc), "-c", str(source), "-o", str(obj), *includes, _cxx_standard_flag(),
-        *cpp_extension.COMMON_NVCC_FLAGS, *_CUDA_FLAGS,
+        str(nvcc),
+        "-c",
+        str(source),
+        "-o",
+        str(obj),
+        *includes,
+        _cxx_standard_flag(),
+        *cpp_extension.COMMON_NVCC_FLAGS,
+        *_CUDA_FLAGS,
         f"-gencode=arch=compute_{arch},code=sm_{arch}",
-        "-Xcompiler", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        "-Xcompiler",
+        "-fPIC",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         "-DTORCH_EXTENSION_NAME=lvseg_msda_cuda_check",
         # the deprecated ATen APIs of the official kernel (.type(), .data<T>()) must not creep back in
-        "-Werror", "deprecated-declarations", "-Xcompiler", "-Werror=deprecated-declarations",
+        "-Werror",
+        "deprecated-declarations",
+        "-Xcompiler",
+        "-Werror=deprecated-declarations",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise BuildError(f"nvcc failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}\ncommand: {shlex.join(cmd)}")
+        raise BuildError(
+            f"nvcc failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}\ncommand: {shlex.join(cmd)}"
+        )
     return obj
 
 
@@ -356,7 +370,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_installed(info: BuildInfo) -> Optional[Installed]:
+def verify_installed(info: BuildInfo) -> Installed | None:
     """Check the installed build of ``info`` without loading it; ``None`` if nothing is installed yet.
 
     The marker must be readable, written for this build key, and name a shared library inside the entry's
@@ -377,8 +391,9 @@ def verify_installed(info: BuildInfo) -> Optional[Installed]:
     except ValueError as exc:
         raise CacheDamaged(f"its marker {info.marker} is not valid JSON ({exc})") from exc
     fields = {"layout": int, "key": dict, "module": str, "library": str, "size": int, "sha256": str}
-    wrong = [name for name, kind in fields.items()
-             if not isinstance(record, dict) or not isinstance(record.get(name), kind)]
+    wrong = [
+        name for name, kind in fields.items() if not isinstance(record, dict) or not isinstance(record.get(name), kind)
+    ]
     if wrong:
         raise CacheDamaged(f"its marker {info.marker} lacks valid {', '.join(wrong)} fields")
     if record["layout"] != CACHE_LAYOUT or record["key"] != info.key_parts:
@@ -412,7 +427,7 @@ def _import_library(installed: Installed) -> ModuleType:
     return module
 
 
-def _load_installed(info: BuildInfo) -> Optional[ModuleType]:
+def _load_installed(info: BuildInfo) -> ModuleType | None:
     """Import the installed build after :func:`verify_installed`; ``None`` if nothing is installed.
 
     Raises:
@@ -451,8 +466,11 @@ def _entry_lock(info: BuildInfo) -> Iterator[bool]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 held = True
             except BlockingIOError:
-                logger.info("waiting for another process that is building the MSDA %s extension (lock %s)",
-                            info.kind, info.lock_file)
+                logger.info(
+                    "waiting for another process that is building the MSDA %s extension (lock %s)",
+                    info.kind,
+                    info.lock_file,
+                )
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 held = True
             except OSError as exc:  # e.g. ENOLCK on some network filesystems
@@ -566,7 +584,7 @@ def build(kind: str, force: bool = False) -> ModuleType:
         BuildError: with the reason and the fix.
     """
     info = build_info(kind)
-    module: Optional[ModuleType] = None
+    module: ModuleType | None = None
     if not force:
         with contextlib.suppress(CacheDamaged):  # checked again under the lock: another process may be repairing it
             module = _load_installed(info)
@@ -577,8 +595,9 @@ def build(kind: str, force: bool = False) -> ModuleType:
                 try:
                     module = _load_installed(info)
                 except CacheDamaged as exc:
-                    logger.warning("the cached MSDA %s build in %s is damaged: %s. Rebuilding it.",
-                                   kind, info.directory, exc)
+                    logger.warning(
+                        "the cached MSDA %s build in %s is damaged: %s. Rebuilding it.", kind, info.directory, exc
+                    )
             else:
                 logger.info("rebuilding the MSDA %s extension (forced)", kind)
             if module is None:
@@ -590,13 +609,13 @@ def build(kind: str, force: bool = False) -> ModuleType:
     return module
 
 
-def load_extension(kind: str) -> Optional[ModuleType]:
+def load_extension(kind: str) -> ModuleType | None:
     """The ``kind`` extension, built on first use; ``None`` (after one warning) if it cannot be built."""
     with _lock:
         if kind in _loaded:
             return _loaded[kind]
         try:
-            module: Optional[ModuleType] = build(kind)
+            module: ModuleType | None = build(kind)
         except Exception as exc:  # never crash a user because of a toolchain problem
             module = None
             if kind not in _warned:
@@ -612,17 +631,20 @@ def load_extension(kind: str) -> Optional[ModuleType]:
         return module
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m lvseg.ops.build``: build the extensions ahead of time and report."""
     parser = argparse.ArgumentParser(
         prog="python -m lvseg.ops.build", description="Compile lvseg's MSDA extensions into the cache."
     )
     parser.add_argument(
-        "--kind", choices=("auto", "cpu", "cuda", "all"), default="auto",
+        "--kind",
+        choices=("auto", "cpu", "cuda", "all"),
+        default="auto",
         help="auto: cpu, plus cuda when a CUDA torch and nvcc are available (default)",
     )
-    parser.add_argument("--force", action="store_true",
-                        help="compile anew into a new folder even if a valid build is cached")
+    parser.add_argument(
+        "--force", action="store_true", help="compile anew into a new folder even if a valid build is cached"
+    )
     args = parser.parse_args(argv)
     if args.kind == "auto":
         cpp_extension = _cpp_extension()

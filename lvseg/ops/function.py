@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -22,11 +23,11 @@ BACKEND_ENV = "LVSEG_MSDA_BACKEND"
 #: environment variable that asks the CUDA backward for a deterministic (atomics-free) grad_value
 DETERMINISTIC_ENV = "LVSEG_MSDA_DETERMINISTIC"
 
-ShapesLike = Union[torch.Tensor, Sequence[Sequence[int]]]
+ShapesLike = torch.Tensor | Sequence[Sequence[int]]
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _requested_backend(backend: Optional[str]) -> Optional[str]:
+def _requested_backend(backend: str | None) -> str | None:
     """The explicitly requested backend (argument first, then the environment), or None for automatic."""
     source = "backend argument"
     if backend is None:
@@ -45,7 +46,7 @@ def _requested_backend(backend: Optional[str]) -> Optional[str]:
     return name
 
 
-def select_backend(device: Union[torch.device, str], backend: Optional[str] = None) -> str:
+def select_backend(device: torch.device | str, backend: str | None = None) -> str:
     """Name of the backend that will run for tensors on ``device``: ``"reference"``, ``"cpu"`` or ``"cuda"``.
 
     ``backend`` (or else ``$LVSEG_MSDA_BACKEND``) forces a choice; otherwise CUDA tensors use ``cuda`` and CPU
@@ -71,13 +72,16 @@ def select_backend(device: Union[torch.device, str], backend: Optional[str] = No
 def _check_inputs(
     value: torch.Tensor,
     spatial_shapes: ShapesLike,
-    level_start_index: Optional[Union[torch.Tensor, Sequence[int]]],
+    level_start_index: torch.Tensor | Sequence[int] | None,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> list[tuple[int, int]]:
     """Validate shapes, dtypes and devices; return the level shapes as python ints."""
-    for name, t in (("value", value), ("sampling_locations", sampling_locations),
-                    ("attention_weights", attention_weights)):
+    for name, t in (
+        ("value", value),
+        ("sampling_locations", sampling_locations),
+        ("attention_weights", attention_weights),
+    ):
         if not isinstance(t, torch.Tensor):
             raise InvalidInputError(f"ms_deform_attn: {name} must be a torch.Tensor, got {type(t).__name__}.")
         if t.dtype not in _FLOAT_DTYPES:
@@ -86,8 +90,7 @@ def _check_inputs(
             )
         if t.device != value.device:
             raise InvalidInputError(
-                f"ms_deform_attn: {name} is on {t.device} but value is on {value.device}; put all inputs on "
-                "one device."
+                f"ms_deform_attn: {name} is on {t.device} but value is on {value.device}; put all inputs on one device."
             )
     if value.dim() != 4:
         raise InvalidInputError(f"ms_deform_attn: value must be [N, S, M, D], got shape {tuple(value.shape)}.")
@@ -175,12 +178,18 @@ class _MSDeformAttnCompiled(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
         need_value = ctx.needs_input_grad[2]
         grad_value, grad_locations, grad_weights = ctx.ext.backward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-            grad_output.contiguous(), need_value, ctx.deterministic,
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            grad_output.contiguous(),
+            need_value,
+            ctx.deterministic,
         )
         return (None, None, grad_value if need_value else None, None, None, grad_locations, grad_weights)
 
@@ -193,11 +202,11 @@ def _deterministic_requested() -> bool:
 def ms_deform_attn(
     value: torch.Tensor,
     spatial_shapes: ShapesLike,
-    level_start_index: Optional[Union[torch.Tensor, Sequence[int]]],
+    level_start_index: torch.Tensor | Sequence[int] | None,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     *,
-    backend: Optional[str] = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention, with Deformable-DETR's shapes and semantics.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +43,7 @@ class MSDeformAttn(nn.Module):
         n_levels: int = 4,
         n_heads: int = 8,
         n_points: int = 4,
-        backend: Optional[str] = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("n_levels", n_levels), ("n_heads", n_heads), ("n_points", n_points)):
@@ -106,9 +105,9 @@ class MSDeformAttn(nn.Module):
         input_flatten: torch.Tensor,
         input_spatial_shapes: torch.Tensor,
         input_level_start_index: torch.Tensor,
-        input_padding_mask: Optional[torch.Tensor] = None,
+        input_padding_mask: torch.Tensor | None = None,
         return_sampling: bool = False,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attend from ``query`` to the multi-level feature map ``input_flatten``.
 
         Args:
@@ -166,9 +165,7 @@ class MSDeformAttn(nn.Module):
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (W_l, H_l)
             normaliser = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], dim=-1)
-            locations = (
-                reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
-            )
+            locations = reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             # offsets are relative to the box: half its size per unit, spread over n_points
             locations = (

@@ -11,14 +11,14 @@ sampled values of every point (``N*M x D x Lq x L*P`` elements), which makes it 
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["ms_deform_attn_reference", "shapes_as_list"]
 
-ShapesLike = Union[torch.Tensor, Sequence[Sequence[int]]]
+ShapesLike = torch.Tensor | Sequence[Sequence[int]]
 
 
 def shapes_as_list(spatial_shapes: ShapesLike) -> list[tuple[int, int]]:

@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -46,8 +47,10 @@ def _build_model(model: Any, tokenizer: Any = None) -> RVOSModel:
         if tokenizer is not None:
             loaded.tokenizer = tokenizer
         return loaded
-    raise ConfigError(f"model must be a registry name, 'hf-hub:org/repo', a local folder, an RVOSModel or a "
-                      f"ModelConfig, got {type(model).__name__}")
+    raise ConfigError(
+        f"model must be a registry name, 'hf-hub:org/repo', a local folder, an RVOSModel or a "
+        f"ModelConfig, got {type(model).__name__}"
+    )
 
 
 def with_config_changes(model: RVOSModel, changes: dict[str, Any]) -> RVOSModel:
@@ -64,8 +67,10 @@ def with_config_changes(model: RVOSModel, changes: dict[str, Any]) -> RVOSModel:
     fields = {f.name for f in dataclasses.fields(model.config)}
     unknown = sorted(set(changes) - fields)
     if unknown:
-        raise ConfigError(f"model_overrides {unknown} are not fields of {type(model.config).__name__}; valid: "
-                          f"{', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"model_overrides {unknown} are not fields of {type(model.config).__name__}; valid: "
+            f"{', '.join(sorted(fields))}"
+        )
     try:
         config = dataclasses.replace(model.config, **changes)
     except LVSegError as exc:
@@ -76,14 +81,23 @@ def with_config_changes(model: RVOSModel, changes: dict[str, Any]) -> RVOSModel:
     try:
         missing, unexpected = grown.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise ConfigError(f"model_overrides {changes} change the shape of trained weights, which cannot be kept: "
-                          f"{str(exc).splitlines()[0]}") from exc
+        raise ConfigError(
+            f"model_overrides {changes} change the shape of trained weights, which cannot be kept: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
     if unexpected:
-        raise ConfigError(f"model_overrides {changes} remove trained weights ({', '.join(unexpected[:5])}"
-                          f"{', ...' if len(unexpected) > 5 else ''}); start from a config instead")
+        raise ConfigError(
+            f"model_overrides {changes} remove trained weights ({', '.join(unexpected[:5])}"
+            f"{', ...' if len(unexpected) > 5 else ''}); start from a config instead"
+        )
     if missing:
-        logger.info("model_overrides %s: %d new parameter tensors start from their initialisation (%s%s)", changes,
-                    len(missing), ", ".join(missing[:4]), ", ..." if len(missing) > 4 else "")
+        logger.info(
+            "model_overrides %s: %d new parameter tensors start from their initialisation (%s%s)",
+            changes,
+            len(missing),
+            ", ".join(missing[:4]),
+            ", ..." if len(missing) > 4 else "",
+        )
     return grown
 
 
@@ -96,8 +110,9 @@ def _as_dataset(data: Any, what: str) -> Dataset | None:
         parts = [_as_dataset(d, what) for d in data]
         return ConcatDataset(parts)  # type: ignore[arg-type]
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-        raise ConfigError(f"{what} must be a dataset (with __getitem__ and __len__) or a list of them, got "
-                          f"{type(data).__name__}")
+        raise ConfigError(
+            f"{what} must be a dataset (with __getitem__ and __len__) or a list of them, got {type(data).__name__}"
+        )
     if len(data) == 0:
         raise ConfigError(f"{what} is empty (0 samples): check the data root and split")
     return data
@@ -116,11 +131,12 @@ def _run_prepare(chosen: Any, model: Any, data_root: str | Path | None, config: 
         logger.info("prepare_steps=0: skipping the preset's preparation stage")
         return
     if data_root is None:
-        raise ConfigError(f"preset {chosen.name!r} runs a preparation stage on its data before training: pass "
-                          f"data_root (--data-root), or prepare_steps=0 to skip it")
+        raise ConfigError(
+            f"preset {chosen.name!r} runs a preparation stage on its data before training: pass "
+            f"data_root (--data-root), or prepare_steps=0 to skip it"
+        )
     model.to(info.device)
-    record = chosen.prepare(model, Path(data_root), config.seed, config.progress and info.is_main,
-                            config.prepare_steps)
+    record = chosen.prepare(model, Path(data_root), config.seed, config.progress and info.is_main, config.prepare_steps)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "prepare.json", json.dumps({"preset": chosen.name, **record}, indent=2) + "\n")
@@ -192,18 +208,24 @@ def train(
         torch.manual_seed(config.seed)
         built = with_config_changes(_build_model(model, tokenizer), changes)
     if chosen is not None and built.config.architecture != chosen.family:
-        raise ConfigError(f"preset {chosen.name!r} trains the {chosen.family!r} family but the model is a "
-                          f"{built.config.architecture!r}: pick a {chosen.family} model or another preset")
+        raise ConfigError(
+            f"preset {chosen.name!r} trains the {chosen.family!r} family but the model is a "
+            f"{built.config.architecture!r}: pick a {chosen.family} model or another preset"
+        )
     if getattr(built, "tokenizer", None) is None:
         raise ConfigError("the model has no tokenizer: load it with lvseg.load(...) or pass tokenizer=...")
     text_config = getattr(built.config, "text_encoder", None)
     if isinstance(text_config, dict):  # an empty or foreign tokenizer would train a model that ignores its text
         from ..models.layers.text import check_tokenizer
 
-        check_tokenizer(built.tokenizer, text_config, source="tokenizer= (or the model's own)",
-                        fix="Pass tokenizer= the tokenizer the text encoder was built for (RoBERTa models: "
-                            "roberta-base's, transformers.AutoTokenizer.from_pretrained(DIR) on a folder with its "
-                            "files), or start from lvseg.load(...), whose model brings its own.")
+        check_tokenizer(
+            built.tokenizer,
+            text_config,
+            source="tokenizer= (or the model's own)",
+            fix="Pass tokenizer= the tokenizer the text encoder was built for (RoBERTa models: "
+            "roberta-base's, transformers.AutoTokenizer.from_pretrained(DIR) on a folder with its "
+            "files), or start from lvseg.load(...), whose model brings its own.",
+        )
     if chosen is not None and chosen.prepare is not None and model is chosen.model:
         _run_prepare(chosen, built, data_root, config, info)
     trainer = Trainer(built, train_ds, config, val_ds, info)  # type: ignore[arg-type]
@@ -217,14 +239,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root for the preset's datasets")
     p.add_argument("--output-dir", "-o", required=True, help="run folder (checkpoints, logs, best/, final/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
-    for name, kind in (("epochs", int), ("max-steps", int), ("batch-size", int), ("lr", float),
-                       ("lr-backbone", float), ("lr-text-encoder", float), ("weight-decay", float),
-                       ("clip-max-norm", float), ("grad-accum", int), ("seed", int), ("num-workers", int),
-                       ("eval-every", int), ("eval-max-samples", int), ("checkpoint-every", int),
-                       ("keep-last", int), ("log-every", int), ("warmup-steps", int), ("prepare-steps", int)):
+    for name, kind in (
+        ("epochs", int),
+        ("max-steps", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("lr-backbone", float),
+        ("lr-text-encoder", float),
+        ("weight-decay", float),
+        ("clip-max-norm", float),
+        ("grad-accum", int),
+        ("seed", int),
+        ("num-workers", int),
+        ("eval-every", int),
+        ("eval-max-samples", int),
+        ("checkpoint-every", int),
+        ("keep-last", int),
+        ("log-every", int),
+        ("warmup-steps", int),
+        ("prepare-steps", int),
+    ):
         p.add_argument(f"--{name}", type=kind, default=None)
-    p.add_argument("--lr-drops", type=int, nargs="*", default=None,
-                   help="epochs at which the LR is multiplied by lr_gamma (0.1 unless the preset says otherwise)")
+    p.add_argument(
+        "--lr-drops",
+        type=int,
+        nargs="*",
+        default=None,
+        help="epochs at which the LR is multiplied by lr_gamma (0.1 unless the preset says otherwise)",
+    )
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
@@ -239,8 +281,10 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     if args.preset is None and args.model is None:
         raise ConfigError("give --preset NAME (see `lvseg train --help`) or --model with a preset's data")
     if args.preset is None:
-        raise ConfigError("--model alone does not say which data to train on: add --preset (e.g. "
-                          "referformer-r50-ytvos) and --data-root")
+        raise ConfigError(
+            "--model alone does not say which data to train on: add --preset (e.g. "
+            "referformer-r50-ytvos) and --data-root"
+        )
     options: dict[str, Any] = {}
     for key, value in vars(args).items():
         if key in ("preset", "model", "data_root", "output_dir", "no_progress") or value is None:
@@ -253,6 +297,11 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         result = train(args.model, preset=args.preset, data_root=args.data_root, output_dir=args.output_dir, **options)
     except LVSegError:
         raise
-    logger.info("done: %d steps; final model %s; best %s (J&F %s)", result.steps, result.final_checkpoint,
-                result.best_checkpoint, result.best_metric)
+    logger.info(
+        "done: %d steps; final model %s; best %s (J&F %s)",
+        result.steps,
+        result.final_checkpoint,
+        result.best_checkpoint,
+        result.best_metric,
+    )
     return 0

@@ -21,10 +21,16 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..utils import atomic_path
+from ..utils import atomic_path, torch_load
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "list_checkpoints", "load_latest_checkpoint",
-           "replace_folder"]
+__all__ = [
+    "rng_state",
+    "set_rng_state",
+    "save_checkpoint",
+    "list_checkpoints",
+    "load_latest_checkpoint",
+    "replace_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +76,7 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     path = directory / f"step_{step:08d}.pt"
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    for _, old in list_checkpoints(directory)[:-max(keep_last, 1)]:
+    for _, old in list_checkpoints(directory)[: -max(keep_last, 1)]:
         old.unlink(missing_ok=True)
     logger.info("saved checkpoint %s", path)
     return path
@@ -78,19 +84,26 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
 
 def load_latest_checkpoint(directory: str | Path) -> dict[str, Any] | None:
     """The newest checkpoint that loads, or None when there is none. A damaged file is skipped with a warning."""
+    problems = []
     for step, path in reversed(list_checkpoints(directory)):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a file damaged by something other than us (disk full, copied partially, ...)
-            logger.warning("checkpoint %s does not load (%s); trying an older one", path, exc)
+            # weights_only=False: the file is one lvseg wrote (optimizer and RNG states are not plain tensors)
+            state = torch_load(path, expected="an lvseg training checkpoint", weights_only=False)
+        except CheckpointError as exc:  # a file damaged by something other than us (disk full, copied partially)
+            logger.warning("%s; trying an older checkpoint", exc)
+            problems.append(str(exc))
             continue
         if not isinstance(state, dict) or "model" not in state or state.get("step") != step:
             logger.warning("checkpoint %s is not an lvseg training checkpoint; skipped", path)
+            problems.append(f"{path} is not an lvseg training checkpoint")
             continue
         logger.info("resuming from %s (step %d)", path, step)
         return state
     if list_checkpoints(directory):
-        raise CheckpointError(f"no checkpoint in {directory} loads; delete the folder to start over")
+        raise CheckpointError(
+            f"no checkpoint in {directory} loads ({'; '.join(problems)}); delete the damaged "
+            "files (or the folder, to start over)"
+        )
     return None
 
 

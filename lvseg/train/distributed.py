@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +30,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def distributed(self) -> bool:
@@ -50,9 +51,10 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
+    from ..hub import resolve_device
+
+    # the exact device asked for is checked (and named in the error): "cuda:3" on a 2-GPU machine, "gpu", ...
+    want = resolve_device(device)
     if want.type == "cuda":
         if world > 1 or want.index is None:
             want = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
@@ -124,8 +126,9 @@ class EpochBatchSampler:
     augmentation) so that it does not depend on workers or on where a run was resumed.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+    ) -> None:
         if num_samples < 1:
             raise ConfigError("the training dataset is empty: check the data root and split")
         self.num_samples, self.batch_size = num_samples, batch_size

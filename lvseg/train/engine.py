@@ -14,9 +14,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,16 +28,36 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InvalidInputError
 from ..models.base import RVOSModel
-from .checkpoint import list_checkpoints, load_latest_checkpoint, replace_folder, rng_state, save_checkpoint, \
-    set_rng_state
-from .distributed import (DistInfo, EpochBatchSampler, all_gather_objects, all_reduce_mean, all_reduce_sum, barrier,
-                          broadcast_object)
+from .checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    replace_folder,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .distributed import (
+    DistInfo,
+    EpochBatchSampler,
+    all_gather_objects,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+)
 from .losses import LossWeights, MTTRLossWeights
 from .objectives import Objective, build_mttr_targets, build_targets, make_objective
 from .plot import plot_curves
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "build_targets", "build_mttr_targets", "evaluate_jf",
-           "prepare_frames"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+    "build_targets",
+    "build_mttr_targets",
+    "evaluate_jf",
+    "prepare_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +116,13 @@ class TrainConfig:
     deterministic: bool = True
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "log_every": self.log_every, "keep_last": self.keep_last}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "log_every": self.log_every,
+            "keep_last": self.keep_last,
+        }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -125,8 +151,10 @@ class TrainConfig:
             names = {k: {f.name for f in fields(k)} for k in kinds}
             kind = next((k for k in kinds if set(self.loss_weights) <= names[k]), None)
             if kind is None:
-                raise ConfigError(f"loss_weights keys {sorted(self.loss_weights)} fit no family: ReferFormer takes "
-                                  f"{sorted(names[LossWeights])}, MTTR {sorted(names[MTTRLossWeights])}")
+                raise ConfigError(
+                    f"loss_weights keys {sorted(self.loss_weights)} fit no family: ReferFormer takes "
+                    f"{sorted(names[LossWeights])}, MTTR {sorted(names[MTTRLossWeights])}"
+                )
             self.loss_weights = kind(**self.loss_weights)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,8 +195,9 @@ def prepare_frames(frames: torch.Tensor, model: RVOSModel, device: torch.device)
         std = torch.tensor(pre.std, device=device).view(1, 1, 3, 1, 1)
         return (x - mean) / std
     if frames.dim() != 5 or frames.shape[2] != 3:
-        raise InvalidInputError(f"batch frames must be uint8 [B, T, H, W, 3] or float [B, T, 3, H, W], got "
-                                f"{tuple(frames.shape)}")
+        raise InvalidInputError(
+            f"batch frames must be uint8 [B, T, H, W, 3] or float [B, T, 3, H, W], got {tuple(frames.shape)}"
+        )
     return frames.to(device).float()
 
 
@@ -204,8 +233,13 @@ def _collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate_jf(model: RVOSModel, dataset: Dataset, dist_info: DistInfo | None = None,
-                max_samples: int | None = None, progress: bool = False) -> dict[str, float]:
+def evaluate_jf(
+    model: RVOSModel,
+    dataset: Dataset,
+    dist_info: DistInfo | None = None,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
     """Ref-YouTube-VOS-style J&F of ``model`` on a dataset whose samples carry ground-truth ``masks``.
 
     Each sample (all frames of one expression) goes through ``model.segment`` at the model's preprocessing size;
@@ -219,7 +253,7 @@ def evaluate_jf(model: RVOSModel, dataset: Dataset, dist_info: DistInfo | None =
     if n == 0:
         raise ConfigError("the validation dataset is empty: check its root and split")
     indices = list(range(n if max_samples is None else min(n, max_samples)))
-    mine = indices[info.rank::info.world_size]
+    mine = indices[info.rank :: info.world_size]
     was_training = model.training
     model.eval()
     device = model.device
@@ -228,8 +262,10 @@ def evaluate_jf(model: RVOSModel, dataset: Dataset, dist_info: DistInfo | None =
     for i in tqdm(mine, desc="eval", disable=not (progress and info.is_main), leave=False):
         sample = dataset[i]
         if "masks" not in sample:
-            raise InvalidInputError("the validation samples have no ground-truth masks; give a split with ground "
-                                    "truth (for Shapes valid/test, the generated <split>_gt folder)")
+            raise InvalidInputError(
+                "the validation samples have no ground-truth masks; give a split with ground "
+                "truth (for Shapes valid/test, the generated <split>_gt folder)"
+            )
         frames = sample["frames"]
         h, w = int(frames.shape[1]), int(frames.shape[2])
         x = prepare_frames(frames[None], model, device)
@@ -293,8 +329,12 @@ def _disable_dropout(model: nn.Module) -> None:
 
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text \
+    return (
+        isinstance(exc, torch.OutOfMemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
         or "DefaultCPUAllocator" in text
+    )
 
 
 class Trainer:
@@ -310,16 +350,27 @@ class Trainer:
             ``config.loss_weights``).
     """
 
-    def __init__(self, model: RVOSModel, train_data: Dataset, config: TrainConfig, val_data: Dataset | None = None,
-                 dist_info: DistInfo | None = None, criterion: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: RVOSModel,
+        train_data: Dataset,
+        config: TrainConfig,
+        val_data: Dataset | None = None,
+        dist_info: DistInfo | None = None,
+        criterion: nn.Module | None = None,
+    ) -> None:
         self.cfg = config
         self.info = dist_info or DistInfo(device=torch.device(config.device or "cpu"))
         self.model = model
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise ConfigError("the training dataset is empty: check the data root and split (no samples found)")
-        self.objective: Objective = make_objective(model.config.architecture, config.loss_weights, criterion,
-                                                   mask_stride=getattr(model.config, "mask_stride", 4))
+        self.objective: Objective = make_objective(
+            model.config.architecture,
+            config.loss_weights,
+            criterion,
+            mask_stride=getattr(model.config, "mask_stride", 4),
+        )
         if config.gradient_checkpointing and hasattr(model.config, "gradient_checkpointing"):
             model.config.gradient_checkpointing = True
             backbone = getattr(model, "backbone", None)
@@ -332,16 +383,24 @@ class Trainer:
         self.criterion = self.objective.criterion
         groups = _param_groups(model, config)
         if config.optimizer == "sgd":  # momentum SGD: updates linear in the gradient (exactness checks, ablations)
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9,
-                                                                    weight_decay=config.weight_decay)
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+            )
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.sampler = EpochBatchSampler(len(train_data), config.batch_size, self.info.rank,  # type: ignore[arg-type]
-                                         self.info.world_size, config.seed)
+        self.sampler = EpochBatchSampler(
+            len(train_data),  # type: ignore[arg-type]
+            config.batch_size,
+            self.info.rank,
+            self.info.world_size,
+            config.seed,
+        )
         self.micro_per_epoch = len(self.sampler)
         if self.micro_per_epoch < config.grad_accum:
-            raise ConfigError(f"an epoch has {self.micro_per_epoch} batches per process, fewer than grad_accum="
-                              f"{config.grad_accum}: lower grad_accum or batch_size, or add data")
+            raise ConfigError(
+                f"an epoch has {self.micro_per_epoch} batches per process, fewer than grad_accum="
+                f"{config.grad_accum}: lower grad_accum or batch_size, or add data"
+            )
         self.steps_per_epoch = max(self.micro_per_epoch // config.grad_accum, 1)
         total = self.steps_per_epoch * config.epochs
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
@@ -377,17 +436,28 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": rng_state(), "best_metric": self.best_metric, "history": self.history,
-            "train_config": self.cfg.to_dict(), "world_size": self.info.world_size,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "best_metric": self.best_metric,
+            "history": self.history,
+            "train_config": self.cfg.to_dict(),
+            "world_size": self.info.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("world_size", 1) != self.info.world_size:
-            logger.warning("the checkpoint was written by %d processes, this run has %d: the data order and RNG "
-                           "streams differ from an uninterrupted run", state.get("world_size"), self.info.world_size)
+            logger.warning(
+                "the checkpoint was written by %d processes, this run has %d: the data order and RNG "
+                "streams differ from an uninterrupted run",
+                state.get("world_size"),
+                self.info.world_size,
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -442,8 +512,10 @@ class Trainer:
             losses = self.criterion(outputs, targets, max(normaliser, 1.0))
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}: lower the learning rate, "
-                                         "keep gradient clipping on, or use precision='fp32'")
+                raise FloatingPointError(
+                    f"the loss is {loss.item()} at step {self.step}: lower the learning rate, "
+                    "keep gradient clipping on, or use precision='fp32'"
+                )
             self.scaler.scale(loss / accum).backward()
         return {k: float(v.detach()) for k, v in losses.items()}
 
@@ -464,8 +536,13 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         # a private generator: creating the loader's iterator must not draw from the global RNG (resume exactness)
         generator = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
-        return DataLoader(_SeededSamples(self.train_data), batch_sampler=self.sampler,
-                          collate_fn=_collate, num_workers=self.cfg.num_workers, generator=generator)
+        return DataLoader(
+            _SeededSamples(self.train_data),
+            batch_sampler=self.sampler,
+            collate_fn=_collate,
+            num_workers=self.cfg.num_workers,
+            generator=generator,
+        )
 
     def _save(self) -> None:
         rngs = all_gather_objects(rng_state())  # every rank's generators (dropout streams differ per rank)
@@ -491,8 +568,9 @@ class Trainer:
     def _evaluate(self) -> dict[str, Any] | None:
         if self.val_data is None:
             return None
-        metrics = evaluate_jf(self.model, self.val_data, self.info, self.cfg.eval_max_samples,
-                              progress=self.cfg.progress)
+        metrics = evaluate_jf(
+            self.model, self.val_data, self.info, self.cfg.eval_max_samples, progress=self.cfg.progress
+        )
         record = {"kind": "eval", "step": self.step, "epoch": self.epoch, **metrics}
         self._log(record)
         logger.info("step %d: J&F %.2f (J %.2f, F %.2f)", self.step, metrics["J&F"], metrics["J"], metrics["F"])
@@ -520,8 +598,10 @@ class Trainer:
             else:
                 logger.info("resume=True but %s has no checkpoint: starting from scratch", self.out / "checkpoints")
         elif self.info.is_main and list_checkpoints(self.out / "checkpoints"):
-            raise ConfigError(f"{self.out} already holds checkpoints of a run: pass resume=True (--resume) to continue "
-                              "it, or choose another output_dir")
+            raise ConfigError(
+                f"{self.out} already holds checkpoints of a run: pass resume=True (--resume) to continue "
+                "it, or choose another output_dir"
+            )
         elif self.info.is_main:
             (self.out / "log.jsonl").write_text("")
         if not cfg.resume:
@@ -529,12 +609,19 @@ class Trainer:
             random.seed(cfg.seed)
             np.random.seed(cfg.seed % 2**32)
         self._tb = self._open_tensorboard()
-        previous_determinism = (torch.are_deterministic_algorithms_enabled(),
-                                torch.is_deterministic_algorithms_warn_only_enabled())
+        previous_determinism = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
         if cfg.deterministic and self.info.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
-                   disable=not (cfg.progress and self.info.is_main))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (cfg.progress and self.info.is_main),
+        )
         global_batch = cfg.batch_size * self.info.world_size * cfg.grad_accum
         window: list[dict[str, float]] = []
         tick = time.perf_counter()
@@ -551,7 +638,8 @@ class Trainer:
                             raise ConfigError(
                                 f"out of memory at batch_size={cfg.batch_size}: lower batch_size (and raise "
                                 "grad_accum to keep the global batch), use precision='bf16', or enable "
-                                "gradient_checkpointing=True") from exc
+                                "gradient_checkpointing=True"
+                            ) from exc
                         raise
                     window.append(losses)
                     if not sync:
@@ -565,9 +653,16 @@ class Trainer:
                         mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                         mean = all_reduce_mean(mean, self.info.device)
                         clips_per_s = len(window) * cfg.batch_size * self.info.world_size / max(now - tick, 1e-9)
-                        record = {"kind": "train", "step": self.step, "epoch": self.epoch, **mean,
-                                  "grad_norm": norm, "lr": self.optimizer.param_groups[0]["lr"],
-                                  "clips_per_s": clips_per_s, "global_batch": global_batch}
+                        record = {
+                            "kind": "train",
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            **mean,
+                            "grad_norm": norm,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "clips_per_s": clips_per_s,
+                            "global_batch": global_batch,
+                        }
                         self._log(record)
                         bar.set_postfix(loss=f"{mean['loss']:.3f}", clips_s=f"{clips_per_s:.1f}")
                         window, tick = [], now
@@ -576,8 +671,11 @@ class Trainer:
                     if end_of_epoch:
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or last or \
-                            (not cfg.eval_every and end_of_epoch):
+                    if (
+                        (cfg.eval_every and self.step % cfg.eval_every == 0)
+                        or last
+                        or (not cfg.eval_every and end_of_epoch)
+                    ):
                         self._evaluate()
                     if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last or end_of_epoch:
                         self._save()
@@ -594,5 +692,6 @@ class Trainer:
         if self.info.is_main:
             plot = plot_curves(self.history, self.out / "curves.png")
         barrier()
-        return TrainResult(self.out, final, best, self.best_metric, self.step, self.history, self.out / "log.jsonl",
-                           plot)
+        return TrainResult(
+            self.out, final, best, self.best_metric, self.step, self.history, self.out / "log.jsonl", plot
+        )

@@ -12,21 +12,31 @@ instance) and sigmoid focal + dice mask losses on every matched instance at the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
-from .matcher import (HungarianMatcher, MatchCosts, MTTRMatchCosts, MTTRMatcher, MTTRTarget, VideoTarget,
-                      downsample_masks, upsample_mask_logits)
+from .matcher import (
+    HungarianMatcher,
+    MatchCosts,
+    MTTRMatchCosts,
+    MTTRMatcher,
+    MTTRTarget,
+    VideoTarget,
+    downsample_masks,
+    upsample_mask_logits,
+)
 
 __all__ = ["LossWeights", "ReferFormerCriterion", "MTTRLossWeights", "MTTRCriterion", "sigmoid_focal_loss", "dice_loss"]
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Element-wise sigmoid focal loss (Lin et al. 2017); same shape as ``logits``. ``alpha < 0`` disables it."""
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -45,9 +55,14 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-
-def _weighted_layers(layer_losses: Any, outputs: dict[str, Any], targets: Sequence[Any], norm: float,
-                     coef: dict[str, float], aux_loss: bool) -> dict[str, torch.Tensor]:
+def _weighted_layers(
+    layer_losses: Any,
+    outputs: dict[str, Any],
+    targets: Sequence[Any],
+    norm: float,
+    coef: dict[str, float],
+    aux_loss: bool,
+) -> dict[str, torch.Tensor]:
     """Weighted terms of the last decoder layer (``<name>``) and, with ``aux_loss``, of each earlier one
     (``<name>_<i>``), plus their sum ``loss``; ``layer_losses(outputs, targets, norm)`` gives one layer's terms."""
     out: dict[str, torch.Tensor] = {}
@@ -59,6 +74,7 @@ def _weighted_layers(layer_losses: Any, outputs: dict[str, Any], targets: Sequen
             out[name + suffix] = value * coef[name]
     out["loss"] = torch.stack(list(out.values())).sum()
     return out
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -79,8 +95,14 @@ class ReferFormerCriterion(torch.nn.Module):
     sum. ``num_boxes`` is the global number of target-frames (see :func:`count_boxes`).
     """
 
-    def __init__(self, weights: LossWeights | None = None, costs: MatchCosts | None = None,
-                 focal_alpha: float = 0.25, aux_loss: bool = True, mask_stride: int = 4) -> None:
+    def __init__(
+        self,
+        weights: LossWeights | None = None,
+        costs: MatchCosts | None = None,
+        focal_alpha: float = 0.25,
+        aux_loss: bool = True,
+        mask_stride: int = 4,
+    ) -> None:
         super().__init__()
         self.weights = weights or LossWeights()
         self.matcher = HungarianMatcher(costs, mask_stride=mask_stride)
@@ -93,8 +115,9 @@ class ReferFormerCriterion(torch.nn.Module):
         """Target-frames in this process's batch (objects x real frames), at least 1."""
         return float(max(sum(int(t.labels.numel()) * int(t.frames.sum()) for t in targets), 1))
 
-    def layer_losses(self, outputs: dict[str, Any], targets: Sequence[VideoTarget],
-                     num_boxes: float) -> dict[str, torch.Tensor]:
+    def layer_losses(
+        self, outputs: dict[str, Any], targets: Sequence[VideoTarget], num_boxes: float
+    ) -> dict[str, torch.Tensor]:
         """Unweighted losses of one decoder layer's outputs."""
         logits, boxes, masks = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_masks"]
         matches = self.matcher(outputs, targets)
@@ -119,8 +142,7 @@ class ReferFormerCriterion(torch.nn.Module):
                     giou_terms.append((1 - giou).sum())
                 keep = target.frames.to(device).bool()
                 pm = masks[i, keep, s].float()  # [t', h, w]
-                tm = downsample_masks(target.masks[j, keep].to(device).float(), tuple(pm.shape[-2:]),
-                                      self.mask_stride)
+                tm = downsample_masks(target.masks[j, keep].to(device).float(), tuple(pm.shape[-2:]), self.mask_stride)
                 src_masks.append(pm.flatten(1))
                 tgt_masks.append(tm.flatten(1))
         focal = sigmoid_focal_loss(logits.float(), onehot, self.focal_alpha) * frame_weight
@@ -137,8 +159,9 @@ class ReferFormerCriterion(torch.nn.Module):
             losses["loss_dice"] = zero + masks.sum() * 0
         return losses
 
-    def forward(self, outputs: dict[str, Any], targets: Sequence[VideoTarget],
-                num_boxes: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, Any], targets: Sequence[VideoTarget], num_boxes: float | None = None
+    ) -> dict[str, torch.Tensor]:
         if num_boxes is None:
             num_boxes = self.count_boxes(targets)
         w = self.weights
@@ -174,8 +197,14 @@ class MTTRCriterion(torch.nn.Module):
     auxiliary layer ``i``) and ``loss``, their sum.
     """
 
-    def __init__(self, weights: MTTRLossWeights | None = None, costs: MTTRMatchCosts | None = None,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True) -> None:
+    def __init__(
+        self,
+        weights: MTTRLossWeights | None = None,
+        costs: MTTRMatchCosts | None = None,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        aux_loss: bool = True,
+    ) -> None:
         super().__init__()
         self.weights = weights or MTTRLossWeights()
         self.matcher = MTTRMatcher(costs)
@@ -187,8 +216,9 @@ class MTTRCriterion(torch.nn.Module):
         """Instance-frames in this process's batch (instances x decoded frames, summed over clips), at least 1."""
         return float(max(sum(int(t.masks.shape[0]) * int(t.masks.shape[1]) for t in targets), 1))
 
-    def layer_losses(self, outputs: dict[str, Any], targets: Sequence[MTTRTarget],
-                     num_masks: float) -> dict[str, torch.Tensor]:
+    def layer_losses(
+        self, outputs: dict[str, Any], targets: Sequence[MTTRTarget], num_masks: float
+    ) -> dict[str, torch.Tensor]:
         """Unweighted losses of one decoder layer's outputs."""
         logits, masks = outputs["pred_is_referred"], outputs["pred_masks"]
         matches = self.matcher(outputs, targets)
@@ -216,8 +246,9 @@ class MTTRCriterion(torch.nn.Module):
             "loss_dice": dice_loss(pm, tm).sum() / num_masks,
         }
 
-    def forward(self, outputs: dict[str, Any], targets: Sequence[MTTRTarget],
-                num_masks: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, Any], targets: Sequence[MTTRTarget], num_masks: float | None = None
+    ) -> dict[str, torch.Tensor]:
         if num_masks is None:
             num_masks = self.count_masks(targets)
         w = self.weights

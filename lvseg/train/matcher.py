@@ -13,8 +13,9 @@ decoded frames; every annotated instance is a target, not only the referred one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,20 +25,29 @@ from scipy.optimize import linear_sum_assignment
 from ..errors import ConfigError
 from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
-__all__ = ["MatchCosts", "HungarianMatcher", "VideoTarget", "downsample_masks", "MTTRTarget", "MTTRMatchCosts",
-           "MTTRMatcher", "upsample_mask_logits"]
-
+__all__ = [
+    "MatchCosts",
+    "HungarianMatcher",
+    "VideoTarget",
+    "downsample_masks",
+    "MTTRTarget",
+    "MTTRMatchCosts",
+    "MTTRMatcher",
+    "upsample_mask_logits",
+]
 
 
 def _assign(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimal (query indices, target indices) for a cost matrix [Q, N] (Hungarian, scipy)."""
     cost = cost.detach().cpu()
     if not torch.isfinite(cost).all():
-        raise FloatingPointError("the matching cost has NaN/inf entries: the model's outputs diverged "
-                                 "(lower the learning rate or enable gradient clipping)")
+        raise FloatingPointError(
+            "the matching cost has NaN/inf entries: the model's outputs diverged "
+            "(lower the learning rate or enable gradient clipping)"
+        )
     rows, cols = linear_sum_assignment(cost.numpy())
-    return (torch.as_tensor(np.asarray(rows), dtype=torch.int64),
-            torch.as_tensor(np.asarray(cols), dtype=torch.int64))
+    return (torch.as_tensor(np.asarray(rows), dtype=torch.int64), torch.as_tensor(np.asarray(cols), dtype=torch.int64))
+
 
 @dataclass
 class VideoTarget:
@@ -60,9 +70,11 @@ class VideoTarget:
     def __post_init__(self) -> None:
         n, t = self.boxes.shape[:2]
         if self.labels.shape != (n,) or self.masks.shape[:2] != (n, t) or self.valid.shape != (n, t):
-            raise ConfigError(f"inconsistent target shapes: labels {tuple(self.labels.shape)}, boxes "
-                              f"{tuple(self.boxes.shape)}, masks {tuple(self.masks.shape)}, valid "
-                              f"{tuple(self.valid.shape)}")
+            raise ConfigError(
+                f"inconsistent target shapes: labels {tuple(self.labels.shape)}, boxes "
+                f"{tuple(self.boxes.shape)}, masks {tuple(self.masks.shape)}, valid "
+                f"{tuple(self.valid.shape)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,9 @@ class HungarianMatcher:
         self.mask_stride = mask_stride
 
     @torch.no_grad()
-    def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
-                    target: VideoTarget) -> torch.Tensor:
+    def cost_matrix(
+        self, logits: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor, target: VideoTarget
+    ) -> torch.Tensor:
         """The [q, n] matching cost of one video: logits [t, q, K], boxes [t, q, 4], masks [t, q, h, w]."""
         c = self.costs
         t = logits.shape[0]
@@ -122,8 +135,9 @@ class HungarianMatcher:
         giou = torch.stack([generalized_box_iou(pred_xyxy[f], tgt_xyxy[:, f]) for f in range(t)])  # [t, q, n]
         valid = target.valid.transpose(0, 1)[:, None, :].float()  # [t, 1, n]
         seen = valid.sum(0).clamp(min=1)  # [1, n]
-        cost = (c.cls * (class_cost * valid).sum(0) + c.bbox * (l1 * valid).sum(0)
-                - c.giou * (giou * valid).sum(0)) / seen  # [q, n]
+        cost = (
+            c.cls * (class_cost * valid).sum(0) + c.bbox * (l1 * valid).sum(0) - c.giou * (giou * valid).sum(0)
+        ) / seen  # [q, n]
 
         # mask costs over the clip's real frames: sigmoid focal (mean over pixels) and dice
         keep = target.frames.bool()
@@ -131,17 +145,24 @@ class HungarianMatcher:
         gt = downsample_masks(target.masks[:, keep].float(), tuple(masks.shape[-2:]), self.mask_stride)
         gt = gt.flatten(1)  # [n, t' h w]
         p = pred.sigmoid()
-        focal_pos = c.focal_alpha * (1 - p).pow(c.focal_gamma) * F.binary_cross_entropy_with_logits(
-            pred, torch.ones_like(pred), reduction="none")
-        focal_neg = (1 - c.focal_alpha) * p.pow(c.focal_gamma) * F.binary_cross_entropy_with_logits(
-            pred, torch.zeros_like(pred), reduction="none")
+        focal_pos = (
+            c.focal_alpha
+            * (1 - p).pow(c.focal_gamma)
+            * F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
+        )
+        focal_neg = (
+            (1 - c.focal_alpha)
+            * p.pow(c.focal_gamma)
+            * F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
+        )
         mask_cost = (focal_pos @ gt.T + focal_neg @ (1 - gt).T) / max(pred.shape[1], 1)
         dice_cost = 1 - (2 * p @ gt.T + 1) / (p.sum(-1)[:, None] + gt.sum(-1)[None, :] + 1)
         return cost + c.mask * mask_cost + c.dice * dice_cost
 
     @torch.no_grad()
-    def __call__(self, outputs: dict[str, Any],
-                 targets: Sequence[VideoTarget]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(
+        self, outputs: dict[str, Any], targets: Sequence[VideoTarget]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         logits, boxes, masks = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_masks"]
         if len(targets) != logits.shape[0]:
             raise ConfigError(f"{logits.shape[0]} videos but {len(targets)} targets")
@@ -176,8 +197,7 @@ class MTTRTarget:
         if self.masks.dim() != 4 or self.masks.shape[0] < 1:
             raise ConfigError(f"MTTR target masks must be [n >= 1, t, H, W], got {tuple(self.masks.shape)}")
         if not 0 <= int(self.referred) < self.masks.shape[0]:
-            raise ConfigError(f"referred index {self.referred} is outside the target's {self.masks.shape[0]} "
-                              "instances")
+            raise ConfigError(f"referred index {self.referred} is outside the target's {self.masks.shape[0]} instances")
         if self.visible is not None and self.visible.shape != (self.masks.shape[1],):
             raise ConfigError(f"visible must be bool [t={self.masks.shape[1]}], got {tuple(self.visible.shape)}")
 
@@ -190,8 +210,9 @@ class MTTRTarget:
         n, t = self.masks.shape[:2]
         out = torch.zeros((t, n, 2), device=device)
         out[..., 1] = 1.0
-        frames = torch.ones(t, dtype=torch.bool, device=device) if self.visible is None \
-            else self.visible.to(device).bool()
+        frames = (
+            torch.ones(t, dtype=torch.bool, device=device) if self.visible is None else self.visible.to(device).bool()
+        )
         out[frames, int(self.referred)] = torch.tensor([1.0, 0.0], device=device)
         return out
 
@@ -200,8 +221,9 @@ def upsample_mask_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Ten
     """MTTR compares masks at the input resolution: stride-4 logits [..., h, w] -> [..., H, W] (bilinear,
     ``align_corners=False``, as the official matcher and loss do)."""
     lead = logits.shape[:-2]
-    x = F.interpolate(logits.float().reshape(-1, 1, *logits.shape[-2:]), size=tuple(size), mode="bilinear",
-                      align_corners=False)
+    x = F.interpolate(
+        logits.float().reshape(-1, 1, *logits.shape[-2:]), size=tuple(size), mode="bilinear", align_corners=False
+    )
     return x.reshape(*lead, *x.shape[-2:])
 
 
@@ -250,18 +272,23 @@ class MTTRMatcher:
         return cost
 
     @torch.no_grad()
-    def __call__(self, outputs: dict[str, Any],
-                 targets: Sequence[MTTRTarget]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(
+        self, outputs: dict[str, Any], targets: Sequence[MTTRTarget]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         logits, masks = outputs["pred_is_referred"], outputs["pred_masks"]
         if len(targets) != logits.shape[0]:
             raise ConfigError(f"{logits.shape[0]} clips but {len(targets)} targets")
         result = []
         for i, target in enumerate(targets):
             if target.masks.shape[1] != masks.shape[1]:
-                raise ConfigError(f"clip {i}: the model decoded {masks.shape[1]} frames but the target has "
-                                  f"{target.masks.shape[1]}; pass the same valid frames to both")
+                raise ConfigError(
+                    f"clip {i}: the model decoded {masks.shape[1]} frames but the target has "
+                    f"{target.masks.shape[1]}; pass the same valid frames to both"
+                )
             if target.masks.shape[0] > masks.shape[2]:
-                raise ConfigError(f"clip {i} has {target.masks.shape[0]} instances but the model only "
-                                  f"{masks.shape[2]} queries: raise num_queries")
+                raise ConfigError(
+                    f"clip {i} has {target.masks.shape[0]} instances but the model only "
+                    f"{masks.shape[2]} queries: raise num_queries"
+                )
             result.append(_assign(self.cost_matrix(logits[i], masks[i], target)))
         return result

@@ -13,16 +13,26 @@ being ``referred_index`` among them (hidden on some frames: empty mask there, "n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
-__all__ = ["A2DInstances", "a2d_mttr_transforms", "a2d_mttr_data", "A2D_WINDOW", "YTVOSInstances", "mttr_windows",
-           "ytvos_mttr_transforms", "ytvos_mttr_data", "YTVOS_WINDOW"]
+__all__ = [
+    "A2DInstances",
+    "a2d_mttr_transforms",
+    "a2d_mttr_data",
+    "A2D_WINDOW",
+    "YTVOSInstances",
+    "mttr_windows",
+    "ytvos_mttr_transforms",
+    "ytvos_mttr_data",
+    "YTVOS_WINDOW",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +50,15 @@ class A2DInstances(Dataset):
 
     def __init__(self, dataset: Any, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         if getattr(dataset, "transform", None) is not None:
-            raise ConfigError("build the A2DSentences dataset with transform=None and pass the transform to "
-                              "A2DInstances, so the added instance masks are augmented with the frames")
+            raise ConfigError(
+                "build the A2DSentences dataset with transform=None and pass the transform to "
+                "A2DInstances, so the added instance masks are augmented with the frames"
+            )
         for attr in ("samples", "mask_dir"):
             if not hasattr(dataset, attr):
-                raise ConfigError(f"A2DInstances wraps lvseg.data.A2DSentences; {type(dataset).__name__} has no "
-                                  f"{attr!r}")
+                raise ConfigError(
+                    f"A2DInstances wraps lvseg.data.A2DSentences; {type(dataset).__name__} has no {attr!r}"
+                )
         self.dataset = dataset
         self.transform = transform
 
@@ -151,9 +164,14 @@ class YTVOSInstances(Dataset):
     ``valid``, ``annotated``; ``transform`` runs on the whole sample.
     """
 
-    def __init__(self, root: str | Path, window: int = YTVOS_WINDOW,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 index_cache: str | Path | None = "auto", progress: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        window: int = YTVOS_WINDOW,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        index_cache: str | Path | None = "auto",
+        progress: bool = True,
+    ) -> None:
         from ..data import RefYouTubeVOS
 
         if not isinstance(window, int) or window < 1:
@@ -213,8 +231,7 @@ class YTVOSInstances(Dataset):
             try:
                 atomic_write_text(path, json.dumps(cached))
             except OSError as exc:
-                logger.warning("could not write the object-id cache %s (%s); it is rebuilt on the next run", path,
-                               exc)
+                logger.warning("could not write the object-id cache %s (%s); it is rebuilt on the next run", path, exc)
         return out
 
     def __len__(self) -> int:

@@ -13,7 +13,8 @@ The :class:`~lvseg.train.engine.Trainer` is family-agnostic; it asks :func:`make
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,15 +24,25 @@ from .boxes import mask_boxes_cxcywh
 from .losses import LossWeights, MTTRCriterion, MTTRLossWeights, ReferFormerCriterion
 from .matcher import MTTRTarget, VideoTarget
 
-__all__ = ["Objective", "ReferFormerObjective", "MTTRObjective", "make_objective", "build_targets",
-           "build_mttr_targets", "decoded_frames", "FAMILIES"]
+__all__ = [
+    "Objective",
+    "ReferFormerObjective",
+    "MTTRObjective",
+    "make_objective",
+    "build_targets",
+    "build_mttr_targets",
+    "decoded_frames",
+    "FAMILIES",
+]
 
 
 def _require_ground_truth(batch: dict[str, Any], keys: Sequence[str]) -> None:
     for key in keys:
         if key not in batch:
-            raise InvalidInputError(f"training needs ground truth: the batch has no {key!r}. Use a training split "
-                                    "(or a split with a ground-truth folder) for train_data")
+            raise InvalidInputError(
+                f"training needs ground truth: the batch has no {key!r}. Use a training split "
+                "(or a split with a ground-truth folder) for train_data"
+            )
 
 
 def _padding_mask(batch: dict[str, Any], device: torch.device) -> torch.Tensor | None:
@@ -57,13 +68,15 @@ def build_targets(batch: dict[str, Any], device: torch.device) -> list[VideoTarg
     out = []
     for i in range(b):
         valid = visible[i] & frame_mask[i] & annotated[i]
-        out.append(VideoTarget(
-            labels=torch.zeros(1, dtype=torch.int64, device=device),
-            boxes=boxes[i][None].to(device),
-            masks=masks[i][None].to(device),
-            valid=valid[None].to(device),
-            frames=(frame_mask[i] & annotated[i]).to(device),
-        ))
+        out.append(
+            VideoTarget(
+                labels=torch.zeros(1, dtype=torch.int64, device=device),
+                boxes=boxes[i][None].to(device),
+                masks=masks[i][None].to(device),
+                valid=valid[None].to(device),
+                frames=(frame_mask[i] & annotated[i]).to(device),
+            )
+        )
     return out
 
 
@@ -76,14 +89,17 @@ def decoded_frames(batch: dict[str, Any]) -> list[int]:
     annotated = batch.get("annotated", torch.ones((b, t), dtype=torch.bool))
     keep = (frame_mask & annotated).all(0)
     if not bool(keep.any()):
-        raise InvalidInputError("no frame position is annotated in every clip of the batch: MTTR decodes only the "
-                                "frames annotated in all clips (A2D-Sentences: the centre frame). Use clips of one "
-                                "length with the annotated frame at the same position, or batch_size=1")
+        raise InvalidInputError(
+            "no frame position is annotated in every clip of the batch: MTTR decodes only the "
+            "frames annotated in all clips (A2D-Sentences: the centre frame). Use clips of one "
+            "length with the annotated frame at the same position, or batch_size=1"
+        )
     return [int(i) for i in keep.nonzero().flatten()]
 
 
-def build_mttr_targets(batch: dict[str, Any], device: torch.device,
-                       frames: Sequence[int] | None = None) -> list[MTTRTarget]:
+def build_mttr_targets(
+    batch: dict[str, Any], device: torch.device, frames: Sequence[int] | None = None
+) -> list[MTTRTarget]:
     """MTTR targets from a collated batch, restricted to the clip positions ``frames`` (default:
     :func:`decoded_frames`).
 
@@ -162,20 +178,24 @@ class MTTRObjective(Objective):
 FAMILIES = ("referformer", "mttr")
 
 
-def make_objective(family: str, loss_weights: Any = None, criterion: nn.Module | None = None,
-                   mask_stride: int = 4) -> Objective:
+def make_objective(
+    family: str, loss_weights: Any = None, criterion: nn.Module | None = None, mask_stride: int = 4
+) -> Objective:
     """The :class:`Objective` of ``family``; ``loss_weights`` (:class:`LossWeights` for ReferFormer,
     :class:`MTTRLossWeights` for MTTR, or None for the official ones) or a ready ``criterion``. ``mask_stride``:
     input pixels per predicted mask cell (ReferFormer's ``config.mask_stride``: 4, or 1 with ``mask_refine``);
     the ground truth is subsampled to that grid."""
     if family == "referformer":
         if loss_weights is not None and not isinstance(loss_weights, LossWeights):
-            raise ConfigError(f"ReferFormer takes LossWeights (cls, bbox, giou, mask, dice), got "
-                              f"{type(loss_weights).__name__}")
+            raise ConfigError(
+                f"ReferFormer takes LossWeights (cls, bbox, giou, mask, dice), got {type(loss_weights).__name__}"
+            )
         return ReferFormerObjective(criterion or ReferFormerCriterion(loss_weights, mask_stride=mask_stride))
     if family == "mttr":
         if loss_weights is not None and not isinstance(loss_weights, MTTRLossWeights):
-            raise ConfigError(f"MTTR takes MTTRLossWeights (is_referred, sigmoid_focal, dice, eos_coef), got "
-                              f"{type(loss_weights).__name__}")
+            raise ConfigError(
+                f"MTTR takes MTTRLossWeights (is_referred, sigmoid_focal, dice, eos_coef), got "
+                f"{type(loss_weights).__name__}"
+            )
         return MTTRObjective(criterion or MTTRCriterion(loss_weights))
     raise ConfigError(f"lvseg.train supports the {', '.join(repr(f) for f in FAMILIES)} families, not {family!r}")

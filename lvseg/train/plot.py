@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..utils import atomic_path
 
@@ -63,8 +64,9 @@ def _plot_pillow(panels: list[tuple[str, list[tuple[float, float]]]], path: Path
         if ymax == ymin:
             ymax = ymin + 1
 
-        def to_px(x: float, y: float, x0: float = x0, bounds: tuple[float, float, float, float] = (xmin, xmax, ymin, ymax)
-                  ) -> tuple[float, float]:
+        def to_px(
+            x: float, y: float, x0: float = x0, bounds: tuple[float, float, float, float] = (xmin, xmax, ymin, ymax)
+        ) -> tuple[float, float]:
             x_lo, x_hi, y_lo, y_hi = bounds
             px = x0 + margin + (x - x_lo) / (x_hi - x_lo) * (pw - 2 * margin)
             py = ph - margin - (y - y_lo) / (y_hi - y_lo) * (ph - 2 * margin)

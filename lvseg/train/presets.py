@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .mttr_data import a2d_mttr_data, ytvos_mttr_data
 
-__all__ = ["Preset", "PRESETS", "get_preset", "train_bpe_tokenizer", "shapes_tokenizer", "shapes_tiny_config",
-           "build_shapes_tiny", "shapes_prepare", "ensure_shapes", "ShuffledExpressions", "SHAPES_SIZE", "SHAPES_FRAMES",
-           "SHAPES_PRETRAIN_STEPS", "SHAPES_REFINE_STEPS", "shapes_refine_schedule"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "get_preset",
+    "train_bpe_tokenizer",
+    "shapes_tokenizer",
+    "shapes_tiny_config",
+    "build_shapes_tiny",
+    "shapes_prepare",
+    "ensure_shapes",
+    "ShuffledExpressions",
+    "SHAPES_SIZE",
+    "SHAPES_FRAMES",
+    "SHAPES_PRETRAIN_STEPS",
+    "SHAPES_REFINE_STEPS",
+    "shapes_refine_schedule",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +73,13 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 400, max_length
     from transformers import RobertaTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.train_from_iterator(
+        list(corpus),
+        vocab_size=vocab_size,
+        min_frequency=1,
+        show_progress=False,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bpe.save_model(tmp)
         return RobertaTokenizerFast(vocab=f"{tmp}/vocab.json", merges=f"{tmp}/merges.txt", model_max_length=max_length)
@@ -89,16 +109,40 @@ def shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
     from ..models.referformer.config import ReferFormerConfig
 
     text = {
-        "vocab_size": vocab_size, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 128, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 40, "type_vocab_size": 1,
-        "initializer_range": 0.02, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": 40,
+        "type_vocab_size": 1,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
     }
     pre = PreprocessConfig(short_side=size, max_size=size, window=36, overlap=0, max_text_tokens=32)
     return ReferFormerConfig(
-        preprocessing=pre, backbone="timm", timm_model="test_convnext", temporal_kernel=3, hidden_dim=64,
-        nheads=4, enc_layers=2, dec_layers=3, dim_feedforward=128, dropout=0.0, mask_dim=32, num_queries=1,
-        sentence_pooling="mean", query_reference="text", text_encoder=text, max_frames_per_pass=36,
+        preprocessing=pre,
+        backbone="timm",
+        timm_model="test_convnext",
+        temporal_kernel=3,
+        hidden_dim=64,
+        nheads=4,
+        enc_layers=2,
+        dec_layers=3,
+        dim_feedforward=128,
+        dropout=0.0,
+        mask_dim=32,
+        num_queries=1,
+        sentence_pooling="mean",
+        query_reference="text",
+        text_encoder=text,
+        max_frames_per_pass=36,
     )
 
 
@@ -119,16 +163,18 @@ def shapes_refine_schedule(steps: int = SHAPES_REFINE_STEPS) -> dict[str, Any]:
     return {"max_steps": steps, "lr_drop_steps": (steps * 3 // 4,)}
 
 
-def shapes_prepare(model: Any, data_root: Path, seed: int, progress: bool = True,
-                   steps: int | None = None) -> dict[str, Any]:
+def shapes_prepare(
+    model: Any, data_root: Path, seed: int, progress: bool = True, steps: int | None = None
+) -> dict[str, Any]:
     """Stage 1 of the Shapes recipe: :func:`lvseg.train.shapes_pretrain.pretrain_backbone_on_shapes` on the
     ``train`` split under ``data_root`` (generated first when missing), ``SHAPES_PRETRAIN_STEPS`` steps unless
     ``steps`` says otherwise."""
     from .shapes_pretrain import pretrain_backbone_on_shapes
 
     ensure_shapes(data_root)
-    return pretrain_backbone_on_shapes(model, data_root, steps=steps or SHAPES_PRETRAIN_STEPS, lr=3e-3, seed=seed,
-                                       progress=progress)
+    return pretrain_backbone_on_shapes(
+        model, data_root, steps=steps or SHAPES_PRETRAIN_STEPS, lr=3e-3, seed=seed, progress=progress
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -159,8 +205,9 @@ class ShuffledExpressions(Dataset):
         return sample
 
 
-def ensure_shapes(root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0,
-                  size: int = SHAPES_SIZE) -> None:
+def ensure_shapes(
+    root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0, size: int = SHAPES_SIZE
+) -> None:
     """Generate the Shapes train/valid splits of the embedded model's recipe at ``root`` where missing."""
     from ..data import shapes
 
@@ -171,16 +218,18 @@ def ensure_shapes(root: str | Path, num_train: int = 1200, num_val: int = 60, se
             shapes.generate(root, split, num_videos=n, frames=SHAPES_FRAMES, size=size, seed=seed, progress=False)
 
 
-def shapes_data(root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0,
-                size: int = SHAPES_SIZE) -> tuple[Dataset, Dataset]:
+def shapes_data(
+    root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0, size: int = SHAPES_SIZE
+) -> tuple[Dataset, Dataset]:
     """Shapes train/valid at ``root`` (generated first when missing) as training clips and evaluation videos."""
     from ..data import ClipSampling, RefYouTubeVOS
     from ..data.transforms import RandomHorizontalFlip
 
     root = Path(root)
     ensure_shapes(root, num_train, num_val, seed, size)
-    train = RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=SHAPES_CLIP, mode="random"),
-                          transform=RandomHorizontalFlip(0.5))
+    train = RefYouTubeVOS(
+        root, "train", sampling=ClipSampling(num_frames=SHAPES_CLIP, mode="random"), transform=RandomHorizontalFlip(0.5)
+    )
     val = RefYouTubeVOS(root, "valid")
     return train, val
 
@@ -191,16 +240,21 @@ def ytvos_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
     from ..data import ClipSampling, RedrawInvisible, RefYouTubeVOS
     from ..data.transforms import train_transforms
 
-    return RedrawInvisible(RefYouTubeVOS(root, "train", sampling=ClipSampling(num_frames=5, mode="referformer"),
-                                         transform=train_transforms())), None
+    return RedrawInvisible(
+        RefYouTubeVOS(
+            root, "train", sampling=ClipSampling(num_frames=5, mode="referformer"), transform=train_transforms()
+        )
+    ), None
 
 
 #: sub-folders of a joint-training data root (see :func:`joint_data`)
-JOINT_LAYOUT = ("<root>/ref-youtube-vos/   Ref-YouTube-VOS (meta_expressions/train/meta_expressions.json, "
-                "train/JPEGImages, train/Annotations, train/meta.json)\n"
-                "<root>/refer/             REFER's data/ folder: refcoco/refs(unc).p + instances.json, "
-                "refcoco+/refs(unc).p + instances.json, refcocog/refs(umd).p + instances.json, "
-                "images/mscoco/images/train2014/COCO_train2014_<id:012d>.jpg")
+JOINT_LAYOUT = (
+    "<root>/ref-youtube-vos/   Ref-YouTube-VOS (meta_expressions/train/meta_expressions.json, "
+    "train/JPEGImages, train/Annotations, train/meta.json)\n"
+    "<root>/refer/             REFER's data/ folder: refcoco/refs(unc).p + instances.json, "
+    "refcoco+/refs(unc).p + instances.json, refcocog/refs(umd).p + instances.json, "
+    "images/mscoco/images/train2014/COCO_train2014_<id:012d>.jpg"
+)
 
 
 def _refer_normalised_sentence(sample: dict[str, Any]) -> dict[str, Any]:
@@ -239,12 +293,19 @@ def joint_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
 
     root = Path(root)
     ytvos_root, refer_root = root / "ref-youtube-vos", root / "refer"
-    needed = [ytvos_root, refer_root / "refcoco", refer_root / "refcoco+", refer_root / "refcocog",
-              refer_root / "images/mscoco/images/train2014"]
+    needed = [
+        ytvos_root,
+        refer_root / "refcoco",
+        refer_root / "refcoco+",
+        refer_root / "refcocog",
+        refer_root / "images/mscoco/images/train2014",
+    ]
     missing = [str(p) for p in needed if not p.is_dir()]
     if missing:
-        raise DatasetError(f"joint training data root {str(root)!r} lacks {', '.join(missing)}. Expected layout:\n"
-                           f"{JOINT_LAYOUT}\n(see docs/train.md, 'Joint training').")
+        raise DatasetError(
+            f"joint training data root {str(root)!r} lacks {', '.join(missing)}. Expected layout:\n"
+            f"{JOINT_LAYOUT}\n(see docs/train.md, 'Joint training')."
+        )
     parts: list[Dataset] = []
     for name in ("refcoco", "refcoco+", "refcocog"):  # the official order: RefCOCO/+/g first, Ref-YouTube-VOS last
         images = RefCOCO(refer_root, "train", dataset=name, transform=_refer_normalised_sentence)
@@ -254,84 +315,173 @@ def joint_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
 
 
 def _needs_shapes_base() -> Any:
-    raise ConfigError("preset 'referformer-tiny-shapes-hr' continues a run of the 'referformer-tiny-shapes' preset: "
-                      "pass model=<that run's output_dir>/best (CLI: --model runs/shapes/best); "
-                      "benchmarks/train_shapes.py runs both stages")
+    raise ConfigError(
+        "preset 'referformer-tiny-shapes-hr' continues a run of the 'referformer-tiny-shapes' preset: "
+        "pass model=<that run's output_dir>/best (CLI: --model runs/shapes/best); "
+        "benchmarks/train_shapes.py runs both stages"
+    )
 
 
-_REFERFORMER_FINETUNE = dict(lr=1e-4, lr_backbone=5e-5, lr_text_encoder=1e-5, weight_decay=5e-4, clip_max_norm=0.1,
-                             batch_size=1, epochs=6, lr_drops=(3, 5), freeze_text_encoder=True)
+_REFERFORMER_FINETUNE = dict(
+    lr=1e-4,
+    lr_backbone=5e-5,
+    lr_text_encoder=1e-5,
+    weight_decay=5e-4,
+    clip_max_norm=0.1,
+    batch_size=1,
+    epochs=6,
+    lr_drops=(3, 5),
+    freeze_text_encoder=True,
+)
 _REFERFORMER_JOINT = dict(_REFERFORMER_FINETUNE, epochs=12, lr_drops=(8, 10), seed=42)
-_JOINT_DESCRIPTION = ("official joint RefCOCO/+/g pseudo-video + Ref-YouTube-VOS training (12 epochs, LR drops at 8 "
-                      "and 10, text encoder frozen; torchrun on 32 GPUs for the global batch of 32). Starts from the "
-                      "released joint weights: the official run starts from ImageNet/Kinetics backbone weights and "
-                      "RoBERTa-base, which lvseg does not build; pass such a model to train from those")
+_JOINT_DESCRIPTION = (
+    "official joint RefCOCO/+/g pseudo-video + Ref-YouTube-VOS training (12 epochs, LR drops at 8 "
+    "and 10, text encoder frozen; torchrun on 32 GPUs for the global batch of 32). Starts from the "
+    "released joint weights: the official run starts from ImageNet/Kinetics backbone weights and "
+    "RoBERTa-base, which lvseg does not build; pass such a model to train from those"
+)
 
 # what MTTR's A2D and Ref-YouTube-VOS configs share (RoBERTa frozen: its LR is unused)
-_MTTR_RECIPE = dict(lr=1e-4, lr_backbone=1e-5, lr_text_encoder=5e-5, weight_decay=1e-4, clip_max_norm=0.1,
-                    lr_gamma=0.4, freeze_text_encoder=True, precision="fp16", seed=42)
+_MTTR_RECIPE = dict(
+    lr=1e-4,
+    lr_backbone=1e-5,
+    lr_text_encoder=5e-5,
+    weight_decay=1e-4,
+    clip_max_norm=0.1,
+    lr_gamma=0.4,
+    freeze_text_encoder=True,
+    precision="fp16",
+    seed=42,
+)
 
 PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
-        "referformer-tiny-shapes", "referformer", build_shapes_tiny,
-        train=dict(lr=5e-4, lr_backbone=5e-4, lr_text_encoder=5e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=2, max_steps=13000, warmup_steps=150, lr_drop_steps=(8500,),
-                   disable_dropout=True, eval_every=1000, eval_max_samples=120, checkpoint_every=250, log_every=25),
-        data=shapes_data, prepare=shapes_prepare,
+        "referformer-tiny-shapes",
+        "referformer",
+        build_shapes_tiny,
+        train=dict(
+            lr=5e-4,
+            lr_backbone=5e-4,
+            lr_text_encoder=5e-4,
+            weight_decay=1e-4,
+            clip_max_norm=1.0,
+            batch_size=2,
+            epochs=2,
+            max_steps=13000,
+            warmup_steps=150,
+            lr_drop_steps=(8500,),
+            disable_dropout=True,
+            eval_every=1000,
+            eval_max_samples=120,
+            checkpoint_every=250,
+            log_every=25,
+        ),
+        data=shapes_data,
+        prepare=shapes_prepare,
         description="the embedded referformer-tiny.shapes model: ~1 M parameters from scratch on Shapes (CPU); "
-                    "stage 1 pre-trains the backbone on the Shapes attributes"),
+        "stage 1 pre-trains the backbone on the Shapes attributes",
+    ),
     "referformer-tiny-shapes-hr": Preset(
-        "referformer-tiny-shapes-hr", "referformer", _needs_shapes_base,
-        train=dict(lr=2e-4, lr_backbone=2e-4, lr_text_encoder=2e-4, weight_decay=1e-4, clip_max_norm=1.0,
-                   batch_size=2, epochs=2, warmup_steps=100, disable_dropout=True, eval_every=1000,
-                   eval_max_samples=120, checkpoint_every=250, log_every=25, **shapes_refine_schedule()),
-        data=shapes_data, model_overrides={"mask_refine": 16},
+        "referformer-tiny-shapes-hr",
+        "referformer",
+        _needs_shapes_base,
+        train=dict(
+            lr=2e-4,
+            lr_backbone=2e-4,
+            lr_text_encoder=2e-4,
+            weight_decay=1e-4,
+            clip_max_norm=1.0,
+            batch_size=2,
+            epochs=2,
+            warmup_steps=100,
+            disable_dropout=True,
+            eval_every=1000,
+            eval_max_samples=120,
+            checkpoint_every=250,
+            log_every=25,
+            **shapes_refine_schedule(),
+        ),
+        data=shapes_data,
+        model_overrides={"mask_refine": 16},
         description="stage 3 of the embedded model: a referformer-tiny-shapes run's best model grows the "
-                    "image-guided stride-1 mask head (mask_refine=16) and trains on with it"),
+        "image-guided stride-1 mask head (mask_refine=16) and trains on with it",
+    ),
     "referformer-r50-ytvos": Preset(
-        "referformer-r50-ytvos", "referformer", "referformer-r50.refcoco", train=dict(_REFERFORMER_FINETUNE), data=ytvos_data,
+        "referformer-r50-ytvos",
+        "referformer",
+        "referformer-r50.refcoco",
+        train=dict(_REFERFORMER_FINETUNE),
+        data=ytvos_data,
         description="official Ref-YouTube-VOS fine-tuning from the RefCOCO-pretrained weights (--pretrained_weights; "
-                    "6 epochs, LR drops at 3 and 5, text encoder frozen)"),
+        "6 epochs, LR drops at 3 and 5, text encoder frozen)",
+    ),
     "referformer-swin-l-ytvos": Preset(
-        "referformer-swin-l-ytvos", "referformer", "referformer-swin-l.refcoco",
-        train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
-        description="official Swin-L Ref-YouTube-VOS fine-tuning (gradient checkpointing as --use_checkpoint)"),
+        "referformer-swin-l-ytvos",
+        "referformer",
+        "referformer-swin-l.refcoco",
+        train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True),
+        data=ytvos_data,
+        description="official Swin-L Ref-YouTube-VOS fine-tuning (gradient checkpointing as --use_checkpoint)",
+    ),
     "referformer-video-swin-b-ytvos": Preset(
-        "referformer-video-swin-b-ytvos", "referformer", "referformer-video-swin-b.refcoco",
-        train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True), data=ytvos_data,
-        description="official Video-Swin-B Ref-YouTube-VOS fine-tuning"),
+        "referformer-video-swin-b-ytvos",
+        "referformer",
+        "referformer-video-swin-b.refcoco",
+        train=dict(_REFERFORMER_FINETUNE, gradient_checkpointing=True),
+        data=ytvos_data,
+        description="official Video-Swin-B Ref-YouTube-VOS fine-tuning",
+    ),
     # main_joint.py via scripts/dist_joint_train_ytvos.sh: --with_box_refine --binary --freeze_text_encoder
     # --epochs 12 --lr_drop 8 10, opts.py defaults otherwise (lrs, wd 5e-4, clip 0.1, batch 1 per GPU, 5 frames,
     # seed 42); 32 V100 with 1 clip each (issue #7), not from the RefCOCO-pretrained model and no balanced
     # sampling (issue #19); --use_checkpoint for Swin-L / Video-Swin-B (memory only)
     "referformer-r50-joint": Preset(
-        "referformer-r50-joint", "referformer", "referformer-r50.joint", train=dict(_REFERFORMER_JOINT),
-        data=joint_data, description=_JOINT_DESCRIPTION),
+        "referformer-r50-joint",
+        "referformer",
+        "referformer-r50.joint",
+        train=dict(_REFERFORMER_JOINT),
+        data=joint_data,
+        description=_JOINT_DESCRIPTION,
+    ),
     "referformer-swin-l-joint": Preset(
-        "referformer-swin-l-joint", "referformer", "referformer-swin-l.joint",
-        train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True), data=joint_data,
-        description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)"),
+        "referformer-swin-l-joint",
+        "referformer",
+        "referformer-swin-l.joint",
+        train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True),
+        data=joint_data,
+        description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)",
+    ),
     "referformer-video-swin-b-joint": Preset(
-        "referformer-video-swin-b-joint", "referformer", "referformer-video-swin-b.joint",
-        train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True), data=joint_data,
-        description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)"),
+        "referformer-video-swin-b-joint",
+        "referformer",
+        "referformer-video-swin-b.joint",
+        train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True),
+        data=joint_data,
+        description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)",
+    ),
     "mttr-swin-t-a2d": Preset(
-        "mttr-swin-t-a2d", "mttr", "mttr-swin-t.a2d",
+        "mttr-swin-t-a2d",
+        "mttr",
+        "mttr-swin-t.a2d",
         # configs/a2d_sentences.yaml + README (-ws 10 -bs 3 -ng 2: batch 3 per process on 2 GPUs); AMP (fp16)
         train=dict(_MTTR_RECIPE, batch_size=3, epochs=70, lr_drops=(50,)),
         data=a2d_mttr_data,
         description="official MTTR A2D-Sentences recipe (window 10, 70 epochs, LR x0.4 at 50, text encoder "
-                    "frozen; torchrun --nproc_per_node=2 for the global batch of 6)"),
+        "frozen; torchrun --nproc_per_node=2 for the global batch of 6)",
+    ),
     "mttr-swin-t-ytvos": Preset(
-        "mttr-swin-t-ytvos", "mttr", "mttr-swin-t.ytvos",
+        "mttr-swin-t-ytvos",
+        "mttr",
+        "mttr-swin-t.ytvos",
         # configs/refer_youtube_vos.yaml + README (-ws 12 -bs 1 -ng 4); AMP (fp16). trainer.py builds
         # MultiStepLR([20], 0.4) but steps it as step(total_epoch_loss): the loss sum (>= 20) is taken as the epoch,
         # so the LR is x0.4 from the second epoch on -- what the released model was trained with
         train=dict(_MTTR_RECIPE, batch_size=1, epochs=30, lr_drops=(1,)),
         data=ytvos_mttr_data,
         description="official MTTR Ref-YouTube-VOS recipe (12-frame windows, all objects of a window as targets, "
-                    "30 epochs, LR x0.4 after epoch 1 as the official scheduler call does, text encoder frozen; "
-                    "torchrun --nproc_per_node=4 for the global batch of 4)"),
+        "30 epochs, LR x0.4 after epoch 1 as the official scheduler call does, text encoder frozen; "
+        "torchrun --nproc_per_node=4 for the global batch of 4)",
+    ),
 }
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -60,14 +61,17 @@ class ShapesAttributeClips(Dataset):
         flip: apply the random horizontal flip.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", num_frames: int = 4, size: int | None = None,
-                 flip: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, split: str = "train", num_frames: int = 4, size: int | None = None, flip: bool = True
+    ) -> None:
         root = Path(root)
         info_path = root / "shapes_info" / f"{split}.json"
         if not info_path.is_file() or not (root / split / "Annotations").is_dir():
-            raise DatasetError(f"no Shapes {split!r} split with annotations under {root} (expected {info_path} "
-                               f"and {root / split / 'Annotations'}); generate it with "
-                               f"lvseg.data.shapes.generate(root, {split!r}, ...)")
+            raise DatasetError(
+                f"no Shapes {split!r} split with annotations under {root} (expected {info_path} "
+                f"and {root / split / 'Annotations'}); generate it with "
+                f"lvseg.data.shapes.generate(root, {split!r}, ...)"
+            )
         info = json.loads(info_path.read_text())
         self.root, self.split, self.num_frames, self.size, self.flip = root, split, num_frames, size, flip
         self.videos = sorted(info["videos"])
@@ -83,10 +87,15 @@ class ShapesAttributeClips(Dataset):
         vid = self.videos[index]
         chosen = sorted(random.sample(range(len(self.frame_names)), self.num_frames))
         names = [self.frame_names[i] for i in chosen]
-        frames = np.stack([np.asarray(Image.open(self.root / self.split / "JPEGImages" / vid / f"{n}.jpg")
-                                      .convert("RGB")) for n in names])
-        ids = np.stack([np.asarray(Image.open(self.root / self.split / "Annotations" / vid / f"{n}.png"))
-                        for n in names]).astype(np.int64)
+        frames = np.stack(
+            [
+                np.asarray(Image.open(self.root / self.split / "JPEGImages" / vid / f"{n}.jpg").convert("RGB"))
+                for n in names
+            ]
+        )
+        ids = np.stack(
+            [np.asarray(Image.open(self.root / self.split / "Annotations" / vid / f"{n}.png")) for n in names]
+        ).astype(np.int64)
         flip = self.flip and random.random() < 0.5
         tables = []
         for attr, classes in ATTRIBUTES.items():
@@ -117,16 +126,17 @@ class AttributeHeads(nn.Module):
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__()
         self.heads = nn.ModuleList(
-            nn.ModuleDict({a: nn.Conv2d(c, len(v) + 1, kernel_size=1) for a, v in ATTRIBUTES.items()})
-            for c in channels)
+            nn.ModuleDict({a: nn.Conv2d(c, len(v) + 1, kernel_size=1) for a, v in ATTRIBUTES.items()}) for c in channels
+        )
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """feats: per level [N, C_l, h_l, w_l] -> per level {attribute: logits [N, K_a + 1, h_l, w_l]}."""
         return [{a: head(f) for a, head in cast(nn.ModuleDict, heads).items()} for heads, f in zip(self.heads, feats)]
 
 
-def _attribute_loss(outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor,
-                    background_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+def _attribute_loss(
+    outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor, background_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Per level and attribute: cross-entropy over the object classes on object pixels only, plus (weighted by
     ``background_weight``) the object-vs-background cross-entropy of the background logit.
 
@@ -153,8 +163,9 @@ def _attribute_loss(outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor
     return total / (len(outputs) * a), acc
 
 
-def _object_loss(outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor,
-                 ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def _object_loss(
+    outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Per level and attribute: cross-entropy of each object's logits averaged over its pixels (the heads are
     linear, so this classifies the object's mean feature). labels: [B, A, T, H, W]; ids: [B, T, H, W]."""
     b, a, t, h, w = labels.shape
@@ -168,7 +179,7 @@ def _object_loss(outputs: list[dict[str, torch.Tensor]], labels: torch.Tensor,
         cover = F.interpolate(onehot, size=size, mode="area")  # fraction of each cell covered by each object
         count = cover.sum((2, 3))  # [BT, O]
         present = count > 1e-3
-        target = (torch.einsum("nohw,nahw->noa", onehot, flat) / onehot.sum((2, 3)).clamp_min(1)[..., None])
+        target = torch.einsum("nohw,nahw->noa", onehot, flat) / onehot.sum((2, 3)).clamp_min(1)[..., None]
         target = target.round().long()  # [BT, O, A] class + 1 of each object
         for i, (attr, logits) in enumerate(out.items()):
             pooled = torch.einsum("nohw,nkhw->nok", cover, logits[:, 1:].float()) / count.clamp_min(1e-3)[..., None]
@@ -190,11 +201,20 @@ def _collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in batch]) for k in ("frames", "labels", "ids")}
 
 
-def pretrain_backbone_on_shapes(model: RVOSModel, root: str | Path, steps: int = 1500, batch_size: int = 4,
-                                lr: float = 1e-3, weight_decay: float = 1e-4, num_frames: int = 4,
-                                background_weight: float = 0.2, objective: str = "pixel", seed: int = 0,
-                                num_workers: int = 0,
-                                progress: bool = True) -> dict[str, Any]:
+def pretrain_backbone_on_shapes(
+    model: RVOSModel,
+    root: str | Path,
+    steps: int = 1500,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    num_frames: int = 4,
+    background_weight: float = 0.2,
+    objective: str = "pixel",
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``model.backbone`` (in place) to predict per-pixel Shapes attributes; see the module docstring.
 
     Args:
@@ -215,8 +235,9 @@ def pretrain_backbone_on_shapes(model: RVOSModel, root: str | Path, steps: int =
 
     backbone = getattr(model, "backbone", None)
     if backbone is None or not hasattr(backbone, "num_channels"):
-        raise ConfigError("pretrain_backbone_on_shapes needs a model with a CNN .backbone (ReferFormer with "
-                          "backbone='timm')")
+        raise ConfigError(
+            "pretrain_backbone_on_shapes needs a model with a CNN .backbone (ReferFormer with backbone='timm')"
+        )
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if objective not in ("pixel", "object"):
@@ -238,8 +259,15 @@ def pretrain_backbone_on_shapes(model: RVOSModel, root: str | Path, steps: int =
     step = 0
     bar = tqdm(total=steps, desc="backbone pre-training", disable=not progress)
     while step < steps:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True,
-                            collate_fn=_collate, num_workers=num_workers)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=True,
+            collate_fn=_collate,
+            num_workers=num_workers,
+        )
         for batch in loader:
             frames = prepare_frames(batch["frames"], model, device)  # [B, T, 3, H, W]
             t = frames.shape[1]
@@ -261,15 +289,20 @@ def pretrain_backbone_on_shapes(model: RVOSModel, root: str | Path, steps: int =
             if step % 25 == 0 or step == steps:
                 shown = _recent_accuracy(history)
                 bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}")
-                logger.info("backbone pre-training step %d: loss %.4f, foreground accuracy %s", step,
-                            np.mean(losses[-25:]), ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+                logger.info(
+                    "backbone pre-training step %d: loss %.4f, foreground accuracy %s",
+                    step,
+                    np.mean(losses[-25:]),
+                    ", ".join(f"{k} {v:.3f}" for k, v in shown.items()),
+                )
             if step >= steps:
                 break
     bar.close()
     backbone.train(was_training)
     strides = getattr(backbone, "strides", list(range(len(backbone.num_channels))))
     recent = _recent_accuracy(history)
-    accuracy = {attr: {f"stride{s}": recent[f"{attr}/{lvl}"] for lvl, s in enumerate(strides)
-                       if f"{attr}/{lvl}" in recent}
-                for attr in ATTRIBUTES}
+    accuracy = {
+        attr: {f"stride{s}": recent[f"{attr}/{lvl}"] for lvl, s in enumerate(strides) if f"{attr}/{lvl}" in recent}
+        for attr in ATTRIBUTES
+    }
     return {"steps": step, "loss": float(np.mean(losses[-25:])), "objective": objective, "accuracy": accuracy}

@@ -28,8 +28,14 @@ class PositionEmbeddingSine2D(nn.Module):
     are ``(pos_y, pos_x)``, ``2 * num_pos_feats`` in all.
     """
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float | None = None, offset: float = -0.5) -> None:
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float | None = None,
+        offset: float = -0.5,
+    ) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.offset = offset
@@ -58,8 +64,9 @@ class PositionEmbeddingSine2D(nn.Module):
 class PositionEmbeddingSine1D(nn.Module):
     """1-D sine encoding of a token padding mask (no -0.5 offset, unlike the 2-D variant)."""
 
-    def __init__(self, num_pos_feats: int = 256, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float | None = None) -> None:
+    def __init__(
+        self, num_pos_feats: int = 256, temperature: float = 10000.0, normalize: bool = True, scale: float | None = None
+    ) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature

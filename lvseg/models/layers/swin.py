@@ -20,7 +20,8 @@ multiples of the window (e.g. 90x160 at 360x640 input), so the released weights 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,14 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["SwinBackbone", "WindowAttention3D", "effective_window", "shifted_window_mask", "shifted_window_regions",
-           "ShiftMaskGroups"]
+__all__ = [
+    "SwinBackbone",
+    "WindowAttention3D",
+    "effective_window",
+    "shifted_window_mask",
+    "shifted_window_regions",
+    "ShiftMaskGroups",
+]
 
 Triple = tuple[int, int, int]
 
@@ -117,7 +124,7 @@ class WindowAttention3D(nn.Module):
             self._index_cache[key] = cached
         return cached
 
-    def forward(self, x: torch.Tensor, mask: "torch.Tensor | ShiftMaskGroups | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | ShiftMaskGroups | None = None) -> torch.Tensor:
         """x: [B * nW, N, C]; mask -> [B * nW, N, C].
 
         ``mask`` is None, an additive [nW, N, N] mask (0 / -100), the integer region id of every token of every
@@ -145,7 +152,7 @@ class WindowAttention3D(nn.Module):
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c))
 
-    def _forward_fused(self, x: torch.Tensor, mask: "torch.Tensor | ShiftMaskGroups | None") -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor | ShiftMaskGroups | None) -> torch.Tensor:
         b_, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
@@ -165,8 +172,9 @@ class WindowAttention3D(nn.Module):
             for pattern, index in zip(groups.patterns, groups.index):
                 attn_mask = (bias + pattern.to(q.dtype)).unsqueeze(0)
                 if index.numel() == nw:
-                    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
-                                                         attn_mask=attn_mask, scale=self.scale)
+                    out = F.scaled_dot_product_attention(
+                        q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=attn_mask, scale=self.scale
+                    )
                     break
                 qi, ki, vi = (t.index_select(1, index).flatten(0, 1) for t in (q, k, v))
                 part = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=attn_mask, scale=self.scale)
@@ -204,7 +212,7 @@ class ShiftMaskGroups:
         self.index = [torch.nonzero(inverse == i).flatten() for i in range(unique.shape[0])]
 
     @classmethod
-    def from_regions(cls, regions: torch.Tensor) -> "ShiftMaskGroups":
+    def from_regions(cls, regions: torch.Tensor) -> ShiftMaskGroups:
         return cls(regions)
 
     @property
@@ -248,8 +256,16 @@ class SwinMlp(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm (shifted-)window attention + MLP, on [B, D, H, W, C]."""
 
-    def __init__(self, dim: int, num_heads: int, window: Triple, shifted: bool, mlp_ratio: float,
-                 drop_path: float, fused: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: Triple,
+        shifted: bool,
+        mlp_ratio: float,
+        drop_path: float,
+        fused: bool = False,
+    ) -> None:
         super().__init__()
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
@@ -300,12 +316,21 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window: Triple, mlp_ratio: float,
-                 drop_path: Sequence[float], fused: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: Triple,
+        mlp_ratio: float,
+        drop_path: Sequence[float],
+        fused: bool = False,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, shifted=i % 2 == 1, mlp_ratio=mlp_ratio, drop_path=drop_path[i],
-                      fused=fused)
+            SwinBlock(
+                dim, num_heads, window, shifted=i % 2 == 1, mlp_ratio=mlp_ratio, drop_path=drop_path[i], fused=fused
+            )
             for i in range(depth)
         )
 
@@ -331,10 +356,20 @@ class SwinBackbone(nn.Module):
     ``downsamples.S`` (S = 0..2) and, for 2-D Swin, ``out_norms.S`` (S = 0..3).
     """
 
-    def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], *, video: bool,
-                 window: Sequence[int] = (1, 7, 7), patch_size: int = 4, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.2, gradient_checkpointing: bool = False,
-                 fused_attention: bool = False) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        *,
+        video: bool,
+        window: Sequence[int] = (1, 7, 7),
+        patch_size: int = 4,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.2,
+        gradient_checkpointing: bool = False,
+        fused_attention: bool = False,
+    ) -> None:
         super().__init__()
         self.video = video
         # fused_attention: SDPA window attention with region-id shift masks (less memory, same math up to
@@ -354,15 +389,25 @@ class SwinBackbone(nn.Module):
         start = 0
         for i, depth in enumerate(depths):
             dim = self.num_channels[i]
-            self.layers.append(SwinStage(dim, depth, num_heads[i], self.window, mlp_ratio,
-                                         rates[start:start + depth], fused=fused_attention))
+            self.layers.append(
+                SwinStage(
+                    dim,
+                    depth,
+                    num_heads[i],
+                    self.window,
+                    mlp_ratio,
+                    rates[start : start + depth],
+                    fused=fused_attention,
+                )
+            )
             start += depth
             if i < len(depths) - 1:
                 self.downsamples.append(PatchMerging(dim))
         self.out_norms = None if video else nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels)
 
-    def _shift_mask(self, padded: Triple, window: Triple, shift: Triple,
-                    x: torch.Tensor) -> torch.Tensor | ShiftMaskGroups:
+    def _shift_mask(
+        self, padded: Triple, window: Triple, shift: Triple, x: torch.Tensor
+    ) -> torch.Tensor | ShiftMaskGroups:
         """The shift mask of one geometry: for the fused path its :class:`ShiftMaskGroups` (cached, a few
         entries); otherwise the additive [nW, N, N] mask (not cached: it can take hundreds of MB)."""
         if not self.fused_attention:

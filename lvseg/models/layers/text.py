@@ -6,7 +6,15 @@ from typing import Any
 
 from ...errors import ConfigError, TokenizerError
 
-__all__ = ["ROBERTA_BASE_CONFIG", "PROBE_SENTENCE", "build_roberta", "tokenizer_problems", "check_tokenizer"]
+__all__ = [
+    "ROBERTA_BASE_CONFIG",
+    "PROBE_SENTENCE",
+    "build_roberta",
+    "check_text_encoder",
+    "complete_text_encoder",
+    "tokenizer_problems",
+    "check_tokenizer",
+]
 
 # transformers.RobertaConfig arguments of Hub "roberta-base" (the architecture ReferFormer and MTTR use)
 ROBERTA_BASE_CONFIG: dict[str, Any] = {
@@ -26,6 +34,64 @@ ROBERTA_BASE_CONFIG: dict[str, Any] = {
     "bos_token_id": 0,
     "eos_token_id": 2,
 }
+
+
+# RobertaConfig arguments that set weight shapes: required in a config (RobertaConfig would silently default them)
+_TEXT_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def check_text_encoder(config: Any, where: str = "text_encoder", *, require_sizes: bool = False) -> None:
+    """Check the RobertaConfig arguments of a model config: sizes positive integers, dropouts in [0, 1], token
+    ids >= 0; with ``require_sizes`` (a config.json being read) every size must be present. Raises
+    :class:`~lvseg.errors.ConfigError` naming the field."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"config field {where!r} must be an object of RobertaConfig arguments, got {config!r}")
+    missing = [k for k in _TEXT_SIZES if k not in config]
+    if missing and require_sizes:
+        raise ConfigError(
+            f"config field {where!r} lacks the required size(s) {missing}: use the config.json written "
+            "with the weights, or re-convert the official checkpoint"
+        )
+    if missing:
+        return
+    for key, value in config.items():
+        if key in _TEXT_SIZES or key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            low = 0 if key.endswith("_token_id") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"config field '{where}.{key}' must be an integer >= {low}, got {value!r}")
+        elif key.endswith("_prob"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"config field '{where}.{key}' must be a number between 0 and 1, got {value!r}")
+        elif key in ("layer_norm_eps", "initializer_range"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"config field '{where}.{key}' must be a number > 0, got {value!r}")
+        elif key == "hidden_act" and not isinstance(value, str):
+            raise ConfigError(f"config field '{where}.hidden_act' must be a string such as 'gelu', got {value!r}")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise ConfigError(
+            f"config field '{where}.hidden_size' ({config['hidden_size']}) must be a multiple of "
+            f"num_attention_heads ({config['num_attention_heads']})"
+        )
+
+
+def complete_text_encoder(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every size RobertaConfig would default filled in explicitly (a config built in code may
+    give only some), so that the config.json written with the weights is complete."""
+    missing = [k for k in _TEXT_SIZES if k not in config]
+    if not missing:
+        return config
+    from transformers import RobertaConfig
+
+    defaults = RobertaConfig()
+    return {**config, **{k: getattr(defaults, k) for k in missing}}
 
 
 def build_roberta(config: dict[str, Any], add_pooling_layer: bool = True) -> Any:
@@ -82,7 +148,7 @@ def tokenizer_problems(tokenizer: Any, text_config: dict[str, Any]) -> list[str]
         encoded = list(tokenizer(PROBE_SENTENCE)["input_ids"])
         decoded = tokenizer.decode(encoded, skip_special_tokens=True).strip()
     except Exception as exc:  # any failure here means the object is not a working tokenizer
-        return problems + [f"it cannot encode text ({type(exc).__name__}: {exc})"]
+        return [*problems, f"it cannot encode text ({type(exc).__name__}: {exc})"]
     wrapped = len(encoded) >= 2 and encoded[0] == specials["<s>"] and encoded[-1] == specials["</s>"]
     body = encoded[1:-1] if wrapped else encoded
     words = [i for i in body if i not in specials.values()]

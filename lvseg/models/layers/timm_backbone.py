@@ -28,8 +28,9 @@ class TemporalMix(nn.Module):
 
     def __init__(self, channels: int, kernel: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, kernel_size=(kernel, 1, 1), padding=(kernel // 2, 0, 0),
-                              groups=channels)
+        self.conv = nn.Conv3d(
+            channels, channels, kernel_size=(kernel, 1, 1), padding=(kernel // 2, 0, 0), groups=channels
+        )
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(cast(torch.Tensor, self.conv.bias))
 
@@ -58,20 +59,25 @@ class TimmBackbone(nn.Module):
         try:
             probe = timm.create_model(name, features_only=True, pretrained=False)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise ConfigError(f"timm cannot build {name!r} as a feature extractor ({exc}); pick a CNN from "
-                              "timm.list_models() that supports features_only=True") from exc
+            raise ConfigError(
+                f"timm cannot build {name!r} as a feature extractor ({exc}); pick a CNN from "
+                "timm.list_models() that supports features_only=True"
+            ) from exc
         reductions = list(cast(Any, probe.feature_info).reduction())
         missing = [s for s in _STRIDES if s not in reductions]
         if missing:
-            raise ConfigError(f"timm model {name!r} has feature strides {reductions}, lacking {missing}; "
-                              "ReferFormer needs strides 4, 8, 16 and 32")
+            raise ConfigError(
+                f"timm model {name!r} has feature strides {reductions}, lacking {missing}; "
+                "ReferFormer needs strides 4, 8, 16 and 32"
+            )
         indices = tuple(reductions.index(s) for s in _STRIDES)
         self.body = timm.create_model(name, features_only=True, pretrained=False, out_indices=indices)
         self.num_channels = list(cast(Any, self.body.feature_info).channels())
         self.strides = list(_STRIDES)
         self.video = temporal_kernel > 0
-        self.temporal = nn.ModuleList(TemporalMix(c, temporal_kernel) for c in self.num_channels) if self.video \
-            else None
+        self.temporal = (
+            nn.ModuleList(TemporalMix(c, temporal_kernel) for c in self.num_channels) if self.video else None
+        )
         self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, x: torch.Tensor, num_frames: int = 1) -> list[torch.Tensor]:

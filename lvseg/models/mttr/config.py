@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...errors import ConfigError
-from ..base import ModelConfig, PreprocessConfig
-from ..layers.text import ROBERTA_BASE_CONFIG
+from ..base import ModelConfig, PreprocessConfig, check_ranges
+from ..layers.text import ROBERTA_BASE_CONFIG, check_text_encoder, complete_text_encoder
 
 __all__ = ["MTTRConfig", "PROTOCOLS", "demo_preprocessing", "a2d_preprocessing"]
 
@@ -60,7 +60,36 @@ class MTTRConfig(ModelConfig):
     protocol: str = "ytvos"
     fused_attention: bool = True
 
+    # may be absent from a config.json (see ModelConfig.optional_fields): runtime/training switches only
+    optional_fields: ClassVar[tuple[str, ...]] = ("fused_attention", "freeze_text_encoder")
+
+    @classmethod
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        """A config.json must give every size of its text encoder (RobertaConfig would default a missing one)."""
+        if "text_encoder" in data:
+            check_text_encoder(data["text_encoder"], require_sizes=True)
+
     def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "embed_dim": (1, None),
+                "depths": (1, None),
+                "num_heads": (1, None),
+                "swin_window": (1, None),
+                "drop_path_rate": (0.0, 1.0),
+                "d_model": (1, None),
+                "nheads": (1, None),
+                "num_encoder_layers": (1, None),
+                "num_decoder_layers": (1, None),
+                "dim_feedforward": (1, None),
+                "dropout": (0.0, 1.0),
+                "num_queries": (1, None),
+                "mask_kernels_dim": (1, None),
+            },
+        )
+        check_text_encoder(self.text_encoder)
+        self.text_encoder = complete_text_encoder(self.text_encoder)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown MTTR protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if len(self.depths) != 3 or len(self.num_heads) != 3:

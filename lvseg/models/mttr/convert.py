@@ -47,8 +47,9 @@ _INDEX_RX = re.compile(r"backbone\.layers\.\d+\.blocks\.\d+\.attn\.relative_posi
 
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official MTTR checkpoint safely and return its model state dict (wrapped or plain layout)."""
-    ckpt = read_official_checkpoint(path, "an official MTTR checkpoint (the trainer's dict with "
-                                          "'model_state_dict', or a bare state dict)")
+    ckpt = read_official_checkpoint(
+        path, "an official MTTR checkpoint (the trainer's dict with 'model_state_dict', or a bare state dict)"
+    )
     if isinstance(ckpt, dict):
         for key in ("model_state_dict", "model", "state_dict"):
             if isinstance(ckpt.get(key), dict):
@@ -82,8 +83,10 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: Any) -> MTTRConfig
         )
     stages = count_groups(state, r"backbone\.layers\.(\d+)\.")
     depths = tuple(count_groups(state, rf"backbone\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages))
-    heads = tuple(int(_require(state, f"backbone.layers.{s}.blocks.0.attn.relative_position_bias_table").shape[1])
-                  for s in range(stages))
+    heads = tuple(
+        int(_require(state, f"backbone.layers.{s}.blocks.0.attn.relative_position_bias_table").shape[1])
+        for s in range(stages)
+    )
     table = int(state["backbone.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0])
     if table != 15 * 13 * 13:
         raise CheckpointError(f"relative-position table of {table} rows; MTTR's (8, 7, 7) window needs 2535")
@@ -157,8 +160,14 @@ def _entry_overrides(entry: Any) -> dict[str, Any]:
     return overrides
 
 
-def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, tokenizer: Any = None,
-                      backbone: str | None = None, name: str | None = None) -> Path:
+def convert_to_folder(
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    backbone: str | None = None,
+    name: str | None = None,
+) -> Path:
     """Convert an official checkpoint and write a Hub-format folder (config, safetensors, tokenizer, card).
 
     Args:

@@ -15,8 +15,9 @@ query's kernel (MLP) dotted with that map gives its mask; a linear head says whe
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,9 @@ class EncoderLayer(nn.Module):
     def forward(self, src: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """src, pos: [N, B, d] (sequence first); key_padding_mask: bool [B, N] -> [N, B, d]."""
         qk = src + pos
-        src = self.norm1(src + self.dropout1(self.self_attn(qk, qk, src, key_padding_mask=key_padding_mask,
-                                                            need_weights=False)[0]))
+        src = self.norm1(
+            src + self.dropout1(self.self_attn(qk, qk, src, key_padding_mask=key_padding_mask, need_weights=False)[0])
+        )
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
 
@@ -76,13 +78,20 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor,
-                memory_key_padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory_key_padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """tgt, query_pos: [q, B, d]; memory, pos: [N, B, d]; mask: bool [B, N] -> [q, B, d]."""
         qk = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt, need_weights=False)[0]))
-        attended = self.multihead_attn(tgt + query_pos, memory + pos, memory,
-                                       key_padding_mask=memory_key_padding_mask, need_weights=False)[0]
+        attended = self.multihead_attn(
+            tgt + query_pos, memory + pos, memory, key_padding_mask=memory_key_padding_mask, need_weights=False
+        )[0]
         tgt = self.norm2(tgt + self.dropout2(attended))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn))
@@ -105,8 +114,14 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(d, nheads, ffn, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor,
-                memory_key_padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory_key_padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """-> [L, q, B, d]: every layer's output through the shared final LayerNorm."""
         outputs = []
         for layer in self.layers:
@@ -145,8 +160,15 @@ class MultimodalTransformer(nn.Module):
             self.text_encoder.requires_grad_(False)
         self.txt_proj = FeatureResizer(int(cfg.text_encoder.get("hidden_size", 768)), d, cfg.dropout)
 
-    def forward(self, vid: torch.Tensor, vid_pad: torch.Tensor, pos: torch.Tensor, txt: torch.Tensor,
-                txt_pad: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        vid: torch.Tensor,
+        vid_pad: torch.Tensor,
+        pos: torch.Tensor,
+        txt: torch.Tensor,
+        txt_pad: torch.Tensor,
+        queries: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode and decode every frame as its own sequence.
 
         Args:
@@ -234,8 +256,12 @@ def a2d_window_indices(annotated: int, num_frames: int, window: int, one_based: 
     return [min(max(i, 0), num_frames - 1) for i in range(f - window // 2, f + (window + 1) // 2)]
 
 
-def postprocess_masks(mask_logits: torch.Tensor, input_size: tuple[int, int], resized_size: tuple[int, int],
-                      original_size: tuple[int, int]) -> torch.Tensor:
+def postprocess_masks(
+    mask_logits: torch.Tensor,
+    input_size: tuple[int, int],
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> torch.Tensor:
     """The official post-processing: logits at stride 4 -> bool masks at the original frame size.
 
     Bilinear upsampling (align_corners=False) to the model input size (``input_size``, padding included),
@@ -244,8 +270,7 @@ def postprocess_masks(mask_logits: torch.Tensor, input_size: tuple[int, int], re
     """
     if mask_logits.dim() != 3:
         raise InvalidInputError(f"mask_logits must be [N, h, w], got {tuple(mask_logits.shape)}")
-    x = F.interpolate(mask_logits.float().unsqueeze(0), size=tuple(input_size), mode="bilinear",
-                      align_corners=False)[0]
+    x = F.interpolate(mask_logits.float().unsqueeze(0), size=tuple(input_size), mode="bilinear", align_corners=False)[0]
     x = (x.sigmoid() > 0.5)[:, : resized_size[0], : resized_size[1]]
     return F.interpolate(x.unsqueeze(1).float(), size=tuple(original_size), mode="nearest")[:, 0].bool()
 
@@ -267,8 +292,15 @@ class MTTR(RVOSModel):
         cfg = config
         d = cfg.d_model
         self.tokenizer = tokenizer
-        self.backbone = SwinBackbone(cfg.embed_dim, cfg.depths, cfg.num_heads, video=True, window=cfg.swin_window,
-                                     drop_path_rate=cfg.drop_path_rate, fused_attention=cfg.fused_attention)
+        self.backbone = SwinBackbone(
+            cfg.embed_dim,
+            cfg.depths,
+            cfg.num_heads,
+            video=True,
+            window=cfg.swin_window,
+            drop_path_rate=cfg.drop_path_rate,
+            fused_attention=cfg.fused_attention,
+        )
         channels = self.backbone.num_channels  # e.g. [96, 192, 384]
         self.transformer = MultimodalTransformer(cfg)
         self.is_referred_head = nn.Linear(d, 2)
@@ -288,9 +320,7 @@ class MTTR(RVOSModel):
             shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
             raise InvalidInputError(f"frames must be a float tensor [B, T, 3, H, W], got {shape}")
         if not frames.is_floating_point():
-            raise InvalidInputError(
-                f"frames must be normalised floats (ImageNet mean/std), got dtype {frames.dtype}"
-            )
+            raise InvalidInputError(f"frames must be normalised floats (ImageNet mean/std), got dtype {frames.dtype}")
         if frames.shape[0] != len(texts):
             raise InvalidInputError(
                 f"got {frames.shape[0]} videos but {len(texts)} expressions: pass one video per expression "
@@ -312,8 +342,10 @@ class MTTR(RVOSModel):
                 "model.tokenizer = transformers.RobertaTokenizerFast.from_pretrained('roberta-base')"
             )
         tokens = self.tokenizer(list(texts), padding="longest", return_tensors="pt")
-        limit = min(self.config.preprocessing.max_text_tokens,
-                    int(self.config.text_encoder.get("max_position_embeddings", 514)) - 2)
+        limit = min(
+            self.config.preprocessing.max_text_tokens,
+            int(self.config.text_encoder.get("max_position_embeddings", 514)) - 2,
+        )
         if tokens["input_ids"].shape[1] > limit:
             raise InvalidTextError(
                 f"an expression is {tokens['input_ids'].shape[1]} tokens long, more than this model accepts "
@@ -326,8 +358,13 @@ class MTTR(RVOSModel):
         return self.transformer.txt_proj(hidden), attention.ne(1)
 
     # ------------------------------------------------------------------------------------------- forward
-    def forward(self, frames: torch.Tensor, text: Sequence[str], padding_mask: torch.Tensor | None = None,
-                valid_indices: Sequence[int] | None = None) -> dict[str, Any]:
+    def forward(
+        self,
+        frames: torch.Tensor,
+        text: Sequence[str],
+        padding_mask: torch.Tensor | None = None,
+        valid_indices: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
         """Raw outputs of every query (what the training losses use).
 
         Args:
@@ -346,8 +383,14 @@ class MTTR(RVOSModel):
         self._check_frames(frames, texts)
         return self._forward(frames, texts, padding_mask, valid_indices, all_layers=True)
 
-    def _forward(self, frames: torch.Tensor, texts: list[str], padding_mask: torch.Tensor | None,
-                 valid_indices: Sequence[int] | None, all_layers: bool) -> dict[str, Any]:
+    def _forward(
+        self,
+        frames: torch.Tensor,
+        texts: list[str],
+        padding_mask: torch.Tensor | None,
+        valid_indices: Sequence[int] | None,
+        all_layers: bool,
+    ) -> dict[str, Any]:
         b, t = frames.shape[:2]
         frames = frames.to(self.dtype)
         # The Predictor passes one clip expanded for several expressions: run the backbone once.
@@ -393,9 +436,7 @@ class MTTR(RVOSModel):
         referred = self.is_referred_head(hs)  # [L, b, t, q, 2]
         out: dict[str, Any] = {"pred_masks": masks[-1], "pred_is_referred": referred[-1]}
         if all_layers:
-            out["aux_outputs"] = [
-                {"pred_masks": m, "pred_is_referred": r} for m, r in zip(masks[:-1], referred[:-1])
-            ]
+            out["aux_outputs"] = [{"pred_masks": m, "pred_is_referred": r} for m, r in zip(masks[:-1], referred[:-1])]
         return out
 
     # ------------------------------------------------------------------------------------------- segment
@@ -413,8 +454,9 @@ class MTTR(RVOSModel):
         return masks.gather(2, idx).squeeze(2), probs.gather(2, per_frame[..., None]).squeeze(2)
 
     @torch.no_grad()
-    def segment(self, frames: torch.Tensor, text: str | Sequence[str],
-                protocol: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(
+        self, frames: torch.Tensor, text: str | Sequence[str], protocol: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The referred object's mask logits [b, t, ceil(H/4), ceil(W/4)] and scores [b, t].
 
         ``protocol`` (default ``config.protocol``):
@@ -437,8 +479,9 @@ class MTTR(RVOSModel):
         return self._take_query(masks, probs, best)
 
     @torch.no_grad()
-    def segment_annotated_frame(self, frames: torch.Tensor, text: str | Sequence[str],
-                                frame_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_annotated_frame(
+        self, frames: torch.Tensor, text: str | Sequence[str], frame_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A2D-/JHMDB-Sentences protocol: all queries' masks and scores on the annotated frame.
 
         ``frames`` is the window around the annotated frame (see :func:`a2d_window_indices`); the backbone sees
@@ -453,8 +496,9 @@ class MTTR(RVOSModel):
         probs = out["pred_is_referred"].float().softmax(-1)[..., 0]
         return out["pred_masks"][:, 0], probs[:, 0]
 
-    def segment_window(self, frames: torch.Tensor, text: Sequence[str],
-                       state: MTTRWindowState | None = None) -> tuple[torch.Tensor, torch.Tensor, MTTRWindowState]:
+    def segment_window(
+        self, frames: torch.Tensor, text: Sequence[str], state: MTTRWindowState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, MTTRWindowState]:
         """Segment one window of a longer video, following one object across windows.
 
         MTTR's query ``n`` is the same object in every frame of a window, and the same learned query tends to

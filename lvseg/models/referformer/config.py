@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...errors import ConfigError
-from ..base import ModelConfig, PreprocessConfig
-from ..layers.text import ROBERTA_BASE_CONFIG
+from ..base import ModelConfig, PreprocessConfig, check_ranges
+from ..layers.text import ROBERTA_BASE_CONFIG, check_text_encoder, complete_text_encoder
 
 __all__ = ["ReferFormerConfig", "SwinConfig", "BACKBONES", "SWIN_PRESETS", "PROTOCOLS"]
 
@@ -27,7 +27,7 @@ SWIN_PRESETS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], float]] = {
 BACKBONES = RESNETS + tuple(SWIN_PRESETS) + ("swin", "video-swin")
 # "timm": any timm CNN named by ``timm_model`` (features_only, built without pretrained weights), e.g. small
 # models trained from scratch; ``temporal_kernel`` > 0 mixes its features across frames
-BACKBONES = BACKBONES + ("timm",)
+BACKBONES = (*BACKBONES, "timm")
 
 # Ref-YouTube-VOS: one query for the whole video (frame-averaged score); Ref-DAVIS: the same per 36-frame clip;
 # frame: the best query of every frame on its own (A2D/JHMDB annotated frame, RefCOCO images).
@@ -52,6 +52,27 @@ class SwinConfig:
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     window: tuple[int, ...] = (1, 7, 7)
     drop_path_rate: float = 0.2
+
+    optional_fields: ClassVar[tuple[str, ...]] = ()  # every size is required in a config.json
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "embed_dim": (1, None),
+                "depths": (1, None),
+                "num_heads": (1, None),
+                "window": (1, None),
+                "drop_path_rate": (0.0, 1.0),
+            },
+        )
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            raise ConfigError(
+                f"swin needs one depth and one head count per stage, got depths={self.depths} and "
+                f"num_heads={self.num_heads}"
+            )
+        if len(self.window) != 3:
+            raise ConfigError(f"swin window must be (Wd, Wh, Ww), got {self.window}")
 
 
 def _ytvos_preprocessing() -> PreprocessConfig:
@@ -109,7 +130,51 @@ class ReferFormerConfig(ModelConfig):
     query_reference: str = "learned"
     mask_refine: int = 0
 
+    # may be absent from a config.json (see ModelConfig.optional_fields): swin is derived from a preset backbone;
+    # the others came after the first release with the official behaviour as default, or are runtime switches
+    optional_fields: ClassVar[tuple[str, ...]] = (
+        "swin",
+        "gradient_checkpointing",
+        "fused_attention",
+        "timm_model",
+        "temporal_kernel",
+        "sentence_pooling",
+        "query_reference",
+        "mask_refine",
+    )
+
+    @classmethod
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        """A config.json must give every size of its text encoder (RobertaConfig would default a missing one)."""
+        if "text_encoder" in data:
+            check_text_encoder(data["text_encoder"], require_sizes=True)
+
     def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            {
+                "hidden_dim": (1, None),
+                "num_queries": (1, None),
+                "enc_layers": (1, None),
+                "dec_layers": (1, None),
+                "dim_feedforward": (1, None),
+                "dropout": (0.0, 1.0),
+                "nheads": (1, None),
+                "num_feature_levels": (1, None),
+                "enc_n_points": (1, None),
+                "dec_n_points": (1, None),
+                "num_classes": (1, None),
+                "mask_dim": (1, None),
+                "controller_layers": (2, None),
+                "dynamic_mask_channels": (1, None),
+                "davis_clip_frames": (1, None),
+                "max_frames_per_pass": (0, None),
+                "temporal_kernel": (0, None),
+                "mask_refine": (0, None),
+            },
+        )
+        check_text_encoder(self.text_encoder)
+        self.text_encoder = complete_text_encoder(self.text_encoder)
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown ReferFormer backbone {self.backbone!r}; use one of {', '.join(BACKBONES)}")
         if self.protocol not in PROTOCOLS:
@@ -133,11 +198,13 @@ class ReferFormerConfig(ModelConfig):
         if self.backbone != "timm" and (self.timm_model or self.temporal_kernel):
             raise ConfigError(f"timm_model/temporal_kernel apply to backbone 'timm' only, not {self.backbone!r}")
         if self.sentence_pooling not in SENTENCE_POOLING:
-            raise ConfigError(f"unknown sentence_pooling {self.sentence_pooling!r}; use one of "
-                              f"{', '.join(SENTENCE_POOLING)}")
+            raise ConfigError(
+                f"unknown sentence_pooling {self.sentence_pooling!r}; use one of {', '.join(SENTENCE_POOLING)}"
+            )
         if self.query_reference not in QUERY_REFERENCE:
-            raise ConfigError(f"unknown query_reference {self.query_reference!r}; use one of "
-                              f"{', '.join(QUERY_REFERENCE)}")
+            raise ConfigError(
+                f"unknown query_reference {self.query_reference!r}; use one of {', '.join(QUERY_REFERENCE)}"
+            )
         if self.mask_refine < 0:
             raise ConfigError(f"mask_refine must be >= 0 (0 = the official stride-4 masks), got {self.mask_refine}")
         if self.swin is not None and self.backbone in RESNETS:

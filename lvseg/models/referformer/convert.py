@@ -48,8 +48,9 @@ _IGNORED_SUFFIXES = ("total_ops", "total_params", "num_batches_tracked")
 
 def load_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an official ``.pth`` safely; returns (model state dict, args as a dict or {})."""
-    ckpt = read_official_checkpoint(path, "an official ReferFormer .pth (torch.save of {'model': ..., 'args': "
-                                          "argparse.Namespace, ...})")
+    ckpt = read_official_checkpoint(
+        path, "an official ReferFormer .pth (torch.save of {'model': ..., 'args': argparse.Namespace, ...})"
+    )
     if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
         state, args = ckpt["model"], ckpt.get("args")
     elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -98,8 +99,11 @@ def _swin_config(state: dict[str, torch.Tensor], backbone: str) -> SwinConfig:
         raise CheckpointError(f"cannot infer the Swin window from a relative-position table of {table} rows")
     preset = SWIN_PRESETS.get(backbone)
     return SwinConfig(
-        embed_dim=int(state[p + "patch_embed.proj.weight"].shape[0]), depths=depths, num_heads=heads,
-        window=window, drop_path_rate=preset[3] if preset else 0.2,
+        embed_dim=int(state[p + "patch_embed.proj.weight"].shape[0]),
+        depths=depths,
+        num_heads=heads,
+        window=window,
+        drop_path_rate=preset[3] if preset else 0.2,
     )
 
 
@@ -121,8 +125,9 @@ def _text_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return cfg
 
 
-def infer_config(state: dict[str, torch.Tensor], args: dict[str, Any],
-                 backbone: str | None = None) -> ReferFormerConfig:
+def infer_config(
+    state: dict[str, torch.Tensor], args: dict[str, Any], backbone: str | None = None
+) -> ReferFormerConfig:
     """The :class:`ReferFormerConfig` an official state dict was built with."""
     detected = detect_backbone(state)
     if backbone is not None and backbone != detected:
@@ -166,7 +171,7 @@ def infer_config(state: dict[str, torch.Tensor], args: dict[str, Any],
 
 def _map_key(key: str) -> str:
     if key.startswith("backbone.0.body."):
-        key = "backbone." + key[len("backbone.0.body."):]
+        key = "backbone." + key[len("backbone.0.body.") :]
         key = re.sub(r"^backbone\.layers\.(\d+)\.downsample\.", r"backbone.downsamples.\1.", key)
         key = re.sub(r"^backbone\.norm(\d+)\.", r"backbone.out_norms.\1.", key)
     return key
@@ -179,11 +184,13 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: ReferFormerConfig
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key.endswith(_IGNORED_SUFFIXES) or key in ("text_encoder.embeddings.position_ids",
-                                                     "text_encoder.embeddings.token_type_ids"):
+        if key.endswith(_IGNORED_SUFFIXES) or key in (
+            "text_encoder.embeddings.position_ids",
+            "text_encoder.embeddings.token_type_ids",
+        ):
             continue
         if key.startswith("transformer.decoder.bbox_embed."):
-            twin = key[len("transformer.decoder."):]
+            twin = key[len("transformer.decoder.") :]
             if twin not in state or (not value.is_meta and not torch.equal(state[twin], value)):
                 raise CheckpointError(f"{key} is not an exact copy of {twin}; the checkpoint is inconsistent")
             continue
@@ -211,22 +218,28 @@ def _check_keys(state: dict[str, torch.Tensor], config: ReferFormerConfig) -> No
     expected = _expected_shapes(config)
     unmapped = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
-             for k in state if k in expected and state[k].shape != expected[k]]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+        for k in state
+        if k in expected and state[k].shape != expected[k]
+    ]
     if unmapped or missing or wrong:
         parts = []
         if unmapped:
             parts.append(f"keys with no lvseg counterpart: {unmapped[:10]}{' ...' if len(unmapped) > 10 else ''}")
         if missing:
-            parts.append(f"keys the {config.backbone} model needs but the checkpoint lacks: {missing[:10]}"
-                         f"{' ...' if len(missing) > 10 else ''}")
+            parts.append(
+                f"keys the {config.backbone} model needs but the checkpoint lacks: {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''}"
+            )
         if wrong:
             parts.append(f"shape mismatches: {wrong[:10]}")
         raise CheckpointError("cannot convert the ReferFormer checkpoint: " + "; ".join(parts))
 
 
-def convert(checkpoint_path: str | Path,
-            backbone: str | None = None) -> tuple[dict[str, torch.Tensor], ReferFormerConfig]:
+def convert(
+    checkpoint_path: str | Path, backbone: str | None = None
+) -> tuple[dict[str, torch.Tensor], ReferFormerConfig]:
     """Read an official ReferFormer checkpoint; returns (lvseg state dict, config).
 
     ``backbone`` (e.g. ``"swin-l"``) checks the inferred backbone; it is inferred from the keys otherwise.
@@ -237,8 +250,14 @@ def convert(checkpoint_path: str | Path,
     return convert_state_dict(state, config), config
 
 
-def convert_to_folder(checkpoint_path: str | Path, output_dir: str | Path, *, tokenizer: Any = None,
-                      backbone: str | None = None, name: str | None = None) -> Path:
+def convert_to_folder(
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    backbone: str | None = None,
+    name: str | None = None,
+) -> Path:
     """Convert an official checkpoint and write a Hub-format folder (config, safetensors, tokenizer, card).
 
     Args:

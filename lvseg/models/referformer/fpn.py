@@ -22,11 +22,17 @@ class VisionLanguageFusion(nn.Module):
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=0.0)
         self.fused_attention = fused_attention
 
-    def forward(self, visual: torch.Tensor, words: torch.Tensor, words_mask: torch.Tensor,
-                words_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, visual: torch.Tensor, words: torch.Tensor, words_mask: torch.Tensor, words_pos: torch.Tensor
+    ) -> torch.Tensor:
         """visual: [S, B, C]; words, words_pos: [L, B, C]; words_mask: bool [B, L] -> [S, B, C]."""
-        attended = self.multihead_attn(query=visual, key=words + words_pos, value=words,
-                                       key_padding_mask=words_mask, need_weights=not self.fused_attention)[0]
+        attended = self.multihead_attn(
+            query=visual,
+            key=words + words_pos,
+            value=words,
+            key_padding_mask=words_mask,
+            need_weights=not self.fused_attention,
+        )[0]
         return visual * attended
 
 
@@ -35,8 +41,15 @@ class VisionLanguageBlock(nn.Module):
     words, FFN. With ``sr_ratio > 1`` queries, keys and values are nearest-downsampled by that ratio and the
     attention output is bilinearly upsampled back."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 sr_ratio: int = 1, fused_attention: bool = False) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        sr_ratio: int = 1,
+        fused_attention: bool = False,
+    ) -> None:
         super().__init__()
         # fused_attention: PyTorch's fused kernels (need_weights=False); no [heads, S, S] matrix in memory, but
         # the summation order differs from the official code (~1e-6 relative)
@@ -54,8 +67,18 @@ class VisionLanguageBlock(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.sr_ratio = sr_ratio
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, t: int, h: int, w: int, tgt_mask: torch.Tensor,
-                memory_mask: torch.Tensor, memory_pos: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        t: int,
+        h: int,
+        w: int,
+        tgt_mask: torch.Tensor,
+        memory_mask: torch.Tensor,
+        memory_pos: torch.Tensor,
+        query_pos: torch.Tensor,
+    ) -> torch.Tensor:
         """tgt, query_pos: [(t h w), b, C]; tgt_mask: bool [b, (t h w)]; memory, memory_pos: [L, b, C]."""
         b = tgt.shape[1]
         q = k = tgt + query_pos
@@ -73,15 +96,19 @@ class VisionLanguageBlock(nn.Module):
             key_mask = tgt_mask.reshape(b * t, h, w)
             key_mask = F.interpolate(key_mask[None].float(), size=(new_h, new_w), mode="nearest").bool()[0]
             key_mask = key_mask.reshape(b, t, new_h, new_w).flatten(1)
-        attn = self.self_attn(q, k, value=v, key_padding_mask=key_mask,
-                              need_weights=not self.fused_attention)[0]
+        attn = self.self_attn(q, k, value=v, key_padding_mask=key_mask, need_weights=not self.fused_attention)[0]
         if self.sr_ratio > 1:
             attn = rearrange(attn, "(t h w) b c -> (b t) c h w", t=t, h=new_h, w=new_w)
             attn = F.interpolate(attn, size=(h, w), mode="bilinear", align_corners=False)
             attn = rearrange(attn, "(b t) c h w -> (t h w) b c", t=t)
         tgt = self.norm1(tgt + self.dropout1(attn))
-        attn = self.multihead_attn(query=tgt + query_pos, key=memory + memory_pos, value=memory,
-                                   key_padding_mask=memory_mask, need_weights=not self.fused_attention)[0]
+        attn = self.multihead_attn(
+            query=tgt + query_pos,
+            key=memory + memory_pos,
+            value=memory,
+            key_padding_mask=memory_mask,
+            need_weights=not self.fused_attention,
+        )[0]
         tgt = self.norm2(tgt + self.dropout2(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn))
@@ -110,16 +137,24 @@ class CrossModalFPN(nn.Module):
     output conv, ``cross_attn_k`` the fusion block with self-attention reduction 8, 4, 2, 1).
     """
 
-    def __init__(self, s4_channels: int, conv_dim: int = 256, mask_dim: int = 256, dim_feedforward: int = 2048,
-                 nhead: int = 8, fused_attention: bool = False) -> None:
+    def __init__(
+        self,
+        s4_channels: int,
+        conv_dim: int = 256,
+        mask_dim: int = 256,
+        dim_feedforward: int = 2048,
+        nhead: int = 8,
+        fused_attention: bool = False,
+    ) -> None:
         super().__init__()
         in_channels = [s4_channels, conv_dim, conv_dim, conv_dim]
         sr_ratios = [8, 4, 2, 1]
         for k in range(4):
             self.add_module(f"adapter_{k + 1}", ConvNorm(in_channels[k], conv_dim, 1, relu=False))
             self.add_module(f"layer_{k + 1}", ConvNorm(conv_dim, conv_dim, 3, relu=True))
-            block = VisionLanguageBlock(conv_dim, nhead, dim_feedforward=dim_feedforward, sr_ratio=sr_ratios[k],
-                                        fused_attention=fused_attention)
+            block = VisionLanguageBlock(
+                conv_dim, nhead, dim_feedforward=dim_feedforward, sr_ratio=sr_ratios[k], fused_attention=fused_attention
+            )
             for p in block.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
@@ -129,8 +164,15 @@ class CrossModalFPN(nn.Module):
         nn.init.zeros_(cast(torch.Tensor, self.mask_features.bias))
         self.text_pos = PositionEmbeddingSine1D(conv_dim, normalize=True)
 
-    def forward(self, inputs: list[torch.Tensor], masks: list[torch.Tensor], poses: list[torch.Tensor],
-                words: torch.Tensor, words_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(
+        self,
+        inputs: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        poses: list[torch.Tensor],
+        words: torch.Tensor,
+        words_mask: torch.Tensor,
+        num_frames: int,
+    ) -> torch.Tensor:
         """Mask features at stride 4.
 
         Args:
@@ -151,9 +193,14 @@ class CrossModalFPN(nn.Module):
             b = n // t
             feats = rearrange(getattr(self, f"adapter_{k}")(x), "(b t) c h w -> (t h w) b c", b=b, t=t)
             cur = getattr(self, f"cross_attn_{k}")(
-                feats, words_seq, t, h, w,
+                feats,
+                words_seq,
+                t,
+                h,
+                w,
                 tgt_mask=rearrange(mask, "(b t) h w -> b (t h w)", b=b, t=t),
-                memory_mask=words_mask, memory_pos=words_pos,
+                memory_mask=words_mask,
+                memory_pos=words_pos,
                 query_pos=rearrange(pos, "(b t) c h w -> (t h w) b c", b=b, t=t),
             )
             cur = rearrange(cur, "(t h w) b c -> (b t) c h w", t=t, h=h, w=w)
@@ -194,10 +241,12 @@ class MaskRefiner(nn.Module):
     def __init__(self, mask_dim: int, channels: int) -> None:
         super().__init__()
         groups = min(8, channels)
-        self.guide1 = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.GroupNorm(groups, channels),
-                                    nn.ReLU())
-        self.guide2 = nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
-                                    nn.GroupNorm(groups, channels), nn.ReLU())
+        self.guide1 = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.GroupNorm(groups, channels), nn.ReLU()
+        )
+        self.guide2 = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), nn.GroupNorm(groups, channels), nn.ReLU()
+        )
         self.up2 = _GuidedUpsample(mask_dim, channels, channels, kernel_size=3)
         self.up1 = _GuidedUpsample(mask_dim, channels, channels, kernel_size=1)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,8 @@ from ..layers.mlp import MLP
 from ..layers.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
 from ..layers.resnet import ResNetBackbone
 from ..layers.swin import SwinBackbone
-from ..layers.timm_backbone import TimmBackbone
 from ..layers.text import build_roberta
+from ..layers.timm_backbone import TimmBackbone
 from .config import ReferFormerConfig
 from .fpn import CrossModalFPN, MaskRefiner, VisionLanguageFusion
 from .transformer import DeformableTransformer
@@ -48,15 +49,24 @@ class FeatureResizer(nn.Module):
 
 def _build_backbone(config: ReferFormerConfig) -> TimmBackbone | ResNetBackbone | SwinBackbone:
     if config.backbone == "timm":
-        return TimmBackbone(config.timm_model, temporal_kernel=config.temporal_kernel,
-                            gradient_checkpointing=config.gradient_checkpointing)
+        return TimmBackbone(
+            config.timm_model,
+            temporal_kernel=config.temporal_kernel,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
     if config.backbone.startswith("resnet"):
         return ResNetBackbone(config.backbone, gradient_checkpointing=config.gradient_checkpointing)
     swin = config.swin
     assert swin is not None
-    return SwinBackbone(swin.embed_dim, swin.depths, swin.num_heads, video=config.is_video_backbone,
-                        window=swin.window, drop_path_rate=swin.drop_path_rate,
-                        gradient_checkpointing=config.gradient_checkpointing)
+    return SwinBackbone(
+        swin.embed_dim,
+        swin.depths,
+        swin.num_heads,
+        video=config.is_video_backbone,
+        window=swin.window,
+        drop_path_rate=swin.drop_path_rate,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
 
 
 class ReferFormer(RVOSModel):
@@ -85,9 +95,16 @@ class ReferFormer(RVOSModel):
             + [nn.Sequential(nn.Conv2d(channels[-1], d, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, d))]
         )
         self.transformer = DeformableTransformer(
-            d_model=d, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,
-            dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, num_feature_levels=cfg.num_feature_levels,
-            enc_n_points=cfg.enc_n_points, dec_n_points=cfg.dec_n_points, fused_attention=cfg.fused_attention,
+            d_model=d,
+            nhead=cfg.nheads,
+            num_encoder_layers=cfg.enc_layers,
+            num_decoder_layers=cfg.dec_layers,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.dropout,
+            num_feature_levels=cfg.num_feature_levels,
+            enc_n_points=cfg.enc_n_points,
+            dec_n_points=cfg.dec_n_points,
+            fused_attention=cfg.fused_attention,
             query_reference=cfg.query_reference,
         )
         self.class_embed = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.dec_layers))
@@ -98,9 +115,14 @@ class ReferFormer(RVOSModel):
         self.resizer = FeatureResizer(text_dim, d, dropout=0.1)
         self.fusion_module = VisionLanguageFusion(d, nhead=8, fused_attention=cfg.fused_attention)
         self.text_pos = PositionEmbeddingSine1D(d, normalize=True)
-        self.pixel_decoder = CrossModalFPN(channels[0], conv_dim=d, mask_dim=cfg.mask_dim,
-                                           dim_feedforward=cfg.dim_feedforward, nhead=8,
-                                           fused_attention=cfg.fused_attention)
+        self.pixel_decoder = CrossModalFPN(
+            channels[0],
+            conv_dim=d,
+            mask_dim=cfg.mask_dim,
+            dim_feedforward=cfg.dim_feedforward,
+            nhead=8,
+            fused_attention=cfg.fused_attention,
+        )
         self.mask_refiner = MaskRefiner(cfg.mask_dim, cfg.mask_refine) if cfg.mask_refine else None
         # dynamic mask head: (mask_dim + 2 rel. coords) -> ch -> ... -> 1, all 1x1 convs, generated per query
         ch = cfg.dynamic_mask_channels
@@ -160,8 +182,13 @@ class ReferFormer(RVOSModel):
         return words, tokens["attention_mask"].ne(1), sentence
 
     # ---------------------------------------------------------------------------------------------- forward
-    def forward(self, frames: torch.Tensor, text: Sequence[str], padding_mask: torch.Tensor | None = None,
-                valid_indices: Sequence[int] | None = None) -> dict[str, Any]:
+    def forward(
+        self,
+        frames: torch.Tensor,
+        text: Sequence[str],
+        padding_mask: torch.Tensor | None = None,
+        valid_indices: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
         """Raw outputs of every query (what the training losses use).
 
         Args:
@@ -192,8 +219,14 @@ class ReferFormer(RVOSModel):
         if min(frames.shape[-2:]) < 32:
             raise InvalidInputError(f"frames of {tuple(frames.shape[-2:])} pixels are too small; need >= 32x32")
 
-    def _forward(self, frames: torch.Tensor, text: Sequence[str], padding_mask: torch.Tensor | None,
-                 valid_indices: Sequence[int] | None, all_layer_masks: bool) -> dict[str, Any]:
+    def _forward(
+        self,
+        frames: torch.Tensor,
+        text: Sequence[str],
+        padding_mask: torch.Tensor | None,
+        valid_indices: Sequence[int] | None,
+        all_layer_masks: bool,
+    ) -> dict[str, Any]:
         texts = validate_texts(text)
         self._check_frames(frames, texts)
         b, t, _, height, width = frames.shape
@@ -202,8 +235,9 @@ class ReferFormer(RVOSModel):
             pad = torch.zeros((b * t, height, width), dtype=torch.bool, device=frames.device)
         else:
             if padding_mask.shape != (b, t, height, width):
-                raise InvalidInputError(f"padding_mask must be bool [B, T, H, W] = {(b, t, height, width)}, "
-                                        f"got {tuple(padding_mask.shape)}")
+                raise InvalidInputError(
+                    f"padding_mask must be bool [B, T, H, W] = {(b, t, height, width)}, got {tuple(padding_mask.shape)}"
+                )
             pad = padding_mask.flatten(0, 1).bool()
         # (W, H) of the unpadded frame of each video: the dynamic mask head works in input pixels
         valid_h = (~pad.view(b, t, height, width)[:, 0, :, 0]).sum(-1)
@@ -218,8 +252,9 @@ class ReferFormer(RVOSModel):
         poses = [self.position_embedding(m).to(f.dtype) for f, m in zip(feats, masks)]
         if valid_indices is not None:
             if len(valid_indices) != b or any(not 0 <= int(i) < t for i in valid_indices):
-                raise InvalidInputError(f"valid_indices needs one frame index in [0, {t}) per video, "
-                                        f"got {list(valid_indices)}")
+                raise InvalidInputError(
+                    f"valid_indices needs one frame index in [0, {t}) per video, got {list(valid_indices)}"
+                )
             keep = torch.tensor([i * t + int(v) for i, v in enumerate(valid_indices)], device=frames.device)
             feats = [f.index_select(0, keep) for f in feats]
             masks = [m.index_select(0, keep) for m in masks]
@@ -251,7 +286,8 @@ class ReferFormer(RVOSModel):
         q = self.config.num_queries
         tgt = sentence[:, None, None, :].expand(b, t, q, -1).reshape(b * t, q, -1)
         hs, init_reference, boxes, memory, references = self.transformer(
-            srcs, src_masks, src_poses, tgt, self.query_embed.weight, self.bbox_embed)
+            srcs, src_masks, src_poses, tgt, self.query_embed.weight, self.bbox_embed
+        )
         n_layers = hs.shape[0]
         logits = torch.stack([self.class_embed[lvl](hs[lvl]) for lvl in range(n_layers)])
         logits = rearrange(logits, "l (b t) q k -> l b t q k", b=b, t=t)
@@ -278,12 +314,14 @@ class ReferFormer(RVOSModel):
                 {"pred_logits": logits[i], "pred_boxes": boxes[i], "pred_masks": pred_masks[i]}
                 for i in range(n_layers - 1)
             ]
-        out["reference_points"] = rearrange(references[-2, ..., :2] if n_layers > 1 else init_reference,
-                                            "(b t) q n -> b t q n", b=b, t=t)
+        out["reference_points"] = rearrange(
+            references[-2, ..., :2] if n_layers > 1 else init_reference, "(b t) q n -> b t q n", b=b, t=t
+        )
         return out
 
-    def dynamic_mask(self, features: torch.Tensor, params: torch.Tensor, centers: torch.Tensor,
-                     image_size: torch.Tensor) -> torch.Tensor:
+    def dynamic_mask(
+        self, features: torch.Tensor, params: torch.Tensor, centers: torch.Tensor, image_size: torch.Tensor
+    ) -> torch.Tensor:
         """Apply each query's generated 1x1 conv stack to the mask features.
 
         Args:
@@ -316,13 +354,13 @@ class ReferFormer(RVOSModel):
         chunk = 8
         outputs = []
         for start in range(0, b * t, chunk):
-            feats = per_frame[start:start + chunk]
+            feats = per_frame[start : start + chunk]
             n = feats.shape[0]
             x = feats[:, None].expand(n, q, c, h, w)
             if flat_rel is not None:
-                x = torch.cat([x, flat_rel[start:start + chunk]], 2)
+                x = torch.cat([x, flat_rel[start : start + chunk]], 2)
             x = x.reshape(1, -1, h, w)
-            p = flat_params[start:start + chunk].reshape(n * q, -1)
+            p = flat_params[start : start + chunk].reshape(n * q, -1)
             splits = list(torch.split(p, self.weight_nums + self.bias_nums, dim=1))
             for i in range(n_layers):
                 out_ch = ch if i < n_layers - 1 else 1
@@ -336,8 +374,9 @@ class ReferFormer(RVOSModel):
 
     # ---------------------------------------------------------------------------------------------- segment
     @torch.no_grad()
-    def segment(self, frames: torch.Tensor, text: Sequence[str],
-                protocol: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(
+        self, frames: torch.Tensor, text: Sequence[str], protocol: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The referred object's mask logits [b, t, H/s, W/s] (s = ``config.mask_stride``) and scores [b, t] under
         an official protocol.
 
@@ -364,7 +403,7 @@ class ReferFormer(RVOSModel):
             raise ConfigError(f"unknown protocol {protocol!r}; use 'ytvos', 'davis' or 'frame'")
         scores_all, masks_all = [], []
         for start in range(0, t, chunk):
-            out = self._forward(frames[:, start:start + chunk], texts, None, None, all_layer_masks=False)
+            out = self._forward(frames[:, start : start + chunk], texts, None, None, all_layer_masks=False)
             scores_all.append(out["pred_logits"].sigmoid().float())  # [b, t, q, K]
             masks_all.append(out["pred_masks"])  # [b, t, q, h, w]
         if protocol == "davis":
@@ -387,8 +426,9 @@ class ReferFormer(RVOSModel):
         per_query = scores.max(-1).values  # [b, t, q]
         return masks.gather(2, idx).squeeze(2), per_query.gather(2, best[:, None, None].expand(b, t, 1)).squeeze(2)
 
-    def segment_window(self, frames: torch.Tensor, text: Sequence[str],
-                       state: Any = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def segment_window(
+        self, frames: torch.Tensor, text: Sequence[str], state: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Segment one window of a longer video, linking the referred query across windows.
 
         Policy: the query of a window is the argmax of the per-query scores averaged over *all frames seen so
@@ -403,7 +443,7 @@ class ReferFormer(RVOSModel):
         scores_all, masks_all = [], []
         with torch.no_grad():
             for start in range(0, t, chunk):
-                out = self._forward(frames[:, start:start + chunk], texts, None, None, all_layer_masks=False)
+                out = self._forward(frames[:, start : start + chunk], texts, None, None, all_layer_masks=False)
                 scores_all.append(out["pred_logits"].sigmoid().float())
                 masks_all.append(out["pred_masks"])
         scores, masks = torch.cat(scores_all, 1), torch.cat(masks_all, 1)
@@ -419,8 +459,9 @@ class ReferFormer(RVOSModel):
 
     # ---------------------------------------------------------------------------------------- evaluation hooks
     @torch.no_grad()
-    def segment_annotated_frame(self, frames: torch.Tensor, text: Sequence[str],
-                                frame_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_annotated_frame(
+        self, frames: torch.Tensor, text: Sequence[str], frame_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A2D-/JHMDB-Sentences protocol (``engine.evaluate_a2d``): every query of the annotated frame.
 
         The whole clip [b, t, 3, H, W] goes through the backbone and only ``frame_index`` (default the centre,

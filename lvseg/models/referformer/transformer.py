@@ -37,9 +37,15 @@ class EncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """src, pos: [N, S, C]; reference_points: [N, S, L, 2] -> [N, S, C]."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
@@ -50,8 +56,16 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Post-norm: self-attention -> norm2 -> deformable cross-attention -> norm1 -> FFN -> norm3."""
 
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int,
-                 fused_attention: bool = False) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        n_levels: int,
+        n_heads: int,
+        n_points: int,
+        fused_attention: bool = False,
+    ) -> None:
         super().__init__()
         self.fused_attention = fused_attention
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
@@ -66,16 +80,24 @@ class DecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, reference_points: torch.Tensor,
-                memory: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """tgt, query_pos: [N, Q, C]; reference_points: [N, Q, L, 2|4]; memory: [N, S, C] -> [N, Q, C]."""
         q = (tgt + query_pos).transpose(0, 1)
         attn = self.self_attn(q, q, tgt.transpose(0, 1), need_weights=not self.fused_attention)[0]
         attn = attn.transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(attn))
-        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index,
-                               padding_mask)
+        attn = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
+        )
         tgt = self.norm1(tgt + self.dropout1(attn))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))
@@ -124,18 +146,38 @@ def _encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratio
 class DeformableTransformer(nn.Module):
     """Encoder over the multi-level fused features, decoder over sentence-conditioned queries."""
 
-    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 4, num_decoder_layers: int = 4,
-                 dim_feedforward: int = 2048, dropout: float = 0.1, num_feature_levels: int = 4,
-                 enc_n_points: int = 4, dec_n_points: int = 4, fused_attention: bool = False,
-                 query_reference: str = "learned") -> None:
+    def __init__(
+        self,
+        d_model: int = 256,
+        nhead: int = 8,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        num_feature_levels: int = 4,
+        enc_n_points: int = 4,
+        dec_n_points: int = 4,
+        fused_attention: bool = False,
+        query_reference: str = "learned",
+    ) -> None:
         super().__init__()
         self.d_model = d_model
         self.query_reference = query_reference
         self.num_feature_levels = num_feature_levels
-        self.encoder = Encoder([EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
-                                             enc_n_points) for _ in range(num_encoder_layers)])
-        self.decoder = Decoder([DecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
-                                             dec_n_points, fused_attention) for _ in range(num_decoder_layers)])
+        self.encoder = Encoder(
+            [
+                EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points)
+                for _ in range(num_encoder_layers)
+            ]
+        )
+        self.decoder = Decoder(
+            [
+                DecoderLayer(
+                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, dec_n_points, fused_attention
+                )
+                for _ in range(num_decoder_layers)
+            ]
+        )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if query_reference == "learned":
             self.reference_points = nn.Linear(d_model, 2)
@@ -157,24 +199,36 @@ class DeformableTransformer(nn.Module):
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
-    def _text_reference(self, query: torch.Tensor, memory: torch.Tensor, shape: tuple[int, int],
-                        mask_flat: torch.Tensor, valid_ratios: torch.Tensor) -> torch.Tensor:
+    def _text_reference(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        shape: tuple[int, int],
+        mask_flat: torch.Tensor,
+        valid_ratios: torch.Tensor,
+    ) -> torch.Tensor:
         """Soft-argmax reference points: where each (sentence-conditioned) query attends on the first level.
 
         query: [N, Q, C]; memory: [N, S, C] (the first level's ``h * w`` positions come first); mask_flat: [N, S]
         (True = padding) -> [N, Q, 2] (x, y) normalised by the valid area, like the learned reference points.
         """
         h, w = shape
-        keys = self.reference_key(memory[:, :h * w])  # [N, hw, C]
+        keys = self.reference_key(memory[:, : h * w])  # [N, hw, C]
         logits = torch.einsum("nqc,nsc->nqs", self.reference_query(query), keys) / math.sqrt(self.d_model)
-        logits = logits.float().masked_fill(mask_flat[:, None, :h * w], float("-inf"))
+        logits = logits.float().masked_fill(mask_flat[:, None, : h * w], float("-inf"))
         weights = logits.softmax(-1).to(memory.dtype)
         cells = _cell_centres(h, w, valid_ratios[:, 0]).to(memory.dtype)  # [N, hw, 2]
         return torch.einsum("nqs,nsk->nqk", weights, cells).clamp(1e-4, 1 - 1e-4)
 
-    def forward(self, srcs: list[torch.Tensor], masks: list[torch.Tensor], pos_embeds: list[torch.Tensor],
-                tgt: torch.Tensor, query_embed: torch.Tensor, bbox_embed: nn.ModuleList,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self,
+        srcs: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        pos_embeds: list[torch.Tensor],
+        tgt: torch.Tensor,
+        query_embed: torch.Tensor,
+        bbox_embed: nn.ModuleList,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Run encoder and decoder.
 
         Args:
@@ -190,8 +244,9 @@ class DeformableTransformer(nn.Module):
         shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
-        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
-                              for lvl, p in enumerate(pos_embeds)], 1)
+        pos_flat = torch.cat(
+            [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos_embeds)], 1
+        )
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([_valid_ratio(m) for m in masks], 1)  # [N, L, 2]
@@ -230,6 +285,6 @@ class DeformableTransformer(nn.Module):
         memory_maps = []
         start = 0
         for h, w in shapes[:-1]:
-            memory_maps.append(memory[:, start:start + h * w].reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous())
+            memory_maps.append(memory[:, start : start + h * w].reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous())
             start += h * w
         return torch.stack(hs), init_reference, torch.stack(boxes), memory_maps, torch.stack(references)
