@@ -133,13 +133,15 @@ class LocalHub:
         path = url.path
         with self._lock:
             self.requests.append((method, path))
+        # the body is read before any answer: a refused request's unread body would otherwise be parsed as the
+        # next request line on the same keep-alive connection (huggingface_hub 1.5 reuses it after a 401)
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
         if method == "POST" and self.write_token and h.headers.get("Authorization") != f"Bearer {self.write_token}":
             message = "Invalid credentials in Authorization header"
             self._send(h, 401, json.dumps({"error": message}).encode(), {"X-Error-Message": message}, method)
             return
         parts = [p for p in path.split("/") if p]
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
         try:
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 repo_id = f"{parts[2]}/{parts[3]}"
