@@ -84,7 +84,7 @@ CACHE_LAYOUT = 2
 # Sources of each extension (relative to csrc/). Every file in csrc/ is hashed into the key of both, so an
 # edit of a shared header rebuilds both.
 _SOURCES = {
-    "cpu": ["ms_deform_attn_cpu.cpp"],
+    "cpu": ["ms_deform_attn_cpu_bind.cpp", "ms_deform_attn_cpu.cpp"],
     "cuda": ["ms_deform_attn_cuda_bind.cpp", "ms_deform_attn_cuda.cu"],
 }
 _CFLAGS = ["-O3", "-fopenmp"]
@@ -504,7 +504,15 @@ def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
             except OSError as exc:
                 raise _writable_cache_error(info, exc) from exc
         start = time.perf_counter()
-        logger.info("building the MSDA %s extension into %s (once; takes about a minute)", info.kind, build_dir)
+        # One line the user sees even where logging is not configured (the Python API's default level is
+        # WARNING): the first mask waits for this build.
+        logger.log(
+            logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING,
+            "lvseg: compiling the MSDA %s op into %s (once per torch version; %s)",
+            info.kind,
+            info.directory,
+            "about 10-40 s on 2 cores" if info.kind == "cpu" else "a few minutes",
+        )
         env_cxx = os.environ.get("CXX")
         try:
             module = cpp_extension.load(

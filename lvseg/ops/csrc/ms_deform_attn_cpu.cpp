@@ -19,10 +19,15 @@
 // Dtypes: float64 computes in double; float32, float16 and bfloat16 values accumulate in float. Sampling
 // locations and attention weights arrive in the accumulation type (the Python wrapper casts them).
 
-#include <torch/extension.h>
+// Light headers only (no torch/extension.h): the binding is its own translation unit, built in parallel.
+#include "ms_deform_attn_cpu.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <atomic>
@@ -406,7 +411,7 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   });
 }
 
-at::Tensor ms_deform_attn_forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
+at::Tensor forward_impl(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                   const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
                                   const at::Tensor& attn_weight) {
   const Dims d = check_and_get_dims(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
@@ -421,7 +426,7 @@ at::Tensor ms_deform_attn_forward(const at::Tensor& value, const at::Tensor& spa
   return out;
 }
 
-std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const at::Tensor& spatial_shapes,
+std::vector<at::Tensor> backward_impl(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                                 const at::Tensor& level_start_index,
                                                 const at::Tensor& sampling_loc, const at::Tensor& attn_weight,
                                                 const at::Tensor& grad_output, bool need_value_grad,
@@ -475,7 +480,7 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
 std::string get_isa() { return kIsaNames[current_isa()]; }
 
 // "auto" restores the automatic choice; forcing an ISA the CPU lacks is refused.
-void set_isa(const std::string& name) {
+void set_isa_impl(const std::string& name) {
   if (name == "auto") {
     g_isa_override.store(-1);
     return;
@@ -492,14 +497,23 @@ void set_isa(const std::string& name) {
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "lvseg multi-scale deformable attention, CPU kernels";
-  m.def("forward", &ms_deform_attn_forward, "MSDA forward (CPU)", py::arg("value"), py::arg("spatial_shapes"),
-        py::arg("level_start_index"), py::arg("sampling_loc"), py::arg("attn_weight"));
-  m.def("backward", &ms_deform_attn_backward, "MSDA backward (CPU)", py::arg("value"), py::arg("spatial_shapes"),
-        py::arg("level_start_index"), py::arg("sampling_loc"), py::arg("attn_weight"), py::arg("grad_output"),
-        py::arg("need_value_grad"), py::arg("deterministic"));
-  m.def("isa", &get_isa, "instruction set the kernels use now: default or avx2");
-  m.def("best_isa", [] { return std::string(kIsaNames[best_isa()]); }, "best instruction set this CPU supports");
-  m.def("set_isa", &set_isa, "force the kernels' instruction set (auto, default, avx2)", py::arg("name"));
+namespace lvseg_msda_cpu {
+
+at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                   const at::Tensor& sampling_loc, const at::Tensor& attn_weight) {
+  return forward_impl(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
 }
+
+std::vector<at::Tensor> backward(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                 const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
+                                 const at::Tensor& attn_weight, const at::Tensor& grad_output, bool need_value_grad,
+                                 bool deterministic) {
+  return backward_impl(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output,
+                       need_value_grad, deterministic);
+}
+
+std::string isa() { return get_isa(); }
+std::string best_isa() { return kIsaNames[::best_isa()]; }
+void set_isa(const std::string& name) { set_isa_impl(name); }
+
+}  // namespace lvseg_msda_cpu
