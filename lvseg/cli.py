@@ -58,7 +58,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .hub import load
     from .predictor import Predictor, check_window, save_overlay
     from .utils import atomic_folder, atomic_write_text, check_output_folder
-    from .video import IMAGE_EXTENSIONS, open_video
+    from .video import IMAGE_EXTENSIONS, is_image_input, open_video
 
     # everything that can be checked without the model is checked before it loads (minutes for a large one)
     check_window(args.window, args.overlap)
@@ -69,18 +69,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{out} holds files that `lvseg predict` did not write (no {PREDICT_MANIFEST}); --overwrite only "
             "replaces an earlier lvseg predict result: choose a new or empty folder"
         )
-    # opening reads a video's header and first frame, or decodes an image: a missing or unreadable input fails here
-    source = open_video(args.video)
-    overlay_ext = args.overlay_ext or (".png" if source.is_image else ".mp4")
-    if overlay_ext in IMAGE_EXTENSIONS and source.num_frames is not None and source.num_frames != 1:
-        raise InvalidInputError(
-            f"--overlay-ext {overlay_ext} writes one still image but {args.video} has {source.num_frames} frames: "
-            "use --overlay-ext .mp4 (or .gif, .webm, .mkv)"
-        )
+    # an image gets a still overlay (recognised by its name or first bytes, without decoding it)
+    overlay_ext = args.overlay_ext or (".png" if is_image_input(args.video) else ".mp4")
     # The outputs go to a temporary folder beside `out` that replaces it when complete: `out` always holds one
     # whole result (the previous one until this one is written), never a mix, even after Ctrl-C.
     with atomic_folder(out, overwrite=args.overwrite, option="--overwrite") as tmp:
         model = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+        # opening reads a video's header and first frame, or decodes an image: an overlay type that cannot hold
+        # the input fails here, before the model runs
+        source = open_video(args.video)
+        if overlay_ext in IMAGE_EXTENSIONS and source.num_frames is not None and source.num_frames != 1:
+            raise InvalidInputError(
+                f"--overlay-ext {overlay_ext} writes one still image but {args.video} has {source.num_frames} "
+                "frames: use --overlay-ext .mp4 (or .gif, .webm, .mkv)"
+            )
         predictor = Predictor(model, window=args.window, overlap=args.overlap, progress=not args.quiet)
         results = predictor(source, list(args.text))
         summary = []
