@@ -156,8 +156,8 @@ def test_exif_orientation_is_applied(tmp_path, scene, orientation):
     model = exact_model()
     path = _with_orientation(frame, tmp_path / "phone.png", orientation)  # lossless: exact pixels
     source = open_video(path)
-    assert source.kind == "image"
     assert np.array_equal(next(iter(source)), _displayed(frame, orientation))
+    assert source.kind == "image"
     result = model.predict(path, "red", progress=False)
     assert np.array_equal(_masks(result)[0], _displayed(mask, orientation))
     assert torch.equal(model.predict(Image.open(path), "red", progress=False).masks, result.masks)  # PIL too
@@ -200,8 +200,8 @@ def test_pixel_modes_follow_the_documented_rule(tmp_path, scene):
         image.save(path)
         assert Image.open(path).mode == name.split(".")[0].split("-")[0], name  # the file really has that mode
         source = open_video(path)
-        assert source.kind == "image", name
         assert np.array_equal(next(iter(source)), pixels), name
+        assert source.kind == "image", name
         assert np.array_equal(_masks(model.predict(path, text, progress=False))[0], expected), name
 
 
