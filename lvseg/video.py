@@ -99,7 +99,7 @@ class VideoSource:
     frame_names: list[str] = field(default_factory=list)  # file stems for folders, else "00000", ...
     path: Path | None = None
     rotation: int = 0  # degrees counter-clockwise applied to decoded frames (from the display matrix)
-    _frames: Any = None  # the frames for kind "array" / the files for kind "folder"
+    _frames: Any = field(default=None, repr=False)  # the frames for kinds "array"/"image", the files for "folder"
 
     @property
     def is_image(self) -> bool:
