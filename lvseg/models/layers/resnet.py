@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.ops import FrozenBatchNorm2d
 
 from ...errors import ConfigError
 
@@ -26,6 +24,11 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in RESNET_DEPTHS:
             raise ConfigError(f"unknown ResNet {name!r}; use one of {sorted(RESNET_DEPTHS)}")
+        # imported here: torchvision.ops pulls in torch._dynamo (about a second), which models without a ResNet
+        # (the bundled one among them) should not pay for at load time
+        import torchvision
+        from torchvision.ops import FrozenBatchNorm2d
+
         net = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
