@@ -537,3 +537,27 @@ def test_mask_refine_gives_input_resolution_masks_and_a_stride_1_loss():
     assert criterion.mask_stride == 1 and criterion.matcher.mask_stride == 1
     with pytest.raises(ConfigError, match="mask_refine"):
         _tiny_config(mask_refine=-1)
+
+
+def test_expressions_on_one_clip_share_one_backbone_pass(r50):
+    """Several expressions on one clip (the Predictor's expanded view, batch stride 0): the backbone runs once,
+    on the clip's T frames, and every expression's outputs equal those of the same clip copied per expression
+    (up to rounding relative to the magnitudes: a batch of one may take another convolution kernel)."""
+    model, meta, _, frames = r50
+    clip = frames[0, :2, :, :32, :48]
+    texts = [*meta["expressions"], meta["expressions"][0]]
+    expanded = clip[None].expand(len(texts), -1, -1, -1, -1)
+    batches: list[int] = []
+    hook = model.backbone.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            shared = model(expanded, texts)
+            assert batches == [2]
+            copied = model(expanded.contiguous(), texts)
+            assert batches == [2, 2 * len(texts)]
+    finally:
+        hook.remove()
+    assert_parity({k: shared[k] for k in ("pred_logits", "pred_boxes", "pred_masks")},
+                  {k: copied[k] for k in ("pred_logits", "pred_boxes", "pred_masks")}, tolerance=1e-5)
+    # the first and the third expression are the same sentence: the same outputs (up to batched rounding)
+    assert_parity({"pred_masks": shared["pred_masks"][0]}, {"pred_masks": shared["pred_masks"][2]}, tolerance=1e-5)

@@ -508,7 +508,7 @@ def _compile(info: BuildInfo) -> tuple[ModuleType, float]:
         # WARNING): the first mask waits for this build.
         logger.log(
             logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING,
-            "lvseg: compiling the MSDA %s op into %s (once per torch version; %s)",
+            "compiling the MSDA %s op into %s (once per torch version; %s)",
             info.kind,
             info.directory,
             "about 10-40 s on 2 cores" if info.kind == "cpu" else "a few minutes",

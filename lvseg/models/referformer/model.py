@@ -244,10 +244,16 @@ class ReferFormer(RVOSModel):
         valid_w = (~pad.view(b, t, height, width)[:, 0, 0, :]).sum(-1)
         image_size = torch.stack([valid_w, valid_h], -1).to(frames.dtype)  # [b, 2]
 
+        # The Predictor passes one clip expanded for several expressions (batch stride 0). The backbone never
+        # sees the text, so it runs once on that clip and its features are shared by every expression.
+        shared = b > 1 and frames.stride(0) == 0 and padding_mask is None
+        clip = samples[:t] if shared else samples
         if isinstance(self.backbone, (SwinBackbone, TimmBackbone)) and self.backbone.video:
-            feats = self.backbone(samples, num_frames=t)
+            feats = self.backbone(clip, num_frames=t)
         else:
-            feats = self.backbone(samples)
+            feats = self.backbone(clip)
+        if shared:
+            feats = [f.unflatten(0, (1, t)).expand(b, *([-1] * f.dim())).flatten(0, 1) for f in feats]
         masks = [F.interpolate(pad[None].float(), size=f.shape[-2:]).to(torch.bool)[0] for f in feats]
         poses = [self.position_embedding(m).to(f.dtype) for f, m in zip(feats, masks)]
         if valid_indices is not None:
