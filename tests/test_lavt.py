@@ -215,6 +215,7 @@ def test_convert_command_and_load_round_trip(checkpoints, tokenizer_dir, tmp_pat
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "lavt" and config["window"] == 12 and config["variant"] == "lavt_one"
     assert config["preprocessing"]["max_text_tokens"] == 20 and config["image_size"] == 480
+    assert "license: gpl-3.0" in (out / "README.md").read_text()  # weights of GPL-3.0 code, even without --name
     model = lvseg.load(str(out), device="cpu")
     golden = load_file(str(FIXTURES / "w12.safetensors"))
     decoder, _ = run(model, "w12")
