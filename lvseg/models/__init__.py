@@ -17,6 +17,7 @@ __all__ = ["FAMILIES", "ModelConfig", "PreprocessConfig", "RVOSModel", "get_mode
 FAMILIES: dict[str, str] = {}
 FAMILIES["referformer"] = ".referformer.model:ReferFormer"
 FAMILIES["mttr"] = ".mttr.model:MTTR"
+FAMILIES["lavt"] = ".lavt.model:LAVT"
 
 _CLASSES: dict[str, type[RVOSModel]] = {}
 

@@ -17,6 +17,8 @@ __all__ = [
     "safe_globals",
     "read_official_checkpoint",
     "load_roberta_tokenizer",
+    "load_bert_tokenizer",
+    "BERT_TOKENIZER_FIX",
     "check_converted_tokenizer",
     "count_groups",
 ]
@@ -103,10 +105,47 @@ def load_roberta_tokenizer(tokenizer: Any) -> Any:
     return loaded
 
 
-def _tokenizer_source(tokenizer: Any) -> str:
+BERT_TOKENIZER_FIX = (
+    "Pass --tokenizer DIR (tokenizer=DIR in Python): a folder with bert-base-uncased's WordPiece tokenizer files "
+    "(vocab.txt, or tokenizer.json). On a machine with network, get them with `hf download bert-base-uncased "
+    "vocab.txt tokenizer.json tokenizer_config.json --local-dir DIR`, or convert once online without --tokenizer "
+    "so that bert-base-uncased lands in the Hugging Face cache (HF_HOME)."
+)
+
+
+def load_bert_tokenizer(tokenizer: Any) -> Any:
+    """:func:`load_roberta_tokenizer` for BERT text encoders (LAVT): a folder with WordPiece files, a ready
+    ``transformers`` tokenizer, or ``None`` (``bert-base-uncased`` from the Hub or its cache) -> a checked
+    lower-casing ``BertTokenizer`` (special-token ids and a sentence round trip; the vocabulary size is
+    checked later against the embedding by :func:`check_converted_tokenizer`)."""
+    from ..errors import TokenizerError
+    from .layers.text import BERT_BASE_CONFIG, check_tokenizer
+
+    probe = {"model_type": "bert", "pad_token_id": BERT_BASE_CONFIG["pad_token_id"]}
+    if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
+        check_tokenizer(
+            tokenizer, probe, source=_tokenizer_source(tokenizer, "bert-base-uncased"), fix=BERT_TOKENIZER_FIX
+        )
+        return tokenizer
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise TokenizerError(f"tokenizer folder {str(tokenizer)!r} does not exist. {BERT_TOKENIZER_FIX}")
+    from transformers import BertTokenizer
+
+    where = _tokenizer_source(tokenizer, "bert-base-uncased")
+    try:
+        loaded = BertTokenizer.from_pretrained(
+            str(tokenizer) if tokenizer is not None else "bert-base-uncased", do_lower_case=True
+        )
+    except Exception as exc:  # OSError, ValueError, and the Rust `tokenizers`' plain Exception for a bad file
+        raise TokenizerError(f"cannot load the BERT tokenizer from {where} ({exc}). {BERT_TOKENIZER_FIX}") from exc
+    check_tokenizer(loaded, probe, source=where, fix=BERT_TOKENIZER_FIX)
+    return loaded
+
+
+def _tokenizer_source(tokenizer: Any, default: str = "roberta-base") -> str:
     """The converter's ``tokenizer`` argument, as error messages name it."""
     if tokenizer is None:
-        return "roberta-base (Hugging Face Hub or cache)"
+        return f"{default} (Hugging Face Hub or cache)"
     if isinstance(tokenizer, (str, Path)):
         return f"--tokenizer {tokenizer}"
     return "the tokenizer object passed"
@@ -119,9 +158,15 @@ def check_converted_tokenizer(tokenizer: Any, text_config: dict[str, Any], argum
     Args:
         argument: the converter's ``tokenizer`` argument the tokenizer came from (named in the error).
     """
-    from .layers.text import check_tokenizer
+    from .layers.text import check_tokenizer, is_bert
 
-    check_tokenizer(tokenizer, text_config, source=_tokenizer_source(argument), fix=TOKENIZER_FIX)
+    bert = is_bert(text_config)
+    check_tokenizer(
+        tokenizer,
+        text_config,
+        source=_tokenizer_source(argument, "bert-base-uncased" if bert else "roberta-base"),
+        fix=BERT_TOKENIZER_FIX if bert else TOKENIZER_FIX,
+    )
 
 
 def count_groups(state: dict[str, torch.Tensor], pattern: str) -> int:

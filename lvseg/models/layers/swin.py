@@ -20,7 +20,7 @@ multiples of the window (e.g. 90x160 at 360x640 input), so the released weights 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -369,6 +369,7 @@ class SwinBackbone(nn.Module):
         drop_path_rate: float = 0.2,
         gradient_checkpointing: bool = False,
         fused_attention: bool = False,
+        output_norms: bool | None = None,
     ) -> None:
         super().__init__()
         self.video = video
@@ -403,7 +404,9 @@ class SwinBackbone(nn.Module):
             start += depth
             if i < len(depths) - 1:
                 self.downsamples.append(PatchMerging(dim))
-        self.out_norms = None if video else nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels)
+        # per-stage output LayerNorms: 2-D Swin-Det has them, Video Swin not (unless asked, e.g. by LAVT)
+        with_norms = not video if output_norms is None else output_norms
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.num_channels) if with_norms else None
 
     def _shift_mask(
         self, padded: Triple, window: Triple, shift: Triple, x: torch.Tensor
@@ -434,8 +437,19 @@ class SwinBackbone(nn.Module):
             x = self.patch_embed.proj(x).permute(0, 2, 3, 1).unsqueeze(1)  # [N, 1, h, w, C]
         return self.patch_embed.norm(x)
 
-    def forward(self, x: torch.Tensor, num_frames: int = 1) -> list[torch.Tensor]:
-        """x: [(b t), 3, H, W] frames (clip-major) -> four maps [(b t), C_i, h_i, w_i]."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_frames: int = 1,
+        stage_fn: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> list[torch.Tensor]:
+        """x: [(b t), 3, H, W] frames (clip-major) -> four maps [(b t), C_i, h_i, w_i].
+
+        ``stage_fn(i, x)`` (optional) runs after the blocks of stage ``i`` on its tokens ``x`` [b, d, h, w, C_i] and
+        returns ``(x_next, out)``: ``x_next`` goes on to patch merging / the next stage and ``out`` (same shape)
+        is the stage's output (normed by ``out_norms`` when there are any). LAVT fuses language here. Without
+        it both are the blocks' output.
+        """
         x = self._embed(x, num_frames)
         outs = []
         for i, stage in enumerate(self.layers):
@@ -448,7 +462,10 @@ class SwinBackbone(nn.Module):
                     x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
                 else:
                     x = block(x, window, shift, mask)
-            out = x if self.out_norms is None else self.out_norms[i](x)
+            out = x
+            if stage_fn is not None:
+                x, out = stage_fn(i, x)
+            out = out if self.out_norms is None else self.out_norms[i](out)
             # [b, d, h, w, C] -> [(b d), C, h, w]
             outs.append(out.flatten(0, 1).permute(0, 3, 1, 2).contiguous())
             if i < len(self.downsamples):
