@@ -19,6 +19,7 @@ kept (:class:`ModelCache`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -325,7 +326,7 @@ def line_plot(
         points = [point(t, float(v)) for t, v in enumerate(values)]
         if len(points) == 1:
             points = points * 2
-        for p, q in zip(points[:-1], points[1:]):
+        for p, q in itertools.pairwise(points):
             if dash is None:
                 draw.line((p, q), fill=color, width=2)
             else:  # dashed: draw `on` pixels of every `on + off` along the segment
@@ -384,7 +385,8 @@ class AppResult:
             f"Segmented {len(self.texts)} expression(s) in {self.num_frames} frames with "
             f"{' and '.join(f'`{m}`' for m in self.models)} in {self.seconds:.1f} s.",
             "",
-            "| expression | " + " | ".join(f"mean score {m}" for m in self.models)
+            "| expression | "
+            + " | ".join(f"mean score {m}" for m in self.models)
             + (" | mean IoU of the two |" if self.iou is not None else " |"),
             "|---" * (1 + len(self.models) + (self.iou is not None)) + "|",
         ]
@@ -544,9 +546,9 @@ class Example:
         return f"{self.path.stem}: " + " / ".join(self.texts)
 
 
-def make_examples(folder: str | Path, seeds: Sequence[int] = (0, 1, 2), *, frames: int = 16, size: int = 96) -> list[
-    Example
-]:
+def make_examples(
+    folder: str | Path, seeds: Sequence[int] = (0, 1, 2), *, frames: int = 16, size: int = 96
+) -> list[Example]:
     """Generate one Shapes video per seed (``.mp4``, written into ``folder``) with two single-object expressions
     each (the videos ``lvseg demo --seed N`` uses)."""
     from .data.shapes import make_video
