@@ -305,10 +305,10 @@ def line_plot(
 
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    left, right, top = 40, 12, 24
+    left, right, top = 40, 12, 44  # room at the top for the label the page draws over the image's corner
     bottom = 22 + 14 * len(series)
     x0, x1, y0, y1 = left, width - right, top, height - bottom
-    draw.text((left, 4), title, fill=(0, 0, 0))
+    draw.text((left, 26), title, fill=(0, 0, 0))
     for v in (0.0, 0.5, 1.0):
         y = y1 - v * (y1 - y0)
         draw.line((x0, y, x1, y), fill=(220, 220, 220))

@@ -155,8 +155,9 @@ def test_upload_two_expressions_run_and_download_what_model_predict_gives(server
     assert not outside, f"the page asked for resources outside the app (it must work offline): {outside[:5]}"
 
     screenshot = os.environ.get("LVSEG_APP_SCREENSHOT")
-    if screenshot:
-        page.screenshot(path=screenshot, full_page=True)
+    if screenshot:  # docs/app.md's picture: a 256-colour palette keeps the PNG small
+        image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+        image.quantize(colors=256).save(screenshot, optimize=True)
     page.close()
 
 
