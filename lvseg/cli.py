@@ -58,6 +58,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .hub import load
     from .predictor import Predictor, check_window, save_overlay
     from .utils import atomic_folder, atomic_write_text, check_output_folder
+    from .video import IMAGE_EXTENSIONS, is_image_input, open_video
 
     # everything that can be checked without the model is checked before it loads (minutes for a large one)
     check_window(args.window, args.overlap)
@@ -68,12 +69,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{out} holds files that `lvseg predict` did not write (no {PREDICT_MANIFEST}); --overwrite only "
             "replaces an earlier lvseg predict result: choose a new or empty folder"
         )
+    # an image gets a still overlay (recognised by its name or first bytes, without decoding it)
+    overlay_ext = args.overlay_ext or (".png" if is_image_input(args.video) else ".mp4")
     # The outputs go to a temporary folder beside `out` that replaces it when complete: `out` always holds one
     # whole result (the previous one until this one is written), never a mix, even after Ctrl-C.
     with atomic_folder(out, overwrite=args.overwrite, option="--overwrite") as tmp:
         model = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+        # opening reads a video's header and first frame, or decodes an image: an overlay type that cannot hold
+        # the input fails here, before the model runs
+        source = open_video(args.video)
+        if overlay_ext in IMAGE_EXTENSIONS and source.num_frames is not None and source.num_frames != 1:
+            raise InvalidInputError(
+                f"--overlay-ext {overlay_ext} writes one still image but {args.video} has {source.num_frames} "
+                "frames: use --overlay-ext .mp4 (or .gif, .webm, .mkv)"
+            )
         predictor = Predictor(model, window=args.window, overlap=args.overlap, progress=not args.quiet)
-        results = predictor(args.video, list(args.text))
+        results = predictor(source, list(args.text))
         summary = []
         for i, result in enumerate(results):
             item = {"text": result.text, "frames": len(result), "mean_score": round(float(result.scores.mean()), 4)}
@@ -88,7 +99,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 item["rle"] = str(out / name)
             summary.append(item)
         if "overlay" in args.format:
-            name = f"overlay{args.overlay_ext}"
+            name = f"overlay{overlay_ext}"
             save_overlay(results, tmp / name, progress=False if args.quiet else None)
             for item in summary:
                 item["overlay"] = str(out / name)
@@ -165,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide", action="store_true", help="cells in full, however wide (default: fit the terminal)")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("predict", help="segment the object an expression refers to in a video")
-    p.add_argument("video", help="video file (mp4, webm, avi, ...) or folder of frames")
+    p = sub.add_parser("predict", help="segment the object an expression refers to in a video or an image")
+    p.add_argument(
+        "video", help="video file (mp4, webm, avi, ...), folder of frames, or one image (png, jpg, bmp, webp, tif)"
+    )
     p.add_argument("text", nargs="+", help="one or more referring expressions (quote each)")
     p.add_argument(
         "-m",
@@ -192,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["overlay", "png", "rle"],
         help="what to write (default: overlay png)",
     )
-    p.add_argument("--overlay-ext", default=".mp4", choices=[".mp4", ".gif", ".webm", ".mkv"])
+    p.add_argument(
+        "--overlay-ext",
+        default=None,
+        choices=[".mp4", ".gif", ".webm", ".mkv", ".png", ".jpg", ".webp"],
+        help="overlay file type (default: .png for an image, .mp4 for a video; image types need one frame)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an output folder that holds an earlier lvseg predict result"
     )

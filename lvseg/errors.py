@@ -18,6 +18,7 @@ __all__ = [
     "VideoError",
     "VideoNotFoundError",
     "VideoDecodeError",
+    "ImageDecodeError",
     "InvalidTextError",
     "InvalidInputError",
     "UnsupportedDtypeError",
@@ -73,6 +74,11 @@ class VideoNotFoundError(VideoError, FileNotFoundError):
 
 class VideoDecodeError(VideoError):
     """A video that cannot be decoded: not a video, truncated, no frames, or frames of mixed sizes."""
+
+
+class ImageDecodeError(VideoDecodeError):
+    """An image file (or PIL image) that cannot be read: not an image, truncated, an unsupported pixel mode, or
+    larger than Pillow's decompression-bomb limit. A :class:`VideoDecodeError`, so one ``except`` covers both."""
 
 
 class InvalidTextError(LVSegError, ValueError):

@@ -28,7 +28,16 @@ from tqdm.auto import tqdm
 from .errors import InvalidInputError
 from .models.base import RVOSModel, validate_texts
 from .utils import atomic_folder
-from .video import PALETTE, VideoSource, open_video, overlay_frame, preprocess_frames, write_video
+from .video import (
+    IMAGE_EXTENSIONS,
+    PALETTE,
+    VideoSource,
+    open_video,
+    overlay_frame,
+    preprocess_frames,
+    write_image,
+    write_video,
+)
 
 __all__ = ["Predictor", "VideoSegmentation", "save_overlay", "UPSAMPLING", "upsample_mask_logits", "check_window"]
 
@@ -40,10 +49,10 @@ _WHOLE_VIDEO_WARN = 100
 
 @dataclass
 class VideoSegmentation:
-    """The masks of one referring expression over a video.
+    """The masks of one referring expression over a video, or over one image (a one-frame video, ``T == 1``).
 
     Attributes:
-        masks: ``bool [T, H, W]`` at the video's original (displayed) resolution.
+        masks: ``bool [T, H, W]`` at the video's original (displayed) resolution; ``[1, H, W]`` for an image.
         scores: ``float [T]`` confidence per frame, in [0, 1].
         text: the expression.
         fps: frame rate of the source (30 for inputs that carry none).
@@ -64,6 +73,11 @@ class VideoSegmentation:
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
+
+    @property
+    def is_image(self) -> bool:
+        """True when the input was one still image (a file, a PIL image, an ``[H, W, 3]`` array)."""
+        return self.source is not None and self.source.is_image
 
     def to_numpy(self) -> np.ndarray:
         """The masks as a ``bool [T, H, W]`` numpy array."""
@@ -115,7 +129,10 @@ class VideoSegmentation:
     ) -> Path:
         """Write the video with the mask blended in colour, outlined, and the expression as a caption.
 
-        ``.mp4``/``.mkv``/``.webm``/``.avi``/``.mov`` are encoded with PyAV, ``.gif`` with Pillow. Video codecs
+        ``.mp4``/``.mkv``/``.webm``/``.avi``/``.mov`` are encoded with PyAV, ``.gif`` with Pillow. A one-frame result
+        (an image) can also be written as a still image, ``.png``/``.jpg``/``.jpeg``/``.bmp``/``.webp``/``.tif``,
+        at its exact size; a result of several frames refuses those with :class:`~lvseg.errors.InvalidInputError`
+        (use a video suffix or :meth:`save_pngs`). Video codecs
         need even sizes (yuv420p): an odd height or width is padded by one pixel (the last row or column
         repeated), so a 853x481 video gives an 854x482 overlay; a ``.gif`` keeps the original size, and so do
         the masks (:meth:`save_pngs`, :meth:`to_rle`). ``progress``: a tqdm bar (default: for 50 frames or more).
@@ -138,7 +155,7 @@ def save_overlay(
 
     ``progress``: a tqdm bar; ``None`` shows it for videos of 50 frames or more, ``False`` never (``lvseg
     predict -q``). Sizes as in :meth:`VideoSegmentation.save_overlay` (odd sizes padded by one pixel for video
-    codecs).
+    codecs). An image suffix (``.png``, ``.jpg``, ...) writes a still image and needs a one-frame result.
     """
     if not results:
         raise InvalidInputError("no results to draw")
@@ -149,6 +166,17 @@ def save_overlay(
         raise InvalidInputError("all results of one overlay must come from the same video")
     captions = [r.text for r in results] if caption else None
     total = len(results[0])
+    if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+        if total != 1:
+            raise InvalidInputError(
+                f"{Path(path).name} would be a still image but this result has {total} frames: write the overlay "
+                "as a video (.mp4, .gif, ...) or the masks as one PNG per frame (save_pngs)"
+            )
+        frame = next(iter(source))
+        return write_image(
+            overlay_frame(frame, [r.masks[0].numpy() for r in results], colors=colors, alpha=alpha, captions=captions),
+            path,
+        )
 
     def frames() -> Any:
         for index, frame in enumerate(

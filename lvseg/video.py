@@ -1,7 +1,10 @@
-"""Video input and output: decoding (PyAV for files, Pillow for frame folders), preprocessing, overlays.
+"""Video and image input and output: decoding (PyAV for video files, Pillow for images and frame folders),
+preprocessing, overlays.
 
 Decoding is lazy and sequential (no seeking), so a long video is never held in memory: :class:`VideoSource`
-yields one ``uint8 [H, W, 3]`` RGB frame at a time and can be iterated again (a file is decoded again).
+yields one ``uint8 [H, W, 3]`` RGB frame at a time and can be iterated again (a file is decoded again). A single
+image is a one-frame video (``kind == "image"``): see :func:`is_image_input` for how an input is recognised as one
+and :func:`image_to_rgb` for how its pixels become RGB.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError, VideoDecodeError, VideoNotFoundError
+from .errors import ImageDecodeError, InvalidInputError, VideoDecodeError, VideoNotFoundError
 
 __all__ = [
     "VideoSource",
     "open_video",
+    "is_image_input",
+    "read_image",
+    "image_to_rgb",
+    "write_image",
     "preprocess_frames",
     "overlay_frame",
     "write_video",
@@ -36,6 +43,15 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# The first bytes of the still-image formats above: a file that starts with one is read as an image whatever its
+# name ("photo" without an extension, a ".dat" download). GIF is not here: an animated GIF is a video (PyAV).
+_IMAGE_SIGNATURES = (
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"\xff\xd8\xff",  # JPEG
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
 
 
 def _davis_palette() -> list[int]:
@@ -71,10 +87,11 @@ class VideoSource:
     """A video that can be iterated frame by frame (``uint8 [H, W, 3]`` RGB numpy arrays).
 
     Build one with :func:`open_video`. ``height``/``width`` are the displayed size (rotation applied),
-    ``num_frames`` is exact for folders and arrays and the container's count (possibly ``None``) for files.
+    ``num_frames`` is exact for folders, arrays and images (1) and the container's count (possibly ``None``) for
+    video files.
     """
 
-    kind: str  # "file", "folder" or "array"
+    kind: str  # "file", "folder", "array" or "image" (one still image, decoded when opened)
     height: int
     width: int
     num_frames: int | None
@@ -82,7 +99,12 @@ class VideoSource:
     frame_names: list[str] = field(default_factory=list)  # file stems for folders, else "00000", ...
     path: Path | None = None
     rotation: int = 0  # degrees counter-clockwise applied to decoded frames (from the display matrix)
-    _frames: Any = None  # the frames for kind "array" / the files for kind "folder"
+    _frames: Any = field(default=None, repr=False)  # the frames for kinds "array"/"image", the files for "folder"
+
+    @property
+    def is_image(self) -> bool:
+        """True for a single still image (a one-frame source whose overlay is an image, not a video)."""
+        return self.kind == "image"
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.kind == "file":
@@ -99,8 +121,8 @@ class VideoSource:
         for file in self._frames:
             try:
                 with Image.open(file) as image:
-                    frame = np.asarray(image.convert("RGB"))
-            except OSError as exc:
+                    frame = image_to_rgb(image, name=str(file))
+            except (OSError, SyntaxError, ValueError) as exc:  # ImageDecodeError is a ValueError
                 raise VideoDecodeError(f"cannot read frame {file} ({exc}); remove or replace the file") from exc
             if frame.shape[:2] != (self.height, self.width):
                 raise VideoDecodeError(
@@ -140,10 +162,12 @@ def _as_rgb_array(frame: Any) -> np.ndarray:
     from PIL import Image
 
     if isinstance(frame, Image.Image):
-        return np.asarray(frame.convert("RGB"))
+        return image_to_rgb(frame)
     if isinstance(frame, torch.Tensor):
         frame = frame.detach().cpu().numpy()
     array = np.asarray(frame)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
@@ -153,6 +177,159 @@ def _as_rgb_array(frame: Any) -> np.ndarray:
             f"frames must be uint8 RGB (0-255), got {array.dtype}; convert with (x * 255).round().astype(np.uint8)"
         )
     return np.ascontiguousarray(array[:, :, :3])
+
+
+# ------------------------------------------------------------------------------------------------ images
+def _has_image_signature(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(signature) for signature in _IMAGE_SIGNATURES)
+
+
+def is_image_input(source: Any) -> bool:
+    """Whether :func:`open_video` reads ``source`` as one still image (a one-frame video) rather than a video.
+
+    The rule, in order:
+
+    - a path (``str``/``Path``) to an existing file whose first bytes are a PNG, JPEG, BMP, WebP or TIFF signature,
+      whatever its name, or a file named ``.png/.jpg/.jpeg/.bmp/.webp/.tif/.tiff`` (whose content Pillow must
+      then read); other files are videos (PyAV), folders are frame folders. A ``.gif`` is a video (it may be
+      animated); a one-frame GIF is a one-frame video.
+    - a single ``PIL.Image.Image`` (a list of them is a video);
+    - a numpy array or tensor with 2 dimensions (``[H, W]`` grayscale) or 3 (``[H, W, C]``, channels last,
+      ``C`` 1, 3 or 4); 4 dimensions (``[T, H, W, 3]``) is a video.
+    """
+    from PIL import Image
+
+    if isinstance(source, VideoSource):
+        return source.is_image
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return False
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return True
+        return path.is_file() and _has_image_signature(path)
+    if isinstance(source, Image.Image):
+        return True
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return source.ndim in (2, 3)
+    return False
+
+
+def image_to_rgb(image: Any, *, name: str = "the image") -> np.ndarray:
+    """Pixels of a PIL image as ``uint8 [H, W, 3]`` RGB, one documented rule per mode (no EXIF rotation here).
+
+    - ``RGB``: as is. ``L`` (grayscale) and ``1`` (bilevel, 0/255): the value in all three channels.
+    - ``RGBA``, ``LA``, ``PA``, ``La``, ``RGBa``: the alpha channel is dropped (the colours are kept as stored, not
+      blended onto a background), as for RGBA frames of a video.
+    - ``P`` (palette, with or without transparency): the palette colours (transparency dropped).
+    - ``I;16``/``I;16L``/``I;16B``/``I;16N`` (16-bit grayscale PNG/TIFF) and ``I`` (32-bit integer): 16-bit values
+      ``v`` (clipped to 0-65535) become ``round(v / 257)`` (0 -> 0, 65535 -> 255), then grayscale as ``L``.
+      16-bit RGB PNGs are reduced to 8 bits per channel by Pillow itself when read (mode ``RGB``).
+    - ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's conversion to ``RGB``.
+    - ``F`` (32-bit float) has no agreed range and is refused with :class:`~lvseg.errors.ImageDecodeError`.
+    """
+    mode = image.mode
+    if mode == "F":
+        raise ImageDecodeError(
+            f"{name} has 32-bit float pixels (mode F), whose range lvseg cannot know; save it as an 8- or 16-bit "
+            "image, or pass a uint8 array [H, W, 3]"
+        )
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.int64).clip(0, 65535)
+        gray = ((values + 128) // 257).astype(np.uint8)  # == round(v / 257) for integers (no ties)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA")  # the palette colours; Pillow warns on P -> RGB with transparency bytes
+    elif mode not in ("RGBA", "RGBa", "LA", "La", "L", "1"):
+        return np.asarray(image.convert("RGB"))
+    if image.mode in ("LA", "La"):
+        image = image.convert("L")  # drops alpha, keeps the gray values as stored (La: premultiplied, as Pillow)
+    if image.mode in ("L", "1"):
+        gray = np.asarray(image.convert("L"))
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    return np.ascontiguousarray(np.asarray(image.convert("RGBA") if image.mode == "RGBa" else image)[:, :, :3])
+
+
+def read_image(image: Any) -> np.ndarray:
+    """Read one image file or PIL image as ``uint8 [H, W, 3]`` RGB, as it is displayed.
+
+    The EXIF ``Orientation`` tag (phone photos) is applied (``PIL.ImageOps.exif_transpose``), so the masks line up
+    with the image a viewer shows; then :func:`image_to_rgb`'s rule per pixel mode.
+
+    Raises:
+        VideoNotFoundError: a path that does not exist.
+        ImageDecodeError: a file that is not an image Pillow can read, truncated, too large, or of mode ``F``.
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(image, Image.Image):
+        name = str(getattr(image, "filename", "") or "the PIL image")
+        try:
+            return image_to_rgb(ImageOps.exif_transpose(image), name=name)
+        except (OSError, SyntaxError, ValueError) as exc:
+            if isinstance(exc, ImageDecodeError):
+                raise
+            raise ImageDecodeError(f"{name} could not be read ({exc}); the image data may be truncated") from exc
+    path = Path(image).expanduser()
+    if not path.exists():
+        raise VideoNotFoundError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as opened:
+            return image_to_rgb(ImageOps.exif_transpose(opened), name=str(path))
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            f"{path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels ({exc}); resize it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from exc
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # UnidentifiedImageError is an OSError
+        raise ImageDecodeError(
+            f"{path} is not an image that Pillow can read ({exc}). If it is truncated (an interrupted download or "
+            "copy) get the complete file; otherwise re-save it as PNG or JPEG. Images: "
+            f"{', '.join(IMAGE_EXTENSIONS)}; videos: mp4, webm, avi, mkv, mov, gif, or a folder of frames."
+        ) from exc
+
+
+def _image_array(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A 2-D or 3-D array/tensor (one image, channels last) -> ``uint8 [H, W, 3]``; channels-first is refused."""
+    shape = list(image.shape)
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            raise InvalidInputError(
+                f"an image tensor must be uint8 (0-255), got {image.dtype}; convert with (x * 255).round().byte()"
+            )
+        image = image.detach().cpu().numpy()
+    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
+        hint = (
+            "it looks channels-first [C, H, W]: pass x.permute(1, 2, 0) (tensor) or x.transpose(1, 2, 0) (numpy)"
+            if shape[0] in (1, 3, 4)
+            else "a video is [T, H, W, 3] (a grayscale video [T, H, W] needs the channel axis: "
+            "np.repeat(x[..., None], 3, axis=-1))"
+        )
+        raise InvalidInputError(f"a 3-D array is one image [H, W, 3] (channels last), got shape {shape}; {hint}")
+    if image.dtype != np.uint8:
+        raise InvalidInputError(
+            f"an image array must be uint8 RGB (0-255), got {image.dtype}; convert with "
+            "(x * 255).round().astype(np.uint8) for values in [0, 1], or (x + 128) // 257 for 16-bit values"
+        )
+    return _as_rgb_array(image)
+
+
+def _image_source(frame: np.ndarray, name: str = "00000", path: Path | None = None) -> VideoSource:
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ImageDecodeError(f"the image {name} is empty ({frame.shape[1]}x{frame.shape[0]} pixels)")
+    height, width = frame.shape[:2]
+    return VideoSource("image", height, width, 1, 30.0, frame_names=[name], path=path, _frames=[frame])
 
 
 def _open_file(path: Path) -> VideoSource:
@@ -220,39 +397,56 @@ def open_video(video: Any, *, fps: float | None = None) -> VideoSource:
 
     Args:
         video: a video file path (mp4, webm, avi, mkv, mov, gif), a folder of frames (jpg/png/..., natural sort),
-            a list of PIL images or ``uint8 [H, W, 3]`` arrays, or a ``uint8`` array/tensor ``[T, H, W, 3]``.
-        fps: the frame rate for inputs that carry none (folders, arrays); default 30.
+            a list of PIL images or ``uint8 [H, W, 3]`` arrays, or a ``uint8`` array/tensor ``[T, H, W, 3]``; or one
+            image: an image file, a PIL image, or a ``uint8`` array/tensor ``[H, W, 3]`` (a one-frame video of
+            kind ``"image"``, see :func:`is_image_input` and :func:`read_image`).
+        fps: the frame rate for inputs that carry none (folders, arrays, images); default 30.
 
     Raises:
-        VideoNotFoundError, VideoDecodeError, InvalidInputError.
+        VideoNotFoundError, VideoDecodeError (ImageDecodeError for an image), InvalidInputError.
     """
+    from PIL import Image
+
     if isinstance(video, VideoSource):
         return video
     if isinstance(video, (str, Path)):
         path = Path(video).expanduser()
         if not path.exists():
-            raise VideoNotFoundError(f"video {str(path)!r} does not exist")
-        source = _open_folder(path) if path.is_dir() else _open_file(path)
+            what = "image" if path.suffix.lower() in IMAGE_EXTENSIONS else "video"
+            raise VideoNotFoundError(f"{what} {str(path)!r} does not exist")
+        if path.is_dir():
+            source = _open_folder(path)
+        elif is_image_input(path):
+            source = _image_source(read_image(path), name=path.stem, path=path)
+        else:
+            source = _open_file(path)
+    elif isinstance(video, Image.Image):
+        source = _image_source(read_image(video))
+    elif isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim in (2, 3):
+        source = _image_source(_image_array(video))
     else:
         if isinstance(video, torch.Tensor):
             if video.ndim != 4 or video.shape[-1] != 3:
                 raise InvalidInputError(
-                    f"a video tensor must be uint8 [T, H, W, 3], got shape {list(video.shape)}; "
-                    "for [T, 3, H, W] use video.permute(0, 2, 3, 1)"
+                    f"a video tensor must be uint8 [T, H, W, 3] (an image: [H, W, 3]), got shape "
+                    f"{list(video.shape)}; for [T, 3, H, W] use video.permute(0, 2, 3, 1)"
                 )
             if video.dtype != torch.uint8:
                 raise InvalidInputError(f"a video tensor must be uint8 (0-255), got {video.dtype}")
             frames: Any = video
         elif isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] != 3:
-                raise InvalidInputError(f"a video array must be uint8 [T, H, W, 3], got shape {list(video.shape)}")
+                raise InvalidInputError(
+                    f"a video array must be uint8 [T, H, W, 3] (an image: [H, W, 3]), got shape {list(video.shape)}"
+                )
             frames = video
         elif isinstance(video, (list, tuple)):
             frames = video
         else:
             raise InvalidInputError(
                 f"unsupported video input of type {type(video).__name__}: pass a file path, a frame folder, a list "
-                "of PIL images / numpy arrays, or a uint8 tensor [T, H, W, 3]"
+                "of PIL images / numpy arrays, a uint8 tensor [T, H, W, 3], or one image (a file, a PIL image, "
+                "a uint8 array [H, W, 3])"
             )
         if len(frames) == 0:
             raise VideoDecodeError("the video has zero frames")
@@ -359,6 +553,36 @@ def overlay_frame(
     return out
 
 
+# Pillow format names of the still-image overlays (IMAGE_EXTENSIONS)
+_IMAGE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+
+def write_image(frame: np.ndarray, path: str | Path) -> Path:
+    """Write one ``uint8 [H, W, 3]`` frame as a still image at its exact size; the format follows the suffix
+    (``.png``, ``.jpg``/``.jpeg`` at quality 95, ``.bmp``, ``.webp`` lossless, ``.tif``/``.tiff``). Written under a
+    temporary name and renamed when complete."""
+    from PIL import Image
+
+    from .utils import atomic_path
+
+    path = Path(path)
+    fmt = _IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"cannot write {path.name} as an image: use {', '.join(IMAGE_EXTENSIONS)}")
+    options: dict[str, Any] = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(frame)).save(tmp, format=fmt, **options)
+    return path
+
+
 def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 30.0) -> Path:
     """Encode ``uint8 [H, W, 3]`` frames to ``path``: H.264 mp4 (or another container PyAV knows) or an animated gif.
 
@@ -389,7 +613,10 @@ def write_video(frames: Iterable[np.ndarray], path: str | Path, *, fps: float = 
             return path
         fmt = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
         if suffix not in fmt:
-            raise InvalidInputError(f"cannot write {path.name}: use .mp4, .mkv, .webm, .avi, .mov or .gif")
+            raise InvalidInputError(
+                f"cannot write {path.name}: use .mp4, .mkv, .webm, .avi, .mov or .gif (a one-frame result can also "
+                f"be written as an image: {', '.join(IMAGE_EXTENSIONS)})"
+            )
         codec = {"webm": "libvpx-vp9"}.get(fmt[suffix], "libx264" if fmt[suffix] != "avi" else "mpeg4")
         rate = Fraction(fps).limit_denominator(1001)
         with av.open(str(tmp), mode="w", format=fmt[suffix]) as container:
