@@ -57,8 +57,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: file types the upload accepts (what :func:`lvseg.video.open_video` decodes)
+#: file types the upload accepts: videos and still images (an image is a one-frame video; its overlay is a PNG)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".gif", ".mkv", ".mov", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+UPLOAD_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
 #: one colour per expression, in the overlay, the legend and the plots (distinct from the Shapes colours' hues
 #: where possible; the same list as the overlays of ``lvseg predict``)
 COLORS: list[tuple[int, int, int]] = [
@@ -250,7 +252,7 @@ def _too_long(count: str, limit: int) -> str:
 
 
 def open_upload(path: str | Path | None, limits: Limits = Limits(), cancel: threading.Event | None = None) -> Any:
-    """Open an uploaded video for the Predictor, after checking its type, frame size and length.
+    """Open an uploaded video or image for the Predictor, after checking its type, frame size and length.
 
     Returns a :class:`~lvseg.video.VideoSource` that raises :class:`Cancelled` once ``cancel`` is set and
     :class:`~lvseg.errors.InvalidInputError` past ``limits.max_frames`` frames. Raises
@@ -261,16 +263,20 @@ def open_upload(path: str | Path | None, limits: Limits = Limits(), cancel: thre
     from .video import open_video
 
     if path is None or not str(path).strip():
-        raise InvalidInputError("no video given: upload a video (mp4, webm, avi, gif, ...) or pick an example")
-    path = Path(path)
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise InvalidInputError(
-            f"{path.name} is not a video this demo reads: upload {', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}"
+            "no video given: upload a video (mp4, webm, avi, gif, ...) or an image (jpg, png, ...), or pick an example"
+        )
+    path = Path(path)
+    if path.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise InvalidInputError(
+            f"{path.name} is not a video or image this demo reads: upload "
+            f"{', '.join(s.lstrip('.') for s in UPLOAD_SUFFIXES)}"
         )
     source = open_video(path)
     if max(source.height, source.width) > limits.max_side:
         raise InvalidInputError(
-            f"the video is {source.width}x{source.height}; this demo accepts frames up to {limits.max_side} pixels on "
+            f"the {'image' if source.is_image else 'video'} is {source.width}x{source.height}; this demo accepts "
+            f"frames up to {limits.max_side} pixels on "
             "the longer side (`lvseg app --max-side N` raises the limit): resize it first, e.g. "
             f"`ffmpeg -i in.mp4 -vf scale=-2:{min(limits.max_side, 720)} out.mp4`"
         )
@@ -354,7 +360,7 @@ class AppResult:
         texts: the expressions, in the order of ``COLORS``.
         masks: per model, ``bool [E, T, H, W]`` (expressions x frames) at the video's resolution.
         scores: per model, ``float [E, T]``.
-        overlays: per model, the overlay video (``.mp4``, H.264).
+        overlays: per model, the overlay video (``.mp4``, H.264), or ``.png`` for an image.
         masks_zip: palette PNGs ``MODEL/expression_I/FRAME.png`` (0 background, 1 object).
         rle_json: ``{"video", "frames", "models": {MODEL: [{"text", "scores", "rle": [COCO RLE per frame]}]}}``.
         score_plot: ``uint8 [h, w, 3]``, per-frame scores (model 1 solid, model 2 dashed).
@@ -494,7 +500,8 @@ def run_models(
             raise VideoDecodeError("the video has no frames")
         all_results.append(results)
         say((k + 0.9) / len(models), f"writing the overlay of {choice.name}")
-        overlay = out / f"overlay_{k + 1}_{_safe_name(choice.name)}.mp4"
+        # an image's overlay is an image
+        overlay = out / f"overlay_{k + 1}_{_safe_name(choice.name)}{'.png' if source.is_image else '.mp4'}"
         # captions only where they fit: on a small video (a 96-pixel Shapes clip) they would hide the frame, and
         # the page shows the legend anyway
         caption = source.width >= 320
@@ -665,7 +672,10 @@ def build_app(
     ) -> tuple[Any, ...]:
         session = getattr(request, "session_hash", None) or "default"
         cancel = jobs.start(session)
-        empty = (None, None, None, None, None, None, "", gr.update(visible=False), gr.update(visible=False))
+        # after an error: no outputs, the video players shown (empty), the still-image ones and model 2's hidden
+        hidden = gr.update(value=None, visible=False)
+        shown = gr.update(value=None, visible=True)
+        empty = (shown, shown, hidden, hidden) + (None,) * 4 + ("", gr.update(visible=False), gr.update(visible=False))
         try:
             texts = parse_expressions(texts_text, limits)
             names = [model_names] if isinstance(model_names, str) else list(model_names or [])
@@ -697,10 +707,14 @@ def build_app(
             logger.exception("the demo failed")
             return (f"**Error:** lvseg failed unexpectedly ({type(exc).__name__}: {exc})", *empty)
         two = len(result.models) == 2
+        still = result.overlays[0].suffix == ".png"  # an image was uploaded
+        paths = [str(p) for p in result.overlays] + [None]
         return (
             result.summary(),
-            str(result.overlays[0]),
-            str(result.overlays[1]) if two else None,
+            gr.update(value=None if still else paths[0], visible=not still),
+            gr.update(value=None if still else paths[1], visible=not still),
+            gr.update(value=paths[0] if still else None, visible=still),
+            gr.update(value=paths[1] if still else None, visible=still),
             result.score_plot,
             result.iou_plot,
             str(result.masks_zip),
@@ -722,16 +736,16 @@ def build_app(
     with gr.Blocks(title="lvseg: language-guided video segmentation", analytics_enabled=False) as demo:
         gr.Markdown(
             "# lvseg: language-guided video segmentation\n"
-            "Upload a video (or pick a generated example), type one expression per line, pick one model (or two to "
-            "compare), and run. Limits of this server: "
+            "Upload a video or an image (or pick a generated example), type one expression per line, pick one "
+            "model (or two to compare), and run. Limits of this server: "
             f"{limits.max_frames} frames, {limits.max_side} px on the longer side, {limits.max_expressions} "
             f"expressions, {limits.max_file_mb} MB per upload."
         )
         with gr.Row():
             with gr.Column():
                 upload = gr.File(
-                    label="video (" + ", ".join(s.lstrip(".") for s in VIDEO_SUFFIXES) + ")",
-                    file_types=list(VIDEO_SUFFIXES),
+                    label="video or image (" + ", ".join(s.lstrip(".") for s in UPLOAD_SUFFIXES) + ")",
+                    file_types=list(UPLOAD_SUFFIXES),
                     type="filepath",
                     elem_id="lvseg-upload",
                 )
@@ -770,9 +784,16 @@ def build_app(
                 status = gr.Markdown(elem_id="lvseg-status")
                 legend = gr.HTML(elem_id="lvseg-legend")
                 with gr.Row():
-                    overlay_1 = gr.Video(label="overlay (model 1)", elem_id="lvseg-overlay-1", format=None)
+                    with gr.Column():
+                        overlay_1 = gr.Video(label="overlay (model 1)", elem_id="lvseg-overlay-1", format=None)
+                        still_1 = gr.Image(
+                            label="overlay (model 1)", type="filepath", elem_id="lvseg-still-1", visible=False
+                        )
                     with gr.Column(visible=False) as second:
                         overlay_2 = gr.Video(label="overlay (model 2)", elem_id="lvseg-overlay-2", format=None)
+                        still_2 = gr.Image(
+                            label="overlay (model 2)", type="filepath", elem_id="lvseg-still-2", visible=False
+                        )
                 score_plot = gr.Image(label="score per frame", type="numpy", elem_id="lvseg-scores")
                 with gr.Column(visible=False) as agreement:
                     iou_plot = gr.Image(label="mask agreement (IoU per frame)", type="numpy", elem_id="lvseg-iou")
@@ -785,7 +806,20 @@ def build_app(
                 inputs=[upload, texts_box],
                 label="generated Shapes videos (the bundled model knows this world)",
             )
-        outputs = [status, overlay_1, overlay_2, score_plot, iou_plot, zip_file, rle_file, legend, second, agreement]
+        outputs = [
+            status,
+            overlay_1,
+            overlay_2,
+            still_1,
+            still_2,
+            score_plot,
+            iou_plot,
+            zip_file,
+            rle_file,
+            legend,
+            second,
+            agreement,
+        ]
         event = run_button.click(
             run,
             inputs=[upload, texts_box, model_box, window_box, overlap_box, device_box, dtype_box],

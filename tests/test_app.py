@@ -121,7 +121,7 @@ def test_bad_uploads_get_a_message_naming_the_problem_and_the_fix(tmp_path, exam
         open_upload(None)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(InvalidInputError, match=r"notes.txt is not a video this demo reads: upload mp4, webm"):
+    with pytest.raises(InvalidInputError, match=r"notes.txt is not a video or image this demo reads: upload mp4, webm.*, png"):
         open_upload(text)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00not a video" * 100)
@@ -229,6 +229,26 @@ def test_a_run_returns_what_model_predict_returns_in_every_output(tmp_path, exam
     assert "| the blue star |" in result.summary()
     assert [t for _, t in stages][:3] == ["opening the video", f"loading {DEFAULT_MODEL}", f"segmenting with {DEFAULT_MODEL}"]
     assert stages[-1] == (1.0, "done")
+
+
+def test_an_image_is_a_one_frame_video_with_a_still_overlay(tmp_path, example, cache):
+    from PIL import Image
+
+    from lvseg.data.shapes import make_video
+
+    _, rgb, _ = make_video(0, "demo", 0, 16, 96, 96)
+    image = tmp_path / "frame.png"
+    Image.fromarray(rgb[4]).save(image)
+    choice = find_models([DEFAULT_MODEL])[0]
+    result = run_models(image, TEXTS, [choice], cache=cache, output_dir=tmp_path / "run")
+    expected = cache.get(choice).predict(str(image), TEXTS, progress=False)
+    assert result.num_frames == 1 and result.overlays[0].suffix == ".png"
+    for i in range(2):
+        np.testing.assert_array_equal(result.masks[0][i], expected[i].to_numpy())
+    overlay = np.asarray(Image.open(result.overlays[0]))
+    assert overlay.shape == (96, 96, 3) and not np.array_equal(overlay, rgb[4])  # the masks are drawn on it
+    with pytest.raises(InvalidInputError, match=r"the image is 96x96; this demo accepts frames up to 64 pixels"):
+        open_upload(image, Limits(max_side=64))
 
 
 def test_two_models_side_by_side_with_their_mask_agreement(tmp_path, example, cache):

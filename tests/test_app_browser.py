@@ -161,6 +161,34 @@ def test_upload_two_expressions_run_and_download_what_model_predict_gives(server
     page.close()
 
 
+def test_an_image_upload_shows_a_still_overlay(server, browser, video, tmp_path):
+    from PIL import Image
+
+    import lvseg
+
+    url, _ = server
+    path, texts = video
+    with __import__("av").open(str(path)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    image = tmp_path / "still.png"
+    Image.fromarray(frame).save(image)
+    page, _ = _open(browser, url)
+    page.set_input_files("#lvseg-upload input[type=file]", str(image))
+    page.wait_for_selector("#lvseg-upload a", timeout=TIMEOUT_MS)
+    page.fill("#lvseg-texts textarea", "\n".join(texts))
+    status = _run_and_wait(page)
+    assert "Segmented 2 expression(s) in 1 frames" in status, status
+    still = np.asarray(Image.open(io.BytesIO(_download(page, "#lvseg-still-1 img"))).convert("RGB"))
+    assert still.shape == (128, 128, 3)
+    assert page.locator("#lvseg-overlay-1 video").count() == 0  # no video player for an image
+    expected = lvseg.load(DEFAULT_MODEL, device="cpu").predict(str(image), texts, progress=False)
+    archive = zipfile.ZipFile(io.BytesIO(_download(page, "#lvseg-zip a")))
+    for i, result in enumerate(expected):
+        (name,) = [n for n in archive.namelist() if n.startswith(f"{DEFAULT_MODEL}/expression_{i}/")]
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(archive.read(name)))) == 1, result.to_numpy()[0])
+    page.close()
+
+
 def test_a_broken_upload_shows_the_error_in_the_page(server, browser, video, tmp_path):
     url, _ = server
     broken = tmp_path / "broken.mp4"
