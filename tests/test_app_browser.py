@@ -71,7 +71,7 @@ def server(tmp_path_factory):
     shutil.copytree(find_models([DEFAULT_MODEL])[0].folder, copy)
     port = _free_port()
     demo = launch([DEFAULT_MODEL, str(copy)], host="127.0.0.1", port=port, block=False, workdir=root / "work")
-    yield f"http://127.0.0.1:{port}/", copy
+    yield f"http://127.0.0.1:{port}/", copy, root / "work"
     demo.close()
 
 
@@ -126,7 +126,7 @@ def test_upload_two_expressions_run_and_download_what_model_predict_gives(server
 
     import lvseg
 
-    url, _ = server
+    url, _, _ = server
     path, texts = video
     page, outside = _open(browser, url)
     page.set_input_files("#lvseg-upload input[type=file]", str(path))
@@ -165,7 +165,7 @@ def test_an_image_upload_shows_a_still_overlay(server, browser, video, tmp_path)
 
     import lvseg
 
-    url, _ = server
+    url, _, _ = server
     path, texts = video
     with __import__("av").open(str(path)) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
@@ -189,7 +189,7 @@ def test_an_image_upload_shows_a_still_overlay(server, browser, video, tmp_path)
 
 
 def test_a_broken_upload_shows_the_error_in_the_page(server, browser, video, tmp_path):
-    url, _ = server
+    url, _, _ = server
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00 this is not a video " * 200)
     page, _ = _open(browser, url)
@@ -210,7 +210,7 @@ def test_a_broken_upload_shows_the_error_in_the_page(server, browser, video, tmp
 
 
 def test_two_models_show_two_overlays_and_their_agreement(server, browser, video, tmp_path):
-    url, copy = server
+    url, copy, _ = server
     path, texts = video
     page, _ = _open(browser, url)
     page.set_input_files("#lvseg-upload input[type=file]", str(path))
@@ -224,4 +224,36 @@ def test_two_models_show_two_overlays_and_their_agreement(server, browser, video
     for k in (1, 2):
         assert page.locator(f"#lvseg-overlay-{k} video").count() == 1
     assert page.locator("#lvseg-iou img").count() == 1
+    page.close()
+
+
+def test_progress_shows_and_stop_cancels_a_long_run(server, browser, video, tmp_path):
+    """A 150-frame video runs long enough to see the progress of the Predictor's windows and to stop it; the run
+    writes no outputs after Stop, and the page runs the next request."""
+    from lvseg.app import make_examples
+
+    example = make_examples(tmp_path, seeds=(7,), frames=150, size=96)[0]
+    url, _, workdir = server
+    page, _ = _open(browser, url)
+    page.set_input_files("#lvseg-upload input[type=file]", str(example.path))
+    page.wait_for_selector("#lvseg-upload a", timeout=TIMEOUT_MS)
+    page.fill("#lvseg-texts textarea", "\n".join(example.texts))
+    page.click("#lvseg-run")
+    # the stage the app reports, then the Predictor's own tqdm bar ("segmenting", frames done / 150)
+    page.wait_for_function(
+        "() => /segmenting/.test(document.querySelector('#lvseg-status').innerText)", timeout=TIMEOUT_MS
+    )
+    page.click("#lvseg-stop")
+    page.wait_for_function(
+        "() => /Cancelled/.test(document.querySelector('#lvseg-status').innerText)", timeout=TIMEOUT_MS
+    )
+    runs = sorted(workdir.glob("run*"))
+    assert runs and not (runs[-1] / "masks_png.zip").exists()
+    # the page works on: the next run finishes
+    page.locator("#lvseg-upload button[aria-label='Clear']").click()
+    page.set_input_files("#lvseg-upload input[type=file]", str(video[0]))
+    page.wait_for_selector("#lvseg-upload a", timeout=TIMEOUT_MS)
+    page.fill("#lvseg-texts textarea", video[1][0])
+    status = _run_and_wait(page, expect="Segmented")
+    assert "Segmented 1 expression(s) in 12 frames" in status
     page.close()
