@@ -52,6 +52,7 @@ __all__ = [
     "make_examples",
     "build_app",
     "launch",
+    "stop_runs",
     "main_cli",
 ]
 
@@ -231,12 +232,18 @@ def _guarded_source_class() -> type:
         cancel: threading.Event | None = field(default=None, repr=False)
 
         def __iter__(self) -> Any:
-            for index, frame in enumerate(super().__iter__()):
-                if self.cancel is not None and self.cancel.is_set():
-                    raise Cancelled
-                if self.max_frames and index >= self.max_frames:
-                    raise InvalidInputError(_too_long(f"more than {self.max_frames}", self.max_frames))
-                yield frame
+            frames = super().__iter__()
+            try:
+                for index, frame in enumerate(frames):
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise Cancelled
+                    if self.max_frames and index >= self.max_frames:
+                        raise InvalidInputError(_too_long(f"more than {self.max_frames}", self.max_frames))
+                    yield frame
+            finally:
+                # close the decoder now (PyAV's container and its threads), not whenever the generator is
+                # collected: one left open at interpreter exit aborts the process
+                frames.close()
 
     return GuardedSource
 
@@ -608,22 +615,41 @@ def _optional_int(value: Any, name: str) -> int | None:
 
 
 class _Jobs:
-    """One cancel flag per browser session, so Stop ends that session's run between two frames."""
+    """One cancel flag per browser session, so Stop ends that session's run between two frames, and a count of
+    the runs in progress: Gradio answers Stop at once, while the run's thread ends at its next frame, and a
+    process must not exit while a thread is inside the model (PyTorch aborts the interpreter then)."""
 
     def __init__(self) -> None:
         self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
+        self._running = 0
+        self._lock = threading.Condition()
 
     def start(self, session: str) -> threading.Event:
         with self._lock:
             event = self._events[session] = threading.Event()
+            self._running += 1
         return event
+
+    def finish(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._lock.notify_all()
 
     def cancel(self, session: str) -> None:
         with self._lock:
             event = self._events.get(session)
         if event is not None:
             event.set()
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            for event in self._events.values():
+                event.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress; False if one still is after ``timeout`` seconds."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._running == 0, timeout)
 
 
 def build_app(
@@ -672,6 +698,22 @@ def build_app(
     ) -> tuple[Any, ...]:
         session = getattr(request, "session_hash", None) or "default"
         cancel = jobs.start(session)
+        try:
+            return _run(cancel, upload, texts_text, model_names, window, overlap, device, dtype, progress)
+        finally:
+            jobs.finish()
+
+    def _run(
+        cancel: threading.Event,
+        upload: Any,
+        texts_text: str,
+        model_names: Any,
+        window: Any,
+        overlap: Any,
+        device: str,
+        dtype: str,
+        progress: Any,
+    ) -> tuple[Any, ...]:
         # after an error: no outputs, the video players shown (empty), the still-image ones and model 2's hidden
         hidden = gr.update(value=None, visible=False)
         shown = gr.update(value=None, visible=True)
@@ -828,6 +870,7 @@ def build_app(
         )
         stop_button.click(stop, inputs=None, outputs=[status], cancels=[event], queue=False)
     demo.lvseg_workdir = root  # where the outputs go (tests and launch() read it)
+    demo.lvseg_jobs = jobs  # the runs in progress (launch() and the tests wait for them to end)
     demo.lvseg_theme = theme  # Gradio 6 takes the theme in launch()
     return demo
 
@@ -857,7 +900,18 @@ def launch(
         theme=demo.lvseg_theme,
         footer_links=[],
     )
+    if block:  # the server has stopped (Ctrl-C): stop the runs in progress and let their threads leave the model
+        stop_runs(demo)
     return demo
+
+
+def stop_runs(demo: Any, timeout: float = 60.0) -> bool:
+    """Cancel every run of a demo built by :func:`build_app` and wait until their threads have ended (each stops
+    at its next frame); False if one is still running after ``timeout`` seconds. Call it before the process exits
+    or ``demo.close()``."""
+    jobs: _Jobs = demo.lvseg_jobs
+    jobs.cancel_all()
+    return jobs.wait_idle(timeout)
 
 
 def main_cli(argv: Sequence[str] | None = None) -> int:

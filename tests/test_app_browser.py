@@ -63,7 +63,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     pytest.importorskip("gradio", reason='the web demo needs Gradio: pip install "lvseg[app]"')
     os.environ.setdefault("LVSEG_MSDA_BACKEND", "reference")
-    from lvseg.app import find_models, launch
+    from lvseg.app import find_models, launch, stop_runs
 
     root = tmp_path_factory.mktemp("app")
     # a second model to compare: a copy of the bundled folder (offered by its path, as `lvseg app -m FOLDER`)
@@ -71,7 +71,8 @@ def server(tmp_path_factory):
     shutil.copytree(find_models([DEFAULT_MODEL])[0].folder, copy)
     port = _free_port()
     demo = launch([DEFAULT_MODEL, str(copy)], host="127.0.0.1", port=port, block=False, workdir=root / "work")
-    yield f"http://127.0.0.1:{port}/", copy, root / "work"
+    yield f"http://127.0.0.1:{port}/", copy, root / "work", demo
+    assert stop_runs(demo), "a run was still in the model 60 s after it was cancelled"
     demo.close()
 
 
@@ -126,7 +127,7 @@ def test_upload_two_expressions_run_and_download_what_model_predict_gives(server
 
     import lvseg
 
-    url, _, _ = server
+    url, _, _, _ = server
     path, texts = video
     page, outside = _open(browser, url)
     page.set_input_files("#lvseg-upload input[type=file]", str(path))
@@ -165,7 +166,7 @@ def test_an_image_upload_shows_a_still_overlay(server, browser, video, tmp_path)
 
     import lvseg
 
-    url, _, _ = server
+    url, _, _, _ = server
     path, texts = video
     with __import__("av").open(str(path)) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
@@ -189,7 +190,7 @@ def test_an_image_upload_shows_a_still_overlay(server, browser, video, tmp_path)
 
 
 def test_a_broken_upload_shows_the_error_in_the_page(server, browser, video, tmp_path):
-    url, _, _ = server
+    url, _, _, _ = server
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00 this is not a video " * 200)
     page, _ = _open(browser, url)
@@ -210,7 +211,7 @@ def test_a_broken_upload_shows_the_error_in_the_page(server, browser, video, tmp
 
 
 def test_two_models_show_two_overlays_and_their_agreement(server, browser, video, tmp_path):
-    url, copy, _ = server
+    url, copy, _, _ = server
     path, texts = video
     page, _ = _open(browser, url)
     page.set_input_files("#lvseg-upload input[type=file]", str(path))
@@ -233,7 +234,7 @@ def test_progress_shows_and_stop_cancels_a_long_run(server, browser, video, tmp_
     from lvseg.app import make_examples
 
     example = make_examples(tmp_path, seeds=(7,), frames=150, size=96)[0]
-    url, _, workdir = server
+    url, _, workdir, demo = server
     page, _ = _open(browser, url)
     page.set_input_files("#lvseg-upload input[type=file]", str(example.path))
     page.wait_for_selector("#lvseg-upload a", timeout=TIMEOUT_MS)
@@ -247,8 +248,10 @@ def test_progress_shows_and_stop_cancels_a_long_run(server, browser, video, tmp_
     page.wait_for_function(
         "() => /Cancelled/.test(document.querySelector('#lvseg-status').innerText)", timeout=TIMEOUT_MS
     )
+    # Gradio answers Stop at once; the run's thread stops at its next frame, without writing any output
+    assert demo.lvseg_jobs.wait_idle(60), "the cancelled run did not stop within 60 s"
     runs = sorted(workdir.glob("run*"))
-    assert runs and not (runs[-1] / "masks_png.zip").exists()
+    assert runs and not (runs[-1] / "masks_png.zip").exists() and not list(runs[-1].glob("overlay*"))
     # the page works on: the next run finishes
     page.locator("#lvseg-upload button[aria-label='Clear']").click()
     page.set_input_files("#lvseg-upload input[type=file]", str(video[0]))
