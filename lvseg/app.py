@@ -243,7 +243,9 @@ def _guarded_source_class() -> type:
             finally:
                 # close the decoder now (PyAV's container and its threads), not whenever the generator is
                 # collected: one left open at interpreter exit aborts the process
-                frames.close()
+                close = getattr(frames, "close", None)  # a generator (file, folder, array) has one
+                if close is not None:
+                    close()
 
     return GuardedSource
 
@@ -699,11 +701,11 @@ def build_app(
         session = getattr(request, "session_hash", None) or "default"
         cancel = jobs.start(session)
         try:
-            return _run(cancel, upload, texts_text, model_names, window, overlap, device, dtype, progress)
+            return run_job(cancel, upload, texts_text, model_names, window, overlap, device, dtype, progress)
         finally:
             jobs.finish()
 
-    def _run(
+    def run_job(
         cancel: threading.Event,
         upload: Any,
         texts_text: str,
