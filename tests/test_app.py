@@ -90,6 +90,31 @@ def test_find_models_offers_what_is_on_this_machine_and_says_why_not_for_the_res
     assert "does not exist" in reasons[str(tmp_path / "gone")]
 
 
+def test_a_model_in_the_hugging_face_cache_is_offered_and_loads_without_the_network(monkeypatch, tmp_path, cache):
+    """Downloaded once from a Hub served by the test process (tests/hubserver.py) into a fresh cache, then the
+    server is stopped: the app finds the weights in the cache (at the commit and at main) and loads them."""
+    from huggingface_hub import constants
+    from hubserver import LocalHub
+
+    bundled = find_models([DEFAULT_MODEL])[0].folder
+    files = {p.name: p.read_bytes() for p in bundled.iterdir() if p.is_file()}
+    hub_cache = tmp_path / "hub-cache"
+    with LocalHub() as server:
+        revision = server.add_commit("org/tiny", files)
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read when huggingface_hub was imported
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        lvseg.hub.download("hf-hub:org/tiny", cache_dir=hub_cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    picked = find_models([f"hf-hub:org/tiny@{revision}", "hf-hub:org/tiny", "hf-hub:org/other"])
+    assert [c.available for c in picked] == [True, True, False], picked
+    assert picked[0].folder == picked[1].folder == hub_cache / "models--org--tiny" / "snapshots" / revision
+    model = cache.get(picked[0], device="cpu")
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in cache.get(find_models([DEFAULT_MODEL])[0], device="cpu").parameters()
+    )
+
+
 def test_model_cache_loads_each_model_once_and_refuses_unavailable_ones(cache):
     choice = find_models([DEFAULT_MODEL])[0]
     first = cache.get(choice, device="cpu")
