@@ -260,3 +260,14 @@ def test_progress_shows_and_stop_cancels_a_long_run(server, browser, video, tmp_
     status = _run_and_wait(page, expect="Segmented")
     assert "Segmented 1 expression(s) in 12 frames" in status
     page.close()
+
+
+def test_a_generated_example_runs_offline_on_the_bundled_model(server, browser):
+    url, _, _, _ = server
+    page, _ = _open(browser, url)
+    page.get_by_text("shapes_seed0.mp4").first.click()  # the first row of the examples table
+    page.wait_for_selector("#lvseg-upload a", timeout=TIMEOUT_MS)
+    assert page.input_value("#lvseg-texts textarea") == "the blue star\nthe green star"
+    status = _run_and_wait(page)
+    assert "Segmented 2 expression(s) in 16 frames" in status, status
+    page.close()
