@@ -161,6 +161,7 @@ DELEGATED = {
     "evaluate": ("lvseg.metrics.evaluate", "main_cli", "evaluate a model on a benchmark with its official protocol"),
     "train": ("lvseg.train.api", "main_cli", "train or fine-tune a model"),
     "demo": ("lvseg.demo", "main_cli", "run the embedded model on a generated video (offline)"),
+    "app": ("lvseg.app", "main_cli", 'serve the web demo in a browser (needs pip install "lvseg[app]")'),
     "build-ops": ("lvseg.ops.build", "main", "compile the deformable attention kernels ahead of time"),
 }
 

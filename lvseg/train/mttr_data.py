@@ -136,7 +136,9 @@ def _object_ids(path: Path) -> list[int]:
 
     if path.is_file():
         with Image.open(path) as img:
-            colors = img.getcolors(256) if img.mode in ("P", "L") else None
+            # (count, index) pairs for these modes; typed as Any because Pillow 12's stubs give the index as
+            # tuple | float (any mode) and Pillow 13's as int, and mypy runs with both (lvseg[app] pins pillow<13)
+            colors: Any = img.getcolors(256) if img.mode in ("P", "L") else None
         if colors is not None:
             return sorted(int(k) for _, k in colors if k != 0)
     ids = np.asarray(load_index_mask(path))  # other modes; a missing or unreadable file raises a DatasetError
