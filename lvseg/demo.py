@@ -171,8 +171,14 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text", action="append", default=None, help="a Shapes expression (repeat for several)")
     args = p.parse_args(list(argv) if argv is not None else None)
     # the small demo model runs as fast on the pure-PyTorch attention op, and that needs no compile step
+    # (set for this call only: `main_cli` also runs inside other processes, e.g. `lvseg.cli.main(["demo"])`)
+    previous = os.environ.get("LVSEG_MSDA_BACKEND")
     os.environ.setdefault("LVSEG_MSDA_BACKEND", "reference")
-    result = run_demo(args.output_dir, model=args.model, seed=args.seed, frames=args.frames, texts=args.text)
+    try:
+        result = run_demo(args.output_dir, model=args.model, seed=args.seed, frames=args.frames, texts=args.text)
+    finally:
+        if previous is None:
+            os.environ.pop("LVSEG_MSDA_BACKEND", None)
     for text, j, f in result.scores:
         print(f"{text!r}: J&F {100 * (j + f) / 2:.1f}  (J {100 * j:.1f}, F {100 * f:.1f})")
     print(f"mean J&F {100 * result.mean_jf:.1f} in {result.seconds:.1f} s")

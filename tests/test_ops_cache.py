@@ -202,7 +202,7 @@ def test_force_rebuilds_a_truncated_library(cache):
                           capture_output=True, text=True, env=_env(cache), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rebuilding the MSDA cpu extension (forced)" in proc.stderr
-    assert "building the MSDA cpu extension into" in proc.stderr and "built the MSDA cpu extension in" in proc.stderr
+    assert "compiling the MSDA cpu op into" in proc.stderr and "built the MSDA cpu extension in" in proc.stderr
     new = info.library
     assert f"[ OK ] cpu: {new} " in proc.stdout
     assert new != old and not old.exists()
@@ -255,7 +255,7 @@ def test_concurrent_builds_into_an_empty_cache(tmp_path):
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, out + err
     stderr = "".join(err for _, err in outputs)
-    assert stderr.count("building the MSDA cpu extension into") == 1, stderr
+    assert stderr.count("compiling the MSDA cpu op into") == 1, stderr
     libraries = {_library_line(out) for out, _ in outputs}
     assert len(libraries) == 1
     entry = next((root / "ops").iterdir())

@@ -262,11 +262,15 @@ def test_every_file_and_folder_follows_the_umask(tmp_path, umask, mask, capsys):
     assert not wrong, f"umask {oct(mask)}: expected {oct(file_mode)} / {oct(dir_mode)}, got {wrong}"
 
 
-def test_demo_files_follow_the_umask(tmp_path, umask, offline, capsys):
+def test_demo_files_follow_the_umask(tmp_path, umask, offline, capsys, monkeypatch):
     from lvseg.demo import main_cli
 
     umask(0o022)
+    monkeypatch.delenv("LVSEG_MSDA_BACKEND", raising=False)
     assert main_cli(["-o", str(tmp_path / "demo"), "--frames", "4"]) == 0
+    # the demo picks the reference op for its own run only. Before: it stayed set in the calling process, and
+    # every later test in the session ran on the reference op (select_backend("cpu") said "reference").
+    assert "LVSEG_MSDA_BACKEND" not in os.environ
     assert modes(tmp_path / "demo") == {".": 0o755, "overlay.mp4": 0o644, "side_by_side.png": 0o644}
 
 
