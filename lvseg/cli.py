@@ -20,7 +20,11 @@ __all__ = ["main"]
 logger = logging.getLogger("lvseg")
 
 # family -> module with convert_to_folder(checkpoint, output_dir, *, tokenizer, backbone, name)
-CONVERTERS = {"referformer": "lvseg.models.referformer.convert", "mttr": "lvseg.models.mttr.convert"}
+CONVERTERS = {
+    "referformer": "lvseg.models.referformer.convert",
+    "mttr": "lvseg.models.mttr.convert",
+    "lavt": "lvseg.models.lavt.convert",
+}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

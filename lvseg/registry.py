@@ -39,6 +39,7 @@ DEFAULT_MODEL = "referformer-tiny.shapes"
 ENTRY_MODULES: list[str] = []
 ENTRY_MODULES.append("lvseg.models.referformer.entries")
 ENTRY_MODULES.append("lvseg.models.mttr.entries")
+ENTRY_MODULES.append("lvseg.models.lavt.entries")
 ENTRY_MODULES.append("lvseg.train.entries")
 
 
