@@ -262,3 +262,42 @@ def test_config_checks_and_round_trip():
         small_config(window=(7, 7))
     with pytest.raises(ConfigError, match="lacks the required field"):
         LAVTVideoConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "window"})
+
+
+def test_convert_command_load_and_windowed_predict(tmp_path):
+    """``lvseg convert lavt`` routes a video checkpoint to lavt_video; the folder loads and predicts a video in
+    independent windows (the documented policy for videos longer than ``preprocessing.window``)."""
+    import numpy as np
+
+    import lvseg
+    from lvseg.cli import main
+
+    path, meta = official_checkpoint("tiny-3f", tmp_path / "checkpoint.pth")
+    out = tmp_path / "lavt-video"
+    assert main(["convert", "lavt", str(path), "-o", str(out), "--tokenizer", str(TOKENIZER)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "lavt_video" and config["window"] == [8, 7, 7]
+    assert config["preprocessing"]["max_text_tokens"] == 22 and config["preprocessing"]["window"] == 36
+    model = lvseg.load(str(out), device="cpu")
+    assert isinstance(model, LAVTVideo)
+    golden = load_file(str(FIXTURES / "tiny-3f.safetensors"))
+    lowres, _ = outputs(model, meta)
+    assert_parity(lowres, {k: golden[k] for k in lowres})
+    # a 5-frame video in windows of 2 frames: each window is its own clip
+    model.config.image_size = 64
+    video = (np.random.default_rng(0).random((5, 40, 56, 3)) * 255).astype(np.uint8)
+    result = model.predict(video, "the dog on the left", window=2)
+    assert tuple(result.masks.shape) == (5, 40, 56) and result.masks.dtype == torch.bool
+    whole = model.predict(video, "the dog on the left", window=0)
+    first = model.predict(video[:2], "the dog on the left", window=0)
+    assert torch.equal(result.masks[:2], first.masks)  # window 1 = the first two frames alone
+    assert tuple(whole.masks.shape) == (5, 40, 56)
+    # a video checkpoint with an image entry name is refused
+    with pytest.raises(CheckpointError, match="is an image LAVT model"):
+        from lvseg.models.lavt.convert import convert_to_folder
+
+        convert_to_folder(path, tmp_path / "x", tokenizer=str(TOKENIZER), name="lavt-swin-b.refcoco")
+    with pytest.raises(CheckpointError, match="image backbone"):
+        from lvseg.models.lavt.convert import convert_to_folder
+
+        convert_to_folder(path, tmp_path / "y", tokenizer=str(TOKENIZER), backbone="swin-t")

@@ -23,9 +23,12 @@ from ..layers.swin import _relative_position_index
 from ..layers.text import BERT_BASE_CONFIG
 from .video_config import VIDEO_SWIN_SIZES, LAVTVideoConfig
 
-__all__ = ["is_video_state", "infer_video_config", "convert_video_state_dict"]
+__all__ = ["is_video_state", "infer_video_config", "convert_video_state_dict", "VIDEO_BACKBONES"]
 
 logger = logging.getLogger(__name__)
+
+# --backbone names -> official swin_type of the video model
+VIDEO_BACKBONES = {"video-swin-t": "tiny", "video-swin-s": "small", "video-swin-b": "base"}
 
 _IGNORED_SUFFIXES = ("num_batches_tracked", "total_ops", "total_params")
 # the released fusion (SepTPWAM with --w_t3x3_s1x1 --mm_t3x3_s1x1): its Conv3d modules and their kernel kind
@@ -122,8 +125,15 @@ def _fusion_heads(args: dict[str, Any]) -> tuple[int, ...]:
     return heads
 
 
-def infer_video_config(state: dict[str, torch.Tensor], args: dict[str, Any]) -> LAVTVideoConfig:
-    """The :class:`LAVTVideoConfig` an official ``lavt_video`` state dict was built with (from its shapes)."""
+def infer_video_config(
+    state: dict[str, torch.Tensor], args: dict[str, Any] | None = None, **overrides: Any
+) -> LAVTVideoConfig:
+    """The :class:`LAVTVideoConfig` an official ``lavt_video`` state dict was built with (from its shapes).
+
+    ``args``: the file's training arguments as a dict (only ``mha`` is read); ``overrides`` set other fields
+    (``preprocessing``, ``annotated_clip_frames``, ...), e.g. a registry entry's config.
+    """
+    args = args or {}
     try:
         patch = state["backbone.patch_embed.proj.weight"]
         if tuple(patch.shape[1:]) != (3, 1, 4, 4):
@@ -145,7 +155,7 @@ def infer_video_config(state: dict[str, torch.Tensor], args: dict[str, Any]) -> 
             (rate for e, d, h, rate in VIDEO_SWIN_SIZES.values() if (e, d, h) == (embed, depths, heads)), 0.1
         )
         temporal, spatial = _fusion_kernels(state)
-        config = LAVTVideoConfig(
+        fields: dict[str, Any] = dict(
             embed_dim=embed,
             depths=depths,
             num_heads=heads,
@@ -159,7 +169,10 @@ def infer_video_config(state: dict[str, torch.Tensor], args: dict[str, Any]) -> 
         )
     except KeyError as exc:
         raise CheckpointError(f"the checkpoint lacks {exc}, which every official lavt_video checkpoint has") from exc
-    return config
+    if "text_encoder" in overrides:
+        fields["text_encoder"] = {**fields["text_encoder"], **overrides.pop("text_encoder")}
+    fields.update(overrides)
+    return LAVTVideoConfig(**fields)
 
 
 def _map_key(key: str) -> str:
