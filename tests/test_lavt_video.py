@@ -301,3 +301,22 @@ def test_convert_command_load_and_windowed_predict(tmp_path):
         from lvseg.models.lavt.convert import convert_to_folder
 
         convert_to_folder(path, tmp_path / "y", tokenizer=str(TOKENIZER), backbone="swin-t")
+
+
+def test_registry_entries_of_the_released_video_checkpoints():
+    from lvseg.registry import get_entry, list_models
+
+    names = list_models("lavt-video-*")
+    assert len(names) == 12  # Video Swin-T/S/B x (ytvos, a2d, a2d-scratch, refcoco-pretrain)
+    ytvos = get_entry("lavt-video-swin-b")
+    assert ytvos.name == "lavt-video-swin-b.ytvos" and ytvos.family == "lavt"
+    assert {m.metric: m.value for m in ytvos.paper_metrics} == {"J&F": 64.90, "J": 62.22, "F": 67.58}
+    scratch = get_entry("lavt-video-swin-t.a2d-scratch")
+    assert {m.metric: m.value for m in scratch.paper_metrics} == {"oIoU": 74.4, "mIoU": 65.9}
+    for name in names:
+        entry = get_entry(name)
+        assert entry.license == "gpl-3.0" and entry.hub_revision is None and entry.source is not None
+        assert entry.source.url.startswith("https://cloud.tsinghua.edu.cn/d/") and entry.source.sha256 is None
+        assert entry.config == {"architecture": "lavt_video"}
+        assert all("README" in m.source for m in entry.paper_metrics)
+    assert not get_entry("lavt-video-swin-s.refcoco-pretrain").paper_metrics
