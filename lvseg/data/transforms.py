@@ -38,6 +38,7 @@ __all__ = [
     "IMAGENET_STD",
     "Compose",
     "ResizeShortSide",
+    "ResizeSquare",
     "RandomResize",
     "RandomHorizontalFlip",
     "RandomSizeCrop",
@@ -152,6 +153,32 @@ class ResizeShortSide:
 
     def __repr__(self) -> str:
         return f"ResizeShortSide(size={self.size}, max_size={self.max_size})"
+
+
+class ResizeSquare:
+    """Resize every frame (bilinear, antialiased) and mask (nearest) to ``size`` x ``size``, aspect ratio not kept
+    (LAVT's RefCOCO preprocessing: 480x480)."""
+
+    def __init__(self, size: int = 480) -> None:
+        if size < 1:
+            raise InvalidInputError(f"ResizeSquare needs size >= 1, got {size}.")
+        self.size = size
+
+    def __call__(self, sample: Sample) -> Sample:
+        sample = dict(sample)
+        frames, channels_last = _frames_tchw(sample)
+        h, w = frames.shape[-2:]
+        shape = [self.size, self.size]
+        if (h, w) != (self.size, self.size):
+            video = F.resize(tv_tensors.Video(frames), shape, interpolation=InterpolationMode.BILINEAR, antialias=True)
+            _put_frames(sample, video.as_subclass(torch.Tensor), channels_last)
+            _apply_to_masks(sample, lambda m: F.resize(m, shape))
+            _apply_to_boxes(sample, lambda b: F.resize(b, shape), (h, w))
+        sample["size"] = torch.tensor(shape, dtype=torch.int64)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"ResizeSquare(size={self.size})"
 
 
 def _resize(sample: Sample, size: int, max_size: int | None) -> Sample:

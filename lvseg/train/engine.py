@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -79,6 +80,11 @@ class TrainConfig:
     linear in the gradient, so runs that differ only by float rounding stay close, which Adam's normalisation of
     near-zero gradients does not guarantee). ``prepare_steps``: length of a preset's preparation stage (the
     Shapes preset's backbone pre-training; None = the preset's own length, 0 = skip it).
+    ``lr_schedule`` ``"poly"`` multiplies the LR by ``(1 - step / (steps_per_epoch * epochs)) ** poly_power``
+    every optimizer step (LAVT) instead of the ``lr_drops`` steps. Parameters whose name contains one of
+    ``no_decay_keywords`` get no weight decay; those matching one of the regular expressions
+    ``frozen_parameters`` (``re.match`` on the name) are not trained (LAVT: BERT's embeddings and last two layers,
+    which the official optimizer leaves out).
     """
 
     output_dir: str = "runs/lvseg"
@@ -114,6 +120,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     deterministic: bool = True
+    lr_schedule: str = "step"
+    poly_power: float = 0.9
+    no_decay_keywords: tuple[str, ...] = ()
+    frozen_parameters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         positive = {
@@ -142,6 +152,15 @@ class TrainConfig:
             raise ConfigError(f"prepare_steps must be an integer >= 0 (or None), got {self.prepare_steps!r}")
         if self.eval_every < 0 or self.checkpoint_every < 0 or self.warmup_steps < 0 or self.num_workers < 0:
             raise ConfigError("eval_every, checkpoint_every, warmup_steps and num_workers must be >= 0")
+        if self.lr_schedule not in ("step", "poly"):
+            raise ConfigError(f"lr_schedule must be 'step' or 'poly', got {self.lr_schedule!r}")
+        self.no_decay_keywords = tuple(str(x) for x in self.no_decay_keywords)
+        self.frozen_parameters = tuple(str(x) for x in self.frozen_parameters)
+        for pattern in self.frozen_parameters:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"frozen_parameters entry {pattern!r} is not a regular expression: {exc}") from exc
         self.lr_drops = tuple(int(x) for x in self.lr_drops)
         self.lr_drop_steps = tuple(int(x) for x in self.lr_drop_steps)
         if isinstance(self.loss_weights, dict) and not self.loss_weights:
@@ -291,7 +310,14 @@ def evaluate_jf(
 # ------------------------------------------------------------------------------------------------ trainer
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     groups: dict[str, list[nn.Parameter]] = {"main": [], "backbone": [], "text": []}
+    no_decay: set[int] = set()
+    frozen = [re.compile(p) for p in cfg.frozen_parameters]
     for name, p in model.named_parameters():
+        if any(rx.match(name) for rx in frozen):
+            p.requires_grad_(False)
+            continue
+        if any(k in name for k in cfg.no_decay_keywords):
+            no_decay.add(id(p))
         if name.startswith("text_encoder.") or ".text_encoder." in name:  # MTTR: transformer.text_encoder.
             if cfg.freeze_text_encoder:
                 p.requires_grad_(False)
@@ -306,7 +332,12 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     for key, params in groups.items():
         params = [p for p in params if p.requires_grad]
         if params and lrs[key] > 0:
-            out.append({"params": params, "lr": lrs[key], "name": key})
+            decayed = [p for p in params if id(p) not in no_decay]
+            if decayed:
+                out.append({"params": decayed, "lr": lrs[key], "name": key})
+            if len(decayed) < len(params):
+                plain = [p for p in params if id(p) in no_decay]
+                out.append({"params": plain, "lr": lrs[key], "name": f"{key}_no_decay", "weight_decay": 0.0})
         elif params:
             for p in params:  # a learning rate of 0 freezes the group
                 p.requires_grad_(False)
@@ -424,9 +455,13 @@ class Trainer:
 
     def _lr_factory(self, drops: list[int]) -> Callable[[int], float]:
         warmup, gamma = self.cfg.warmup_steps, self.cfg.lr_gamma
+        poly_total = self.steps_per_epoch * self.cfg.epochs
 
         def factor(step: int) -> float:
-            f = gamma ** sum(step >= d for d in drops)
+            if self.cfg.lr_schedule == "poly":
+                f = max(1.0 - step / poly_total, 0.0) ** self.cfg.poly_power
+            else:
+                f = gamma ** sum(step >= d for d in drops)
             if warmup and step < warmup:
                 f *= (step + 1) / warmup
             return f

@@ -31,7 +31,15 @@ from .matcher import (
     upsample_mask_logits,
 )
 
-__all__ = ["LossWeights", "ReferFormerCriterion", "MTTRLossWeights", "MTTRCriterion", "sigmoid_focal_loss", "dice_loss"]
+__all__ = [
+    "LossWeights",
+    "ReferFormerCriterion",
+    "MTTRLossWeights",
+    "MTTRCriterion",
+    "LAVTCriterion",
+    "sigmoid_focal_loss",
+    "dice_loss",
+]
 
 
 def sigmoid_focal_loss(
@@ -254,3 +262,27 @@ class MTTRCriterion(torch.nn.Module):
         w = self.weights
         coef = {"loss_is_referred": w.is_referred, "loss_sigmoid_focal": w.sigmoid_focal, "loss_dice": w.dice}
         return _weighted_layers(self.layer_losses, outputs, targets, num_masks, coef, self.aux_loss)
+
+
+class LAVTCriterion(torch.nn.Module):
+    """LAVT's loss (LAVT-RIS ``train.py``): pixel-wise cross-entropy over the 2 classes with class weights
+    (background 0.9, object 1.1), the weighted mean over supervised pixels.
+
+    ``forward(outputs, targets, normaliser)``: ``outputs`` class logits [B, T, 2, H, W] at the input size;
+    ``targets`` a one-element list holding int64 [B, T, H, W] labels (0 / 1, -100 = not supervised: padding,
+    unannotated frames). ``normaliser`` is unused (the official loss is a mean over pixels).
+    """
+
+    def __init__(self, class_weights: tuple[float, float] = (0.9, 1.1)) -> None:
+        super().__init__()
+        self.class_weights: torch.Tensor
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+
+    def forward(
+        self, outputs: torch.Tensor, targets: list[torch.Tensor], normaliser: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        labels = targets[0]
+        logits = outputs.flatten(0, 1).float()  # [B*T, 2, H, W]
+        weights = self.class_weights.to(logits.device)
+        loss = F.cross_entropy(logits, labels.flatten(0, 1), weight=weights, ignore_index=-100)
+        return {"loss": loss, "loss_ce": loss.detach()}

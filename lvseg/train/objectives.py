@@ -21,13 +21,14 @@ from torch import nn
 
 from ..errors import ConfigError, InvalidInputError
 from .boxes import mask_boxes_cxcywh
-from .losses import LossWeights, MTTRCriterion, MTTRLossWeights, ReferFormerCriterion
+from .losses import LAVTCriterion, LossWeights, MTTRCriterion, MTTRLossWeights, ReferFormerCriterion
 from .matcher import MTTRTarget, VideoTarget
 
 __all__ = [
     "Objective",
     "ReferFormerObjective",
     "MTTRObjective",
+    "LAVTObjective",
     "make_objective",
     "build_targets",
     "build_mttr_targets",
@@ -175,7 +176,30 @@ class MTTRObjective(Objective):
         return MTTRCriterion.count_masks(targets)
 
 
-FAMILIES = ("referformer", "mttr")
+class LAVTObjective(Objective):
+    """Pixel-wise weighted cross-entropy (:class:`LAVTCriterion`) on every annotated frame; padded pixels and
+    frames without annotation are not supervised. The model runs frame by frame (an image model)."""
+
+    family = "lavt"
+
+    def prepare(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        _require_ground_truth(batch, ("masks",))
+        masks = batch["masks"]
+        b, t = masks.shape[:2]
+        labels = masks.to(torch.int64)
+        frame_mask = batch.get("frame_mask", torch.ones((b, t), dtype=torch.bool))
+        annotated = batch.get("annotated", torch.ones((b, t), dtype=torch.bool))
+        labels[~(frame_mask & annotated)] = -100
+        pad = batch.get("padding_mask")
+        if pad is not None:
+            labels[pad.bool()] = -100
+        return {}, [labels.to(device)]
+
+    def count(self, targets: Sequence[torch.Tensor]) -> float:
+        return float(targets[0].shape[0])
+
+
+FAMILIES = ("referformer", "mttr", "lavt")
 
 
 def make_objective(
@@ -198,4 +222,8 @@ def make_objective(
                 f"{type(loss_weights).__name__}"
             )
         return MTTRObjective(criterion or MTTRCriterion(loss_weights))
+    if family == "lavt":
+        if loss_weights is not None:
+            raise ConfigError("LAVT's loss has no weights to set (class-weighted cross-entropy, as officially)")
+        return LAVTObjective(criterion or LAVTCriterion())
     raise ConfigError(f"lvseg.train supports the {', '.join(repr(f) for f in FAMILIES)} families, not {family!r}")

@@ -354,6 +354,39 @@ _MTTR_RECIPE = dict(
     seed=42,
 )
 
+
+def refcoco_lavt_data(root: str | Path, dataset: str = "refcoco") -> tuple[Dataset, Dataset | None]:
+    """LAVT's RefCOCO training data: REFER's ``data/`` folder (``root``: refcoco/refs(unc).p + instances.json,
+    images/mscoco/images/train2014/), train split, one sample per sentence with its raw text, the official mask
+    rule (``overlap="lavt"``: pixels covered by two polygon parts are background), frames resized to 480x480
+    without keeping the aspect and normalised (no augmentation, as officially); val split for evaluation.
+
+    The official loader draws one random sentence per object each epoch; here every sentence is a sample."""
+    from ..data import RefCOCO
+    from ..data.transforms import Compose, Normalize, ResizeSquare
+
+    transform = Compose([ResizeSquare(480), Normalize()])
+    train = RefCOCO(root, "train", dataset=dataset, overlap="lavt", transform=transform)
+    val = RefCOCO(root, "val", dataset=dataset, overlap="lavt", transform=transform)
+    return train, val
+
+
+# LAVT-RIS train.py: AdamW lr 5e-5, wd 1e-2 except backbone norms / position tables, poly 0.9 per iteration,
+# 40 epochs, batch 32 in total (4 GPUs x 8), gradient clipping none; BERT: only encoder layers 0-9 optimised
+_LAVT_RECIPE: dict[str, Any] = dict(
+    lr=5e-5,
+    lr_backbone=5e-5,
+    lr_text_encoder=5e-5,
+    weight_decay=1e-2,
+    lr_schedule="poly",
+    poly_power=0.9,
+    no_decay_keywords=("norm", "absolute_pos_embed", "relative_position_bias_table"),
+    frozen_parameters=(r"text_encoder\.embeddings\.", r"text_encoder\.encoder\.layer\.(10|11)\."),
+    clip_max_norm=0.0,
+    epochs=40,
+    batch_size=8,
+)
+
 PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes",
@@ -458,6 +491,16 @@ PRESETS: dict[str, Preset] = {
         train=dict(_REFERFORMER_JOINT, gradient_checkpointing=True),
         data=joint_data,
         description=_JOINT_DESCRIPTION + " (gradient checkpointing as --use_checkpoint)",
+    ),
+    "lavt-swin-b-refcoco": Preset(
+        "lavt-swin-b-refcoco",
+        "lavt",
+        "lavt-swin-b.refcoco",
+        train=dict(_LAVT_RECIPE),
+        data=refcoco_lavt_data,
+        description="official LAVT image recipe on RefCOCO (AdamW 5e-5, wd 1e-2 without decay on norms and "
+        "position tables, poly 0.9 per iteration, 40 epochs, weighted CE; torchrun --nproc_per_node=4 for the "
+        "global batch of 32); starts from the released weights",
     ),
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d",

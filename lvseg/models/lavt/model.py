@@ -28,7 +28,7 @@ from ...errors import ConfigError, InvalidInputError
 from ..base import RVOSModel, validate_texts
 from ..layers.pwam import PWAM, LanguageGate, SimpleDecoder
 from ..layers.swin import SwinBackbone
-from ..layers.text import bert_token_ids, build_bert
+from ..layers.text import bert_last_hidden_state, bert_token_ids, build_bert
 from .config import LAVTConfig
 
 __all__ = ["LAVT", "LAVTConfig", "two_class_to_logit"]
@@ -105,9 +105,9 @@ class LAVT(RVOSModel):
         return bert_token_ids(self.tokenizer, list(texts), budget, int(self.config.text_encoder.get("pad_token_id", 0)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """BERT's last hidden state [B, N, 768] (no pooler, no projection)."""
-        out = self.text_encoder(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        return out.last_hidden_state
+        """BERT's last hidden state [B, N, 768] (no pooler, no projection), as the official transformers 3.0.2
+        computes it (see :func:`~lvseg.models.layers.text.bert_last_hidden_state`)."""
+        return bert_last_hidden_state(self.text_encoder, input_ids.to(self.device), attention_mask.to(self.device))
 
     # ------------------------------------------------------------------------------------------- forward
     def forward_features(self, images: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

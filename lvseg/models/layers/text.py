@@ -11,6 +11,7 @@ __all__ = [
     "BERT_BASE_CONFIG",
     "build_bert",
     "bert_token_ids",
+    "bert_last_hidden_state",
     "is_bert",
     "PROBE_SENTENCE",
     "build_roberta",
@@ -139,18 +140,47 @@ def build_roberta(config: dict[str, Any], add_pooling_layer: bool = True) -> Any
     return RobertaModel(cfg, add_pooling_layer=add_pooling_layer)
 
 
-def build_bert(config: dict[str, Any]) -> Any:
+def build_bert(config: dict[str, Any], attn_implementation: str = "eager") -> Any:
     """A randomly initialised ``transformers.BertModel`` without pooler from BertConfig keyword arguments.
+
+    ``attn_implementation`` defaults to eager attention: with :func:`bert_last_hidden_state` it reproduces the
+    transformers 3.0.2 BERT of the official LAVT code bit for bit (SDPA differs by rounding).
 
     Raises :class:`~lvseg.errors.ConfigError` when the arguments are not a valid BertConfig.
     """
     from transformers import BertConfig, BertModel
 
     try:
-        cfg = BertConfig(**{k: v for k, v in config.items() if k != "model_type"})
+        kwargs: dict[str, Any] = {k: v for k, v in config.items() if k != "model_type"}
+        kwargs["attn_implementation"] = attn_implementation
+        cfg = BertConfig(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid text encoder config {config}: {exc}") from exc
     return BertModel(cfg, add_pooling_layer=False)
+
+
+def bert_last_hidden_state(bert: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """BERT's last hidden state [B, N, D] computed as transformers 3.0.2 (vendored by LAVT) does.
+
+    Current transformers sums the embeddings as ``(word + token_type) + position``; 3.0.2 as
+    ``(word + position) + token_type``, and adds ``(1 - mask) * -10000`` to the attention logits. The float
+    rounding of the first order, amplified by LAVT's instance norms, moves random-weight Swin-B logits by ~1e-3;
+    this function uses the 3.0.2 order and mask with the model's own modules (and weights), so with eager
+    attention the result is the official one bit for bit.
+
+    Args:
+        bert: a ``transformers.BertModel``.
+        input_ids, attention_mask: int64 [B, N]; token type 0 everywhere (LAVT passes none).
+    """
+    import torch
+
+    emb = bert.embeddings
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    hidden = emb.word_embeddings(input_ids) + emb.position_embeddings(positions)
+    hidden = hidden + emb.token_type_embeddings(torch.zeros_like(input_ids))
+    hidden = emb.dropout(emb.LayerNorm(hidden))
+    additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * -10000.0
+    return bert.encoder(hidden, attention_mask=additive).last_hidden_state
 
 
 def bert_token_ids(tokenizer: Any, texts: list[str], budget: int, pad_id: int = 0) -> tuple[Any, Any]:
