@@ -27,7 +27,7 @@ from ...errors import ConfigError, InvalidInputError
 from ..base import RVOSModel, validate_texts
 from ..layers.pwam import LanguageGate, SimpleDecoder, masked_word_attention
 from ..layers.swin import SwinBackbone
-from ..layers.text import bert_token_ids, build_bert
+from ..layers.text import bert_last_hidden_state, bert_token_ids, build_bert
 from .model import two_class_to_logit
 from .video_config import LAVTVideoConfig
 
@@ -89,13 +89,15 @@ class SeparableTemporalPWAM(nn.Module):
         """x: [B, C, T, H, W] visual features; words: [B, Ct, N]; word_mask: [B, N] (1 = token) -> F [B, C, T, H, W]."""
         b, c, t, h, w = x.shape
         mask = word_mask.to(words.dtype)
-        vis = self.temporal_vis_project(x) + self.spatial_vis_project(x)
+        vis = (self.temporal_vis_project(x) + self.spatial_vis_project(x)).flatten(2)  # [B, C, T*H*W]
         query = (self.f_query_t(x) + self.f_query_s(x)).flatten(2)  # [B, C, T*H*W]
         key = self.f_key(words) * mask[:, None, :]
         value = self.f_value(words) * mask[:, None, :]
         lang = masked_word_attention(query, key, value, mask, self.num_heads).view(b, c, t, h, w)
-        lang = self.W_t(lang) + self.W_s(lang)
-        mm = vis * lang
+        lang = (self.W_t(lang) + self.W_s(lang)).flatten(2)
+        # the product of the flattened maps, as in the official code (the product's memory layout selects the
+        # Conv3d kernels below, and so their float rounding)
+        mm = (vis * lang).view(b, c, t, h, w)
         return self.project_mm_t(mm) + self.project_mm_s(mm)
 
 
@@ -193,9 +195,9 @@ class LAVTVideo(RVOSModel):
         return bert_token_ids(self.tokenizer, list(texts), budget, int(self.config.text_encoder.get("pad_token_id", 0)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """BERT's last hidden state [B, N, 768] (no pooler, no projection)."""
-        out = self.text_encoder(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        return out.last_hidden_state
+        """BERT's last hidden state [B, N, 768] (no pooler, no projection), as the official transformers 3.0.2
+        computes it (see :func:`~lvseg.models.layers.text.bert_last_hidden_state`)."""
+        return bert_last_hidden_state(self.text_encoder, input_ids.to(self.device), attention_mask.to(self.device))
 
     # ------------------------------------------------------------------------------------------- forward
     def forward_features(self, frames: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
@@ -216,8 +218,10 @@ class LAVTVideo(RVOSModel):
         last = len(self.fusions) - 1
 
         def fuse(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # x: [B, T, h, w, C] tokens after the stage's blocks
-            fused = self.fusions[i](x.permute(0, 4, 1, 2, 3), words_t, mask).permute(0, 2, 3, 4, 1)
+            # x: [B, T, h, w, C] tokens after the stage's blocks. The official tokens are stored channels-first
+            # (their layout comes from the patch embedding), so its Conv3d run on a contiguous [B, C, T, h, w]
+            # tensor; the same layout here selects the same kernels and gives the official rounding.
+            fused = self.fusions[i](x.permute(0, 4, 1, 2, 3).contiguous(), words_t, mask).permute(0, 2, 3, 4, 1)
             nxt = x if i == last or i >= num_gates else self.gates[i](x, fused)
             return nxt, fused
 

@@ -47,7 +47,8 @@ class LAVTVideoConfig(ModelConfig):
     (``--mha``). ``last_stage_gate``: whether the checkpoint has the last stage's language gate (models trained
     with ``--use_checkpoint`` do not; its output is never used, so both give the same results).
     ``annotated_clip_frames``: frames of the A2D-Sentences test clip around the annotated frame.
-    ``fused_attention`` selects SDPA window attention (same math up to rounding); ``False`` is the eager path.
+    ``fused_attention`` selects SDPA window attention (same math up to rounding, less memory); the default
+    ``False`` is the eager path, which computes what the official code computes bit for bit.
     """
 
     architecture: str = "lavt_video"
@@ -65,7 +66,7 @@ class LAVTVideoConfig(ModelConfig):
     image_size: int = 480
     annotated_clip_frames: int = A2D_CLIP_FRAMES
     text_encoder: dict[str, Any] = field(default_factory=lambda: dict(BERT_BASE_CONFIG))
-    fused_attention: bool = True
+    fused_attention: bool = False
 
     # runtime switches only (see ModelConfig.optional_fields)
     optional_fields: ClassVar[tuple[str, ...]] = ("fused_attention",)
