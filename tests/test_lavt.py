@@ -215,6 +215,7 @@ def test_convert_command_and_load_round_trip(checkpoints, tokenizer_dir, tmp_pat
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "lavt" and config["window"] == 12 and config["variant"] == "lavt_one"
     assert config["preprocessing"]["max_text_tokens"] == 20 and config["image_size"] == 480
+    assert "license: gpl-3.0" in (out / "README.md").read_text()  # weights of GPL-3.0 code, even without --name
     model = lvseg.load(str(out), device="cpu")
     golden = load_file(str(FIXTURES / "w12.safetensors"))
     decoder, _ = run(model, "w12")
@@ -358,3 +359,24 @@ def test_official_recipe_trains_through_lvseg_train(checkpoints, tokenizer_dir, 
     result = trainer.fit()
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert len(losses) >= 10 and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_registry_lists_every_released_image_checkpoint_with_its_paper_numbers():
+    from lvseg.registry import get_entry, list_models
+
+    tags = ("refcoco", "refcoco+", "gref-umd", "gref-google")
+    names = [f"{arch}.{tag}" for arch in ("lavt-swin-b", "lavt-one-swin-b") for tag in tags]
+    assert sorted(list_models("lavt*")) == sorted(names)
+    splits = {"refcoco": 3, "refcoco+": 3, "gref-umd": 2, "gref-google": 1}
+    for name in names:
+        entry = get_entry(name)
+        assert entry.family == "lavt" and entry.license == "gpl-3.0"
+        assert entry.hub_revision is None and not entry.published  # convert from the official file
+        assert entry.source is not None and entry.source.url.startswith("https://drive.google.com/file/d/")
+        assert len(entry.paper_metrics) == 7 * splits[entry.tag]
+        assert all("README" in m.source for m in entry.paper_metrics)
+    assert get_entry("lavt-swin-b").name == "lavt-swin-b.refcoco"
+    val = {m.metric: m.value for m in get_entry("lavt-swin-b.refcoco").paper_metrics if m.split == "val"}
+    assert val["oIoU"] == 72.73 and val["mIoU"] == 74.46 and val["P@0.5"] == 84.46
+    one = get_entry("lavt-one-swin-b.gref-google").paper_metrics
+    assert {m.metric: m.value for m in one}["oIoU"] == 61.31 and "not established" in one[0].source

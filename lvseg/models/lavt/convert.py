@@ -275,7 +275,26 @@ def convert_to_folder(
     model = LAVT(config, tokenizer=text_tokenizer)
     hub.load_state_dict_strict(model, converted, str(checkpoint_path))
     logger.info("converted %s (%s layout, %d tensors)", checkpoint_path, variant, len(converted))
-    return hub.save_pretrained(model, output_dir, entry=entry, name=name)
+    # the weights come from GPL-3.0 code: the card says so even without a registry name
+    card_entry = entry or _unnamed_entry(config)
+    return hub.save_pretrained(model, output_dir, entry=card_entry, name=name or card_entry.name)
+
+
+def _unnamed_entry(config: LAVTConfig) -> Any:
+    """A registry-style description of a checkpoint converted without ``--name`` (for its model card)."""
+    from ...registry import ModelEntry, SourceCheckpoint
+
+    size = next((k for k, v in SWIN_SIZES.items() if v[0] == config.embed_dim and v[1] == tuple(config.depths)), "")
+    backbone = f"Swin-{size[:1].upper()}" if size else f"Swin (width {config.embed_dim})"
+    return ModelEntry(
+        name="lavt-converted",
+        family="lavt",
+        backbone=f"{backbone} (window {config.window}) + BERT",
+        training_data="unknown (an official LAVT checkpoint converted without --name)",
+        source=SourceCheckpoint(url="https://github.com/yz93/LAVT-RIS", notes="official code GPL-3.0"),
+        license="gpl-3.0",
+        description=f"LAVT ({config.variant} layout) converted from an official checkpoint.",
+    )
 
 
 def _video_to_folder(
@@ -317,4 +336,25 @@ def _video_to_folder(
         config.last_stage_gate,
         len(converted),
     )
-    return hub.save_pretrained(model, output_dir, entry=entry, name=name)
+    # the weights come from GPL-3.0 code: the card says so even without a registry name
+    card_entry = entry or _unnamed_video_entry(config)
+    return hub.save_pretrained(model, output_dir, entry=card_entry, name=name or card_entry.name)
+
+
+def _unnamed_video_entry(config: LAVTVideoConfig) -> Any:
+    """:func:`_unnamed_entry` for a ``lavt_video`` checkpoint converted without ``--name``."""
+    from ...registry import ModelEntry, SourceCheckpoint
+
+    size = next(
+        (k for k, v in VIDEO_SWIN_SIZES.items() if v[0] == config.embed_dim and v[1] == tuple(config.depths)), ""
+    )
+    backbone = f"Video Swin-{size[:1].upper()}" if size else f"Video Swin (width {config.embed_dim})"
+    return ModelEntry(
+        name="lavt-video-converted",
+        family="lavt",
+        backbone=f"{backbone} (window {'x'.join(map(str, config.window))}) + BERT",
+        training_data="unknown (an official LAVT video checkpoint converted without --name)",
+        source=SourceCheckpoint(url="https://github.com/Yxxxb/LAVT-RS", notes="official code GPL-3.0"),
+        license="gpl-3.0",
+        description="LAVT video (lavt_video) converted from an official checkpoint.",
+    )
