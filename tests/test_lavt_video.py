@@ -278,6 +278,7 @@ def test_convert_command_load_and_windowed_predict(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "lavt_video" and config["window"] == [8, 7, 7]
     assert config["preprocessing"]["max_text_tokens"] == 22 and config["preprocessing"]["window"] == 36
+    assert "gpl-3.0" in (out / "README.md").read_text()  # the weights' license travels with the folder
     model = lvseg.load(str(out), device="cpu")
     assert isinstance(model, LAVTVideo)
     golden = load_file(str(FIXTURES / "tiny-3f.safetensors"))
