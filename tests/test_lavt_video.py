@@ -348,3 +348,15 @@ def test_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.6 * losses[0], losses
     grads = [p.grad for n, p in model.named_parameters() if n.startswith(("fusions.0.", "text_encoder.encoder"))]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_bfloat16_segment_runs_and_agrees():
+    """``lvseg.load(..., dtype=torch.bfloat16)``: the square resize runs in float32 (the antialiased kernel has no
+    bfloat16 CPU implementation) and the masks follow the float32 ones."""
+    torch.manual_seed(0)
+    model = LAVTVideo(small_config(), tokenizer=tokenizer()).eval()
+    frames = torch.randn(1, 2, 3, 40, 56)
+    logits, _ = model.segment(frames, ["the dog"])
+    half, scores = model.to(torch.bfloat16).segment(frames.to(torch.bfloat16), ["the dog"])
+    assert half.dtype == torch.bfloat16 and scores.dtype == torch.float32
+    assert ((half > 0) == (logits > 0)).float().mean() > 0.9

@@ -250,8 +250,9 @@ class LAVTVideo(RVOSModel):
         size = self.config.image_size
         if tuple(frames.shape[-2:]) == (size, size):
             return frames
-        flat = F.interpolate(frames.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True)
-        return flat.unflatten(0, frames.shape[:2])
+        # in float32: the antialiased kernel has no bfloat16/float16 CPU implementation
+        flat = F.interpolate(frames.flatten(0, 1).float(), size=(size, size), mode="bilinear", antialias=True)
+        return flat.to(frames.dtype).unflatten(0, frames.shape[:2])
 
     @torch.no_grad()
     def segment(
