@@ -225,7 +225,10 @@ class LAVTVideo(RVOSModel):
             nxt = x if i == last or i >= num_gates else self.gates[i](x, fused)
             return nxt, fused
 
-        c1, c2, c3, c4 = self.backbone(frames.flatten(0, 1), t, stage_fn=fuse)  # [(B T), C_i, h_i, w_i]
+        maps = self.backbone(frames.flatten(0, 1), t, stage_fn=fuse)  # [(B T), C_i, h_i, w_i]
+        # the official decoder reads channels-last views of the normed tokens; the same layout selects the same
+        # convolution kernels (and so the official rounding)
+        c1, c2, c3, c4 = (m.contiguous(memory_format=torch.channels_last) for m in maps)
         logits = self.classifier(c4, c3, c2, c1)
         logits = F.interpolate(logits, size=frames.shape[-2:], mode="bilinear", align_corners=True)
         return logits.unflatten(0, (b, t))
