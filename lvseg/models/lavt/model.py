@@ -160,7 +160,9 @@ class LAVT(RVOSModel):
         size = self.config.image_size
         if tuple(frames.shape[-2:]) == (size, size):
             return frames
-        return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        # in float32: the antialiased kernel has no bfloat16/float16 CPU implementation
+        square = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return square.to(frames.dtype)
 
     @torch.no_grad()
     def segment(self, frames: torch.Tensor, text: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
