@@ -209,6 +209,8 @@ UPSAMPLING: dict[str, str] = {
     "padding, nearest to the original size (MTTR, ReferFormer A2D/JHMDB, DETR PostProcessSegm)",
     "probability-aligned": "sigmoid at the model's resolution (padding cropped), bilinear with align_corners=True "
     "to the original size (Locater tools/evaluate.py)",
+    "aligned": "bilinear with align_corners=True on the logits straight from the model's output (padding cropped) "
+    "to the original size, sigmoid (LAVT video test_ytvos.py: the argmax of the upsampled 2-class logits)",
 }
 # rules whose values are probabilities (averaged and thresholded as probabilities); the others resize logits
 _PROBABILITY_SPACE = ("threshold-nearest", "probability-aligned")
@@ -282,6 +284,8 @@ def _upsample(
     if mode == "probability-aligned":
         x = _crop_output(x, input_size, resized_size).sigmoid()
         return _resize(x, original_size, "bilinear", align_corners=True)
+    if mode == "aligned":
+        return _resize(_crop_output(x, input_size, resized_size), original_size, "bilinear", align_corners=True)
     raise InvalidInputError(f"unknown upsampling {mode!r}; choose one of {', '.join(UPSAMPLING)}")
 
 

@@ -40,6 +40,7 @@ ENTRY_MODULES: list[str] = []
 ENTRY_MODULES.append("lvseg.models.referformer.entries")
 ENTRY_MODULES.append("lvseg.models.mttr.entries")
 ENTRY_MODULES.append("lvseg.models.lavt.entries")
+ENTRY_MODULES.append("lvseg.models.lavt.video_entries")
 ENTRY_MODULES.append("lvseg.train.entries")
 
 

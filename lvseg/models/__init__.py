@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {}
 FAMILIES["referformer"] = ".referformer.model:ReferFormer"
 FAMILIES["mttr"] = ".mttr.model:MTTR"
 FAMILIES["lavt"] = ".lavt.model:LAVT"
+FAMILIES["lavt_video"] = ".lavt.video:LAVTVideo"
 
 _CLASSES: dict[str, type[RVOSModel]] = {}
 

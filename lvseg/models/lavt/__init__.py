@@ -8,11 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["LAVT", "LAVTConfig", "convert", "convert_to_folder"]
+__all__ = ["LAVT", "LAVTConfig", "LAVTVideo", "LAVTVideoConfig", "convert", "convert_to_folder"]
 
 _LAZY = {
     "LAVT": ".model",
     "LAVTConfig": ".config",
+    "LAVTVideo": ".video",
+    "LAVTVideoConfig": ".video_config",
     "convert": ".convert",
     "convert_to_folder": ".convert",
 }

@@ -1,11 +1,13 @@
-"""Convert an official LAVT image checkpoint (yz93/LAVT-RIS ``.pth``) to an lvseg model.
+"""Convert an official LAVT checkpoint (yz93/LAVT-RIS or Yxxxb/LAVT-RS ``.pth``) to an lvseg model.
 
 Official files are the training script's dict, read with ``torch.load(weights_only=True)`` and an explicit
 allow-list (the ``args`` ``argparse.Namespace``, NumPy scalars), so no pickled code runs:
 
 * ``lavt``: ``{'model', 'bert_model', 'optimizer', 'epoch', 'args', 'lr_scheduler'}``: BERT's state dict (no
   pooler) on its own;
-* ``lavt_one``: ``{'model', 'optimizer', 'epoch', 'args', 'lr_scheduler'}``: BERT under ``text_encoder.``.
+* ``lavt_one``: ``{'model', 'optimizer', 'epoch', 'args', 'lr_scheduler'}``: BERT under ``text_encoder.``;
+* ``lavt_video`` (LAVT-RS): the ``lavt_one`` layout (``+ 'scaler'``) with a Conv3d patch embedding; recognised by
+  that and converted by :mod:`.video_convert` (same renames, plus the 3-D window and PWAM kernels from the tensors).
 
 Key mapping (official -> lvseg), everything else unchanged:
 
@@ -36,6 +38,8 @@ from ..convert_utils import check_converted_tokenizer, count_groups, load_bert_t
 from ..layers.swin import _relative_position_index
 from ..layers.text import BERT_BASE_CONFIG
 from .config import SWIN_SIZES, LAVTConfig
+from .video_config import VIDEO_SWIN_SIZES, LAVTVideoConfig
+from .video_convert import VIDEO_BACKBONES, convert_video_state_dict, infer_video_config, is_video_state
 
 __all__ = [
     "load_official_checkpoint",
@@ -189,9 +193,15 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: LAVTConfig) -> di
     return out
 
 
-def convert(checkpoint_path: str | Path, **overrides: Any) -> tuple[dict[str, torch.Tensor], LAVTConfig]:
-    """Read an official checkpoint; returns (lvseg state dict, config). ``overrides`` go to :func:`infer_config`."""
+def convert(
+    checkpoint_path: str | Path, **overrides: Any
+) -> tuple[dict[str, torch.Tensor], LAVTConfig | LAVTVideoConfig]:
+    """Read an official checkpoint; returns (lvseg state dict, config). ``overrides`` go to :func:`infer_config`
+    (or :func:`~.video_convert.infer_video_config` for a ``lavt_video`` file)."""
     state, variant, args = load_official_checkpoint(checkpoint_path)
+    if is_video_state(state):
+        video = infer_video_config(state, vars(args) if args is not None else {}, **overrides)
+        return convert_video_state_dict(state, video), video
     config = infer_config(state, variant, args, **overrides)
     return convert_state_dict(state, config), config
 
@@ -230,12 +240,27 @@ def convert_to_folder(
 
     entry = get_entry(name) if name else None
     if entry is not None and entry.family != "lavt":
-        raise CheckpointError(f"{name!r} is a {entry.family} model, not a LAVT image one")
-    if backbone is not None and backbone not in BACKBONES:
-        raise CheckpointError(f"unknown LAVT backbone {backbone!r}; use one of {', '.join(BACKBONES)}")
+        raise CheckpointError(f"{name!r} is a {entry.family} model, not a LAVT one")
+    if backbone is not None and backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
+        known = ", ".join([*BACKBONES, *VIDEO_BACKBONES])
+        raise CheckpointError(f"unknown LAVT backbone {backbone!r}; use one of {known}")
     # the tokenizer first: a missing or empty one fails in seconds, not after the checkpoint is read
     text_tokenizer = load_bert_tokenizer(tokenizer)
     state, variant, args = load_official_checkpoint(checkpoint_path)  # memory-mapped: shapes only so far
+    video = is_video_state(state)
+    entry_video = entry is not None and entry.config.get("architecture") == "lavt_video"
+    if entry is not None and entry_video != video:
+        kinds = ("an image", "a video")
+        raise CheckpointError(
+            f"{name!r} is {kinds[entry_video]} LAVT model but {checkpoint_path} holds {kinds[video]} one "
+            "(a Conv3d patch embedding marks the video model): pass the matching --name"
+        )
+    if video:
+        return _video_to_folder(
+            state, args, text_tokenizer, tokenizer, entry, backbone, checkpoint_path, output_dir, name
+        )
+    if backbone is not None and backbone in VIDEO_BACKBONES:
+        raise CheckpointError(f"--backbone {backbone} is a video backbone but {checkpoint_path} holds an image LAVT")
     config = infer_config(state, variant, args, **_entry_overrides(entry))
     if backbone is not None:
         size = BACKBONES[backbone]
@@ -270,3 +295,45 @@ def _unnamed_entry(config: LAVTConfig) -> Any:
         license="gpl-3.0",
         description=f"LAVT ({config.variant} layout) converted from an official checkpoint.",
     )
+
+
+def _video_to_folder(
+    state: dict[str, torch.Tensor],
+    args: argparse.Namespace | None,
+    text_tokenizer: Any,
+    tokenizer_argument: Any,
+    entry: Any,
+    backbone: str | None,
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    name: str | None,
+) -> Path:
+    """:func:`convert_to_folder` for a ``lavt_video`` (LAVT-RS) checkpoint."""
+    from ... import hub
+    from .video import LAVTVideo
+
+    config = infer_video_config(state, vars(args) if args is not None else {}, **_entry_overrides(entry))
+    if backbone is not None:
+        size = VIDEO_BACKBONES.get(backbone)
+        if size is None:
+            raise CheckpointError(
+                f"--backbone {backbone} is an image backbone but {checkpoint_path} holds a video LAVT"
+            )
+        embed, depths, heads, _ = VIDEO_SWIN_SIZES[size]
+        if (config.embed_dim, tuple(config.depths), tuple(config.num_heads)) != (embed, depths, heads):
+            raise CheckpointError(
+                f"--backbone {backbone} (Video Swin-{size}: width {embed}, depths {depths}) does not match the "
+                f"checkpoint (width {config.embed_dim}, depths {config.depths}, heads {config.num_heads})"
+            )
+    check_converted_tokenizer(text_tokenizer, config.text_encoder, tokenizer_argument)
+    converted = convert_video_state_dict(state, config)
+    model = LAVTVideo(config, tokenizer=text_tokenizer)
+    hub.load_state_dict_strict(model, converted, str(checkpoint_path))
+    logger.info(
+        "converted %s (lavt_video, window %s, last-stage gate %s, %d tensors)",
+        checkpoint_path,
+        config.window,
+        config.last_stage_gate,
+        len(converted),
+    )
+    return hub.save_pretrained(model, output_dir, entry=entry, name=name)
