@@ -366,7 +366,8 @@ def test_registry_lists_every_released_image_checkpoint_with_its_paper_numbers()
 
     tags = ("refcoco", "refcoco+", "gref-umd", "gref-google")
     names = [f"{arch}.{tag}" for arch in ("lavt-swin-b", "lavt-one-swin-b") for tag in tags]
-    assert sorted(list_models("lavt*")) == sorted(names)
+    image = [n for n in list_models("lavt*") if not n.startswith("lavt-video")]  # video ones: test_lavt_video.py
+    assert sorted(image) == sorted(names)
     splits = {"refcoco": 3, "refcoco+": 3, "gref-umd": 2, "gref-google": 1}
     for name in names:
         entry = get_entry(name)
