@@ -25,7 +25,19 @@ seconds are both reported; the machine may be shared, so the load average is pri
 
 Measured on 2026-12-05 (Intel Xeon with AMX-bf16, 2 threads, shared machine; see docs/models/lavt.md):
 
-    RESULTS_PLACEHOLDER
+    | case | dtype | impl | wall s | CPU s | peak RSS GB | fwd peak GB | base GB | load | wall ratio | RSS ratio |
+    |---|---|---|---|---|---|---|---|---|---|---|
+    | image | float32 | official | 17.9 | 10.1 | 2.42 | 1.96 | 1.61 | 7.7-7.1 | 1.00 | 1.00 |
+    | image | float32 | lvseg | 21.4 | 9.5 | 2.47 | 1.95 | 1.63 | 7.1-7.3 | 1.19 | 1.02 |
+    | image | bfloat16 | lvseg | 6.5 | 5.2 | 2.47 | 1.87 | 1.63 | 7.3-6.6 | 0.27 | 1.02 |
+    | image | bfloat16 | official | 24.1 | 12.0 | 2.42 | 1.80 | 1.61 | 6.6-6.8 | 1.00 | 1.00 |
+    | video | float32 | official | 77.4 | 38.9 | 3.41 | 3.41 | 1.66 | 6.3-7.0 | 1.00 | 1.00 |
+    | video | float32 | lvseg | 55.1 | 30.2 | 2.70 | 2.70 | 1.70 | 7.0-6.6 | 0.71 | 0.79 |
+    | video | bfloat16 | lvseg | 28.4 | 14.2 | 2.57 | 2.52 | 1.70 | 6.6-6.7 | 0.52 | 0.72 |
+    | video | bfloat16 | official | 54.3 | 26.2 | 3.56 | 3.56 | 1.66 | 6.7-7.0 | 1.00 | 1.00 |
+
+    (one timed forward per process, one warm-up for the image case, none for the video case; load = 1-min load
+    average before-after; lvseg default attention: eager for the image model, SDPA for the video model)
 """
 
 from __future__ import annotations
@@ -223,7 +235,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     start_build = time.perf_counter()
-    _, forward = build(args)
+    model, forward = build(args)
     build_seconds = time.perf_counter() - start_build
     inputs = _inputs(args.case, args.size, args.frames)
     gc.collect()
@@ -240,7 +252,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                 times.append(time.perf_counter() - start)
                 cpu_times.append(time.process_time() - cpu_start)
     forward_peak_kb = _rss_kb("VmHWM")
+    profile = _profile(model, forward, inputs, args) if args.profile else {}
     return {
+        **profile,
         "case": args.case,
         "impl": args.impl,
         "dtype": args.dtype,
@@ -256,6 +270,36 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "logits_dtype": str(logits.dtype).replace("torch.", ""),
         "logits_mean": float(logits.float().mean()),
     }
+
+
+def _profile(model: Any, forward: Any, inputs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One more forward (after the measured ones) under torch.profiler, plus wall time per module (depth <= 2)."""
+    import torch
+
+    seconds: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    handles = []
+    roots = model if isinstance(model, tuple) else (model,)
+    for r, root in enumerate(roots):
+        for name, module in root.named_modules():
+            if name and name.count(".") <= 1:
+                key = f"{r}:{name}" if len(roots) > 1 else name
+
+                def pre(m: Any, a: Any, key: str = key) -> None:
+                    starts[key] = time.perf_counter()
+
+                def post(m: Any, a: Any, o: Any, key: str = key) -> None:
+                    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - starts[key]
+
+                handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    with torch.inference_mode(), autocast, torch.profiler.profile() as prof:
+        forward(inputs)
+    for handle in handles:
+        handle.remove()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
+    top = dict(sorted(seconds.items(), key=lambda kv: -kv[1])[: args.profile])
+    return {"profile_ops": table, "profile_modules": top}
 
 
 def _child(args: argparse.Namespace, mode: str, **extra: Any) -> dict[str, Any] | None:
@@ -274,6 +318,8 @@ def _child(args: argparse.Namespace, mode: str, **extra: Any) -> dict[str, Any] 
         str(args.frames),
         "--repeats",
         str(args.repeats),
+        "--profile",
+        str(args.profile),
     ]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
@@ -300,6 +346,7 @@ def main() -> None:
     parser.add_argument("--video-warmup", type=int, default=0, help="untimed forwards first (video case)")
     parser.add_argument("--workdir", help="keep checkpoints here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--profile", type=int, default=0, help="N: also profile one forward (top N ops, modules)")
     parser.add_argument("--child", choices=["prepare", "run"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -348,7 +395,10 @@ def main() -> None:
                         continue
                     row["load_before"], row["load_after"] = load, os.getloadavg()[0]
                     rows.append(row)
+                    ops = row.pop("profile_ops", "")
                     print(f"[{time.perf_counter() - t0:.0f} s] {json.dumps(row)}", flush=True)
+                    if ops:
+                        print(ops, flush=True)
         total = time.perf_counter() - t0
         print(f"\n{args.threads} threads, {args.repeats} timed forward(s) per process, total {total:.0f} s")
         print(format_table(rows))
