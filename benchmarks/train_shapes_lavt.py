@@ -100,7 +100,7 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
         if name == "control":
             cmd.append("--control")
         (out / name).mkdir(parents=True, exist_ok=True)
-        log = open(out / name / "stdout.log", "a")  # noqa: SIM115 - closed when the process ends
+        log = open(out / name / "stdout.log", "a")  # closed when the process ends
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
     codes = {}
     for name, (proc, log) in procs.items():

@@ -325,7 +325,9 @@ class ExpressionSubset(Dataset):
         self.dataset = dataset
         self.videos = dataset.videos
         self.indices = [
-            i for i, (vid, exp_id, _) in enumerate(dataset.samples) if keep(dataset.videos[vid]["expressions"][exp_id]["exp"])
+            i
+            for i, (vid, exp_id, _) in enumerate(dataset.samples)
+            if keep(dataset.videos[vid]["expressions"][exp_id]["exp"])
         ]
         self.samples = [dataset.samples[i] for i in self.indices]
         if not self.indices:
