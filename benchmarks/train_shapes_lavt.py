@@ -6,7 +6,7 @@
     python benchmarks/train_shapes_lavt.py --output-dir runs/lavt-shapes --both --eval-only  # score finished runs
 
 Recipe: the ``lavt-tiny-shapes`` preset (a ~1.1 M-parameter LAVT from scratch: Swin of width 16, 2-layer BERT of
-width 64 on a WordPiece vocabulary of the Shapes words; AdamW 1e-3, batch 8, 4000 steps, LR x0.1 at 3/4).
+width 64 on a WordPiece vocabulary of the Shapes words; AdamW 1e-3, batch 8, 3200 steps, LR x0.1 at 3/4).
 Data: the Shapes of ``benchmarks/train_shapes.py`` (seed 0 under ``--data-root``: 1200 training videos, 60 for
 model selection; 100 held-out videos, seed 1, under ``<data-root>-test``; 8 frames of 96x96), restricted to the
 expressions without a motion phrase (an image model sees one frame); training samples are single frames.
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--both", action="store_true", help="train the model and its control side by side")
     p.add_argument("--control", action="store_true", help="train on shuffled expressions (text-blind control)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 4000 steps (LR drop at 3/4)")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's 3200 steps (LR drop at 3/4)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

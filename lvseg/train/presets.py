@@ -518,7 +518,7 @@ _LAVT_RECIPE: dict[str, Any] = dict(
 
 # the tiny Shapes LAVT (benchmarks/train_shapes_lavt.py): the official optimiser (AdamW, no decay on norms and
 # position tables) at a from-scratch learning rate, warm-up and one LR drop instead of poly over 40 epochs
-LAVT_SHAPES_STEPS = 4000
+LAVT_SHAPES_STEPS = 3200
 LAVT_SHAPES_RECIPE: dict[str, Any] = dict(
     lr=1e-3,
     lr_backbone=1e-3,
