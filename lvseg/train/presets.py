@@ -35,6 +35,12 @@ __all__ = [
     "SHAPES_PRETRAIN_STEPS",
     "SHAPES_REFINE_STEPS",
     "shapes_refine_schedule",
+    "shapes_wordpiece_tokenizer",
+    "lavt_shapes_tiny_config",
+    "build_lavt_shapes_tiny",
+    "lavt_shapes_data",
+    "is_motion_expression",
+    "ExpressionSubset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +183,74 @@ def shapes_prepare(
     )
 
 
+# ------------------------------------------------------------------------------------------------ tiny LAVT
+def shapes_wordpiece_tokenizer() -> Any:
+    """A WordPiece (BERT) tokenizer whose vocabulary is the Shapes words, laid out like bert-base-uncased's
+    (``[PAD]``=0, ``[unused0-98]``, ``[UNK]``=100, ``[CLS]``=101, ``[SEP]``=102, ``[MASK]``=103, then the words),
+    plus the words of the tokenizer check's probe sentence, so lvseg's BERT tokenizer checks accept it."""
+    import tempfile
+
+    from transformers import BertTokenizer
+
+    from ..data.shapes import VOCABULARY
+    from ..models.layers.text import PROBE_SENTENCE
+
+    words = sorted(set(VOCABULARY) | set(PROBE_SENTENCE.split()))
+    specials = ["[PAD]", *[f"[unused{i}]" for i in range(99)], "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(specials + words) + "\n", encoding="utf-8")
+        return BertTokenizer(str(vocab), do_lower_case=True)
+
+
+def lavt_shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
+    """A tiny LAVT image model for Shapes frames (~1.1 M parameters, see :data:`PRESETS` ``lavt-tiny-shapes``).
+
+    The official architecture at toy sizes: Swin of width 16 (depths 2-2-2-2, heads 1-2-4-8, window 6, so the
+    24/12/6 maps of a 96x96 frame are whole windows and the 3x3 one is padded as officially), one PWAM head per
+    stage, a 2-layer BERT of width 64 on :func:`shapes_wordpiece_tokenizer`'s vocabulary, frames kept at
+    ``size`` x ``size`` and the official image token budget (20)."""
+    from ..models.base import PreprocessConfig
+    from ..models.lavt.config import IMAGE_TOKEN_BUDGET, LAVTConfig
+
+    text = {
+        "model_type": "bert",
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": 32,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+    }
+    pre = PreprocessConfig(short_side=size, max_size=size, window=8, overlap=0, max_text_tokens=IMAGE_TOKEN_BUDGET)
+    return LAVTConfig(
+        preprocessing=pre,
+        embed_dim=16,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+        window=6,
+        fusion_heads=(1, 1, 1, 1),
+        drop_path_rate=0.0,
+        image_size=size,
+        text_encoder=text,
+    )
+
+
+def build_lavt_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
+    """A freshly initialised tiny LAVT for Shapes with its WordPiece tokenizer (random weights)."""
+    from ..models.lavt.model import LAVT
+
+    tokenizer = shapes_wordpiece_tokenizer()
+    return LAVT(lavt_shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
+
+
 # ------------------------------------------------------------------------------------------------ data
 class ShuffledExpressions(Dataset):
     """A text-blind control: every sample keeps its video and masks but gets the expression of another sample
@@ -232,6 +306,61 @@ def shapes_data(
     )
     val = RefYouTubeVOS(root, "valid")
     return train, val
+
+
+def is_motion_expression(text: str) -> bool:
+    """Whether a Shapes expression names a motion ("moving left", "standing still", ...): an image model cannot
+    ground those from one frame."""
+    from ..data.shapes import MOTION_PHRASES
+
+    return any(phrase in text for phrase in MOTION_PHRASES.values())
+
+
+class ExpressionSubset(Dataset):
+    """The samples of a :class:`~lvseg.data.RefYouTubeVOS`-style dataset whose expression passes ``keep(text)``;
+    exposes ``samples`` and ``videos`` like the dataset (so :class:`ShuffledExpressions` reads texts without
+    decoding frames)."""
+
+    def __init__(self, dataset: Any, keep: Callable[[str], bool]) -> None:
+        self.dataset = dataset
+        self.videos = dataset.videos
+        self.indices = [
+            i
+            for i, (vid, exp_id, _) in enumerate(dataset.samples)
+            if keep(dataset.videos[vid]["expressions"][exp_id]["exp"])
+        ]
+        self.samples = [dataset.samples[i] for i in self.indices]
+        if not self.indices:
+            raise ConfigError("no expression of the dataset passes the filter: check the data root and split")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[self.indices[index]]
+
+
+def lavt_shapes_data(
+    root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0, size: int = SHAPES_SIZE
+) -> tuple[Dataset, Dataset]:
+    """Shapes for an image model: the train/valid splits of :func:`shapes_data` (generated first when missing)
+    restricted to the expressions without a motion phrase; training samples are single frames (one per frame of
+    every expression, random horizontal flips that swap "left"/"right"), validation samples whole videos
+    (scored frame by frame)."""
+    from ..data import ClipSampling, RefYouTubeVOS
+    from ..data.transforms import RandomHorizontalFlip
+
+    root = Path(root)
+    ensure_shapes(root, num_train, num_val, seed, size)
+
+    def still(text: str) -> bool:
+        return not is_motion_expression(text)
+
+    train = RefYouTubeVOS(
+        root, "train", sampling=ClipSampling(num_frames=1, mode="fixed"), transform=RandomHorizontalFlip(0.5)
+    )
+    val = RefYouTubeVOS(root, "valid")
+    return ExpressionSubset(train, still), ExpressionSubset(val, still)
 
 
 def ytvos_data(root: str | Path) -> tuple[Dataset, Dataset | None]:
@@ -387,6 +516,28 @@ _LAVT_RECIPE: dict[str, Any] = dict(
     batch_size=8,
 )
 
+# the tiny Shapes LAVT (benchmarks/train_shapes_lavt.py): the official optimiser (AdamW, no decay on norms and
+# position tables) at a from-scratch learning rate, warm-up and one LR drop instead of poly over 40 epochs
+LAVT_SHAPES_STEPS = 3200
+LAVT_SHAPES_RECIPE: dict[str, Any] = dict(
+    lr=1e-3,
+    lr_backbone=1e-3,
+    lr_text_encoder=1e-3,
+    weight_decay=1e-2,
+    no_decay_keywords=("norm", "absolute_pos_embed", "relative_position_bias_table"),
+    clip_max_norm=1.0,
+    batch_size=8,
+    epochs=4,
+    max_steps=LAVT_SHAPES_STEPS,
+    warmup_steps=200,
+    lr_drop_steps=(LAVT_SHAPES_STEPS * 3 // 4,),
+    disable_dropout=True,
+    eval_every=1000,
+    eval_max_samples=60,
+    checkpoint_every=250,
+    log_every=25,
+)
+
 PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes",
@@ -501,6 +652,15 @@ PRESETS: dict[str, Preset] = {
         description="official LAVT image recipe on RefCOCO (AdamW 5e-5, wd 1e-2 without decay on norms and "
         "position tables, poly 0.9 per iteration, 40 epochs, weighted CE; torchrun --nproc_per_node=4 for the "
         "global batch of 32); starts from the released weights",
+    ),
+    "lavt-tiny-shapes": Preset(
+        "lavt-tiny-shapes",
+        "lavt",
+        build_lavt_shapes_tiny,
+        train=dict(LAVT_SHAPES_RECIPE),
+        data=lavt_shapes_data,
+        description="a ~1.1 M-parameter LAVT image model from scratch on Shapes frames with their non-motion "
+        "expressions (CPU, about an hour): the check that the family learns language (benchmarks/train_shapes_lavt.py)",
     ),
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d",
