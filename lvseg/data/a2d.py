@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,18 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lvseg.data._common import (
+    ClipSampling,
     centered_window,
     check_split,
     load_rgb,
     require_dir,
     require_file,
+    sample_frame_indices,
     stack_frames,
     target_fields,
 )
 from lvseg.data._video import count_and_read_frames
-from lvseg.errors import DatasetError
+from lvseg.errors import DatasetError, InvalidInputError
 from lvseg.utils import atomic_write_text
 
 logger = logging.getLogger("lvseg.data.a2d")
@@ -84,13 +87,21 @@ def read_a2d_frame_annotation(path: Path) -> tuple[list[int], np.ndarray, np.nda
 
 
 class A2DSentences(Dataset):
-    """A2D-Sentences ``train`` or ``test``: a clip centred on each annotated frame of each sentence.
+    """A2D-Sentences ``train`` or ``test``: a clip around each annotated frame of each sentence (centred, or drawn
+    by ``sampling``).
 
     Args:
         root: folder holding ``Release/`` and ``text_annotations/``.
         split: ``"train"`` or ``"test"``.
         num_frames, stride: the clip: ``num_frames // 2`` frames before the annotated one and the rest after,
             ``stride`` apart, clamped at the video's ends (MTTR's window; its A2D models use 8 or 10 frames).
+        sampling: draw the clip with :func:`lvseg.data.sample_frame_indices` around the annotated frame instead
+            (it replaces ``num_frames``/``stride``, and needs ``sampling.num_frames``). With
+            ``ClipSampling(num_frames=k, mode="referformer")`` this is LAVT-RS's A2D training clip
+            (``data/a2d.py``): the annotated frame, one frame 1-3 before and one 1-3 after it (clamped to the
+            video), for ``k > 3`` frames drawn at random from outside that local window, sorted; the annotated
+            frame is the *first* clip position showing it (``sample_indx.index(frame_id)``). Random draws come
+            from Python's ``random`` (seeded per sample by ``lvseg.train``).
         frames_dir: read frames from ``<frames_dir>/<video>/<frame:05d>.{jpg,png}`` (1-based, e.g. A2D's
             ``Release/pngs320H``) instead of decoding ``Release/clips320H/<video>.mp4``.
         index_cache: JSON file for the sample list ``[[query, video, frame, instance], ...]``; read if it exists,
@@ -113,13 +124,22 @@ class A2DSentences(Dataset):
         *,
         num_frames: int = 8,
         stride: int = 1,
+        sampling: ClipSampling | None = None,
         frames_dir: str | Path | None = None,
         index_cache: str | Path | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.root = require_dir(Path(root), "A2D-Sentences root", _HINT)
         self.split = check_split(split, ("train", "test"), "A2DSentences")
+        if sampling is not None:
+            if not isinstance(sampling, ClipSampling) or sampling.num_frames is None:
+                raise InvalidInputError(
+                    f"A2DSentences sampling must be a ClipSampling with num_frames set (the clip length), got "
+                    f"{sampling!r}; e.g. ClipSampling(num_frames=3, mode='referformer')."
+                )
+            num_frames = sampling.num_frames
         self.num_frames, self.stride, self.transform = num_frames, stride, transform
+        self.sampling = sampling
         centered_window(0, num_frames, 1, stride)  # validates num_frames / stride
         self.video_dir = self.root / "Release" / "clips320H"
         self.frames_dir = Path(frames_dir) if frames_dir is not None else None
@@ -212,6 +232,19 @@ class A2DSentences(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _clip(self, center: int, total: int) -> tuple[list[int], int]:
+        """Indices of the clip around ``center`` (0-based) in a video of ``total`` frames, and the position of
+        ``center`` in it."""
+        if self.sampling is None:
+            return centered_window(center, self.num_frames, total, self.stride)
+        if not 0 <= center < total:
+            raise DatasetError(
+                f"annotated frame {center + 1} is beyond the video's {total} frames; the annotations do not "
+                "match the video files (use A2D's 320H clips)."
+            )
+        indices = sample_frame_indices(total, center, self.sampling, random)
+        return indices, indices.index(center)
+
     def _read_clip(self, video: str, center: int) -> tuple[list[int], int, torch.Tensor]:
         if self.frames_dir is not None:
             folder = self.frames_dir / video
@@ -226,7 +259,7 @@ class A2DSentences(Dataset):
                     )
                 self._num_frames_cache[video] = count
             total = self._num_frames_cache[video]
-            indices, pos = centered_window(center, self.num_frames, total, self.stride)
+            indices, pos = self._clip(center, total)
             paths = []
             for i in indices:
                 p = folder / f"{i + 1:05d}.jpg"
@@ -240,7 +273,7 @@ class A2DSentences(Dataset):
             self._num_frames_cache[video] = total
         else:
             total = cached
-        indices, pos = centered_window(center, self.num_frames, total, self.stride)
+        indices, pos = self._clip(center, total)
         _, got = count_and_read_frames(path, set(indices))
         return indices, pos, stack_frames((got[i] for i in indices), f"video {video!r}")
 

@@ -178,7 +178,9 @@ class MTTRObjective(Objective):
 
 class LAVTObjective(Objective):
     """Pixel-wise weighted cross-entropy (:class:`LAVTCriterion`) on every annotated frame; padded pixels and
-    frames without annotation are not supervised. The model runs frame by frame (an image model)."""
+    frames without annotation are not supervised. The image models (``lavt``) run frame by frame, the video model
+    (``lavt_video``) on the whole clip; an A2D-Sentences clip is supervised on its annotated frame alone, as
+    LAVT-RS ``train_one_epoch_a2d`` selects ``output[valid_indices]``."""
 
     family = "lavt"
 
@@ -199,7 +201,7 @@ class LAVTObjective(Objective):
         return float(targets[0].shape[0])
 
 
-FAMILIES = ("referformer", "mttr", "lavt")
+FAMILIES = ("referformer", "mttr", "lavt", "lavt_video")
 
 
 def make_objective(
@@ -222,7 +224,7 @@ def make_objective(
                 f"{type(loss_weights).__name__}"
             )
         return MTTRObjective(criterion or MTTRCriterion(loss_weights))
-    if family == "lavt":
+    if family in ("lavt", "lavt_video"):
         if loss_weights is not None:
             raise ConfigError("LAVT's loss has no weights to set (class-weighted cross-entropy, as officially)")
         return LAVTObjective(criterion or LAVTCriterion())

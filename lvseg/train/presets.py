@@ -1,4 +1,4 @@
-"""Training recipes: the official ReferFormer schedules and the small Shapes model that lvseg ships.
+"""Training recipes: the official ReferFormer, MTTR and LAVT schedules and the small Shapes models that lvseg ships.
 
 A :class:`Preset` names the model family it trains, the model it starts from, the :class:`TrainConfig` values and
 how to build the training/validation datasets from a data root. ``lvseg.train(preset=...)`` and
@@ -39,6 +39,11 @@ __all__ = [
     "lavt_shapes_tiny_config",
     "build_lavt_shapes_tiny",
     "lavt_shapes_data",
+    "LAVT_VIDEO_FRAMES",
+    "lavt_video_transforms",
+    "lavt_video_a2d_data",
+    "lavt_video_ytvos_data",
+    "lavt_video_refcoco_pretrain_data",
     "is_motion_expression",
     "ExpressionSubset",
 ]
@@ -500,6 +505,78 @@ def refcoco_lavt_data(root: str | Path, dataset: str = "refcoco") -> tuple[Datas
     return train, val
 
 
+#: frames per training clip of the LAVT video presets: LAVT-RS's ``--num_frames`` is left at its default (1) by
+#: the README's training commands, with which its A2D and Ref-YouTube-VOS training loops cannot run (see
+#: docs/models/lavt.md, "Training"); the value behind the released weights is not recorded. 3 is the smallest clip
+#: the official sampler builds in full (the annotated frame and its two local neighbours).
+LAVT_VIDEO_FRAMES = 3
+
+
+def lavt_video_transforms(size: int = 480) -> Any:
+    """LAVT-RS's training transform for every video dataset (``train.get_transform``): each frame resized to
+    ``size`` x ``size`` without keeping the aspect (bilinear; masks nearest) and normalised with the ImageNet
+    mean/std; no augmentation."""
+    from ..data.transforms import Compose, Normalize, ResizeSquare
+
+    return Compose([ResizeSquare(size), Normalize()])
+
+
+def lavt_video_a2d_data(
+    root: str | Path, num_frames: int = LAVT_VIDEO_FRAMES, size: int = 480
+) -> tuple[Dataset, Dataset | None]:
+    """A2D-Sentences ``train`` as LAVT-RS trains on it (``data/a2d.py``, ``subset='train'``): one sample per
+    (sentence, annotated frame showing its instance) (MTTR's list), a ``num_frames`` clip drawn around the
+    annotated frame by ``ClipSampling(mode="referformer")`` (the annotated frame, one frame 1-3 before, one 1-3
+    after, the rest from outside that window), :func:`lavt_video_transforms`, the loss on the annotated frame only;
+    a sample whose annotated mask is empty is replaced by a random other one (:class:`lvseg.data.RedrawInvisible`,
+    the official ``instance_check`` loop). No validation set: A2D is scored with ``lvseg.evaluate``."""
+    from ..data import A2DSentences, ClipSampling, RedrawInvisible
+
+    sampling = ClipSampling(num_frames=num_frames, mode="referformer")
+    train = A2DSentences(root, "train", sampling=sampling, transform=lavt_video_transforms(size))
+    return RedrawInvisible(train), None
+
+
+def lavt_video_ytvos_data(
+    root: str | Path, num_frames: int = LAVT_VIDEO_FRAMES, size: int = 480
+) -> tuple[Dataset, Dataset | None]:
+    """Ref-YouTube-VOS ``train`` as LAVT-RS trains on it (``data/ytvos.py``): one sample per (video, expression,
+    anchor) with anchors every ``num_frames`` frames of the sorted frame list, the clip drawn around the anchor by
+    ``ClipSampling(mode="referformer")``, :func:`lavt_video_transforms`, every frame supervised (the object's mask,
+    empty where it is absent); a clip showing the object in no frame is redrawn (the official ``instance_check``
+    loop). No local validation (the official evaluation is the competition server)."""
+    from ..data import ClipSampling, RedrawInvisible, RefYouTubeVOS
+
+    sampling = ClipSampling(num_frames=num_frames, mode="referformer")
+    return RedrawInvisible(RefYouTubeVOS(root, "train", sampling=sampling, transform=lavt_video_transforms(size))), None
+
+
+def duplicate_frame(frame: Any, mask: Any) -> tuple[Any, Any]:
+    """The pseudo-video "augmentation" of LAVT-RS's RefCOCO pre-training: the image and its mask unchanged."""
+    return frame, mask
+
+
+def lavt_video_refcoco_pretrain_data(
+    root: str | Path, num_frames: int = LAVT_VIDEO_FRAMES, size: int = 480
+) -> tuple[Dataset, Dataset | None]:
+    """LAVT-RS's video pre-training set (``--image_combined_3d_pretrain``, ``data/refer_video.py``): the train
+    splits of RefCOCO (unc), RefCOCO+ (unc) and RefCOCOg (umd) concatenated in that order, one sample per sentence
+    with its raw text, the official mask rule (``overlap="lavt"``), the image repeated ``num_frames`` times
+    unchanged, :func:`lavt_video_transforms`. ``root`` is REFER's ``data/`` folder (refcoco/, refcoco+/,
+    refcocog/, images/mscoco/images/train2014/). No validation set (the official run scores oIoU on the three val
+    splits every epoch; lvseg's trainer scores Ref-YouTube-VOS-style J&F, so score with ``lvseg.evaluate``)."""
+    from torch.utils.data import ConcatDataset
+
+    from ..data import PseudoVideo, RefCOCO
+
+    parts: list[Dataset] = []
+    for name, split_by in (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd")):  # the official order
+        images = RefCOCO(root, "train", dataset=name, split_by=split_by, overlap="lavt")
+        transform = lavt_video_transforms(size)
+        parts.append(PseudoVideo(images, num_frames, transform=transform, augment=duplicate_frame, shuffle=False))
+    return ConcatDataset(parts), None
+
+
 # LAVT-RIS train.py: AdamW lr 5e-5, wd 1e-2 except backbone norms / position tables, poly 0.9 per iteration,
 # 40 epochs, batch 32 in total (4 GPUs x 8), gradient clipping none; BERT: only encoder layers 0-9 optimised
 _LAVT_RECIPE: dict[str, Any] = dict(
@@ -514,6 +591,15 @@ _LAVT_RECIPE: dict[str, Any] = dict(
     clip_max_norm=0.0,
     epochs=40,
     batch_size=8,
+)
+
+# LAVT-RS train.py for --model lavt_video: the image recipe's optimizer (param groups, no decay on backbone norms and
+# position tables, BERT encoder layers 0-9 only) and per-iteration poly 0.9; the README RVOS commands set the rest
+_LAVT_VIDEO_RECIPE: dict[str, Any] = dict(_LAVT_RECIPE)
+_LAVT_VIDEO_START = (
+    "Starts from the released RefCOCO/+/g-pretrained video model, the official --pretrained_video_lavt_weights_on_"
+    "refcocos starting point (the README command starts from Kinetics-400 Video Swin-T and bert-base-uncased, "
+    "which lvseg does not build; pass such a model to train from those)"
 )
 
 # the tiny Shapes LAVT (benchmarks/train_shapes_lavt.py): the official optimiser (AdamW, no decay on norms and
@@ -652,6 +738,42 @@ PRESETS: dict[str, Preset] = {
         description="official LAVT image recipe on RefCOCO (AdamW 5e-5, wd 1e-2 without decay on norms and "
         "position tables, poly 0.9 per iteration, 40 epochs, weighted CE; torchrun --nproc_per_node=4 for the "
         "global batch of 32); starts from the released weights",
+    ),
+    # README: --model lavt_video --dataset a2d --batch-size 4 --lr 0.00006 --wd 1e-2 --swin_type tiny --epochs 40
+    # on 8 GPUs (global batch 32); fp32 (train_one_epoch_a2d runs autocast only with --use_amp, not passed)
+    "lavt-video-swin-t-a2d": Preset(
+        "lavt-video-swin-t-a2d",
+        "lavt_video",
+        "lavt-video-swin-t.refcoco-pretrain",
+        train=dict(_LAVT_VIDEO_RECIPE, lr=6e-5, lr_backbone=6e-5, lr_text_encoder=6e-5, batch_size=4, epochs=40),
+        data=lavt_video_a2d_data,
+        description="official LAVT-RS A2D-Sentences recipe (AdamW 6e-5, wd 1e-2 without decay on norms and "
+        "position tables, poly 0.9 per iteration, 40 epochs, weighted CE on the annotated frame, 3-frame clips "
+        "around it; torchrun --nproc_per_node=8 for the global batch of 32). " + _LAVT_VIDEO_START,
+    ),
+    # README (its --dataset a2d --model_id a2d is a copy-paste slip for ytvos): --batch-size 1 --lr 0.00005
+    # --epochs 30 on 8 GPUs (global batch 8); GradScaler(enabled=--use_amp), not passed: fp32
+    "lavt-video-swin-t-ytvos": Preset(
+        "lavt-video-swin-t-ytvos",
+        "lavt_video",
+        "lavt-video-swin-t.refcoco-pretrain",
+        train=dict(_LAVT_VIDEO_RECIPE, batch_size=1, epochs=30),
+        data=lavt_video_ytvos_data,
+        description="official LAVT-RS Ref-YouTube-VOS recipe (AdamW 5e-5, poly 0.9 per iteration, 30 epochs, "
+        "weighted CE on every frame of 3-frame clips; torchrun --nproc_per_node=8 for the global batch of 8). "
+        + _LAVT_VIDEO_START,
+    ),
+    # --image_combined_3d_pretrain with args.py defaults (no README command): lr 5e-5, batch 8, 40 epochs
+    "lavt-video-swin-t-refcoco-pretrain": Preset(
+        "lavt-video-swin-t-refcoco-pretrain",
+        "lavt_video",
+        "lavt-video-swin-t.refcoco-pretrain",
+        train=dict(_LAVT_VIDEO_RECIPE),
+        data=lavt_video_refcoco_pretrain_data,
+        description="LAVT-RS video pre-training on RefCOCO/+/g(umd) train images as still pseudo-videos "
+        "(--image_combined_3d_pretrain with the args.py defaults: AdamW 5e-5, batch 8, 40 epochs, poly 0.9). "
+        "Starts from the released pre-trained model itself (the official run starts from Kinetics-400 "
+        "Video Swin-T and bert-base-uncased)",
     ),
     "lavt-tiny-shapes": Preset(
         "lavt-tiny-shapes",
