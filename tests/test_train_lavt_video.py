@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_data_a2d_jhmdb import N_FRAMES, write_a2d
 from test_data_ytvos import write_ytvos
 from test_lavt_video import small_config, tokenizer
@@ -179,7 +178,9 @@ def test_param_groups_are_the_official_ones() -> None:
     official_trained = {n for n in names.values() if not n.startswith("text_encoder.")
                         or re.match(r"text_encoder\.encoder\.layer\.\d\.", n)}
     assert trained == official_trained
-    assert any(n.startswith("fusions.") for n in trained) and "text_encoder.encoder.layer.9.output.dense.weight" in trained
+    assert any(n.startswith("fusions.") for n in trained)
+    assert "text_encoder.encoder.layer.9.output.dense.weight" in trained
+    assert "text_encoder.encoder.layer.10.output.dense.weight" not in trained
 
 
 def test_a2d_and_ytvos_preset_data(tmp_path: Path) -> None:
@@ -198,6 +199,13 @@ def test_a2d_and_ytvos_preset_data(tmp_path: Path) -> None:
     assert val is None and train.dataset.sampling == ClipSampling(num_frames=2, mode="referformer")
     sample = train[0]
     assert sample["frames"].shape == (2, 3, SIZE, SIZE) and bool(sample["annotated"].all())
+    # an image LAVT model is refused by the video presets, with the reason
+    import lvseg
+    from lvseg.errors import ConfigError
+    from lvseg.train.presets import build_lavt_shapes_tiny
+
+    with pytest.raises(ConfigError, match="trains the 'lavt_video' family but the model is a 'lavt'"):
+        lvseg.train(build_lavt_shapes_tiny(), train, None, tmp_path / "run", preset="lavt-video-swin-t-ytvos")
 
 
 def test_refcoco_pretrain_data_duplicates_each_image(tmp_path: Path) -> None:
