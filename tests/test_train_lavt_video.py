@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data_a2d_jhmdb import N_FRAMES, write_a2d
+from test_data_a2d_jhmdb import N_FRAMES, _write_h5, write_a2d
 from test_data_ytvos import write_ytvos
 from test_lavt_video import small_config, tokenizer
 from test_train_joint import REFER, write_refer
 
 from lvseg.data import A2DSentences, ClipSampling, RedrawInvisible, RefYouTubeVOS
-from lvseg.errors import InvalidInputError
+from lvseg.errors import DatasetError, InvalidInputError
 
 SIZE = 64  # frames of the tiny runs (the presets' own size is 480; small_config's image_size)
 
@@ -112,6 +112,11 @@ def test_a2d_sampling_checks(tmp_path: Path) -> None:
         A2DSentences(root, "train", sampling=ClipSampling())
     centred = A2DSentences(root, "train", num_frames=4)  # the default stays MTTR's centred window
     assert centred.sampling is None and centred[0]["frame_indices"].tolist() == [0, 0, 1, 2]
+    # an annotation past the video's last frame names the mismatch
+    _write_h5(root / "text_annotations/a2d_annotation_with_instances/vidC/00020.h5", [1], 20)
+    ds = A2DSentences(root, "train", sampling=ClipSampling(num_frames=3, mode="referformer"))
+    with pytest.raises(DatasetError, match="annotated frame 20 is beyond the video's 12 frames"):
+        ds[next(i for i, s in enumerate(ds.samples) if s[2] == 20)]
 
 
 @pytest.mark.parametrize("num_frames", [1, 2, 3, 5])
