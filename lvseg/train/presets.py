@@ -772,8 +772,8 @@ PRESETS: dict[str, Preset] = {
         data=lavt_video_refcoco_pretrain_data,
         description="LAVT-RS video pre-training on RefCOCO/+/g(umd) train images as still pseudo-videos "
         "(--image_combined_3d_pretrain with the args.py defaults: AdamW 5e-5, batch 8, 40 epochs, poly 0.9). "
-        "Starts from the released pre-trained model itself (the official run starts from Kinetics-400 "
-        "Video Swin-T and bert-base-uncased)",
+        "Starts from the released pre-trained model itself (the official run starts from a Video Swin "
+        "checkpoint, --pretrained_swin_weights, and bert-base-uncased)",
     ),
     "lavt-tiny-shapes": Preset(
         "lavt-tiny-shapes",
