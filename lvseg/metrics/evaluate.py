@@ -549,7 +549,7 @@ def shapes_dataset(root: str | Path, split: str = "valid", **kwargs: Any) -> Any
     if split not in ("train", "valid", "test"):
         raise InvalidInputError(f"Shapes split must be 'train', 'valid' or 'test', got {split!r}")
     asked = {k: kwargs.pop(k) for k in ("num_videos", "seed", "frames", "size") if k in kwargs}
-    params = {**SHAPES_DEFAULTS, "frames": SHAPES_FRAMES, "size": SHAPES_SIZE, **asked}
+    params: dict[str, Any] = {**SHAPES_DEFAULTS, "frames": SHAPES_FRAMES, "size": SHAPES_SIZE, **asked}
     root = Path(root)
     record = root / "shapes_info" / f"{split}.json"
     if not (root / "meta_expressions" / split / "meta_expressions.json").is_file():
@@ -651,7 +651,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
 
         # under torchrun: join the process group first (CUDA then means cuda:LOCAL_RANK) and shard the samples
         info = distributed.join_process_group(args.device)
-        load_kwargs = {"device": str(info.device)} if args.device or info.distributed else {}
+        load_kwargs: dict[str, Any] = {"device": str(info.device)} if args.device or info.distributed else {}
         model = load(args.model, **load_kwargs)
         dataset_kwargs = _parse_kv(args.dataset_arg)
         # the official clip around the annotated frame (MTTR: its window; ReferFormer: the dataset's default)

@@ -74,7 +74,10 @@ def init_distributed(
         torch.cuda.set_device(want)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         chosen = backend or ("nccl" if want.type == "cuda" else "gloo")
-        dist.init_process_group(backend=chosen, **({"timeout": timeout} if timeout is not None else {}))
+        if timeout is not None:
+            dist.init_process_group(backend=chosen, timeout=timeout)
+        else:
+            dist.init_process_group(backend=chosen)
         logger.info("joined process group: rank %d of %d (%s)", rank, world, chosen)
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
