@@ -548,7 +548,7 @@ def shapes_dataset(root: str | Path, split: str = "valid", **kwargs: Any) -> Any
 
     if split not in ("train", "valid", "test"):
         raise InvalidInputError(f"Shapes split must be 'train', 'valid' or 'test', got {split!r}")
-    asked = {k: kwargs.pop(k) for k in ("num_videos", "seed", "frames", "size") if k in kwargs}
+    asked: dict[str, Any] = {k: kwargs.pop(k) for k in ("num_videos", "seed", "frames", "size") if k in kwargs}
     params: dict[str, Any] = {**SHAPES_DEFAULTS, "frames": SHAPES_FRAMES, "size": SHAPES_SIZE, **asked}
     root = Path(root)
     record = root / "shapes_info" / f"{split}.json"
