@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -149,9 +150,18 @@ def run_shard(
         disable=not (progress and info.is_main),
         unit="sample",
     )
+    start = time.perf_counter()
     for index in bar:
         predict(index)
+    done = time.perf_counter()
     barrier()
+    logger.info(
+        "rank %d: %d sample(s) in %.1f s, then %.1f s waiting for the other ranks",
+        info.rank,
+        len(indices),
+        done - start,
+        time.perf_counter() - done,
+    )
 
 
 def share_result(result: dict[str, Any] | None, info: DistInfo) -> dict[str, Any]:
