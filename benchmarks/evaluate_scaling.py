@@ -1,19 +1,20 @@
 """Evaluation speed on CPU: ``lvseg.evaluate`` on 1 and 2 processes (torchrun, gloo), and its overhead vs ``predict``.
 
     python benchmarks/evaluate_scaling.py [--root data/shapes-eval] [--num-videos 12] [--out runs/evaluate-scaling]
-        [--model referformer-tiny.shapes] [--threads 1]
+        [--model referformer-tiny.shapes] [--threads 1] [--repeat 3]
 
 A Shapes valid split (``--num-videos`` videos of seed 1, 8 frames of 96x96; generated under ``--root`` when missing)
 is evaluated with the bundled model by ``torchrun --nproc_per_node=P`` for P = 1 and 2, each run from an empty
 output folder, every process with ``--threads`` intra-op threads. The table shows, side by side, samples/s over the
 ``lvseg.evaluate`` call (from a barrier before it to its return on rank 0: sharding, the model, the atomic writes of
 the predictions and rank 0's scoring), the same over the whole command (process start, imports and model loading
-included), and the J&F, which must be equal.
+included), and the J&F, which must be equal. Each configuration runs ``--repeat`` times, in turn (1, 2, 1, 2, ...,
+so that a change in machine load hits both alike), and the median time is shown.
 
 Then, in this process (one thread), the evaluation pipeline against the fast path, each over the same samples read
 from the dataset: a loop of ``model.predict(frames, text)``; ``lvseg.evaluate`` without an output folder (runner and
 scoring); and ``lvseg.evaluate`` with one (plus the stored predictions). The masks of ``predict`` and of the
-evaluation are compared pixel by pixel. The pure-PyTorch deformable-attention op is used (no compile step).
+evaluation are compared pixel by pixel. The three paths also run ``--repeat`` times in turn (medians). The pure-PyTorch deformable-attention op is used (no compile step).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("LVSEG_MSDA_BACKEND", "reference")
 
@@ -93,25 +95,27 @@ def _overhead(args: argparse.Namespace) -> dict:
     data = Preloaded()
     with torch.inference_mode():
         model.predict(samples[0]["frames"], samples[0]["text"], progress=False)  # warm-up, not timed
-        start = time.perf_counter()
-        predicted = [model.predict(s["frames"], s["text"], progress=False).masks.numpy() for s in samples]
-    t_predict = time.perf_counter() - start
-    start = time.perf_counter()
-    lvseg.evaluate(model, data, progress=False)
-    t_eval = time.perf_counter() - start
+    times: dict[str, list[float]] = {"predict": [], "evaluate": [], "evaluate_stored": []}
     stored = Path(args.out) / "overhead"
-    shutil.rmtree(stored, ignore_errors=True)
-    start = time.perf_counter()
-    lvseg.evaluate(model, data, output_dir=stored, progress=False)
-    t_eval_out = time.perf_counter() - start
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            predicted = [model.predict(s["frames"], s["text"], progress=False).masks.numpy() for s in samples]
+        times["predict"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        lvseg.evaluate(model, data, progress=False)
+        times["evaluate"].append(time.perf_counter() - start)
+        shutil.rmtree(stored, ignore_errors=True)
+        start = time.perf_counter()
+        lvseg.evaluate(model, data, output_dir=stored, progress=False)
+        times["evaluate_stored"].append(time.perf_counter() - start)
     files = sorted((stored / "predictions").glob("*.npz"))
     differ = total = 0
     for path, mask in zip(files, predicted):
         evaluated = _load_prediction(path).values.numpy()
         differ += int(np.count_nonzero(evaluated != mask))
         total += mask.size
-    return {"samples": n, "predict": t_predict, "evaluate": t_eval, "evaluate_stored": t_eval_out,
-            "differ": differ, "pixels": total}  # fmt: skip
+    return {"samples": n, **{k: median(v) for k, v in times.items()}, "differ": differ, "pixels": total}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/evaluate-scaling", help="scratch folder for the evaluations' outputs")
     p.add_argument("--model", default="referformer-tiny.shapes")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each configuration, in turn (median shown)")
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)  # set for the torchrun ranks
     args = p.parse_args(argv)
     if args.worker_out is not None:
@@ -129,9 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     from lvseg.metrics.evaluate import shapes_dataset
 
     n = len(shapes_dataset(args.root, "valid", num_videos=args.num_videos))
-    print(f"Shapes valid: {args.num_videos} videos, {n} samples (expressions); {os.cpu_count()} CPU core(s), "
-          f"{args.threads} thread(s) per process; model {args.model}")  # fmt: skip
-    runs = {k: _scaling(args, k) for k in (1, 2)}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"Shapes valid: {args.num_videos} videos, {n} samples (expressions); {os.cpu_count()} CPU core(s) "
+          f"(load average {load:.1f}), {args.threads} thread(s) per process; model {args.model}; "
+          f"median of {args.repeat} run(s)")  # fmt: skip
+    trials: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(args.repeat):
+        for k in trials:
+            trials[k].append(_scaling(args, k))
+    runs = {}
+    for k, rs in trials.items():
+        runs[k] = {**rs[0], "seconds": median([r["seconds"] for r in rs]), "wall": median([r["wall"] for r in rs])}
+        if any(r[m] != rs[0][m] for r in rs for m in ("J&F", "J", "F")):
+            sys.exit(f"{k} process(es): the metrics changed between repeats")
     print()
     print("| processes | evaluate() s | samples/s | whole command s | samples/s | J&F |")
     print("|---|---|---|---|---|---|")
