@@ -96,6 +96,10 @@ def test_shapes_split_is_generated_once_and_scored_as_ref_youtube_vos(shapes, ca
     assert code == 1 and "seed=1 (asked: 3)" in capsys.readouterr().err
     with pytest.raises(InvalidInputError, match="Shapes split must be"):
         shapes_dataset(root, "val")
+    # valid and test in one root: Ref-YouTube-VOS would drop the test videos' names (video00000...) from valid
+    with pytest.raises(DatasetError, match="already holds a Shapes valid split.*another --root"):
+        shapes_dataset(root, "test")
+    assert not (root / "meta_expressions" / "test").exists()
 
 
 def test_plan_shard_skips_stored_predictions_and_removes_partial_files(tmp_path):

@@ -10,6 +10,9 @@ as soon as it is computed, and a run started again with the same ``output_dir`` 
 running the model again. Scoring happens at the end, from the stored predictions, so an interrupted evaluation
 gives exactly the numbers of an uninterrupted one.
 
+Under torchrun (``torchrun --nproc_per_node=N -m lvseg evaluate ...``) the samples are sharded across the ranks
+and rank 0 scores from the stored predictions, with the metrics of one process (:mod:`lvseg.metrics.distributed`).
+
 The command line (``lvseg evaluate``) calls :func:`main_cli`.
 """
 
@@ -404,7 +407,8 @@ def evaluate(
         protocol: ``"ytvos"``, ``"mevis"``, ``"refdavis"``, ``"a2d"``, ``"jhmdb"``, ``"a2d+"`` or ``"refcoco"``;
             inferred from the dataset's class when omitted.
         output_dir: where predictions (and the results / a submission) are written; without it nothing is stored
-            and nothing can be resumed.
+            and nothing can be resumed. Required on several processes (under torchrun the samples are sharded
+            across the ranks, see :mod:`lvseg.metrics.distributed`): a folder every rank can write.
         resume: reuse the predictions already in ``output_dir`` (an interrupted run continues where it stopped).
         progress: show a tqdm bar.
         davis_root: Ref-DAVIS17 only: the DAVIS folder with ``Annotations_unsupervised/480p``.
@@ -551,6 +555,13 @@ def shapes_dataset(root: str | Path, split: str = "valid", **kwargs: Any) -> Any
     asked: dict[str, Any] = {k: kwargs.pop(k) for k in ("num_videos", "seed", "frames", "size") if k in kwargs}
     params: dict[str, Any] = {**SHAPES_DEFAULTS, "frames": SHAPES_FRAMES, "size": SHAPES_SIZE, **asked}
     root = Path(root)
+    other = {"valid": "test", "test": "valid"}.get(split)
+    if other and (root / "meta_expressions" / other / "meta_expressions.json").is_file():
+        # Ref-YouTube-VOS drops the test videos from valid by name, and Shapes names videos video00000... per split
+        raise DatasetError(
+            f"'{root}' already holds a Shapes {other} split, whose videos have the same names as those of {split}: "
+            f"Ref-YouTube-VOS would drop them from valid. Use another --root for the {split} split"
+        )
     record = root / "shapes_info" / f"{split}.json"
     if not (root / "meta_expressions" / split / "meta_expressions.json").is_file():
         if distributed.join_process_group(None).is_main:
