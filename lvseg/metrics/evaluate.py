@@ -472,9 +472,9 @@ def evaluate(
             window,
         )
     run = runner or default_runner(model, protocol)
-    if pred_dir is not None:
-        distributed.remove_partial_files(pred_dir)  # left by a process killed while writing
     info = distributed.join_process_group(getattr(model, "device", None) or "cpu")
+    if pred_dir is not None and not info.distributed:  # (several processes: rank 0 does it before any rank writes)
+        distributed.remove_partial_files(pred_dir)  # left by a process killed while writing
     if info.distributed:  # under torchrun: this rank's shard, then rank 0 scores from the stored predictions
         if pred_dir is None:
             raise InvalidInputError(
