@@ -17,3 +17,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Settings that change what later code does without saying so: a test module that leaves one of them set makes
+# every test after it run another path (e.g. LVSEG_MSDA_BACKEND=reference: the compiled-op tests then silently
+# ran the pure-PyTorch op; HF_HUB_OFFLINE=1: Hub tests then never reach the test server).
+_WATCHED_PREFIXES = ("LVSEG_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
+
+
+def _watched_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_WATCHED_PREFIXES)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_environment_leaks(request):
+    """Fail a test module that leaves a watched environment variable changed (its tests or its fixtures)."""
+    before = _watched_environment()
+    yield
+    after = _watched_environment()
+    changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    if changed:
+        for key, (old, _) in changed.items():  # restore, so that one leak does not fail every later module
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        pytest.fail(f"{request.module.__name__} left environment variables changed (before, after): {changed}; "
+                    "use monkeypatch.setenv (or a MonkeyPatch context in module fixtures)")

@@ -62,7 +62,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("gradio", reason='the web demo needs Gradio: pip install "lvseg[app]"')
-    os.environ.setdefault("LVSEG_MSDA_BACKEND", "reference")
+    env = pytest.MonkeyPatch()  # undone after the module: later test modules must see the environment unchanged
+    if "LVSEG_MSDA_BACKEND" not in os.environ:
+        env.setenv("LVSEG_MSDA_BACKEND", "reference")
     from lvseg.app import find_models, launch, stop_runs
 
     root = tmp_path_factory.mktemp("app")
@@ -72,7 +74,10 @@ def server(tmp_path_factory):
     port = _free_port()
     demo = launch([DEFAULT_MODEL, str(copy)], host="127.0.0.1", port=port, block=False, workdir=root / "work")
     yield f"http://127.0.0.1:{port}/", copy, root / "work", demo
-    assert stop_runs(demo), "a run was still in the model 60 s after it was cancelled"
+    try:
+        assert stop_runs(demo), "a run was still in the model 60 s after it was cancelled"
+    finally:
+        env.undo()
     demo.close()
 
 
