@@ -1,7 +1,7 @@
 """Distributed and resumable evaluation (lvseg/metrics/distributed.py) and ``lvseg evaluate --dataset shapes``.
 
 Real torchrun launches (gloo on CPU) of the bundled ``referformer-tiny.shapes`` model on a generated Shapes split:
-two processes give exactly the metrics of one; a rank killed mid-run leaves only whole prediction files, and the
+two processes (and two nodes) give exactly the metrics of one; a rank killed mid-run leaves only whole prediction files, and the
 run resumes on three processes reusing them (same inodes: not recomputed) with the metrics of one process."""
 
 import json
@@ -135,6 +135,34 @@ def test_torchrun_two_processes_give_exactly_the_one_process_metrics(shapes):
         pa, pb = _load_prediction(a), _load_prediction(b)
         assert np.array_equal(pa.values.numpy(), pb.values.numpy()), a.name
         assert np.array_equal(pa.scores.numpy(), pb.scores.numpy()), a.name
+
+
+@pytest.mark.slow  # two torchrun agents: ~40 s on 2 loaded cores
+def test_two_nodes_give_exactly_the_one_process_metrics(shapes):
+    """Multi-node torchrun: two agents (node ranks 0 and 1, one process each) meeting at a master address."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = shapes["base"] / "nodes"
+    args = ["-m", "lvseg", "evaluate", MODEL, "--dataset", "shapes", "--root", str(shapes["root"]), "-o", str(out),
+            "--json", "--device", "cpu"]  # fmt: skip
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}",
+                          "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", *args],
+                         env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]  # fmt: skip
+    try:
+        outputs = [node.communicate(timeout=400) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "rank 1: " in outputs[1][1] and outputs[1][0] == ""  # node 1 computed a shard and printed nothing
+    assert json.loads(outputs[0][0]) == shapes["single"]
 
 
 # lvseg.evaluate under torchrun with slow reads (so that a test can kill a rank mid-run); argv: root out delay
