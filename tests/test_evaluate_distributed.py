@@ -1,8 +1,9 @@
 """Distributed and resumable evaluation (lvseg/metrics/distributed.py) and ``lvseg evaluate --dataset shapes``.
 
 Real torchrun launches (gloo on CPU) of the bundled ``referformer-tiny.shapes`` model on a generated Shapes split:
-two processes (and two nodes) give exactly the metrics of one; a rank killed mid-run leaves only whole prediction files, and the
-run resumes on three processes reusing them (same inodes: not recomputed) with the metrics of one process."""
+two processes (and two nodes) give exactly the metrics of one; a rank killed mid-run leaves only whole prediction
+files, and the run resumes on three processes reusing them (same inodes: not recomputed) with the metrics of one
+process."""
 
 import json
 import os
