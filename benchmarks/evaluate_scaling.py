@@ -11,12 +11,11 @@ the predictions and rank 0's scoring), the same over the whole command (process 
 included), and the J&F, which must be equal. Each configuration runs ``--repeat`` times, in turn (1, 2, 1, 2, ...,
 so that a change in machine load hits both alike), and the median time is shown.
 
-Then, in this process (one thread), the evaluation pipeline against the fast path, each over the same samples,
-read into memory first: a loop of ``model.predict(frames, text)``; ``lvseg.evaluate`` without an output folder (runner and
-scoring); and ``lvseg.evaluate`` with one (plus the stored predictions). The masks of ``predict`` and of the
+Then, in this process (one thread), the evaluation pipeline against the fast path, each over the same samples, read
+into memory first: a loop of ``model.predict(frames, text)``; ``lvseg.evaluate`` without an output folder (runner
+and scoring); and ``lvseg.evaluate`` with one (plus the stored predictions). The masks of ``predict`` and of the
 evaluation are compared pixel by pixel. The three paths also run ``--repeat`` times in turn (medians). The
-pure-PyTorch deformable-attention op is used (no compile step).
-"""
+pure-PyTorch deformable-attention op is used (no compile step). """
 
 from __future__ import annotations
 
