@@ -10,6 +10,9 @@ as soon as it is computed, and a run started again with the same ``output_dir`` 
 running the model again. Scoring happens at the end, from the stored predictions, so an interrupted evaluation
 gives exactly the numbers of an uninterrupted one.
 
+Under torchrun (``torchrun --nproc_per_node=N -m lvseg evaluate ...``) the samples are sharded across the ranks
+and rank 0 scores from the stored predictions, with the metrics of one process (:mod:`lvseg.metrics.distributed`).
+
 The command line (``lvseg evaluate``) calls :func:`main_cli`.
 """
 
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DatasetError, InvalidInputError, LVSegError
 from ..utils import atomic_path, atomic_write_text
+from . import distributed
 from .base import Evaluator
 from .refdavis import RefDAVIS17Evaluator
 from .referring import LAVTEvaluator, LocaterEvaluator, MTTREvaluator
@@ -46,6 +50,8 @@ __all__ = [
     "benchmark_name",
     "infer_protocol",
     "build_dataset",
+    "shapes_dataset",
+    "SHAPES_DEFAULTS",
     "main_cli",
 ]
 
@@ -401,7 +407,8 @@ def evaluate(
         protocol: ``"ytvos"``, ``"mevis"``, ``"refdavis"``, ``"a2d"``, ``"jhmdb"``, ``"a2d+"`` or ``"refcoco"``;
             inferred from the dataset's class when omitted.
         output_dir: where predictions (and the results / a submission) are written; without it nothing is stored
-            and nothing can be resumed.
+            and nothing can be resumed. Required on several processes (under torchrun the samples are sharded
+            across the ranks, see :mod:`lvseg.metrics.distributed`): a folder every rank can write.
         resume: reuse the predictions already in ``output_dir`` (an interrupted run continues where it stopped).
         progress: show a tqdm bar.
         davis_root: Ref-DAVIS17 only: the DAVIS folder with ``Annotations_unsupervised/480p``.
@@ -465,6 +472,28 @@ def evaluate(
             window,
         )
     run = runner or default_runner(model, protocol)
+    info = distributed.join_process_group(getattr(model, "device", None) or "cpu")
+    if pred_dir is not None and not info.distributed:  # (several processes: rank 0 does it before any rank writes)
+        distributed.remove_partial_files(pred_dir)  # left by a process killed while writing
+    if info.distributed:  # under torchrun: this rank's shard, then rank 0 scores from the stored predictions
+        if pred_dir is None:
+            raise InvalidInputError(
+                "an evaluation on several processes writes each rank's predictions to a shared folder: pass "
+                "output_dir= (lvseg evaluate: -o DIR), on a file system every node can reach"
+            )
+        shard_dir = pred_dir
+
+        def predict(index: int) -> None:
+            sample = dataset[index]
+            if not isinstance(sample, Mapping):
+                raise InvalidInputError(f"dataset[{index}] is a {type(sample).__name__}, not a dict sample")
+            _save_prediction(shard_dir / f"{_sample_key(index, sample)}.npz", SamplePrediction.from_runner(run(sample)))
+
+        mine = distributed.plan_shard(pred_dir, n, resume, info)
+        distributed.run_shard(mine, predict, info, progress=progress, desc=f"predicting {benchmark_name(protocol)}")
+        if not info.is_main:
+            return distributed.share_result(None, info)
+        resume, progress = True, False  # every prediction is stored now: rank 0 reads them back, in order
     reused = 0
     bar = tqdm(range(n), desc=f"evaluating {benchmark_name(protocol, dataset)}", disable=not progress, unit="sample")
     for index in bar:
@@ -491,6 +520,8 @@ def evaluate(
     logger.info("%s", evaluator.format_table())
     if out is not None:
         atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    if info.distributed:
+        return distributed.share_result(result, info)
     return result
 
 
@@ -502,9 +533,61 @@ def _dataset_class(name: str) -> str | None:
     return class_name
 
 
+# how `--dataset shapes` generates a missing split: the held-out test recipe of the bundled model (docs/train.md)
+SHAPES_DEFAULTS: dict[str, int] = {"num_videos": 100, "seed": 1}
+
+
+def shapes_dataset(root: str | Path, split: str = "valid", **kwargs: Any) -> Any:
+    """A Shapes split read as Ref-YouTube-VOS (scored with its J&F), generated under ``root`` first if missing.
+
+    ``num_videos``, ``seed``, ``frames`` and ``size`` set the generation (default: 100 videos of seed 1, 8 frames of
+    96x96, the held-out test set of ``referformer-tiny.shapes``); given for a split that exists, they must match its
+    record. Other keywords go to :class:`~lvseg.data.RefYouTubeVOS`. Under torchrun, rank 0 generates and the
+    others wait.
+    """
+    from ..data import RefYouTubeVOS
+    from ..data.shapes import generate
+    from ..train.distributed import barrier
+    from ..train.presets import SHAPES_FRAMES, SHAPES_SIZE
+
+    if split not in ("train", "valid", "test"):
+        raise InvalidInputError(f"Shapes split must be 'train', 'valid' or 'test', got {split!r}")
+    asked: dict[str, Any] = {k: kwargs.pop(k) for k in ("num_videos", "seed", "frames", "size") if k in kwargs}
+    params: dict[str, Any] = {**SHAPES_DEFAULTS, "frames": SHAPES_FRAMES, "size": SHAPES_SIZE, **asked}
+    root = Path(root)
+    other = {"valid": "test", "test": "valid"}.get(split)
+    if other and (root / "meta_expressions" / other / "meta_expressions.json").is_file():
+        # Ref-YouTube-VOS drops the test videos from valid by name, and Shapes names videos video00000... per split
+        raise DatasetError(
+            f"'{root}' already holds a Shapes {other} split, whose videos have the same names as those of {split}: "
+            f"Ref-YouTube-VOS would drop them from valid. Use another --root for the {split} split"
+        )
+    record = root / "shapes_info" / f"{split}.json"
+    if not (root / "meta_expressions" / split / "meta_expressions.json").is_file():
+        if distributed.join_process_group(None).is_main:
+            logger.info("generating Shapes %s under %s: %s", split, root, params)
+            generate(root, split, overwrite=True, progress=True, **params)
+        barrier()
+    elif asked and record.is_file():
+        info = json.loads(record.read_text(encoding="utf-8"))
+        have = {"num_videos": info.get("num_videos"), "seed": info.get("seed"), "frames": info.get("frames")}
+        have["size"] = info.get("height") if info.get("height") == info.get("width") else None
+        differ = {k: (v, have[k]) for k, v in asked.items() if have.get(k) != v}
+        if differ:
+            raise DatasetError(
+                f"the Shapes {split} split under '{root}' was generated with other parameters "
+                + ", ".join(f"{k}={b} (asked: {a})" for k, (a, b) in differ.items())
+                + "; use another --root to generate the one asked for, or drop those --dataset-arg values"
+            )
+    return RefYouTubeVOS(root, split, **kwargs)
+
+
 def build_dataset(name: str, root: str | Path, split: str | None = None, **kwargs: Any) -> Any:
-    """A :mod:`lvseg.data` dataset from a benchmark name (``mevis``, ``ref-davis17``, ``a2d-sentences``, ...)."""
+    """A :mod:`lvseg.data` dataset from a benchmark name (``mevis``, ``ref-davis17``, ``a2d-sentences``, ...), or
+    ``shapes`` (:func:`shapes_dataset`: generated where missing, scored as Ref-YouTube-VOS)."""
     key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    if key == "shapes":
+        return shapes_dataset(root, split or "valid", **kwargs)
     class_name = _dataset_class(name)
     if class_name is None:
         raise InvalidInputError(f"unknown dataset {name!r}; choose one of {sorted(set(_DATASET_ALIASES))}")
@@ -548,7 +631,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+, refcoco, refcoco+, refcocog",
+        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+, refcoco, refcoco+, "
+        "refcocog, or shapes (generated under --root when missing: --dataset-arg num_videos=N / seed=S)",
     )
     parser.add_argument("--root", required=True, help="the dataset's root folder (official layout)")
     parser.add_argument("--split", default=None, help="dataset split (default: the dataset's default)")
@@ -576,7 +660,9 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     try:
         from ..hub import load
 
-        load_kwargs = {"device": args.device} if args.device else {}
+        # under torchrun: join the process group first (CUDA then means cuda:LOCAL_RANK) and shard the samples
+        info = distributed.join_process_group(args.device)
+        load_kwargs: dict[str, Any] = {"device": str(info.device)} if args.device or info.distributed else {}
         model = load(args.model, **load_kwargs)
         dataset_kwargs = _parse_kv(args.dataset_arg)
         # the official clip around the annotated frame (MTTR: its window; ReferFormer: the dataset's default)
@@ -596,6 +682,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     except LVSegError as exc:
         print(f"lvseg evaluate: error: {exc}", file=sys.stderr)
         return 1
+    if not info.is_main:  # every rank holds the result; one prints it
+        return 0
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -18,7 +19,15 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_gather_objects", "barrier", "EpochBatchSampler"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "all_reduce_mean",
+    "all_gather_objects",
+    "barrier",
+    "broadcast_object",
+    "EpochBatchSampler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +50,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | torch.device | None = None, backend: str | None = None) -> DistInfo:
+def init_distributed(
+    device: str | torch.device | None = None, backend: str | None = None, timeout: timedelta | None = None
+) -> DistInfo:
     """Join the process group described by torchrun's environment variables (if any) and pick the device.
 
     Args:
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available). Under torchrun, CUDA means ``cuda:LOCAL_RANK``.
         backend: override the backend (default: ``"nccl"`` for CUDA, ``"gloo"`` for CPU).
+        timeout: how long a collective (a barrier) may wait for the other ranks (default: torch's, 30 min for gloo);
+            evaluation, whose ranks finish their shards at different times, waits longer.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -61,7 +74,10 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
         torch.cuda.set_device(want)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         chosen = backend or ("nccl" if want.type == "cuda" else "gloo")
-        dist.init_process_group(backend=chosen)
+        if timeout is not None:
+            dist.init_process_group(backend=chosen, timeout=timeout)
+        else:
+            dist.init_process_group(backend=chosen)
         logger.info("joined process group: rank %d of %d (%s)", rank, world, chosen)
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
