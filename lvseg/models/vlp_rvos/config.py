@@ -13,7 +13,16 @@ from typing import Any, ClassVar
 from ...errors import ConfigError
 from ..base import ModelConfig, PreprocessConfig, check_ranges
 
-__all__ = ["VLPRVOSConfig", "CLIP_SIZES", "clip_backbone", "vlp_rvos_preprocessing", "BACKBONES", "tiny_config"]
+__all__ = [
+    "VLPRVOSConfig",
+    "CLIP_SIZES",
+    "clip_backbone",
+    "vlp_rvos_preprocessing",
+    "BACKBONES",
+    "tiny_config",
+    "vlmo_backbone",
+    "VLMO_SIZES",
+]
 
 BACKBONES = ("clip", "vlmo")
 
@@ -57,6 +66,29 @@ def clip_backbone(name: str) -> tuple[dict[str, Any], dict[str, Any], int]:
         "pad_token_id": 49407,
     }
     return vision, text, int(sizes["projection_dim"])
+
+
+# VLMo (microsoft/unilm vlmo): one multiway transformer for both modalities (shared attention, an expert FFN per
+# modality), so text width/depth/heads equal the vision ones; BERT uncased vocabulary, 40 text positions; the
+# retrieval heads project to the hidden width. (width, layers, heads)
+VLMO_SIZES: dict[str, tuple[int, int, int]] = {"base": (768, 12, 12), "large": (1024, 24, 16)}
+
+
+def vlmo_backbone(name: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(vision, text, projection_dim)`` sizes of VLMo-``name`` (``"base"`` or ``"large"``, patch 16)."""
+    if name not in VLMO_SIZES:
+        raise ConfigError(f"unknown VLMo backbone {name!r}; use one of {', '.join(VLMO_SIZES)}")
+    width, layers, heads = VLMO_SIZES[name]
+    common = {
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "layer_norm_eps": 1e-6,
+    }
+    vision = {**common, "patch_size": 16, "image_size": 384}
+    text = {**common, "vocab_size": 30522, "max_position_embeddings": 40}
+    return vision, text, width
 
 
 def vlp_rvos_preprocessing(image_size: int = 352, clip_frames: int = 6, max_text_tokens: int = 40) -> PreprocessConfig:

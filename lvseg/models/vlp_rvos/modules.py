@@ -8,6 +8,7 @@ docs/models/vlp_rvos.md. No official model code exists; nothing here is derived 
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -180,9 +181,9 @@ def build_backbone(config: Any) -> VLBackbone:
     """The frozen backbone a :class:`~lvseg.models.vlp_rvos.config.VLPRVOSConfig` names."""
     if config.backbone == "clip":
         return CLIPBackbone(config.vision, config.text, config.projection_dim)
-    try:
-        from .vlmo import build_vlmo_backbone  # type: ignore[attr-defined]
-    except ImportError as exc:
+    try:  # the VLMo multiway transformer lives in its own module (lvseg.models.vlp_rvos.vlmo)
+        build_vlmo_backbone = importlib.import_module(".vlmo", __package__).build_vlmo_backbone
+    except (ImportError, AttributeError) as exc:
         raise ConfigError(
             "this lvseg has no VLMo backbone module (lvseg.models.vlp_rvos.vlmo with build_vlmo_backbone(config) "
             "returning a VLBackbone): use backbone='clip', or upgrade lvseg"
@@ -399,7 +400,8 @@ class Segmentor(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = self.conv_16x(self.conv_in(x))

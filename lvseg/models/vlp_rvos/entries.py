@@ -1,0 +1,168 @@
+"""Registry entries for every VLP-RVOS configuration of the paper's tables (no model code imported here), and
+:func:`build`, which makes the untrained model of an entry.
+
+The authors released no weights (xwt909090/VLP-RVOS at 86ba38d has no checkpoint link, no model code and no
+configs), so no entry can be downloaded: each says "no official weights: train with `lvseg train --preset ...`".
+The numbers are the official README's tables (labelled as paper numbers, not measured by lvseg).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...registry import ModelEntry, PaperMetric, register
+
+__all__ = ["build", "VARIANTS", "TRAINED_ON"]
+
+_PAPER = (
+    "Harnessing Vision-Language Pretrained Models with Temporal-Aware Adaptation for Referring Video Object "
+    "Segmentation (VLP-RVOS, arXiv:2405.10610; v1: Driving Referring Video Object Segmentation with "
+    "Vision-Language Pre-trained Models)"
+)
+_README = "VLP-RVOS README (xwt909090/VLP-RVOS 86ba38d)"
+
+# architecture -> (backbone kind, backbone description, image size)
+VARIANTS: dict[str, tuple[str, str, int]] = {
+    "vlp-rvos-clip-b16": ("clip", "CLIP ViT-B/16 (frozen, OpenAI weights)", 352),
+    "vlp-rvos-clip-l14": ("clip", "CLIP ViT-L/14 (frozen, OpenAI weights)", 336),
+    "vlp-rvos-vlmo-b": ("vlmo", "VLMo-B (frozen, vlmo_base_patch16_384_coco)", 352),
+    "vlp-rvos-vlmo-l": ("vlmo", "VLMo-L (frozen, vlmo_large_patch16_384_coco)", 352),
+}
+
+# tag -> (training data, training preset family suffix)
+TRAINED_ON = {
+    "ytvos": "Ref-YouTube-VOS",
+    "refcoco-ytvos": "RefCOCO/+/g pre-training, then Ref-YouTube-VOS",
+    "mevis": "MeViS",
+    "a2d": "A2D-Sentences (JHMDB-Sentences evaluated with it)",
+}
+
+_YTVOS = "Ref-YouTube-VOS"
+_DAVIS = "Ref-DAVIS17"
+# (architecture, tag) -> ((dataset, split, metric, value), ...) from the README tables
+_NUMBERS: dict[tuple[str, str], tuple[tuple[str, str, str, float], ...]] = {
+    ("vlp-rvos-clip-b16", "ytvos"): ((_YTVOS, "valid", "J&F", 59.7), (_DAVIS, "valid", "J&F", 60.3)),
+    ("vlp-rvos-vlmo-b", "ytvos"): ((_YTVOS, "valid", "J&F", 60.1), (_DAVIS, "valid", "J&F", 61.2)),
+    ("vlp-rvos-clip-b16", "refcoco-ytvos"): ((_YTVOS, "valid", "J&F", 62.9), (_DAVIS, "valid", "J&F", 65.1)),
+    ("vlp-rvos-vlmo-b", "refcoco-ytvos"): ((_YTVOS, "valid", "J&F", 63.1), (_DAVIS, "valid", "J&F", 65.5)),
+    ("vlp-rvos-clip-l14", "refcoco-ytvos"): ((_YTVOS, "valid", "J&F", 66.0), (_DAVIS, "valid", "J&F", 68.2)),
+    ("vlp-rvos-vlmo-l", "refcoco-ytvos"): ((_YTVOS, "valid", "J&F", 67.6), (_DAVIS, "valid", "J&F", 70.2)),
+    ("vlp-rvos-clip-b16", "mevis"): (("MeViS", "valid (split not stated)", "J&F", 44.6),),
+    ("vlp-rvos-vlmo-b", "mevis"): (("MeViS", "valid (split not stated)", "J&F", 45.4),),
+}
+_A2D = {  # A2D mAP (COCO AP@[.5:.95]), mIoU, oIoU; JHMDB the same
+    "vlp-rvos-clip-b16": (53.3, 69.5, 76.7, 44.2, 71.9, 73.6),
+    "vlp-rvos-vlmo-b": (53.9, 72.7, 78.5, 44.6, 72.3, 73.7),
+    "vlp-rvos-clip-l14": (59.4, 75.3, 84.0, 46.0, 75.9, 77.9),
+    "vlp-rvos-vlmo-l": (63.1, 77.7, 86.2, 47.1, 76.6, 78.3),
+}
+for _arch, _v in _A2D.items():
+    _NUMBERS[(_arch, "a2d")] = (
+        ("A2D-Sentences", "test", "mAP", _v[0]),
+        ("A2D-Sentences", "test", "mIoU", _v[1]),
+        ("A2D-Sentences", "test", "oIoU", _v[2]),
+        ("JHMDB-Sentences", "all", "mAP", _v[3]),
+        ("JHMDB-Sentences", "all", "mIoU", _v[4]),
+        ("JHMDB-Sentences", "all", "oIoU", _v[5]),
+    )
+
+
+def preset_name(name: str) -> str:
+    """The training preset of a registry name: ``vlp-rvos-clip-b16.ytvos`` -> ``vlp-rvos-clip-b16-ytvos``."""
+    return name.replace(".", "-")
+
+
+for (_arch, _tag), _metrics in _NUMBERS.items():
+    _kind, _backbone, _size = VARIANTS[_arch]
+    _name = f"{_arch}.{_tag}"
+    register(
+        ModelEntry(
+            name=_name,
+            family="vlp_rvos",
+            backbone=_backbone,
+            training_data=TRAINED_ON[_tag],
+            paper_metrics=tuple(
+                PaperMetric(ds, split, m, v, f"{_README} (paper numbers)") for ds, split, m, v in _metrics
+            ),
+            source=None,
+            license="apache-2.0",
+            paper=_PAPER,
+            description=f"VLP-RVOS ({_backbone}) trained on {TRAINED_ON[_tag]}; lvseg's implementation from the "
+            "paper (the authors released no model code). No official weights: train with "
+            f"`lvseg train --preset {preset_name(_name)}`.",
+            default=_tag == "refcoco-ytvos",
+            train_preset=preset_name(_name),
+        )
+    )
+
+
+def config_for(name: str) -> Any:
+    """The :class:`~lvseg.models.vlp_rvos.config.VLPRVOSConfig` of a registry name (``arch.tag`` or ``arch``)."""
+    from ...errors import ModelNotFoundError
+    from .config import VLPRVOSConfig, clip_backbone, vlmo_backbone, vlp_rvos_preprocessing
+
+    arch = name.split(".", 1)[0]
+    if arch not in VARIANTS:
+        raise ModelNotFoundError(f"{name!r} is not a VLP-RVOS configuration; known: {', '.join(VARIANTS)}")
+    kind, _, size = VARIANTS[arch]
+    if kind == "clip":
+        vision, text, projection = clip_backbone("ViT-B/16" if arch.endswith("b16") else "ViT-L/14")
+        text_prompts = 37
+    else:
+        vision, text, projection = vlmo_backbone("base" if arch.endswith("-b") else "large")
+        text_prompts = 8
+    layers = int(vision["num_hidden_layers"])
+    # the released default taps blocks (3, 7, 9, 11) of 12; a 24-layer tower taps the same relative depths
+    extract = (3, 7, 9, 11) if layers == 12 else (7, 15, 19, 23)
+    max_text = int(text["max_position_embeddings"]) - text_prompts
+    return VLPRVOSConfig(
+        preprocessing=vlp_rvos_preprocessing(size, 6, max_text_tokens=max_text),
+        backbone=kind,
+        vision=vision,
+        text=text,
+        projection_dim=projection,
+        image_size=size,
+        text_prompts=text_prompts,
+        deep_prompt_layers=tuple(range(1, layers)),
+        temporal_layers=tuple(range(layers)),
+        guide_layers=tuple(range(layers)),
+        extract_layers=extract,
+    )
+
+
+def build(name: str, backbone: str | Path | None = None, tokenizer: Any = None) -> Any:
+    """The untrained VLP-RVOS of a registry name, on a frozen backbone.
+
+    Args:
+        name: a registry name such as ``"vlp-rvos-clip-b16.ytvos"``.
+        backbone: a folder with the pretrained backbone as ``transformers.CLIPModel.save_pretrained`` writes it
+            (``config.json`` + weights, tokenizer files beside them), e.g. converted from the OpenAI CLIP file. Its
+            weights load strictly into the frozen backbone and its tokenizer becomes the model's. None: a randomly
+            initialised backbone (for tests and speed measurements only).
+        tokenizer: the tokenizer to use (default: the backbone folder's).
+
+    Save the result (``model.save_pretrained(DIR)``) and train it: ``lvseg train --preset PRESET --model DIR``.
+    """
+    from ...errors import CheckpointError, ConfigError
+    from .model import VLPRVOS
+
+    config = config_for(name)
+    model = VLPRVOS(config, tokenizer)
+    if backbone is not None:
+        if config.backbone != "clip":
+            raise ConfigError(f"{name} has a VLMo backbone: load its converted weights with the VLMo converter")
+        folder = Path(backbone)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{folder} is not a CLIP folder (no config.json); convert the CLIP weights first")
+        from transformers import AutoTokenizer, CLIPModel
+
+        from ...hub import load_state_dict_strict
+
+        clip = CLIPModel.from_pretrained(folder)
+        frozen = getattr(model.backbone, "clip")  # noqa: B009 - the CLIPModel inside the backbone adapter
+        load_state_dict_strict(frozen, clip.state_dict(), str(folder))
+        frozen.requires_grad_(False)
+        if tokenizer is None:
+            model.tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model
