@@ -323,3 +323,33 @@ def test_vlmo_backbone_needs_its_module():
         pytest.skip("the VLMo backbone module is present")
     with pytest.raises(ConfigError, match="VLMo"):
         build_backbone(config_for("vlp-rvos-vlmo-b.ytvos"))
+
+
+def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shapes_root, tmp_path):
+    import lvseg
+    from transformers import CLIPModel
+
+    from lvseg.errors import CheckpointError
+    from lvseg.train.presets import get_preset
+    from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, vlp_shapes_data
+
+    preset = get_preset("vlp-rvos-tiny-shapes")
+    control = preset.model()  # randomly initialised frozen backbone
+    encoder = type(control.backbone.clip)(control.backbone.clip.config)  # a dual encoder of the same sizes
+    torch.nn.init.normal_(encoder.text_projection.weight)
+    encoder.save_pretrained(tmp_path / "dual")
+    model = build_vlp_shapes_tiny(backbone=tmp_path / "dual")
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(model.backbone.clip.state_dict()[key], value), key
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    other = CLIPModel(type(encoder.config)(projection_dim=16, text_config=encoder.config.text_config.to_dict(),
+                                           vision_config=encoder.config.vision_config.to_dict()))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError):
+        build_vlp_shapes_tiny(backbone=tmp_path / "other")
+    train, val = vlp_shapes_data(shapes_root, num_train=2, num_val=1, size=64)
+    assert train[0]["frames"].shape[0] == 8  # two clips of 4
+    result = lvseg.train(build_vlp_shapes_tiny(size=64), train, val, tmp_path / "run", preset="vlp-rvos-tiny-shapes",
+                         max_steps=1, batch_size=1, eval_every=0, checkpoint_every=0, progress=False,
+                         tensorboard=False)
+    assert result.steps == 1

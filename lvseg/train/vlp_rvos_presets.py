@@ -20,7 +20,16 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
-__all__ = ["VLP_RVOS_RECIPE", "vlp_rvos_presets", "vlp_rvos_transforms", "VLP_CLIP_FRAMES"]
+__all__ = [
+    "VLP_RVOS_RECIPE",
+    "vlp_rvos_presets",
+    "vlp_rvos_transforms",
+    "VLP_CLIP_FRAMES",
+    "VLP_SHAPES_RECIPE",
+    "vlp_shapes_tiny_config",
+    "build_vlp_shapes_tiny",
+    "vlp_shapes_data",
+]
 
 VLP_CLIP_FRAMES = 6  # NUM_FRAMES of the released scripts
 
@@ -151,4 +160,90 @@ def vlp_rvos_presets() -> dict[str, Any]:
                 "24 epochs, LR x0.1 at 12, batch 1 per GPU: torchrun --nproc_per_node=4); only the added modules "
                 "are trained",
             )
+    out["vlp-rvos-tiny-shapes"] = vlp_shapes_preset()
     return out
+
+
+# ------------------------------------------------------------------------------------------------ Shapes (tiny)
+VLP_SHAPES_CLIP = 4  # frames per clip of the tiny model; a training sample holds two clips
+VLP_SHAPES_STEPS = 3000
+VLP_SHAPES_RECIPE: dict[str, Any] = dict(
+    lr=1e-3,
+    lr_backbone=0.0,
+    lr_text_encoder=0.0,
+    weight_decay=5e-4,
+    clip_max_norm=1.0,
+    batch_size=2,
+    epochs=4,
+    max_steps=VLP_SHAPES_STEPS,
+    warmup_steps=100,
+    lr_drop_steps=(VLP_SHAPES_STEPS * 3 // 4,),
+    disable_dropout=True,
+    eval_every=500,
+    eval_max_samples=60,
+    checkpoint_every=250,
+    log_every=25,
+)
+
+
+def vlp_shapes_tiny_config(vocab_size: int, size: int = 96) -> Any:
+    """The tiny VLP-RVOS for the Shapes world (:func:`lvseg.models.vlp_rvos.config.tiny_config` at 96 px, clips of
+    4 frames). Its frozen backbone is a CLIP-style dual encoder of exactly these sizes: vision width 64, 4 layers,
+    4 heads, patch 8; text width 48, 2 layers, 4 heads, 40 positions, the Shapes BPE vocabulary; joint width 32."""
+    from ..models.vlp_rvos.config import tiny_config
+
+    return tiny_config(vocab_size, image_size=size, clip_frames=VLP_SHAPES_CLIP)
+
+
+def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96) -> Any:
+    """The tiny Shapes VLP-RVOS with the Shapes BPE tokenizer, on a frozen backbone: a CLIP-style dual encoder
+    pre-trained contrastively on Shapes frames and expressions (``backbone``: its ``CLIPModel.save_pretrained``
+    folder, loaded strictly), or None for a randomly initialised frozen backbone (the control that shows whether
+    the aligned space is used)."""
+    from ..models.vlp_rvos.model import VLPRVOS
+    from .presets import shapes_tokenizer
+
+    tokenizer = shapes_tokenizer()
+    model = VLPRVOS(vlp_shapes_tiny_config(len(tokenizer), size), tokenizer)
+    if backbone is not None:
+        from transformers import CLIPModel
+
+        from ..hub import load_state_dict_strict
+
+        frozen = getattr(model.backbone, "clip")  # noqa: B009 - the CLIPModel inside the backbone adapter
+        load_state_dict_strict(frozen, CLIPModel.from_pretrained(Path(backbone)).state_dict(), str(backbone))
+        frozen.requires_grad_(False)
+    return model
+
+
+def vlp_shapes_data(
+    root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0, size: int = 96
+) -> tuple[Dataset, Dataset]:
+    """Shapes train/valid at ``root`` (generated when missing): training samples of 2 x 4 consecutive frames (the
+    two-clip unroll), flipped at random; whole validation videos."""
+    from ..data import ClipSampling, RefYouTubeVOS
+    from ..data.transforms import RandomHorizontalFlip
+    from .presets import SHAPES_FRAMES, ensure_shapes
+
+    root = Path(root)
+    ensure_shapes(root, num_train, num_val, seed, size)
+    frames = min(2 * VLP_SHAPES_CLIP, SHAPES_FRAMES)
+    train = RefYouTubeVOS(
+        root, "train", sampling=ClipSampling(num_frames=frames, mode="random"), transform=RandomHorizontalFlip(0.5)
+    )
+    return train, RefYouTubeVOS(root, "valid")
+
+
+def vlp_shapes_preset() -> Any:
+    from .presets import Preset
+
+    return Preset(
+        "vlp-rvos-tiny-shapes",
+        "vlp_rvos",
+        build_vlp_shapes_tiny,
+        train=dict(VLP_SHAPES_RECIPE),
+        data=vlp_shapes_data,
+        description="a tiny VLP-RVOS on Shapes (CPU). The preset's own model has a randomly initialised frozen "
+        "backbone (the control); pass model=build_vlp_shapes_tiny(backbone=DIR) for a dual encoder pre-trained on "
+        "Shapes. Prepared, not yet run (docs/models/vlp_rvos.md)",
+    )
