@@ -345,8 +345,20 @@ def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shape
     other = CLIPModel(type(encoder.config)(projection_dim=16, text_config=encoder.config.text_config.to_dict(),
                                            vision_config=encoder.config.vision_config.to_dict()))
     other.save_pretrained(tmp_path / "other")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="projection"):
         build_vlp_shapes_tiny(backbone=tmp_path / "other")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        build_vlp_shapes_tiny(backbone=tmp_path)
+    from lvseg.errors import TokenizerError
+    from lvseg.models.vlp_rvos.entries import load_clip_backbone
+
+    with pytest.raises(TokenizerError, match="tokenizer"):  # the folder has weights but no tokenizer files
+        load_clip_backbone(control, tmp_path / "dual")
+    control.tokenizer.save_pretrained(tmp_path / "dual")
+    bare = preset.model()
+    bare.tokenizer = None
+    load_clip_backbone(bare, tmp_path / "dual")  # weights and the tokenizer saved beside them
+    assert bare.tokenizer is not None and torch.equal(bare.tokenize(TEXTS)[0], control.tokenize(TEXTS)[0])
     train, val = vlp_shapes_data(shapes_root, num_train=2, num_val=1, size=64)
     assert train[0]["frames"].shape[0] == 8  # two clips of 4
     result = lvseg.train(build_vlp_shapes_tiny(size=64), train, val, tmp_path / "run", preset="vlp-rvos-tiny-shapes",

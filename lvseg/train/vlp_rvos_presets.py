@@ -206,13 +206,9 @@ def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96) ->
     tokenizer = shapes_tokenizer()
     model = VLPRVOS(vlp_shapes_tiny_config(len(tokenizer), size), tokenizer)
     if backbone is not None:
-        from transformers import CLIPModel
+        from ..models.vlp_rvos.entries import load_clip_backbone
 
-        from ..hub import load_state_dict_strict
-
-        frozen = getattr(model.backbone, "clip")  # noqa: B009 - the CLIPModel inside the backbone adapter
-        load_state_dict_strict(frozen, CLIPModel.from_pretrained(Path(backbone)).state_dict(), str(backbone))
-        frozen.requires_grad_(False)
+        load_clip_backbone(model, backbone, tokenizer=False)  # the Shapes tokenizer stays
     return model
 
 

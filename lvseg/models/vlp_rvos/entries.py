@@ -13,12 +13,12 @@ from typing import Any
 
 from ...registry import ModelEntry, PaperMetric, register
 
-__all__ = ["build", "VARIANTS", "TRAINED_ON"]
+__all__ = ["build", "config_for", "load_clip_backbone", "VARIANTS", "TRAINED_ON"]
 
 _PAPER = (
-    "Harnessing Vision-Language Pretrained Models with Temporal-Aware Adaptation for Referring Video Object "
-    "Segmentation (VLP-RVOS, arXiv:2405.10610; v1: Driving Referring Video Object Segmentation with "
-    "Vision-Language Pre-trained Models)"
+    "Zhou, Xiong, Zhou, Li, He, Wang, Harnessing Vision-Language Pretrained Models with Temporal-Aware "
+    "Adaptation for Referring Video Object Segmentation (VLP-RVOS, arXiv:2405.10610; v1: Driving Referring "
+    "Video Object Segmentation with Vision-Language Pre-trained Models)"
 )
 _README = "VLP-RVOS README (xwt909090/VLP-RVOS 86ba38d)"
 
@@ -131,6 +131,42 @@ def config_for(name: str) -> Any:
     )
 
 
+def load_clip_backbone(model: Any, folder: str | Path, *, tokenizer: bool = True) -> None:
+    """Load a ``transformers.CLIPModel.save_pretrained`` folder strictly into ``model``'s frozen CLIP backbone
+    (keys, shapes; a mismatch raises :class:`~lvseg.errors.CheckpointError` listing them) and, with ``tokenizer``,
+    make the folder's tokenizer the model's (:class:`~lvseg.errors.TokenizerError` when it has none)."""
+    from ...errors import CheckpointError, ConfigError, TokenizerError
+
+    if model.config.backbone != "clip":
+        raise ConfigError(f"this VLP-RVOS has a {model.config.backbone} backbone, not CLIP: use its own converter")
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{folder} is not a CLIP folder (no config.json): convert the CLIP weights to a CLIPModel folder first"
+        )
+    from transformers import AutoTokenizer, CLIPModel
+
+    from ...hub import TOKENIZER_FILES, load_state_dict_strict
+
+    frozen = getattr(model.backbone, "clip")  # noqa: B009 - the CLIPModel inside the backbone adapter
+    load_state_dict_strict(frozen, CLIPModel.from_pretrained(folder).state_dict(), str(folder))
+    frozen.requires_grad_(False)
+    if tokenizer:
+        fix = "save the CLIP tokenizer beside the weights (tokenizer.save_pretrained(DIR)) or pass tokenizer="
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise TokenizerError(f"{folder} has none of the tokenizer files {', '.join(TOKENIZER_FILES)}: {fix}")
+        try:
+            loaded = AutoTokenizer.from_pretrained(folder)
+        except Exception as exc:  # the Rust `tokenizers` raises a plain Exception for a malformed tokenizer.json
+            raise TokenizerError(f"cannot load the tokenizer in {folder} ({exc}): {fix}") from exc
+        vocab = int(model.config.text["vocab_size"])
+        if len(loaded) > vocab:
+            raise TokenizerError(
+                f"the tokenizer in {folder} has {len(loaded)} tokens but the text encoder only {vocab} rows: {fix}"
+            )
+        model.tokenizer = loaded
+
+
 def build(name: str, backbone: str | Path | None = None, tokenizer: Any = None) -> Any:
     """The untrained VLP-RVOS of a registry name, on a frozen backbone.
 
@@ -138,31 +174,16 @@ def build(name: str, backbone: str | Path | None = None, tokenizer: Any = None) 
         name: a registry name such as ``"vlp-rvos-clip-b16.ytvos"``.
         backbone: a folder with the pretrained backbone as ``transformers.CLIPModel.save_pretrained`` writes it
             (``config.json`` + weights, tokenizer files beside them), e.g. converted from the OpenAI CLIP file. Its
-            weights load strictly into the frozen backbone and its tokenizer becomes the model's. None: a randomly
-            initialised backbone (for tests and speed measurements only).
+            weights load strictly into the frozen backbone (:func:`load_clip_backbone`) and its tokenizer becomes
+            the model's unless ``tokenizer`` is given. None: a randomly initialised backbone (for tests and speed
+            measurements only).
         tokenizer: the tokenizer to use (default: the backbone folder's).
 
     Save the result (``model.save_pretrained(DIR)``) and train it: ``lvseg train --preset PRESET --model DIR``.
     """
-    from ...errors import CheckpointError, ConfigError
     from .model import VLPRVOS
 
-    config = config_for(name)
-    model = VLPRVOS(config, tokenizer)
+    model = VLPRVOS(config_for(name), tokenizer)
     if backbone is not None:
-        if config.backbone != "clip":
-            raise ConfigError(f"{name} has a VLMo backbone: load its converted weights with the VLMo converter")
-        folder = Path(backbone)
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"{folder} is not a CLIP folder (no config.json); convert the CLIP weights first")
-        from transformers import AutoTokenizer, CLIPModel
-
-        from ...hub import load_state_dict_strict
-
-        clip = CLIPModel.from_pretrained(folder)
-        frozen = getattr(model.backbone, "clip")  # noqa: B009 - the CLIPModel inside the backbone adapter
-        load_state_dict_strict(frozen, clip.state_dict(), str(folder))
-        frozen.requires_grad_(False)
-        if tokenizer is None:
-            model.tokenizer = AutoTokenizer.from_pretrained(folder)
+        load_clip_backbone(model, backbone, tokenizer=tokenizer is None)
     return model
