@@ -375,3 +375,16 @@ def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shape
                          max_steps=1, batch_size=1, eval_every=0, checkpoint_every=0, progress=False,
                          tensorboard=False)
     assert result.steps == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_matches_cpu(tokenizer, dtype):
+    model = _model(tokenizer)
+    frames = _frames(2, 8)
+    ref, _ = model.segment(frames, TEXTS)
+    gpu = model.to(device="cuda", dtype=dtype)
+    out, scores = gpu.segment(frames.cuda(), TEXTS)
+    assert out.device.type == "cuda" and scores.shape == (2, 8)
+    tolerance = 1e-3 if dtype == torch.float32 else 0.1  # TF32/bf16 matmuls on the GPU
+    assert float((out.float().cpu() - ref).abs().max()) < tolerance * float(ref.abs().max())
