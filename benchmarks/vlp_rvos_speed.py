@@ -93,7 +93,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             out = fn(*a, **k)
             _sync(device)
-            key = "temporal capture" if name == "attention" and a[1] is not a[2] else "frozen backbone"
+            key = "temporal capture" if name == "attention" and len(a) > 2 and a[2] is not None else "frozen backbone"
             spent[key] += time.perf_counter() - start
             return out
 

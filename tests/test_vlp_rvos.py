@@ -74,8 +74,7 @@ def test_frozen_layers_driven_one_by_one_equal_transformers_clip(model):
     with torch.no_grad():
         x = bb.embed_frames(pixels)
         for i in range(bb.num_layers):
-            h = bb.norm1(i, x)
-            x = x + bb.attention(i, h, h)
+            x = x + bb.attention(i, bb.norm1(i, x))
             x = x + bb.ffn(i, x)
         ref = bb.clip.vision_model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
         _close(x, ref)
@@ -330,9 +329,52 @@ def test_vlmo_backbone_needs_its_module():
     from lvseg.models.vlp_rvos.modules import build_backbone
 
     if importlib.util.find_spec("lvseg.models.vlp_rvos.vlmo") is not None:
-        pytest.skip("the VLMo backbone module is present")
+        pytest.skip("the VLMo module is present (test_vlmo_backbone_* run)")
     with pytest.raises(ConfigError, match="VLMo"):
         build_backbone(config_for("vlp-rvos-vlmo-b.ytvos"))
+
+
+def _tiny_vlmo(tokenizer):
+    from lvseg.models.vlp_rvos.config import tiny_config
+
+    common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "layer_norm_eps": 1e-6}
+    return tiny_config(len(tokenizer), image_size=32, backbone="vlmo", projection_dim=32,
+                       vision={**common, "patch_size": 8, "image_size": 32, "vlffn_start": 2},
+                       text={**common, "vocab_size": len(tokenizer), "max_position_embeddings": 40},
+                       deep_prompt_layers=(1, 2), temporal_layers=(0, 1, 2), guide_layers=(0, 1, 2),
+                       extract_layers=(0, 1, 2), cube_size=(2, 2, 2))
+
+
+def test_vlmo_backbone_driven_one_by_one_equals_vlmo_and_the_model_runs(tokenizer):
+    if importlib.util.find_spec("lvseg.models.vlp_rvos.vlmo") is None:
+        pytest.skip("no VLMo module in this lvseg")
+    from lvseg.models.vlp_rvos.model import VLPRVOS
+
+    torch.manual_seed(0)
+    model = VLPRVOS(_tiny_vlmo(tokenizer), tokenizer).eval()
+    vlmo = model.backbone.vlmo
+    for p in vlmo.parameters():  # non-trivial frozen weights (the relative-position table starts at zero)
+        torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
+    bb = model.backbone
+    pixels = _frames(2, 1, 32, 32)[:, 0]
+    with torch.no_grad():
+        x = bb.embed_frames(pixels)
+        for i in range(bb.num_layers):
+            x = x + bb.attention(i, bb.norm1(i, x))
+            x = x + bb.ffn(i, x)
+        _close(vlmo.transformer.norm(x), vlmo.encode_image(pixels)["tokens"])
+        ids, mask = model.tokenize(TEXTS)
+        words, word_mask, sentence = bb.encode_text(ids, mask, None)
+        ref = vlmo.encode_text(ids, mask)
+        _close(words[word_mask], ref["tokens"][mask.bool()])
+        _close(torch.nn.functional.normalize(sentence, dim=-1), ref["features"])
+    frames = _frames(2, 6, 32, 32)
+    whole, _ = model.segment(frames, TEXTS)
+    first, _, state = model.segment_window(frames[:, :4], TEXTS, None)
+    second, _, _ = model.segment_window(frames[:, 4:], TEXTS, state)
+    assert whole.shape == (2, 6, 32, 32) and torch.equal(torch.cat([first, second], 1), whole)
+    assert all(not p.requires_grad for p in bb.parameters())
 
 
 def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shapes_root, tmp_path):

@@ -70,15 +70,15 @@ def clip_backbone(name: str) -> tuple[dict[str, Any], dict[str, Any], int]:
 
 # VLMo (microsoft/unilm vlmo): one multiway transformer for both modalities (shared attention, an expert FFN per
 # modality), so text width/depth/heads equal the vision ones; BERT uncased vocabulary, 40 text positions; the
-# retrieval heads project to the hidden width. (width, layers, heads)
-VLMO_SIZES: dict[str, tuple[int, int, int]] = {"base": (768, 12, 12), "large": (1024, 24, 16)}
+# retrieval heads project to the hidden width. (width, layers, heads, first block with a VL expert)
+VLMO_SIZES: dict[str, tuple[int, int, int, int]] = {"base": (768, 12, 12, 10), "large": (1024, 24, 16, 21)}
 
 
 def vlmo_backbone(name: str) -> tuple[dict[str, Any], dict[str, Any], int]:
     """``(vision, text, projection_dim)`` sizes of VLMo-``name`` (``"base"`` or ``"large"``, patch 16)."""
     if name not in VLMO_SIZES:
         raise ConfigError(f"unknown VLMo backbone {name!r}; use one of {', '.join(VLMO_SIZES)}")
-    width, layers, heads = VLMO_SIZES[name]
+    width, layers, heads, vlffn_start = VLMO_SIZES[name]
     common = {
         "hidden_size": width,
         "intermediate_size": 4 * width,
@@ -86,7 +86,7 @@ def vlmo_backbone(name: str) -> tuple[dict[str, Any], dict[str, Any], int]:
         "num_attention_heads": heads,
         "layer_norm_eps": 1e-6,
     }
-    vision = {**common, "patch_size": 16, "image_size": 384}
+    vision = {**common, "patch_size": 16, "image_size": 384, "vlffn_start": vlffn_start}
     text = {**common, "vocab_size": 30522, "max_position_embeddings": 40}
     return vision, text, width
 
@@ -222,6 +222,13 @@ class VLPRVOSConfig(ModelConfig):
             missing = [k for k in keys if k not in part]
             if missing:
                 raise ConfigError(f"config field {name!r} lacks {missing}: give every size of the {name} tower")
+        if self.backbone == "vlmo":
+            shared = ("hidden_size", "num_hidden_layers", "num_attention_heads")
+            if any(self.vision[k] != self.text.get(k) for k in shared) or self.projection_dim != self.vision_dim:
+                raise ConfigError(
+                    "VLMo is one multiway transformer: text and vision need the same hidden_size, "
+                    "num_hidden_layers and num_attention_heads, and projection_dim equal to that width"
+                )
         layers = self.num_layers
         for name in ("deep_prompt_layers", "temporal_layers", "guide_layers", "extract_layers"):
             bad = [i for i in getattr(self, name) if i >= layers]

@@ -192,7 +192,7 @@ class VLPRVOS(RVOSModel):
                 offset = self.deep_prompts[self._deep_index[i]]
                 x = torch.cat([x[:, :v_start], x[:, v_start:m_start] + offset, x[:, m_start:]], 1)
             h = bb.norm1(i, x)
-            branch = bb.attention(i, h, h)
+            branch = bb.attention(i, h)  # the frame's own self-attention
             guide = self.guides[str(i)] if str(i) in self.guides else None
             if guide is not None:
                 branch = branch + guide(h, guide_words, guide_pad)

@@ -21,6 +21,7 @@ from ...errors import ConfigError
 __all__ = [
     "VLBackbone",
     "CLIPBackbone",
+    "VLMoBackbone",
     "build_backbone",
     "frozen_attention",
     "PromptEncoder",
@@ -56,9 +57,12 @@ class VLBackbone(nn.Module):
         """Layer ``layer``'s pre-attention norm: [..., Dv] -> [..., Dv]."""
         raise NotImplementedError
 
-    def attention(self, layer: int, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def attention(
+        self, layer: int, query: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:  # pragma: no cover - interface
         """Layer ``layer``'s frozen attention: normed queries [N, Lq, Dv] over normed ``context`` [N, Lk, Dv]
-        -> [N, Lq, Dv] (output projection included, no residual)."""
+        -> [N, Lq, Dv] (output projection and layer scale included, no residual). ``context=None``: the frame's own
+        self-attention over ``query`` = ``[CLS, patches, prompts...]`` (where a backbone adds its position bias)."""
         raise NotImplementedError
 
     def ffn(self, layer: int, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
@@ -133,9 +137,10 @@ class CLIPBackbone(VLBackbone):
     def norm1(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         return self._layer(layer).layer_norm1(x)
 
-    def attention(self, layer: int, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def attention(self, layer: int, query: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         a = self._layer(layer).self_attn
-        return frozen_attention(a.q_proj, a.k_proj, a.v_proj, a.out_proj, self.vision_heads, query, context)
+        kv = query if context is None else context
+        return frozen_attention(a.q_proj, a.k_proj, a.v_proj, a.out_proj, self.vision_heads, query, kv)
 
     def ffn(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         block = self._layer(layer)
@@ -177,21 +182,114 @@ class CLIPBackbone(VLBackbone):
         return words, attention_mask.bool(), sentence
 
 
+class VLMoBackbone(VLBackbone):
+    """A frozen VLMo (the multiway transformer of :mod:`lvseg.models.vlp_rvos.vlmo`, ``self.vlmo``: its state dict is
+    the converted official layout) used as a dual encoder, as VLP-RVOS's ``MODE='separate'``.
+
+    Vision layers use the shared attention with the block's relative-position bias on ``[CLS, patches]`` (prompt
+    tokens have no position: zero bias) and the image expert FFN, both scaled by the block's layer-scale ``gamma``;
+    the text runs bidirectionally through the text experts with the prompts after ``[CLS]``; the sentence is the
+    retrieval projection of the text ``[CLS]`` (VLMo's text feature), the patches use the image retrieval projection.
+    """
+
+    def __init__(self, vlmo_module: Any, vision: dict[str, Any], text: dict[str, Any], image_size: int) -> None:
+        super().__init__()
+        width, depth = int(vision["hidden_size"]), int(vision["num_hidden_layers"])
+        config = vlmo_module.VLMoConfig(
+            embed_dim=width,
+            depth=depth,
+            num_heads=int(vision["num_attention_heads"]),
+            mlp_ratio=int(vision["intermediate_size"]) / width,
+            patch_size=int(vision["patch_size"]),
+            image_size=image_size,
+            vlffn_start=int(vision.get("vlffn_start", depth)),
+            max_text_len=int(text["max_position_embeddings"]),
+            vocab_size=int(text["vocab_size"]),
+        )
+        self.vlmo = vlmo_module.VLMo(config)
+        self.vlmo.requires_grad_(False)
+        self.vision_dim = self.text_dim = self.joint_dim = width
+        self.num_layers = depth
+        self.patch_size = int(vision["patch_size"])
+        self.heads = int(vision["num_attention_heads"])
+        self._bias: list[torch.Tensor | None] = []
+
+    def embed_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        # the per-layer relative-position biases of [CLS, patches], reused by every layer call of this forward
+        self._bias = self.vlmo.layer_biases(self.vlmo.image_index)
+        return self.vlmo.embed_image(pixels)
+
+    def norm1(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return self.vlmo.transformer.blocks[layer].norm1(x)
+
+    def _attend(
+        self, layer: int, query: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        block = self.vlmo.transformer.blocks[layer]
+        attn = block.attn
+        d = query.shape[-1]
+        w_q, w_k, w_v = attn.qkv.weight.chunk(3, 0)
+        n, lq, lk, h = query.shape[0], query.shape[1], context.shape[1], self.heads
+        q = F.linear(query, w_q, attn.q_bias).view(n, lq, h, d // h).transpose(1, 2)
+        k = F.linear(context, w_k).view(n, lk, h, d // h).transpose(1, 2)  # VLMo's key bias is zero
+        v = F.linear(context, w_v, attn.v_bias).view(n, lk, h, d // h).transpose(1, 2)
+        # VLMo computes attention in fp32
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
+        out = attn.proj(out.to(query.dtype).transpose(1, 2).reshape(n, lq, d))
+        return out if block.gamma_1 is None else block.gamma_1 * out
+
+    def attention(self, layer: int, query: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        bias = None
+        if context is None and self._bias and self._bias[layer] is not None:
+            table = self._bias[layer]
+            assert table is not None
+            extra = query.shape[1] - table.shape[-1]  # prompt tokens after [CLS, patches]: no relative position
+            bias = F.pad(table, (0, extra, 0, extra)) if extra > 0 else table
+        return self._attend(layer, query, query if context is None else context, bias)
+
+    def ffn(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        block = self.vlmo.transformer.blocks[layer]
+        out = block.mlp_imag(block.norm2_imag(x))
+        return out if block.gamma_2 is None else block.gamma_2 * out
+
+    def project_patches(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vlmo.itc_image_proj(self.vlmo.transformer.norm(x))
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v = self.vlmo
+        x = v.embed_text(input_ids)  # [B, N, D]
+        keep = attention_mask.long()
+        p = 0 if prompts is None else prompts.shape[1]
+        if p:
+            assert prompts is not None
+            # after [CLS], so the relative positions of the words stay those of a text of N + p tokens
+            x = torch.cat([x[:, :1], prompts.to(x.dtype) + v.token_type_embeddings.weight[0], x[:, 1:]], 1)
+            keep = torch.cat([keep[:, :1], keep.new_ones(keep.shape[0], p), keep[:, 1:]], 1)
+        length = x.shape[1]
+        biases = v.layer_biases(v.text_index[:length, :length], keep)
+        for block, bias in zip(v.transformer.blocks, biases):
+            x = block(x, "text", bias)
+        x = v.transformer.norm(x)
+        sentence = v.itc_text_proj(x[:, 0])
+        words = torch.cat([x[:, :1], x[:, 1 + p :]], 1) if p else x
+        return words, attention_mask.bool(), sentence
+
+
 def build_backbone(config: Any) -> VLBackbone:
     """The frozen backbone a :class:`~lvseg.models.vlp_rvos.config.VLPRVOSConfig` names."""
     if config.backbone == "clip":
         return CLIPBackbone(config.vision, config.text, config.projection_dim)
     try:  # the VLMo multiway transformer lives in its own module (lvseg.models.vlp_rvos.vlmo)
-        build_vlmo_backbone = importlib.import_module(".vlmo", __package__).build_vlmo_backbone
+        vlmo_module = importlib.import_module(".vlmo", __package__)
+        vlmo_module.VLMo, vlmo_module.VLMoConfig  # noqa: B018 - what the adapter needs
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
-            "this lvseg has no VLMo backbone module (lvseg.models.vlp_rvos.vlmo with build_vlmo_backbone(config) "
-            "returning a VLBackbone): use backbone='clip', or upgrade lvseg"
+            "this lvseg has no VLMo module (lvseg.models.vlp_rvos.vlmo with VLMo and VLMoConfig): use "
+            "backbone='clip', or upgrade lvseg"
         ) from exc
-    backbone = build_vlmo_backbone(config)
-    if not isinstance(backbone, VLBackbone):
-        raise ConfigError(f"build_vlmo_backbone returned a {type(backbone).__name__}, not a VLBackbone")
-    return backbone
+    return VLMoBackbone(vlmo_module, config.vision, config.text, config.image_size)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
