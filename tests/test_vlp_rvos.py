@@ -337,7 +337,7 @@ def test_vlmo_backbone_needs_its_module():
 def _tiny_vlmo(tokenizer):
     from lvseg.models.vlp_rvos.config import tiny_config
 
-    common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+    common = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
               "layer_norm_eps": 1e-6}
     return tiny_config(len(tokenizer), image_size=32, backbone="vlmo", projection_dim=32,
                        vision={**common, "patch_size": 8, "image_size": 32, "vlffn_start": 2},
@@ -375,6 +375,13 @@ def test_vlmo_backbone_driven_one_by_one_equals_vlmo_and_the_model_runs(tokenize
     second, _, _ = model.segment_window(frames[:, 4:], TEXTS, state)
     assert whole.shape == (2, 6, 32, 32) and torch.equal(torch.cat([first, second], 1), whole)
     assert all(not p.requires_grad for p in bb.parameters())
+    # an official-layout VLMo state dict (the converter's input) loads strictly into the frozen backbone
+    from lvseg.models.vlp_rvos.entries import load_vlmo_backbone
+
+    other = VLPRVOS(_tiny_vlmo(tokenizer), tokenizer)
+    load_vlmo_backbone(other, dict(vlmo.state_dict()))
+    for key, value in vlmo.state_dict().items():
+        assert torch.equal(other.backbone.vlmo.state_dict()[key], value), key
 
 
 def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shapes_root, tmp_path):

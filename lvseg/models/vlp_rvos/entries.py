@@ -13,7 +13,7 @@ from typing import Any
 
 from ...registry import ModelEntry, PaperMetric, register
 
-__all__ = ["build", "config_for", "load_clip_backbone", "VARIANTS", "TRAINED_ON"]
+__all__ = ["build", "config_for", "load_clip_backbone", "load_vlmo_backbone", "VARIANTS", "TRAINED_ON"]
 
 _PAPER = (
     "Zhou, Xiong, Zhou, Li, He, Wang, Harnessing Vision-Language Pretrained Models with Temporal-Aware "
@@ -167,23 +167,48 @@ def load_clip_backbone(model: Any, folder: str | Path, *, tokenizer: bool = True
         model.tokenizer = loaded
 
 
+def load_vlmo_backbone(model: Any, source: str | Path) -> None:
+    """Load an official VLMo checkpoint (``.pt``, through :func:`lvseg.models.vlp_rvos.vlmo.load_vlmo`, resized to
+    the model's ``image_size``) strictly into ``model``'s frozen VLMo backbone."""
+    import importlib
+
+    from ...errors import ConfigError
+    from ...hub import load_state_dict_strict
+
+    if model.config.backbone != "vlmo":
+        raise ConfigError(f"this VLP-RVOS has a {model.config.backbone} backbone, not VLMo")
+    vlmo_module = importlib.import_module(".vlmo", __package__)
+    loaded = vlmo_module.load_vlmo(source, image_size=model.config.image_size)
+    frozen = getattr(model.backbone, "vlmo")  # noqa: B009 - the VLMo inside the backbone adapter
+    load_state_dict_strict(frozen, loaded.state_dict(), str(source))
+    frozen.requires_grad_(False)
+
+
 def build(name: str, backbone: str | Path | None = None, tokenizer: Any = None) -> Any:
     """The untrained VLP-RVOS of a registry name, on a frozen backbone.
 
     Args:
         name: a registry name such as ``"vlp-rvos-clip-b16.ytvos"``.
-        backbone: a folder with the pretrained backbone as ``transformers.CLIPModel.save_pretrained`` writes it
-            (``config.json`` + weights, tokenizer files beside them), e.g. converted from the OpenAI CLIP file. Its
-            weights load strictly into the frozen backbone (:func:`load_clip_backbone`) and its tokenizer becomes
-            the model's unless ``tokenizer`` is given. None: a randomly initialised backbone (for tests and speed
-            measurements only).
-        tokenizer: the tokenizer to use (default: the backbone folder's).
+        backbone: the pretrained backbone. CLIP: a folder as ``transformers.CLIPModel.save_pretrained`` writes it
+            (``config.json`` + weights, tokenizer files beside them), e.g. converted from the OpenAI CLIP file; its
+            weights load strictly (:func:`load_clip_backbone`) and its tokenizer becomes the model's unless
+            ``tokenizer`` is given. VLMo: the official ``.pt`` file (:func:`load_vlmo_backbone`); pass
+            ``tokenizer`` (bert-base-uncased's). None: a randomly initialised backbone (tests, speed measurements).
+        tokenizer: the tokenizer to use (default: the CLIP folder's).
 
     Save the result (``model.save_pretrained(DIR)``) and train it: ``lvseg train --preset PRESET --model DIR``.
     """
+    from ...errors import TokenizerError
     from .model import VLPRVOS
 
     model = VLPRVOS(config_for(name), tokenizer)
-    if backbone is not None:
+    if backbone is not None and model.config.backbone == "vlmo":
+        if tokenizer is None:
+            raise TokenizerError(
+                "VLMo reads bert-base-uncased WordPiece ids: pass tokenizer=BertTokenizer.from_pretrained(DIR) "
+                "with bert-base-uncased's vocab.txt"
+            )
+        load_vlmo_backbone(model, backbone)
+    elif backbone is not None:
         load_clip_backbone(model, backbone, tokenizer=tokenizer is None)
     return model
