@@ -345,18 +345,24 @@ class PromptEncoder(nn.Module):
 class ReferenceGuide(nn.Module):
     """Reference-guided encoding: a cross-attention from a vision layer's normed tokens to the words, added to the
     same residual as the frozen self-attention, behind a zero-initialised tanh gate (the frozen layer is unchanged
-    at the start of training).
+    at the start of training). Written with ``scaled_dot_product_attention`` and a boolean mask: under CPU bf16
+    autocast ``nn.MultiheadAttention`` with a key padding mask took 14x longer (docs/models/vlp_rvos.md).
 
     ``forward(x [N, L, Dv], words [N, Lw, Dv], word_pad [N, Lw] bool True = padding)`` -> [N, L, Dv].
     """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
         self.gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor, words: torch.Tensor, word_pad: torch.Tensor) -> torch.Tensor:
-        out, _ = self.attn(x, words, words, key_padding_mask=word_pad, need_weights=False)
+        keep = ~word_pad[:, None, None, :]  # [N, 1, 1, Lw], True = attend
+        out = frozen_attention(self.q, self.k, self.v, self.out, self.heads, x, words, keep)
         return torch.tanh(self.gate) * out
 
 
