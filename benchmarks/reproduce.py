@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                 measured = lvseg.evaluate(model, dataset, protocol=protocol, output_dir=output,
                                           davis_root=args.davis_root, max_samples=args.max_samples)
             except WeightsNotPublishedError:
-                status = f"weights not published: lvseg convert {get_entry(name).family} <official.pth>"
+                entry = get_entry(name)
+                status = (
+                    f"no official weights: lvseg train --preset {entry.train_preset}"
+                    if entry.train_preset
+                    else f"weights not published: lvseg convert {entry.family} <official.pth>"
+                )
             except LVSegError as exc:
                 status = f"error: {exc}"
         for m in metrics:

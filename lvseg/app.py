@@ -156,6 +156,13 @@ def _model_choice(name: str) -> ModelChoice:
         return ModelChoice(name, False, str(exc))
     if entry.bundled:
         return ModelChoice(entry.name, True, folder=PACKAGE_ROOT / entry.bundled)
+    if not entry.published and entry.train_preset:
+        return ModelChoice(
+            entry.name,
+            False,
+            f"no official weights exist: train it (`lvseg train --preset {entry.train_preset}`) and pass the run's "
+            "best/ folder with --model",
+        )
     if not entry.published or entry.hub_repo is None:
         return ModelChoice(
             entry.name,

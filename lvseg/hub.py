@@ -523,6 +523,13 @@ def _parse_source(name_or_path: str | Path, revision: str | None) -> tuple[str, 
 
 
 def _not_published_message(entry: ModelEntry) -> str:
+    if entry.train_preset:
+        return (
+            f"no official weights exist for {entry.name!r} (its authors released none), so it cannot be loaded by "
+            f"name. Train it: build the starting model on its converted backbone (see docs/models/{entry.family}.md, "
+            f"'Training'), then lvseg train --preset {entry.train_preset} --model START --data-root DATA "
+            "--output-dir runs/x, and lvseg.load('runs/x/best')"
+        )
     lines = [f"the weights of {entry.name!r} are not published on the Hub yet, so they cannot be downloaded by name."]
     if entry.source:
         lines.append(

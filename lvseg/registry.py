@@ -41,6 +41,7 @@ ENTRY_MODULES.append("lvseg.models.referformer.entries")
 ENTRY_MODULES.append("lvseg.models.mttr.entries")
 ENTRY_MODULES.append("lvseg.models.lavt.entries")
 ENTRY_MODULES.append("lvseg.models.lavt.video_entries")
+ENTRY_MODULES.append("lvseg.models.vlp_rvos.entries")
 ENTRY_MODULES.append("lvseg.train.entries")
 
 
@@ -90,6 +91,7 @@ class ModelEntry:
     description: str = ""
     default: bool = False  # the entry a bare architecture name (without ".tag") points to
     bundled: str | None = None  # a folder inside the lvseg package holding the weights (embedded models)
+    train_preset: str | None = None  # no official weights exist: the `lvseg train --preset` recipe that makes them
 
     @property
     def architecture(self) -> str:
@@ -203,6 +205,8 @@ def format_table(names: Iterable[str] | None = None, *, width: int | None = None
             weights = "bundled with lvseg"
         elif entry.published:
             weights = f"{entry.hub_repo}@{entry.hub_revision[:8]}"  # type: ignore[index]
+        elif entry.train_preset:
+            weights = f"no official weights: lvseg train --preset {entry.train_preset}"
         else:
             weights = f"not on the Hub yet: lvseg convert {entry.family} ..."
         rows.append(
@@ -279,5 +283,6 @@ def entry_as_dict(name: str) -> dict[str, Any]:
         "license": entry.license,
         "paper": entry.paper,
         "source": source,
+        "train_preset": entry.train_preset,
         "paper_metrics": [vars(m) for m in entry.paper_metrics],
     }

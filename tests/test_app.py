@@ -74,7 +74,9 @@ def test_find_models_offers_what_is_on_this_machine_and_says_why_not_for_the_res
     by_name = {c.name: c for c in choices}
     assert set(by_name) == set(lvseg.list_models())
     unpublished = [c for c in choices if not lvseg.registry.get_entry(c.name).published]
-    assert unpublished and all(not c.available and "lvseg convert" in c.reason for c in unpublished)
+    assert unpublished and all(
+        not c.available and ("lvseg convert" in c.reason or "lvseg train --preset" in c.reason) for c in unpublished
+    )
     # folders and hf-hub ids given with --model
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -46,7 +46,7 @@ from .distributed import (
     barrier,
     broadcast_object,
 )
-from .losses import LossWeights, MTTRLossWeights
+from .losses import LossWeights, MTTRLossWeights, VLPRVOSLossWeights
 from .objectives import Objective, build_mttr_targets, build_targets, make_objective
 from .plot import plot_curves
 
@@ -115,7 +115,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_last: int = 2
     resume: bool = False
-    loss_weights: LossWeights | MTTRLossWeights | None = None
+    loss_weights: LossWeights | MTTRLossWeights | VLPRVOSLossWeights | None = None
     prepare_steps: int | None = None
     progress: bool = True
     tensorboard: bool = True
@@ -166,13 +166,14 @@ class TrainConfig:
         if isinstance(self.loss_weights, dict) and not self.loss_weights:
             self.loss_weights = None  # the family's official weights
         if isinstance(self.loss_weights, dict):
-            kinds = (LossWeights, MTTRLossWeights)
+            kinds = (LossWeights, MTTRLossWeights, VLPRVOSLossWeights)
             names = {k: {f.name for f in fields(k)} for k in kinds}
             kind = next((k for k in kinds if set(self.loss_weights) <= names[k]), None)
             if kind is None:
                 raise ConfigError(
                     f"loss_weights keys {sorted(self.loss_weights)} fit no family: ReferFormer takes "
-                    f"{sorted(names[LossWeights])}, MTTR {sorted(names[MTTRLossWeights])}"
+                    f"{sorted(names[LossWeights])}, MTTR {sorted(names[MTTRLossWeights])}, VLP-RVOS "
+                    f"{sorted(names[VLPRVOSLossWeights])}"
                 )
             self.loss_weights = kind(**self.loss_weights)
 

@@ -37,6 +37,8 @@ __all__ = [
     "MTTRLossWeights",
     "MTTRCriterion",
     "LAVTCriterion",
+    "VLPRVOSLossWeights",
+    "VLPRVOSCriterion",
     "sigmoid_focal_loss",
     "dice_loss",
 ]
@@ -286,3 +288,87 @@ class LAVTCriterion(torch.nn.Module):
         weights = self.class_weights.to(logits.device)
         loss = F.cross_entropy(logits, labels.flatten(0, 1), weight=weights, ignore_index=-100)
         return {"loss": loss, "loss_ce": loss.detach()}
+
+
+@dataclass(frozen=True)
+class VLPRVOSLossWeights:
+    """VLP-RVOS loss coefficients: the released ``train.py`` arguments, each on the term its name says (which of
+    them the unreleased model used is not known): on the final masks sigmoid focal ``mask`` 2, ``dice`` 5 and
+    binary cross-entropy ``ce_mask`` 5; on the pixel-text similarity map focal ``mask_pixel_text`` 2, dice
+    ``dice_pixel_text`` 5 and cross-entropy ``pixel_ce_mask`` 2. A weight of 0 drops its term."""
+
+    mask: float = 2.0
+    dice: float = 5.0
+    ce_mask: float = 5.0
+    mask_pixel_text: float = 2.0
+    dice_pixel_text: float = 5.0
+    pixel_ce_mask: float = 2.0
+
+
+class VLPRVOSCriterion(torch.nn.Module):
+    """VLP-RVOS's loss: one binary mask per frame, no matching.
+
+    ``forward(outputs, targets, normaliser)``: ``outputs`` from :meth:`VLPRVOS.forward` (``pred_masks``
+    [B, T, S, S], ``similarity`` [B, T, h, w]); ``targets`` a one-element list with a dict of ``masks`` bool
+    [B, T, H, W], ``frames`` bool [B, T] (supervised frames: real and annotated) and ``ignore`` bool [B, T, H, W] or
+    None (padding). The ground truth is resized to each output's grid like the frames (nearest for the masks at
+    ``S``; area average > 0.5 at the similarity grid). Every term is a per-frame mean over pixels, summed over the
+    supervised frames and divided by ``normaliser`` (their number in the global batch).
+    """
+
+    def __init__(self, weights: VLPRVOSLossWeights | None = None, focal_alpha: float = 0.25) -> None:
+        super().__init__()
+        self.weights = weights or VLPRVOSLossWeights()
+        self.focal_alpha = focal_alpha
+
+    @staticmethod
+    def count_frames(targets: Sequence[dict[str, torch.Tensor]]) -> float:
+        return float(targets[0]["frames"].sum())
+
+    def _terms(
+        self, logits: torch.Tensor, masks: torch.Tensor, keep: torch.Tensor, normaliser: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(focal, dice, bce) summed over frames / normaliser: logits, masks, keep [F, P] (keep: pixel weight)."""
+        pixels = keep.sum(1).clamp(min=1)
+        focal = (sigmoid_focal_loss(logits, masks, self.focal_alpha) * keep).sum(1) / pixels
+        bce = (F.binary_cross_entropy_with_logits(logits, masks, reduction="none") * keep).sum(1) / pixels
+        dice = dice_loss(logits.masked_fill(keep == 0, -1e4), masks * keep)
+        return focal.sum() / normaliser, dice.sum() / normaliser, bce.sum() / normaliser
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], targets: list[dict[str, Any]], normaliser: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        target = targets[0]
+        frames = target["frames"]
+        pred = outputs["pred_masks"].float()
+        sim = outputs["similarity"].float()
+        gt = target["masks"].float()
+        ignore = target.get("ignore")
+        keep = torch.ones_like(gt) if ignore is None else (~ignore.bool()).float()
+        b, t = gt.shape[:2]
+
+        def resized(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+            return F.interpolate(x.flatten(0, 1)[:, None], size=size, mode=mode)[:, 0].view(b, t, *size)
+
+        size, grid = (int(pred.shape[-2]), int(pred.shape[-1])), (int(sim.shape[-2]), int(sim.shape[-1]))
+        gt_full, keep_full = resized(gt, size, "nearest"), resized(keep, size, "nearest")
+        gt_grid = (resized(gt, grid, "area") > 0.5).float()
+        keep_grid = (resized(keep, grid, "area") > 0.5).float()
+        w = self.weights
+        focal, dice, bce = self._terms(
+            pred[frames].flatten(1), gt_full[frames].flatten(1), keep_full[frames].flatten(1), normaliser
+        )
+        s_focal, s_dice, s_bce = self._terms(
+            sim[frames].flatten(1), gt_grid[frames].flatten(1), keep_grid[frames].flatten(1), normaliser
+        )
+        parts = {
+            "loss_mask": (focal, w.mask),
+            "loss_dice": (dice, w.dice),
+            "loss_ce_mask": (bce, w.ce_mask),
+            "loss_mask_pixel_text": (s_focal, w.mask_pixel_text),
+            "loss_dice_pixel_text": (s_dice, w.dice_pixel_text),
+            "loss_pixel_ce_mask": (s_bce, w.pixel_ce_mask),
+        }
+        out = {name: value * coef for name, (value, coef) in parts.items()}
+        out["loss"] = torch.stack(list(out.values())).sum()
+        return out

@@ -21,7 +21,15 @@ from torch import nn
 
 from ..errors import ConfigError, InvalidInputError
 from .boxes import mask_boxes_cxcywh
-from .losses import LAVTCriterion, LossWeights, MTTRCriterion, MTTRLossWeights, ReferFormerCriterion
+from .losses import (
+    LAVTCriterion,
+    LossWeights,
+    MTTRCriterion,
+    MTTRLossWeights,
+    ReferFormerCriterion,
+    VLPRVOSCriterion,
+    VLPRVOSLossWeights,
+)
 from .matcher import MTTRTarget, VideoTarget
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "ReferFormerObjective",
     "MTTRObjective",
     "LAVTObjective",
+    "VLPRVOSObjective",
     "make_objective",
     "build_targets",
     "build_mttr_targets",
@@ -201,7 +210,32 @@ class LAVTObjective(Objective):
         return float(targets[0].shape[0])
 
 
-FAMILIES = ("referformer", "mttr", "lavt", "lavt_video")
+class VLPRVOSObjective(Objective):
+    """One binary mask per frame, no matching (:class:`VLPRVOSCriterion`): focal + dice + cross-entropy on the
+    masks and on the pixel-text similarity map, on every real annotated frame; padded pixels are not supervised.
+    A sample of 2 x ``clip_frames`` frames is the released two-clip unroll (the model carries the prompt tokens)."""
+
+    family = "vlp_rvos"
+
+    def prepare(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        _require_ground_truth(batch, ("masks",))
+        masks = batch["masks"].bool()
+        b, t = masks.shape[:2]
+        frame_mask = batch.get("frame_mask", torch.ones((b, t), dtype=torch.bool))
+        annotated = batch.get("annotated", torch.ones((b, t), dtype=torch.bool))
+        pad = batch.get("padding_mask")
+        target = {
+            "masks": masks.to(device),
+            "frames": (frame_mask & annotated).bool().to(device),
+            "ignore": pad.bool().to(device) if pad is not None and bool(pad.any()) else None,
+        }
+        return {}, [target]
+
+    def count(self, targets: Sequence[dict[str, Any]]) -> float:
+        return VLPRVOSCriterion.count_frames(targets)
+
+
+FAMILIES = ("referformer", "mttr", "lavt", "lavt_video", "vlp_rvos")
 
 
 def make_objective(
@@ -228,4 +262,11 @@ def make_objective(
         if loss_weights is not None:
             raise ConfigError("LAVT's loss has no weights to set (class-weighted cross-entropy, as officially)")
         return LAVTObjective(criterion or LAVTCriterion())
+    if family == "vlp_rvos":
+        if loss_weights is not None and not isinstance(loss_weights, VLPRVOSLossWeights):
+            raise ConfigError(
+                "VLP-RVOS takes VLPRVOSLossWeights (mask, dice, ce_mask, mask_pixel_text, dice_pixel_text, "
+                f"pixel_ce_mask), got {type(loss_weights).__name__}"
+            )
+        return VLPRVOSObjective(criterion or VLPRVOSCriterion(loss_weights))
     raise ConfigError(f"lvseg.train supports the {', '.join(repr(f) for f in FAMILIES)} families, not {family!r}")

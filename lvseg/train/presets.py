@@ -809,6 +809,11 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+# VLP-RVOS: one preset per registry entry, plus RefCOCO pre-training and joint training (vlp_rvos_presets.py)
+from .vlp_rvos_presets import vlp_rvos_presets  # noqa: E402
+
+PRESETS.update(vlp_rvos_presets())
+
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name`` (a clear error lists the known ones)."""

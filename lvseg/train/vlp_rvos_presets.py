@@ -1,0 +1,245 @@
+"""VLP-RVOS training recipes (the released ``train*.py`` defaults) and their datasets.
+
+What the released scripts fix: AdamW, weight decay 5e-4, gradient clipping 0.1, batch 1 clip per GPU on 4 GPUs,
+MultiStepLR x0.1 at epoch 12 of 24 (``OPTIM.LR_DROP=[12]``, ``OPTIM.EPOCHS=24``), base LR 1e-4, 6-frame clips at
+352 x 352 (square, ImageNet mean/std), two consecutive clips per sample with the first clip's prompt tokens passed to
+the second (``engine.py``), RefCOCO pre-training on single clips without history (``engine_nohistory.py``),
+``max_skip=3``. The backbone is frozen, so only the added modules reach the optimiser.
+
+lvseg's departures (docs/models/vlp_rvos.md): one optimiser step on the sum of both clips' losses instead of one
+step per clip, and one learning rate for all added modules (the released scripts give the prompt encoder, the
+temporal encoder and the decoder 5e-5 and the rest 1e-4; the trainer has one group for them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+
+__all__ = [
+    "VLP_RVOS_RECIPE",
+    "vlp_rvos_presets",
+    "vlp_rvos_transforms",
+    "VLP_CLIP_FRAMES",
+    "VLP_SHAPES_RECIPE",
+    "vlp_shapes_tiny_config",
+    "build_vlp_shapes_tiny",
+    "vlp_shapes_data",
+]
+
+VLP_CLIP_FRAMES = 6  # NUM_FRAMES of the released scripts
+
+VLP_RVOS_RECIPE: dict[str, Any] = dict(
+    lr=1e-4,
+    lr_backbone=0.0,  # frozen: the backbone's parameters never reach the optimiser
+    lr_text_encoder=0.0,
+    weight_decay=5e-4,
+    clip_max_norm=0.1,
+    batch_size=1,
+    epochs=24,
+    lr_drops=(12,),
+)
+
+
+def vlp_rvos_transforms(size: int, flip: bool = True) -> Any:
+    """Training transforms: horizontal flip (left/right swapped in the text), square resize (aspect not kept, as
+    the released inference) and ImageNet normalisation."""
+    from ..data.transforms import Compose, Normalize, RandomHorizontalFlip, ResizeSquare
+
+    parts: list[Any] = [RandomHorizontalFlip(0.5)] if flip else []
+    return Compose([*parts, ResizeSquare(size), Normalize()])
+
+
+def _two_clips() -> Any:
+    """Two consecutive clips of 6 frames: a contiguous run of 12 frames at a random start (lvseg's reading; the
+    released sampler with ``max_skip=3`` is not public)."""
+    from ..data import ClipSampling
+
+    return ClipSampling(num_frames=2 * VLP_CLIP_FRAMES, stride=1, mode="random")
+
+
+def vlp_ytvos_data(root: str | Path, size: int = 352) -> tuple[Dataset, Dataset | None]:
+    """Ref-YouTube-VOS train as samples of 2 x 6 consecutive frames (the two-clip unroll); no local validation."""
+    from ..data import RedrawInvisible, RefYouTubeVOS
+
+    return RedrawInvisible(
+        RefYouTubeVOS(root, "train", sampling=_two_clips(), transform=vlp_rvos_transforms(size))
+    ), None
+
+
+def vlp_mevis_data(root: str | Path, size: int = 352) -> tuple[Dataset, Dataset | None]:
+    """MeViS train (2 x 6 frames per sample); ``valid_u`` (local ground truth) for validation."""
+    from ..data import MeViS
+
+    train = MeViS(root, "train", sampling=_two_clips(), transform=vlp_rvos_transforms(size))
+    val = MeViS(root, "valid_u", transform=vlp_rvos_transforms(size, flip=False))
+    return train, val
+
+
+def vlp_a2d_data(root: str | Path, size: int = 352) -> tuple[Dataset, Dataset | None]:
+    """A2D-Sentences train: 2 x 6 frames around each annotated frame (one annotated frame supervised)."""
+    from ..data import A2DSentences
+
+    return A2DSentences(root, "train", num_frames=2 * VLP_CLIP_FRAMES, transform=vlp_rvos_transforms(size)), None
+
+
+def vlp_refcoco_data(root: str | Path, size: int = 352) -> tuple[Dataset, Dataset | None]:
+    """RefCOCO, RefCOCO+ and RefCOCOg train (REFER's ``data/`` folder at ``root``) as single-frame clips: image
+    pre-training runs one clip without history (the released ``engine_nohistory.py``)."""
+    from torch.utils.data import ConcatDataset
+
+    from ..data import PseudoVideo, RefCOCO
+
+    parts: list[Dataset] = []
+    for name in ("refcoco", "refcoco+", "refcocog"):
+        images = RefCOCO(root, "train", dataset=name)
+        parts.append(PseudoVideo(images, num_frames=1, transform=vlp_rvos_transforms(size)))
+    return ConcatDataset(parts), None
+
+
+def vlp_joint_data(root: str | Path, size: int = 352) -> tuple[Dataset, Dataset | None]:
+    """Joint RefCOCO/+/g + Ref-YouTube-VOS (``train_joint.py``): ``root/refer`` and ``root/ref-youtube-vos``."""
+    from torch.utils.data import ConcatDataset
+
+    root = Path(root)
+    refer, _ = vlp_refcoco_data(root / "refer", size)
+    ytvos, _ = vlp_ytvos_data(root / "ref-youtube-vos", size)
+    return ConcatDataset([refer, ytvos]), None
+
+
+def _needs_start(name: str) -> Any:
+    def start() -> Any:
+        registry = name.rsplit("-", 1)[0]
+        raise ConfigError(
+            f"preset {name!r} trains on a frozen pretrained backbone, which lvseg cannot download: build the "
+            "starting model on the converted backbone and pass it, e.g. in Python "
+            "lvseg.models.vlp_rvos.build('<registry name>', backbone='CLIP_DIR').save_pretrained('start') "
+            f"(registry names: lvseg list 'vlp-rvos-*'; this preset: {registry}...), then "
+            f"lvseg train --preset {name} --model start --data-root DATA -o runs/x"
+        )
+
+    return start
+
+
+def vlp_rvos_presets() -> dict[str, Any]:
+    """The VLP-RVOS presets, one per registry entry (``vlp-rvos-clip-b16.ytvos`` -> ``vlp-rvos-clip-b16-ytvos``)
+    plus RefCOCO pre-training and joint training per backbone."""
+    from ..models.vlp_rvos.entries import VARIANTS
+    from .presets import Preset
+
+    data = {
+        "ytvos": (vlp_ytvos_data, "Ref-YouTube-VOS (two 6-frame clips per sample, prompt tokens carried)"),
+        "refcoco-ytvos": (
+            vlp_ytvos_data,
+            "Ref-YouTube-VOS fine-tuning; start from a `-refcoco` run's best model (--model runs/refcoco/best)",
+        ),
+        "mevis": (vlp_mevis_data, "MeViS train, valid_u for validation"),
+        "a2d": (vlp_a2d_data, "A2D-Sentences train"),
+        "refcoco": (vlp_refcoco_data, "RefCOCO/+/g image pre-training (single clips, no history)"),
+        "joint": (vlp_joint_data, "joint RefCOCO/+/g + Ref-YouTube-VOS (train_joint.py)"),
+    }
+    out: dict[str, Any] = {}
+    for arch, (_, backbone, size) in VARIANTS.items():
+        for tag, (fn, what) in data.items():
+            name = f"{arch}-{tag}"
+
+            def build_data(root: str | Path, fn: Any = fn, size: int = size) -> tuple[Dataset, Dataset | None]:
+                return fn(root, size)
+
+            out[name] = Preset(
+                name,
+                "vlp_rvos",
+                _needs_start(name),
+                train=dict(VLP_RVOS_RECIPE),
+                data=build_data,
+                description=f"VLP-RVOS on {backbone}: {what}; released recipe (AdamW 1e-4, wd 5e-4, clip 0.1, "
+                "24 epochs, LR x0.1 at 12, batch 1 per GPU: torchrun --nproc_per_node=4); only the added modules "
+                "are trained",
+            )
+    out["vlp-rvos-tiny-shapes"] = vlp_shapes_preset()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ Shapes (tiny)
+VLP_SHAPES_CLIP = 4  # frames per clip of the tiny model; a training sample holds two clips
+VLP_SHAPES_STEPS = 3000
+VLP_SHAPES_RECIPE: dict[str, Any] = dict(
+    lr=1e-3,
+    lr_backbone=0.0,
+    lr_text_encoder=0.0,
+    weight_decay=5e-4,
+    clip_max_norm=1.0,
+    batch_size=2,
+    epochs=4,
+    max_steps=VLP_SHAPES_STEPS,
+    warmup_steps=100,
+    lr_drop_steps=(VLP_SHAPES_STEPS * 3 // 4,),
+    disable_dropout=True,
+    eval_every=500,
+    eval_max_samples=60,
+    checkpoint_every=250,
+    log_every=25,
+)
+
+
+def vlp_shapes_tiny_config(vocab_size: int, size: int = 96) -> Any:
+    """The tiny VLP-RVOS for the Shapes world (:func:`lvseg.models.vlp_rvos.config.tiny_config` at 96 px, clips of
+    4 frames). Its frozen backbone is a CLIP-style dual encoder of exactly these sizes: vision width 64, 4 layers,
+    4 heads, patch 8; text width 48, 2 layers, 4 heads, 40 positions, the Shapes BPE vocabulary; joint width 32."""
+    from ..models.vlp_rvos.config import tiny_config
+
+    return tiny_config(vocab_size, image_size=size, clip_frames=VLP_SHAPES_CLIP)
+
+
+def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96) -> Any:
+    """The tiny Shapes VLP-RVOS with the Shapes BPE tokenizer, on a frozen backbone: a CLIP-style dual encoder
+    pre-trained contrastively on Shapes frames and expressions (``backbone``: its ``CLIPModel.save_pretrained``
+    folder, loaded strictly), or None for a randomly initialised frozen backbone (the control that shows whether
+    the aligned space is used)."""
+    from ..models.vlp_rvos.model import VLPRVOS
+    from .presets import shapes_tokenizer
+
+    tokenizer = shapes_tokenizer()
+    model = VLPRVOS(vlp_shapes_tiny_config(len(tokenizer), size), tokenizer)
+    if backbone is not None:
+        from ..models.vlp_rvos.entries import load_clip_backbone
+
+        load_clip_backbone(model, backbone, tokenizer=False)  # the Shapes tokenizer stays
+    return model
+
+
+def vlp_shapes_data(
+    root: str | Path, num_train: int = 1200, num_val: int = 60, seed: int = 0, size: int = 96
+) -> tuple[Dataset, Dataset]:
+    """Shapes train/valid at ``root`` (generated when missing): training samples of 2 x 4 consecutive frames (the
+    two-clip unroll), flipped at random; whole validation videos."""
+    from ..data import ClipSampling, RefYouTubeVOS
+    from ..data.transforms import RandomHorizontalFlip
+    from .presets import SHAPES_FRAMES, ensure_shapes
+
+    root = Path(root)
+    ensure_shapes(root, num_train, num_val, seed, size)
+    frames = min(2 * VLP_SHAPES_CLIP, SHAPES_FRAMES)
+    train = RefYouTubeVOS(
+        root, "train", sampling=ClipSampling(num_frames=frames, mode="random"), transform=RandomHorizontalFlip(0.5)
+    )
+    return train, RefYouTubeVOS(root, "valid")
+
+
+def vlp_shapes_preset() -> Any:
+    from .presets import Preset
+
+    return Preset(
+        "vlp-rvos-tiny-shapes",
+        "vlp_rvos",
+        build_vlp_shapes_tiny,
+        train=dict(VLP_SHAPES_RECIPE),
+        data=vlp_shapes_data,
+        description="a tiny VLP-RVOS on Shapes (CPU). The preset's own model has a randomly initialised frozen "
+        "backbone (the control); pass model=build_vlp_shapes_tiny(backbone=DIR) for a dual encoder pre-trained on "
+        "Shapes. Prepared, not yet run (docs/models/vlp_rvos.md)",
+    )

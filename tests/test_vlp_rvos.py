@@ -1,0 +1,439 @@
+"""VLP-RVOS: the contract of each module (shapes, masks), the frozen backbone driven layer by layer equals
+transformers' CLIP, clip-to-clip prompt carry-over equals one long pass, gradients only in the added modules,
+the loss, training through ``lvseg.train`` and the registry entries (no official weights)."""
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+TEXTS = ["the big red circle", "the blue square moving left"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from lvseg.train.presets import shapes_tokenizer
+
+    return shapes_tokenizer()
+
+
+def _model(tokenizer, **changes):
+    from lvseg.models.vlp_rvos.config import tiny_config
+    from lvseg.models.vlp_rvos.model import VLPRVOS
+
+    torch.manual_seed(0)
+    model = VLPRVOS(tiny_config(len(tokenizer), image_size=64, **changes), tokenizer)
+    # the gates start closed (the frozen layers unchanged); open them so the tests see the guidance at work
+    for guide in model.guides.values():
+        torch.nn.init.constant_(guide.gate, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return _model(tokenizer)
+
+
+def _frames(b=2, t=8, h=64, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, 3, h, w, generator=g)
+
+
+def _close(a, b, rel=1e-5):
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1e-6)
+    assert float((a - b).abs().max()) <= rel * scale, float((a - b).abs().max()) / scale
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_round_trips_and_rejects_bad_values(tokenizer):
+    from lvseg.errors import ConfigError
+    from lvseg.models.vlp_rvos.config import VLPRVOSConfig, tiny_config
+
+    config = tiny_config(len(tokenizer))
+    again = VLPRVOSConfig.from_dict(json.loads(config.to_json_string()))
+    assert again == config
+    with pytest.raises(ConfigError, match="extract_layers"):
+        tiny_config(100, extract_layers=(0, 9))
+    with pytest.raises(ConfigError, match="multiple of the patch size"):
+        tiny_config(100, image_size=60)
+    with pytest.raises(ConfigError, match="positions"):
+        tiny_config(100, text_prompts=39)
+    with pytest.raises(ConfigError, match="backbone"):
+        tiny_config(100, backbone="resnet")
+
+
+# ------------------------------------------------------------------------------------------------ backbone
+def test_frozen_layers_driven_one_by_one_equal_transformers_clip(model):
+    """The layer-by-layer loop the model runs (norm1, attention, ffn) is CLIP's vision encoder exactly, and the
+    text encoder without prompts gives CLIPTextModel's states on the real tokens."""
+    bb = model.backbone
+    pixels = _frames(2, 1)[:, 0]
+    with torch.no_grad():
+        x = bb.embed_frames(pixels)
+        for i in range(bb.num_layers):
+            x = x + bb.attention(i, bb.norm1(i, x))
+            x = x + bb.ffn(i, x)
+        ref = bb.clip.vision_model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+        _close(x, ref)
+        ids, mask = model.tokenize(TEXTS)
+        words, word_mask, sentence = bb.encode_text(ids, mask, None)
+        ref_text = bb.clip.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.equal(word_mask, mask.bool())
+        _close(words[word_mask], ref_text[mask.bool()])
+        last = mask.sum(1) - 1
+        _close(sentence, bb.clip.text_projection(ref_text[torch.arange(2), last]))
+
+
+def test_text_prompts_change_the_words_and_are_removed_from_the_output(model):
+    bb = model.backbone
+    ids, mask = model.tokenize(TEXTS)
+    prompts = torch.randn(2, model.config.text_prompts, bb.text_dim)
+    with torch.no_grad():
+        plain, _, s0 = bb.encode_text(ids, mask, None)
+        prompted, word_mask, s1 = bb.encode_text(ids, mask, prompts)
+    assert prompted.shape == plain.shape and word_mask.shape == mask.shape
+    _close(prompted[:, 0], plain[:, 0])  # the start token precedes the prompts (causal): unchanged
+    assert float((prompted[:, 1:] - plain[:, 1:]).abs().max()) > 1e-3  # every later token sees the prompts
+    assert float((s1 - s0).abs().max()) > 1e-3
+
+
+def test_backbone_is_frozen_and_gradients_reach_only_the_added_modules(tokenizer):
+    model = _model(tokenizer, detach_history=False).train()
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    out = model(_frames(2, 8), TEXTS)  # two clips
+    (out["pred_masks"].mean() + out["similarity"].mean() + out["prompt_token"].mean()).backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    trainable = model.trainable_parameters()
+    missing = [n for n, p in trainable if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not missing, missing
+    assert not model.backbone.training  # the frozen backbone stays in eval mode while the rest trains
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_detached_history_stops_gradients_between_clips(tokenizer, detach):
+    model = _model(tokenizer, detach_history=detach).train()
+    out = model(_frames(1, 8), TEXTS[:1])
+    out["pred_masks"][:, 4:].sum().backward()  # the second clip's loss only
+    # the first clip's parameters (its initial history) reach the second clip's loss only through the carried
+    # prompt_token: exactly zero gradient when it is detached (as two optimiser steps give), non-zero otherwise
+    grad = model.initial_history.grad
+    if detach:
+        assert grad is None or float(grad.abs().max()) == 0.0
+    else:
+        assert grad is not None and float(grad.abs().max()) > 0
+
+
+# ------------------------------------------------------------------------------------------------ model
+def test_forward_and_segment_shapes(model):
+    frames = _frames(2, 6, h=48, w=80)  # not square, not a multiple of the clip length
+    with torch.no_grad():
+        out = model(frames, TEXTS)
+    s = model.config.image_size
+    grid = s // model.config.patch_size
+    assert out["pred_masks"].shape == (2, 6, s, s)
+    assert out["similarity"].shape == (2, 6, grid, grid)
+    assert out["prompt_token"].shape == (2, model.config.temporal_prompts, model.config.vision_dim)
+    logits, scores = model.segment(frames, TEXTS)
+    assert logits.shape == (2, 6, s, s) and scores.shape == (2, 6)
+    assert bool(((scores >= 0) & (scores <= 1)).all())
+    torch.testing.assert_close(scores, logits.flatten(2).amax(-1).sigmoid())
+
+
+def test_prompt_carry_over_equals_one_long_pass(model):
+    """Windows of one clip each, the state carried, give exactly the whole video's clip-by-clip pass; a different
+    state changes the next window (the history is used)."""
+    frames = _frames(2, 8)
+    whole, whole_scores = model.segment(frames, TEXTS)
+    first, s1, state = model.segment_window(frames[:, :4], TEXTS, None)
+    second, s2, _ = model.segment_window(frames[:, 4:], TEXTS, state)
+    assert torch.equal(torch.cat([first, second], 1), whole)
+    assert torch.equal(torch.cat([s1, s2], 1), whole_scores)
+    fresh, _, _ = model.segment_window(frames[:, 4:], TEXTS, None)
+    assert float((fresh - second).abs().max()) > 1e-4 * float(second.abs().max())
+
+
+def test_predictor_streams_with_the_carried_prompts(model):
+    video = (np.random.default_rng(0).random((8, 40, 56, 3)) * 255).astype(np.uint8)
+    streamed = model.predict(video, TEXTS[0], window=4, progress=False, return_probabilities=True)
+    at_once = model.predict(video, TEXTS[0], window=8, progress=False, return_probabilities=True)
+    assert streamed.masks.shape == (8, 40, 56)
+    torch.testing.assert_close(streamed.probabilities, at_once.probabilities, rtol=0, atol=1e-5)
+
+
+def test_bfloat16_weights_run_and_stay_close(tokenizer):
+    model = _model(tokenizer)
+    frames = _frames(1, 5)
+    ref, _ = model.segment(frames, TEXTS[:1])
+    low, scores = model.to(torch.bfloat16).segment(frames, TEXTS[:1])
+    assert low.dtype == torch.bfloat16 and scores.shape == (1, 5)
+    # bf16 keeps 8 bits of mantissa; through ~20 layers the logits stay within a few percent of their range
+    assert float((low.float() - ref).abs().max()) < 0.1 * float(ref.abs().max())
+
+
+def test_text_matters(model):
+    frames = _frames(1, 4)
+    a, _ = model.segment(frames, ["the big red circle"])
+    b, _ = model.segment(frames, ["the small green triangle"])
+    assert float((a - b).abs().max()) > 1e-4 * float(a.abs().max())
+
+
+def test_bad_inputs_raise_clear_errors(model, tokenizer):
+    from lvseg.errors import ConfigError, InvalidInputError, InvalidTextError
+    from lvseg.models.vlp_rvos.config import tiny_config
+    from lvseg.models.vlp_rvos.model import VLPRVOS
+
+    with pytest.raises(InvalidInputError, match="one video per expression"):
+        model.segment(_frames(1, 2), TEXTS)
+    with pytest.raises(InvalidInputError, match=r"\[B, T, 3, H, W\]"):
+        model.segment(torch.zeros(1, 3, 64, 64), TEXTS[:1])
+    with pytest.raises(InvalidTextError):
+        model.segment(_frames(1, 2), [" "])
+    with pytest.raises(InvalidInputError, match="state"):
+        model.segment_window(_frames(2, 2), TEXTS, torch.zeros(1, 2, 64))
+    with pytest.raises(ConfigError, match="tokenizer"):
+        VLPRVOS(tiny_config(len(tokenizer))).segment(_frames(1, 1), TEXTS[:1])
+
+
+# ------------------------------------------------------------------------------------------------ modules
+def test_cube_frame_attention_shapes_and_locality():
+    from lvseg.models.vlp_rvos.modules import CubeFrameAttention
+
+    torch.manual_seed(0)
+    layer = CubeFrameAttention(16, 2, 32, 0.0, (2, 3, 3)).eval()
+    x = torch.randn(2, 5, 7, 4, 16)  # no dimension a multiple of its cube side: padding must not leak
+    y = layer(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    # without the frame path, a token is changed only by its own cube
+    layer.frame_read.out_proj.weight.data.zero_()
+    layer.frame_read.out_proj.bias.data.zero_()
+    x2 = x.clone()
+    x2[:, 4, 6, 3] += 1.0  # cube (t 4-5, h 6-8, w 3-5)
+    with torch.no_grad():
+        delta = (layer(x2) - layer(x)).abs().amax(-1)
+    assert float(delta[:, :4].max()) == 0 and float(delta[:, 4, :6].max()) == 0 and float(delta[:, 4, 6, :3].max()) == 0
+    assert float(delta[:, 4, 6, 3].max()) > 0
+
+
+def test_segmentor_upsamples_to_the_input_size():
+    from lvseg.models.vlp_rvos.modules import Segmentor
+
+    head = Segmentor(33, 1, 32)
+    assert head(torch.randn(2, 33, 22, 22), (352, 352)).shape == (2, 1, 352, 352)  # /16: x16
+    assert head(torch.randn(1, 33, 24, 24), (336, 336)).shape == (1, 1, 336, 336)  # /14: last step to the input
+
+
+def test_reference_guide_starts_closed():
+    from lvseg.models.vlp_rvos.modules import ReferenceGuide
+
+    guide = ReferenceGuide(16, 2)
+    out = guide(torch.randn(3, 5, 16), torch.randn(3, 4, 16), torch.zeros(3, 4, dtype=torch.bool))
+    assert out.shape == (3, 5, 16) and float(out.detach().abs().max()) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def test_loss_prefers_the_right_mask_and_ignores_unsupervised_frames():
+    from lvseg.train.losses import VLPRVOSCriterion, VLPRVOSLossWeights
+
+    gt = torch.zeros(1, 2, 32, 32, dtype=torch.bool)
+    gt[:, :, 8:24, 8:24] = True
+    good = {"pred_masks": (gt.float() * 20 - 10), "similarity": torch.nn.functional.avg_pool2d(gt.float() * 20 - 10, 4)}
+    bad = {k: -v for k, v in good.items()}
+    target = [{"masks": gt, "frames": torch.tensor([[True, True]]), "ignore": None}]
+    crit = VLPRVOSCriterion()
+    lg, lb = crit(good, target, 2.0), crit(bad, target, 2.0)
+    assert set(lg) == {"loss", "loss_mask", "loss_dice", "loss_ce_mask", "loss_mask_pixel_text",
+                       "loss_dice_pixel_text", "loss_pixel_ce_mask"}
+    assert float(lg["loss"]) < 0.05 * float(lb["loss"])
+    only_first = [{"masks": gt, "frames": torch.tensor([[True, False]]), "ignore": None}]
+    mixed = {k: torch.cat([good[k][:, :1], bad[k][:, 1:]], 1) for k in good}
+    torch.testing.assert_close(crit(mixed, only_first, 1.0)["loss"], crit(good, only_first, 1.0)["loss"])
+    zero = VLPRVOSCriterion(VLPRVOSLossWeights(0, 0, 0, 0, 0, 0))(bad, target, 2.0)
+    assert float(zero["loss"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    from lvseg.train.presets import ensure_shapes
+
+    root = tmp_path_factory.mktemp("vlp_shapes")
+    ensure_shapes(root, num_train=2, num_val=1, size=64)
+    return root
+
+
+def test_trains_through_lvseg_train_with_only_the_added_modules(tokenizer, shapes_root, tmp_path):
+    import lvseg
+    from lvseg.data import ClipSampling, RefYouTubeVOS
+
+    model = _model(tokenizer).train()
+    frozen_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    added_before = model.segDecoder.conv_out.weight.detach().clone()
+    train = RefYouTubeVOS(shapes_root, "train", sampling=ClipSampling(num_frames=8, mode="random"))
+    val = RefYouTubeVOS(shapes_root, "valid")
+    out = tmp_path / "run"
+    result = lvseg.train(model, train, val, out, max_steps=2, batch_size=1, lr=1e-3, lr_backbone=0.0,
+                         lr_text_encoder=0.0, eval_every=2, eval_max_samples=1, checkpoint_every=0, log_every=1,
+                         progress=False, tensorboard=False)
+    assert result.steps == 2
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, frozen_before[key]), key
+    assert not torch.equal(model.segDecoder.conv_out.weight, added_before)
+    loaded = lvseg.load(str(result.final_checkpoint), device="cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    frames = _frames(1, 4)
+    torch.testing.assert_close(loaded.segment(frames, TEXTS[:1])[0], model.eval().segment(frames, TEXTS[:1])[0])
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_every_registry_configuration_builds_its_config_and_says_no_weights():
+    import lvseg
+    from lvseg.errors import WeightsNotPublishedError
+    from lvseg.models.vlp_rvos.entries import config_for
+    from lvseg.registry import get_entry
+    from lvseg.train.presets import get_preset
+
+    names = lvseg.list_models("vlp-rvos-*")
+    assert len(names) == 12
+    for name in names:
+        entry = get_entry(name)
+        assert not entry.published and entry.paper_metrics and entry.train_preset
+        assert get_preset(entry.train_preset).family == "vlp_rvos"
+        config = config_for(name)
+        assert config.image_size % config.patch_size == 0
+    assert get_entry("vlp-rvos-vlmo-l.refcoco-ytvos").paper_metrics[1].value == 70.2
+    with pytest.raises(WeightsNotPublishedError, match="no official weights.*--preset vlp-rvos-clip-b16-ytvos"):
+        lvseg.load("vlp-rvos-clip-b16.ytvos", device="cpu")
+
+
+@pytest.mark.slow
+def test_clip_b16_configuration_builds_at_full_size():
+    from lvseg.models.vlp_rvos.entries import build
+
+    model = build("vlp-rvos-clip-b16.ytvos")
+    frozen = sum(p.numel() for p in model.backbone.parameters())
+    added = sum(p.numel() for n, p in model.trainable_parameters())
+    assert 149e6 < frozen < 151e6  # CLIP ViT-B/16: 149.6 M (openai-clip 1.0.1 with random weights)
+    assert added > 0 and all(not n.startswith("backbone.") for n, _ in model.trainable_parameters())
+
+
+def test_vlmo_backbone_needs_its_module():
+    from lvseg.errors import ConfigError
+    from lvseg.models.vlp_rvos.entries import config_for
+    from lvseg.models.vlp_rvos.modules import build_backbone
+
+    if importlib.util.find_spec("lvseg.models.vlp_rvos.vlmo") is not None:
+        pytest.skip("the VLMo module is present (test_vlmo_backbone_* run)")
+    with pytest.raises(ConfigError, match="VLMo"):
+        build_backbone(config_for("vlp-rvos-vlmo-b.ytvos"))
+
+
+def _tiny_vlmo(tokenizer):
+    from lvseg.models.vlp_rvos.config import tiny_config
+
+    common = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "layer_norm_eps": 1e-6}
+    return tiny_config(len(tokenizer), image_size=32, backbone="vlmo", projection_dim=32,
+                       vision={**common, "patch_size": 8, "image_size": 32, "vlffn_start": 2},
+                       text={**common, "vocab_size": len(tokenizer), "max_position_embeddings": 40},
+                       deep_prompt_layers=(1, 2), temporal_layers=(0, 1, 2), guide_layers=(0, 1, 2),
+                       extract_layers=(0, 1, 2), cube_size=(2, 2, 2))
+
+
+def test_vlmo_backbone_driven_one_by_one_equals_vlmo_and_the_model_runs(tokenizer):
+    if importlib.util.find_spec("lvseg.models.vlp_rvos.vlmo") is None:
+        pytest.skip("no VLMo module in this lvseg")
+    from lvseg.models.vlp_rvos.model import VLPRVOS
+
+    torch.manual_seed(0)
+    model = VLPRVOS(_tiny_vlmo(tokenizer), tokenizer).eval()
+    vlmo = model.backbone.vlmo
+    for p in vlmo.parameters():  # non-trivial frozen weights (the relative-position table starts at zero)
+        torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
+    bb = model.backbone
+    pixels = _frames(2, 1, 32, 32)[:, 0]
+    with torch.no_grad():
+        x = bb.embed_frames(pixels)
+        for i in range(bb.num_layers):
+            x = x + bb.attention(i, bb.norm1(i, x))
+            x = x + bb.ffn(i, x)
+        _close(vlmo.transformer.norm(x), vlmo.encode_image(pixels)["tokens"])
+        ids, mask = model.tokenize(TEXTS)
+        words, word_mask, sentence = bb.encode_text(ids, mask, None)
+        ref = vlmo.encode_text(ids, mask)
+        _close(words[word_mask], ref["tokens"][mask.bool()])
+        _close(torch.nn.functional.normalize(sentence, dim=-1), ref["features"])
+    frames = _frames(2, 6, 32, 32)
+    whole, _ = model.segment(frames, TEXTS)
+    first, _, state = model.segment_window(frames[:, :4], TEXTS, None)
+    second, _, _ = model.segment_window(frames[:, 4:], TEXTS, state)
+    assert whole.shape == (2, 6, 32, 32) and torch.equal(torch.cat([first, second], 1), whole)
+    assert all(not p.requires_grad for p in bb.parameters())
+    # an official-layout VLMo state dict (the converter's input) loads strictly into the frozen backbone
+    from lvseg.models.vlp_rvos.entries import load_vlmo_backbone
+
+    other = VLPRVOS(_tiny_vlmo(tokenizer), tokenizer)
+    load_vlmo_backbone(other, dict(vlmo.state_dict()))
+    for key, value in vlmo.state_dict().items():
+        assert torch.equal(other.backbone.vlmo.state_dict()[key], value), key
+
+
+def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shapes_root, tmp_path):
+    import lvseg
+    from transformers import CLIPModel
+
+    from lvseg.errors import CheckpointError
+    from lvseg.train.presets import get_preset
+    from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, vlp_shapes_data
+
+    preset = get_preset("vlp-rvos-tiny-shapes")
+    control = preset.model()  # randomly initialised frozen backbone
+    encoder = type(control.backbone.clip)(control.backbone.clip.config)  # a dual encoder of the same sizes
+    torch.nn.init.normal_(encoder.text_projection.weight)
+    encoder.save_pretrained(tmp_path / "dual")
+    model = build_vlp_shapes_tiny(backbone=tmp_path / "dual")
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(model.backbone.clip.state_dict()[key], value), key
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    other = CLIPModel(type(encoder.config)(projection_dim=16, text_config=encoder.config.text_config.to_dict(),
+                                           vision_config=encoder.config.vision_config.to_dict()))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="projection"):
+        build_vlp_shapes_tiny(backbone=tmp_path / "other")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        build_vlp_shapes_tiny(backbone=tmp_path)
+    from lvseg.errors import TokenizerError
+    from lvseg.models.vlp_rvos.entries import load_clip_backbone
+
+    with pytest.raises(TokenizerError, match="tokenizer"):  # the folder has weights but no tokenizer files
+        load_clip_backbone(control, tmp_path / "dual")
+    control.tokenizer.save_pretrained(tmp_path / "dual")
+    bare = preset.model()
+    bare.tokenizer = None
+    load_clip_backbone(bare, tmp_path / "dual")  # weights and the tokenizer saved beside them
+    assert bare.tokenizer is not None and torch.equal(bare.tokenize(TEXTS)[0], control.tokenize(TEXTS)[0])
+    train, val = vlp_shapes_data(shapes_root, num_train=2, num_val=1, size=64)
+    assert train[0]["frames"].shape[0] == 8  # two clips of 4
+    result = lvseg.train(build_vlp_shapes_tiny(size=64), train, val, tmp_path / "run", preset="vlp-rvos-tiny-shapes",
+                         max_steps=1, batch_size=1, eval_every=0, checkpoint_every=0, progress=False,
+                         tensorboard=False)
+    assert result.steps == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_matches_cpu(tokenizer, dtype):
+    model = _model(tokenizer)
+    frames = _frames(2, 8)
+    ref, _ = model.segment(frames, TEXTS)
+    gpu = model.to(device="cuda", dtype=dtype)
+    out, scores = gpu.segment(frames.cuda(), TEXTS)
+    assert out.device.type == "cuda" and scores.shape == (2, 8)
+    tolerance = 1e-3 if dtype == torch.float32 else 0.1  # TF32/bf16 matmuls on the GPU
+    assert float((out.float().cpu() - ref).abs().max()) < tolerance * float(ref.abs().max())
