@@ -27,6 +27,7 @@ __all__ = [
     "build_backbone",
     "build_clip",
     "load_clip",
+    "load_clip_tokenizer",
     "load_backbone",
     "freeze",
     "clip_image_features",
@@ -157,6 +158,30 @@ def load_clip(source: str | Path | dict[str, torch.Tensor], **options: Any) -> A
     model = CLIPModel(config)
     load_clip_state_dict(model, state)
     return model.eval()
+
+
+def load_clip_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer saved beside a CLIP folder (``tokenizer.json`` or CLIP's ``vocab.json`` + ``merges.txt``).
+
+    Raises:
+        TokenizerError: the folder has no tokenizer files, or they cannot be read.
+    """
+    from transformers import AutoTokenizer
+
+    from ...errors import TokenizerError
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        raise TokenizerError(
+            f"{folder} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt). OpenAI's CLIP checkpoints "
+            "carry none: on a machine with network get them with `hf download openai/clip-vit-base-patch16 "
+            f"vocab.json merges.txt tokenizer.json tokenizer_config.json --local-dir {folder}` (the same BPE for "
+            "every OpenAI CLIP)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # OSError, ValueError, and the Rust tokenizers' plain Exception for a bad file
+        raise TokenizerError(f"cannot load the CLIP tokenizer in {folder} ({exc})") from exc
 
 
 def load_backbone(source: str | Path, kind: str | None = None, **options: Any) -> nn.Module:

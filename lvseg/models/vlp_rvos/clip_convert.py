@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,13 @@ _POSITION_IDS = re.compile(r"^(text_model|vision_model)\.embeddings\.position_id
 
 # ------------------------------------------------------------------------------------------------ reading
 def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive (``torch.jit.save``: a zip with ``*/code/`` and ``*/constants.pkl``), as OpenAI's
-    released CLIP ``.pt`` files are."""
+    """A TorchScript archive (``torch.jit.save``: a zip with ``*/code/__torch__*`` beside ``*/data.pkl``), as
+    OpenAI's released CLIP ``.pt`` files are; ``torch.save`` zips have no ``code/`` folder."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+    return any("/code/__torch__" in n for n in names) and any(n.endswith("/data.pkl") for n in names)
 
 
 def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -139,7 +140,9 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"cannot read {path} as safetensors ({exc}); it must be {expected}") from exc
     if _is_torchscript(path):
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit is deprecated, but it is how OpenAI's files are stored
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as exc:
             raise CheckpointError(f"cannot load the TorchScript archive {path} ({exc}); it must be {expected}") from exc
         return {k: v for k, v in scripted.state_dict().items()}

@@ -277,7 +277,9 @@ def text_relative_position_index(max_len: int, grid: int, context_of_init: int =
     return index
 
 
-def text_image_relative_position_index(max_len: int, grid: int, context_of_init: int = TEXT_CONTEXT_OF_INIT) -> torch.Tensor:
+def text_image_relative_position_index(
+    max_len: int, grid: int, context_of_init: int = TEXT_CONTEXT_OF_INIT
+) -> torch.Tensor:
     """``[L+1+g*g, L+1+g*g]`` for text followed by image tokens (the fused ``"vl"`` mode)."""
     num = (2 * grid - 1) ** 2 + 3
     text = text_relative_position_index(max_len, grid, context_of_init)
@@ -316,12 +318,13 @@ class VLMo(nn.Module):
             self.itc_vl_text_proj = _Projection(dim)
             self.itc_vl_image_proj = _Projection(dim)
             self.logit_vl_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        g, n = config.grid, config.max_text_len
+        g, n, ctx = config.grid, config.max_text_len, config.text_context_of_init
+        self.image_index: torch.Tensor
+        self.text_index: torch.Tensor
+        self.text_image_index: torch.Tensor
         self.register_buffer("image_index", image_relative_position_index(g), persistent=False)
-        self.register_buffer("text_index", text_relative_position_index(n, g, config.text_context_of_init), persistent=False)
-        self.register_buffer(
-            "text_image_index", text_image_relative_position_index(n, g, config.text_context_of_init), persistent=False
-        )
+        self.register_buffer("text_index", text_relative_position_index(n, g, ctx), persistent=False)
+        self.register_buffer("text_image_index", text_image_relative_position_index(n, g, ctx), persistent=False)
         self.apply(self._init_weights)
         nn.init.trunc_normal_(self.transformer.cls_token, std=0.02)
 
@@ -410,9 +413,7 @@ class VLMo(nn.Module):
             out["vl_features"] = F.normalize(proj(norm(vl)[:, 0]), dim=-1)
         return out
 
-    def encode_pair(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor | None, pixels: torch.Tensor
-    ) -> torch.Tensor:
+    def encode_pair(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, pixels: torch.Tensor) -> torch.Tensor:
         """Fused mode (VLMo ``infer``): text then image tokens through all blocks (``"vl"`` experts); ids must be
         padded to ``max_text_len``. Returns the normed tokens ``[B, max_text_len + 1 + g*g, D]``."""
         if ids.shape[1] != self.config.max_text_len:
@@ -420,8 +421,11 @@ class VLMo(nn.Module):
         text = self.embed_text(ids)
         image = self.embed_image(pixels)
         mask = torch.cat(
-            [torch.ones_like(ids) if attention_mask is None else attention_mask,
-             torch.ones(image.shape[:2], dtype=ids.dtype, device=ids.device)], dim=1
+            [
+                torch.ones_like(ids) if attention_mask is None else attention_mask,
+                torch.ones(image.shape[:2], dtype=ids.dtype, device=ids.device),
+            ],
+            dim=1,
         )
         x = torch.cat([text, image], dim=1)
         for block, bias in zip(self.transformer.blocks, self.layer_biases(self.text_image_index, mask)):
@@ -462,7 +466,8 @@ def infer_vlmo_config(state: dict[str, torch.Tensor], **overrides: Any) -> VLMoC
     patch = state["transformer.patch_embed.proj.weight"]
     dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
     depth = count_groups(state, r"transformer\.blocks\.(\d+)\.")
-    with_vl = sorted(int(m.group(1)) for k in state if (m := re.match(r"transformer\.blocks\.(\d+)\.mlp_vl\.fc1\.weight$", k)))
+    vl_rx = re.compile(r"transformer\.blocks\.(\d+)\.mlp_vl\.fc1\.weight$")
+    with_vl = sorted(int(m.group(1)) for k in state if (m := vl_rx.match(k)))
     vlffn_start = with_vl[0] if with_vl else depth
     if with_vl != list(range(vlffn_start, depth)):
         raise CheckpointError(f"VL-FFN experts in blocks {with_vl}: expected a contiguous top range")
@@ -522,7 +527,7 @@ def convert_vlmo(
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, value in state.items():
-        if key.startswith(_TASK_HEADS) or key == "logit_vl_scale" and not config.itc_vl:
+        if key.startswith(_TASK_HEADS) or (key == "logit_vl_scale" and not config.itc_vl):
             dropped.append(key)
             continue
         if key in _INDEX_KEYS:
@@ -541,7 +546,11 @@ def convert_vlmo(
         expected = {k: tuple(v.shape) for k, v in VLMo(config).state_dict().items()}
     missing = sorted(set(expected) - set(out))
     unexpected = sorted(set(out) - set(expected))
-    shapes = [f"{k}: {tuple(out[k].shape)} vs {expected[k]}" for k in set(out) & set(expected) if tuple(out[k].shape) != expected[k]]
+    shapes = [
+        f"{k}: {tuple(out[k].shape)} vs {expected[k]}"
+        for k in sorted(set(out) & set(expected))
+        if tuple(out[k].shape) != expected[k]
+    ]
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"the VLMo checkpoint does not match the architecture inferred from it: missing {missing[:6]}, "
