@@ -281,6 +281,26 @@ def test_vlmo_relative_positions_and_fused_mode():
         model.encode_text(torch.zeros(1, 13, dtype=torch.long))
 
 
+def test_vlmo_resized_to_another_input_size():
+    """load_vlmo(image_size=...) resamples the image-offset rows of the table (as VLP-RVOS runs VLMo-B at 352 px
+    from the 384 px checkpoint): the zero offset and the cls/text rows keep their values; the model runs."""
+    state, _ = _golden_vlmo()
+    table = state["relative_position_bias_table"]
+    small = vlmo.load_vlmo(state, image_size=24)  # grid 4 -> 3
+    new = small.relative_position_bias_table.detach()
+    assert new.shape == (table.shape[0] - 7 * 7 + 5 * 5, table.shape[1])
+    assert torch.allclose(new[2 * 5 + 2], table[3 * 7 + 3], rtol=1e-5, atol=1e-6)  # offset (0, 0)
+    assert torch.equal(new[25:], table[49:])
+    assert not torch.allclose(new[0], table[0])  # the corner offsets moved: (-2, -2) is not a node
+    with torch.no_grad():
+        out = small.encode_image(torch.randn(1, 3, 24, 24))
+    assert out["tokens"].shape == (1, 10, 32) and torch.isfinite(out["tokens"]).all()
+    same = vlmo.resize_relative_position_table(table, 4, 4)
+    assert torch.equal(same, table)
+    with pytest.raises(ConfigError, match="not a multiple of the patch size"):
+        vlmo.convert_vlmo(state, image_size=30)
+
+
 # ------------------------------------------------------------------------------------------------ Shapes CLIP
 def test_shapes_clip_tokenizer_layout():
     from lvseg.data.shapes import VOCABULARY

@@ -59,6 +59,7 @@ __all__ = [
     "read_vlmo_state_dict",
     "infer_vlmo_config",
     "convert_vlmo",
+    "resize_relative_position_table",
     "load_vlmo",
 ]
 
@@ -509,15 +510,76 @@ def infer_vlmo_config(state: dict[str, torch.Tensor], **overrides: Any) -> VLMoC
     return VLMoConfig(**fields)
 
 
+def resize_relative_position_table(table: torch.Tensor, old_grid: int, new_grid: int) -> torch.Tensor:
+    """The shared table ``[rows, heads*depth]`` of a ``old_grid``-square image for a ``new_grid`` one, as the
+    official ``VLMo.load_pretrained_weight`` does: the ``(2g-1)^2`` image-offset rows are resampled per column by a
+    bicubic spline through source offsets spaced in a geometric progression (ratio found by bisection in
+    [1.01, 1.5]); the other rows (cls and text entries) are kept. The official code calls SciPy's ``interp2d``
+    (removed in SciPy 1.14); SciPy's documented replacement on a regular grid, ``RectBivariateSpline`` with cubic
+    degree and no smoothing, is used here. The zero offset is a node of both grids, so its row is kept."""
+    import numpy as np
+    from scipy.interpolate import RectBivariateSpline
+
+    src, dst = 2 * old_grid - 1, 2 * new_grid - 1
+    extra = table.shape[0] - src * src
+    if extra < 0:
+        raise CheckpointError(f"a table of {table.shape[0]} rows cannot hold a {old_grid}x{old_grid} grid")
+    if src == dst:
+        return table.clone()
+
+    def progression(ratio: float, n: int) -> float:
+        return (1.0 - ratio**n) / (1.0 - ratio)
+
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if progression(q, src // 2) > dst // 2:
+            right = q
+        else:
+            left = q
+    dis, cur = [], 1.0
+    for i in range(src // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    nodes = np.array([-d for d in reversed(dis)] + [0.0] + dis)
+    half = dst // 2
+    targets = np.arange(-half, half + 0.1, 1.0)
+    grid_part = table[: src * src].float().numpy()
+    columns = []
+    for c in range(table.shape[1]):
+        z = grid_part[:, c].reshape(src, src)
+        # interp2d(x, y, z) has z[y, x]; with x == y the spline over (rows, cols) is the same surface
+        spline = RectBivariateSpline(nodes, nodes, z, kx=3, ky=3, s=0)
+        columns.append(torch.from_numpy(spline(targets, targets).astype(np.float32)).reshape(-1, 1))
+    resized = torch.cat(columns, dim=1).to(table.dtype)
+    return torch.cat([resized, table[src * src :]], dim=0)
+
+
 def convert_vlmo(
-    source: str | Path | dict[str, torch.Tensor], **overrides: Any
+    source: str | Path | dict[str, torch.Tensor], image_size: int | None = None, **overrides: Any
 ) -> tuple[dict[str, torch.Tensor], VLMoConfig]:
     """An official VLMo checkpoint (file or state dict) -> ``(lvseg state dict, config)``, checked strictly
-    against :class:`VLMo` built from the config (missing, unexpected and mis-shaped keys are errors)."""
+    against :class:`VLMo` built from the config (missing, unexpected and mis-shaped keys are errors).
+
+    ``image_size`` (e.g. 352, VLP-RVOS's input for VLMo-B) resizes the relative-position table from the
+    checkpoint's grid with :func:`resize_relative_position_table`, as the official loader does."""
     state = dict(source) if isinstance(source, dict) else read_vlmo_state_dict(source)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     config = infer_vlmo_config(state, **overrides)
+    if image_size is not None and image_size != config.image_size:
+        if image_size % config.patch_size:
+            raise ConfigError(f"image_size {image_size} is not a multiple of the patch size {config.patch_size}")
+        if not config.relative_position:
+            raise CheckpointError("resizing is implemented for relative positions (VLMo-B/L), not absolute ones")
+        new_grid = image_size // config.patch_size
+        state["relative_position_bias_table"] = resize_relative_position_table(
+            state["relative_position_bias_table"], config.grid, new_grid
+        )
+        for key in _INDEX_KEYS:  # made for the old grid; lvseg recomputes them
+            state.pop(key, None)
+        logger.info("relative positions resized from %dx%d to %dx%d", config.grid, config.grid, new_grid, new_grid)
+        config.image_size = image_size
     g, n = config.grid, config.max_text_len
     computed = {
         "relative_position_index": image_relative_position_index(g),
@@ -559,9 +621,10 @@ def convert_vlmo(
     return out, config
 
 
-def load_vlmo(source: str | Path | dict[str, torch.Tensor], **overrides: Any) -> VLMo:
-    """A :class:`VLMo` with the weights of an official checkpoint, loaded strictly, in eval mode."""
-    state, config = convert_vlmo(source, **overrides)
+def load_vlmo(source: str | Path | dict[str, torch.Tensor], image_size: int | None = None, **overrides: Any) -> VLMo:
+    """A :class:`VLMo` with the weights of an official checkpoint, loaded strictly, in eval mode (at
+    ``image_size`` if given: see :func:`convert_vlmo`)."""
+    state, config = convert_vlmo(source, image_size, **overrides)
     model = VLMo(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
