@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output-dir", required=True, help="the CLIP checkpoint folder to write (or read, --eval-only)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's 800)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    ap.add_argument("--patch", type=int, default=None, help="image patch size (default: the recipe's 12)")
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--eval-only", action="store_true", help="score an existing folder, do not train")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.steps = args.steps
     if args.lr is not None:
         config.lr = args.lr
+    if args.patch is not None:
+        config.patch = args.patch
     if not args.eval_only:
         train_shapes_clip(out, config, overwrite=args.overwrite)
     record = json.loads((out / "training.json").read_text())
