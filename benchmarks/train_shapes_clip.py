@@ -13,7 +13,9 @@ Score: text -> frame retrieval on the 100 held-out videos of the Shapes recipes 
 frame): for every expression (no motion phrase), the frames of all 100 videos are ranked by cosine similarity;
 ``top1`` is the share whose top frame shows what the expression describes, ``own_top1`` the share whose top frame
 is the expression's own video. The same architecture with its random initialisation (same seed) is scored too,
-and ``chance`` is a random ranking's expected ``top1``. The numbers go to ``<output-dir>/retrieval.json``.
+and ``chance`` is a random ranking's expected ``top1``. A probe with fixed one-attribute queries (colour, shape,
+colour+shape, size+shape, position; :func:`lvseg.train.shapes_clip.attribute_probe`) shows what the encoder tells
+apart. The numbers go to ``<output-dir>/retrieval.json``.
 
 The saved folder (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``) loads with
 ``lvseg.models.vlp_rvos.backbones.load_clip(folder)``.
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lvseg.train.shapes_clip import (
         ShapesClipConfig,
         ShapesPairs,
+        attribute_probe,
         retrieval_accuracy,
         shapes_clip_model_config,
         train_shapes_clip,
@@ -83,12 +86,20 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "command": "python benchmarks/train_shapes_clip.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
+    results["probe"] = {
+        "trained": attribute_probe(model, tokenizer, test, context=config.context),
+        "random_init": attribute_probe(random_init, tokenizer, test, context=config.context),
+    }
     results["eval_seconds"] = round(time.time() - start, 1)
     atomic_write_text(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
     for name in ("trained", "random_init"):
         r = results[name]
         print(f"{name:12s} top1 {100 * r['top1']:5.1f}%  own_top1 {100 * r['own_top1']:5.1f}%  "
               f"chance {100 * r['chance']:5.1f}%  ({int(r['queries'])} expressions x {int(r['frames'])} frames)")
+    for family, r in results["probe"]["trained"].items():
+        rnd = results["probe"]["random_init"][family]["top1"]
+        print(f"probe {family:13s} trained {100 * r['top1']:5.1f}%  random init {100 * rnd:5.1f}%  "
+              f"chance {100 * r['chance']:5.1f}%")
     print(f"training: {config.steps} steps in {record['train_seconds']} s on {record['torch_threads']} thread(s)")
     return results
 

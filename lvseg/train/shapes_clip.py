@@ -42,6 +42,7 @@ __all__ = [
     "normalise_frames",
     "train_shapes_clip",
     "retrieval_accuracy",
+    "attribute_probe",
 ]
 
 logger = logging.getLogger(__name__)
@@ -305,3 +306,34 @@ def retrieval_accuracy(
     own = float(np.mean([b == v for (v, _), b in zip(queries, best)]))
     chance = float(np.mean([np.mean(f) for f in fits]))
     return {"top1": top1, "own_top1": own, "chance": chance, "queries": float(len(queries)), "frames": float(len(data))}
+
+
+@torch.no_grad()
+def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int = 16) -> dict[str, dict[str, float]]:
+    """What the encoder tells apart: text -> frame retrieval (as :func:`retrieval_accuracy`, middle frames) for
+    fixed one-attribute query families, each query over every held-out frame: ``{family: {"top1", "chance"}}``.
+
+    Families: ``color`` ("the red object", one per colour), ``plural_shape`` ("the circles"), ``color_shape``
+    ("the red circle", every pair), ``size_shape`` ("the small circle"), ``position`` ("the leftmost object").
+    """
+    from ..data.shapes import COLORS, POSITIONS, SHAPES, SIZES
+
+    families = {
+        "color": [f"the {c} object" for c in COLORS],
+        "plural_shape": [f"the {s}s" for s in SHAPES],
+        "color_shape": [f"the {c} {s}" for c in COLORS for s in SHAPES],
+        "size_shape": [f"the {z} {s}" for z in SIZES for s in SHAPES],
+        "position": [f"the {p} object" for p in POSITIONS],
+    }
+    model.eval()
+    pixels = normalise_frames(data.frames[:, data.frames.shape[1] // 2])
+    image = F.normalize(clip_image_features(model, pixels), dim=-1)
+    out: dict[str, dict[str, float]] = {}
+    for family, queries in families.items():
+        ids, mask = _tokenize(tokenizer, queries, context)
+        text = F.normalize(clip_text_features(model, ids, mask), dim=-1)
+        best = (text @ image.t()).argmax(dim=1).tolist()
+        top1 = float(np.mean([_matches(q, data.objects[b]) for q, b in zip(queries, best)]))
+        chance = float(np.mean([np.mean([_matches(q, objs) for objs in data.objects]) for q in queries]))
+        out[family] = {"top1": top1, "chance": chance}
+    return out
