@@ -131,6 +131,23 @@ def test_hf_layout_roundtrip(tmp_path):
         clip_convert.convert_clip(hf_state, text_num_heads=2)
 
 
+def test_clip_resized_input_equals_interpolation():
+    """Converting for another input size (VLP-RVOS runs ViT-B/16 at 352 px) resizes the position grid once; the
+    features equal those of the 224-style model interpolating at every call (transformers' bicubic resize)."""
+    state, g = _golden_clip()
+    native = backbones.load_clip(state, text_num_heads=2)
+    resized = backbones.load_clip(state, text_num_heads=2, image_size=48)  # grid 4 -> 6
+    assert resized.config.vision_config.image_size == 48
+    assert resized.vision_model.embeddings.position_embedding.weight.shape == (37, 128)
+    images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = backbones.clip_image_features(native, images)  # interpolates (size differs from its config)
+        b = backbones.clip_image_features(resized, images)  # its own size: no interpolation
+    assert_parity({"image_features": b}, {"image_features": a}, tolerance=1e-6)
+    with pytest.raises(CheckpointError, match="not a multiple of the patch size"):
+        clip_convert.convert_clip(state, text_num_heads=2, image_size=50)
+
+
 # ------------------------------------------------------------------------------------------------ CLIP errors
 def test_clip_missing_unexpected_and_shape_errors():
     state, _ = _golden_clip()
@@ -322,6 +339,7 @@ def test_shapes_clip_learns_and_loads(tmp_path):
     from lvseg.train.shapes_clip import (
         ShapesClipConfig,
         ShapesPairs,
+        attribute_probe,
         contrastive_loss,
         normalise_frames,
         retrieval_accuracy,
@@ -362,5 +380,8 @@ def test_shapes_clip_learns_and_loads(tmp_path):
     b = retrieval_accuracy(loaded, tok2, test)
     assert a == b
     assert 0.0 <= a["own_top1"] <= a["top1"] <= 1.0 and 0.0 < a["chance"] <= 1.0
+    probe = attribute_probe(trained, tokenizer, test)
+    assert set(probe) == {"color", "plural_shape", "color_shape", "size_shape", "position"}
+    assert all(0.0 <= r["top1"] <= 1.0 and 0.0 <= r["chance"] <= 1.0 for r in probe.values())
     with pytest.raises(Exception, match="already holds files"):
         train_shapes_clip(tmp_path / "clip", config, progress=False)

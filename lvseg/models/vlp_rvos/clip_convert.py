@@ -56,6 +56,7 @@ __all__ = [
     "check_clip_state_dict",
     "convert_clip",
     "load_clip_state_dict",
+    "resize_position_embedding",
 ]
 
 logger = logging.getLogger(__name__)
@@ -381,14 +382,40 @@ def _drop_position_ids(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+_VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"
+
+
+def resize_position_embedding(weight: torch.Tensor, patch_size: int, image_size: int) -> torch.Tensor:
+    """A CLIP image position embedding ``[1 + g*g, D]`` resized for ``image_size`` px: the cls row kept, the
+    ``g x g`` grid resampled bicubically (``align_corners=False``), the same operation as transformers'
+    ``interpolate_pos_encoding``, done once instead of at every call."""
+    if image_size % patch_size:
+        raise CheckpointError(f"image_size {image_size} is not a multiple of the patch size {patch_size}")
+    grid = int(round((weight.shape[0] - 1) ** 0.5))
+    new = image_size // patch_size
+    if new == grid:
+        return weight
+    dim = weight.shape[1]
+    patches = weight[1:].reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+    patches = torch.nn.functional.interpolate(patches.float(), size=(new, new), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(new * new, dim).to(weight.dtype)
+    return torch.cat([weight[:1], patches], dim=0)
+
+
 def convert_clip(
-    source: str | Path | dict[str, torch.Tensor], *, config: Any = None, **config_options: Any
+    source: str | Path | dict[str, torch.Tensor],
+    *,
+    config: Any = None,
+    image_size: int | None = None,
+    **config_options: Any,
 ) -> tuple[dict[str, torch.Tensor], Any]:
     """A CLIP checkpoint in any supported layout -> ``(transformers CLIPModel state dict, CLIPConfig)``.
 
     Args:
         source: a checkpoint file, a ``save_pretrained`` folder, or an already loaded state dict.
         config: a ``CLIPConfig`` to use instead of inferring one (a folder's ``config.json`` is used when present).
+        image_size: another input size (e.g. 352, VLP-RVOS's for ViT-B/16): the image position embedding is
+            resized once (:func:`resize_position_embedding`) and the config says the new size.
         config_options: passed to :func:`infer_clip_config` (``hidden_act``, ``num_heads``, ...).
     """
     from transformers import CLIPConfig
@@ -416,6 +443,12 @@ def convert_clip(
     elif config_options:
         raise CheckpointError(f"pass either config or {sorted(config_options)}, not both")
     check_clip_state_dict(hf_state, config)
+    if image_size is not None and image_size != config.vision_config.image_size:
+        patch = config.vision_config.patch_size
+        hf_state[_VISION_POSITIONS] = resize_position_embedding(hf_state[_VISION_POSITIONS], patch, image_size)
+        logger.info("image position embedding resized from %d to %d px", config.vision_config.image_size, image_size)
+        config.vision_config.image_size = image_size
+        check_clip_state_dict(hf_state, config)
     logger.info("converted a %s-layout CLIP checkpoint: %d tensors", layout, len(hf_state))
     return hf_state, config
 
