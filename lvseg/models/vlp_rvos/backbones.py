@@ -200,10 +200,10 @@ def load_backbone(source: str | Path, kind: str | None = None, **options: Any) -
 
 
 def _guess_kind(path: Path) -> str:
-    from .clip_convert import read_clip_state_dict
+    from .clip_convert import _is_torchscript, read_clip_state_dict
     from .vlmo import read_vlmo_state_dict
 
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and _is_torchscript(path)):  # OpenAI's CLIP files are TorchScript
         return "clip"
     try:
         keys = read_vlmo_state_dict(path).keys()
