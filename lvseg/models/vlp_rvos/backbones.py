@@ -47,9 +47,11 @@ class BackboneSpec:
         patch_size: stride of the patch embedding (the feature map is input / patch_size).
         layers: transformer layers of the image tower (where prompts are inserted).
         pretrain_size: the square input size of the released weights (position embeddings are made for it).
-        paper_size: the input size VLP-RVOS uses (research notes: 352 for the /16 backbones, 336 for L/14).
+        paper_size: the input size VLP-RVOS uses: 352 (``IMG_SIZE`` of its released config) for the /16
+            backbones; 336 for L/14 is inferred from the experiment name ``..._s336_...``; None where nothing says.
         context_length: text positions of the weights (77 for CLIP, 40 for VLMo).
-        source: where the official weights come from.
+        source: the official weights' URL (not downloaded by lvseg: the file is read from disk).
+        sha256: the file's SHA-256 where the publisher states it (OpenAI's URLs carry it), else None.
     """
 
     kind: str
@@ -61,18 +63,23 @@ class BackboneSpec:
     paper_size: int | None
     context_length: int
     source: str
+    sha256: str | None = None
 
 
 _OPENAI_URL = "https://openaipublic.azureedge.net/clip/models/"
 _VLMO_URL = "https://conversationhub.blob.core.windows.net/beit-share-public/vlmo/"
+# OpenAI's clip.py (1.0.1, ``_MODELS``) names each file by its SHA-256 and checks it after download.
+_B16_SHA = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+_L14_SHA = "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
 BACKBONES: dict[str, BackboneSpec] = {
     "clip-vit-b-16": BackboneSpec(
-        "clip", 768, 512, 16, 12, 224, 352, 77, _OPENAI_URL + "<sha256>/ViT-B-16.pt (clip.load('ViT-B/16'))"
+        "clip", 768, 512, 16, 12, 224, 352, 77, f"{_OPENAI_URL}{_B16_SHA}/ViT-B-16.pt", _B16_SHA
     ),
     "clip-vit-l-14": BackboneSpec(
-        "clip", 1024, 768, 14, 24, 224, 336, 77, _OPENAI_URL + "<sha256>/ViT-L-14.pt (clip.load('ViT-L/14'))"
+        "clip", 1024, 768, 14, 24, 224, 336, 77, f"{_OPENAI_URL}{_L14_SHA}/ViT-L-14.pt", _L14_SHA
     ),
     "vlmo-b": BackboneSpec("vlmo", 768, 768, 16, 12, 384, 352, 40, _VLMO_URL + "vlmo_base_patch16_384_coco.pt"),
+    # VLP-RVOS's scripts name the VLMo-B file only; the VLMo-L one is assumed to be its COCO-retrieval sibling
     "vlmo-l": BackboneSpec("vlmo", 1024, 1024, 16, 24, 384, None, 40, _VLMO_URL + "vlmo_large_patch16_384_coco.pt"),
 }
 
