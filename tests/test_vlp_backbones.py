@@ -318,6 +318,77 @@ def test_vlmo_resized_to_another_input_size():
         vlmo.convert_vlmo(state, image_size=30)
 
 
+def _adapter(state, image_size=None):
+    """The VLP-RVOS adapter (on nn.Module: the model's VLBackbone base lives with the model) with the fixture's
+    weights, loaded through load_vlmo_backbone."""
+    cfg = vlmo.load_vlmo(state).config
+    vision = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
+              "patch_size": 8, "image_size": 32, "vlffn_start": 2}
+    adapter = vlmo.vlmo_backbone_class()(vlmo.vlmo_config_from_sizes(vision, {"vocab_size": 50,
+                                                                           "max_position_embeddings": 12}))
+    assert adapter.vlmo.config.vlffn_start == cfg.vlffn_start
+    vlmo.load_vlmo_backbone(adapter, state)
+    assert not any(p.requires_grad for p in adapter.parameters())
+    return adapter.eval()
+
+
+def _run_frames(adapter, pixels, extra=0):
+    """The VLP-RVOS model's layer loop: frame tokens (+ ``extra`` appended prompt tokens), norm1 -> attention ->
+    residual -> ffn -> residual per layer; returns the final-normed frame tokens."""
+    x = adapter.embed_frames(pixels)
+    n = x.shape[1]
+    if extra:
+        x = torch.cat([x, torch.randn(x.shape[0], extra, x.shape[2], generator=torch.Generator().manual_seed(9))], 1)
+    for i in range(adapter.num_layers):
+        h = adapter.norm1(i, x)
+        x = x + adapter.attention(i, h, h)
+        x = x + adapter.ffn(i, x)
+    return adapter.vlmo.transformer.norm(x[:, :n])
+
+
+def test_vlmo_vlp_rvos_adapter_matches_vlmo():
+    """Driven layer by layer as VLP-RVOS does, the adapter gives VLMo's own image and text encodings (checked
+    against the official golden outputs), and the sentence is VLMo's retrieval feature."""
+    state, g = _golden_vlmo()
+    adapter = _adapter(state)
+    with torch.no_grad():
+        tokens = _run_frames(adapter, g["images"])
+        words, mask, sentence = adapter.encode_text(g["input_ids"], g["attention_mask"], None)
+        patches = adapter.project_patches(tokens)  # shape only (the model passes un-normed tokens)
+    assert_parity({"image_tokens": tokens, "text_tokens": words}, {k: g[k] for k in ("image_tokens", "text_tokens")})
+    assert_parity({"text_features": torch.nn.functional.normalize(sentence, dim=-1)}, {"text_features": g["text_features"]})
+    assert mask.dtype == torch.bool and patches.shape == (2, 17, 32)
+    assert (adapter.vision_dim, adapter.text_dim, adapter.joint_dim, adapter.num_layers, adapter.patch_size) == (
+        32, 32, 32, 4, 8)
+
+
+def test_vlmo_vlp_rvos_adapter_prompts_and_grid():
+    """Prompt tokens: appended image prompts change the frame tokens (they are attended) without position bias;
+    text prompts after [CLS] are removed from the returned words; another frame grid uses the resampled table
+    (the same as converting the checkpoint for that size)."""
+    state, g = _golden_vlmo()
+    adapter = _adapter(state)
+    with torch.no_grad():
+        plain = _run_frames(adapter, g["images"])
+        prompted = _run_frames(adapter, g["images"], extra=3)
+        prompts = torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(3))
+        words, _, sentence = adapter.encode_text(g["input_ids"], g["attention_mask"], prompts)
+        words0, _, sentence0 = adapter.encode_text(g["input_ids"], g["attention_mask"], None)
+        small = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+        ours = _run_frames(adapter, small)
+        reference = vlmo.load_vlmo(state, image_size=24).encode_image(small)["tokens"]
+    assert plain.shape == prompted.shape and not torch.allclose(plain, prompted)
+    assert words.shape == words0.shape == (2, 12, 32) and not torch.allclose(sentence, sentence0)
+    assert_parity({"tokens": ours}, {"tokens": reference})
+    other = vlmo.vlmo_backbone_class()(vlmo.vlmo_config_from_sizes(  # 16 text positions, the file has 12
+        {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "patch_size": 8, "image_size": 32,
+         "vlffn_start": 2}, {"vocab_size": 50, "max_position_embeddings": 16}))
+    with pytest.raises(CheckpointError, match=r"does not fit this backbone.*text_embeddings.position_embeddings"):
+        vlmo.load_vlmo_backbone(other, state)
+    with pytest.raises(ConfigError, match="not a VLMo backbone"):
+        vlmo.load_vlmo_backbone(torch.nn.Linear(2, 2), state)
+
+
 # ------------------------------------------------------------------------------------------------ Shapes CLIP
 def test_shapes_clip_tokenizer_layout():
     from lvseg.data.shapes import VOCABULARY

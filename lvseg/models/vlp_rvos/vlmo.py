@@ -43,7 +43,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,10 @@ __all__ = [
     "convert_vlmo",
     "resize_relative_position_table",
     "load_vlmo",
+    "vlmo_backbone_class",
+    "vlmo_config_from_sizes",
+    "build_vlmo_backbone",
+    "load_vlmo_backbone",
 ]
 
 logger = logging.getLogger(__name__)
@@ -628,3 +632,198 @@ def load_vlmo(source: str | Path | dict[str, torch.Tensor], image_size: int | No
     model = VLMo(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ VLP-RVOS adapter
+_ADAPTERS: dict[type, type] = {}
+
+
+def vlmo_backbone_class(base: type[nn.Module] = nn.Module) -> type[nn.Module]:
+    """The VLP-RVOS backbone adapter around :class:`VLMo`, derived from ``base`` (the model's ``VLBackbone``
+    interface in :mod:`lvseg.models.vlp_rvos.modules`; ``nn.Module`` works too, for the adapter alone).
+
+    The VLP-RVOS model drives the frozen vision layers itself, one by one, with prompt tokens appended after each
+    frame's ``[cls, patches]`` tokens. The adapter gives it VLMo's pieces with that contract:
+
+    * ``embed_frames(pixels [N, 3, S, S]) -> [N, 1 + g*g, D]``: patch embedding, cls, image token type; it records
+      the grid ``g`` of the frames, for the relative positions of later ``attention`` calls.
+    * ``attention(layer, query, context)``: the block's shared attention (q/v biases, k bias zero) scaled by its
+      layer scale ``gamma_1``. When ``query is context`` (self-attention of a frame's tokens), the block's slice
+      of the shared relative-position table is added between the leading ``1 + g*g`` image tokens, as VLMo's
+      image encoding does; prompt tokens and cross-frame attention (``query`` other than ``context``, the
+      temporal capture) get no position bias (lvseg's choice: VLMo has no position for them). A frame grid other
+      than the checkpoint's (352 px frames on the 384 px VLMo-B) uses the table resampled by
+      :func:`resize_relative_position_table` (computed once per grid and weights).
+    * ``ffn(layer, x)``: the V-FFN expert (``gamma_2 * mlp_imag(norm2_imag(x))``) for image and prompt tokens.
+    * ``project_patches(x)``: final norm, then ``itc_image_proj`` (VLMo's retrieval space; not normalised).
+    * ``encode_text(ids [B, N], mask [B, N], prompts [B, P, D] | None)``: ``[CLS, prompts, words...]`` through all
+      blocks with the L-FFN expert, padded keys masked, text relative positions for the whole sequence (prompts
+      count as positions: VLMo's text positions are relative offsets, valid up to 196 + 1 tokens); returns the
+      final states without the prompts ``[B, N, D]``, ``mask.bool()``, and the sentence ``itc_text_proj`` of the
+      final cls state ``[B, D]``.
+    """
+    if base in _ADAPTERS:
+        return _ADAPTERS[base]
+
+    class VLMoBackbone(base):  # type: ignore[valid-type,misc]
+        def __init__(self, config: VLMoConfig) -> None:
+            super().__init__()
+            if not config.itc or not config.relative_position:
+                raise ConfigError("the VLP-RVOS VLMo backbone needs the itc projections and relative positions")
+            self.vlmo = VLMo(config)
+            self.vision_dim = self.text_dim = self.joint_dim = config.embed_dim
+            self.num_layers = config.depth
+            self.patch_size = config.patch_size
+            self.vlmo.requires_grad_(False)
+            self._grid = config.grid
+            self._resized: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+
+        def embed_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+            cfg, t = self.vlmo.config, self.vlmo.transformer
+            if pixels.shape[-1] != pixels.shape[-2] or pixels.shape[-1] % cfg.patch_size:
+                raise InvalidInputError(
+                    f"VLMo frames must be square multiples of {cfg.patch_size} px, got {tuple(pixels.shape[-2:])}"
+                )
+            self._grid = pixels.shape[-1] // cfg.patch_size
+            x = t.patch_embed.proj(pixels).flatten(2).transpose(1, 2)  # [N, g*g, D]
+            x = torch.cat([t.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            return x + self.vlmo.token_type_embeddings.weight[1].to(x.dtype)
+
+        def _table(self) -> torch.Tensor:
+            table = self.vlmo.relative_position_bias_table
+            assert table is not None
+            grid = self._grid
+            if grid == self.vlmo.config.grid:
+                return table
+            key = (table.data_ptr(), table._version)
+            cached = self._resized.get(grid)
+            if cached is None or cached[0] != key:
+                resized = resize_relative_position_table(table.detach().float().cpu(), self.vlmo.config.grid, grid)
+                cached = (key, resized.to(table.device))
+                self._resized[grid] = cached
+            return cached[1]
+
+        def _image_bias(self, layer: int, length: int) -> torch.Tensor:
+            """[1, heads, length, length]: the layer's relative positions among the leading image tokens."""
+            cfg, g = self.vlmo.config, self._grid
+            index = image_relative_position_index(g).to(self.vlmo.image_index.device)
+            heads = cfg.num_heads
+            table = self._table()[:, layer * heads : (layer + 1) * heads]
+            n = index.shape[0]
+            bias = torch.zeros(heads, length, length, dtype=torch.float32, device=index.device)
+            bias[:, :n, :n] = F.embedding(index, table).permute(2, 0, 1).float()
+            return bias[None]
+
+        def _block(self, layer: int) -> MultiwayBlock:
+            return cast(MultiwayBlock, self.vlmo.transformer.blocks[layer])
+
+        def norm1(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+            return self._block(layer).norm1(x)
+
+        def _attend(self, block: MultiwayBlock, q_in: torch.Tensor, kv_in: torch.Tensor, bias: Any) -> torch.Tensor:
+            a = block.attn
+            d, h = q_in.shape[-1], a.heads
+            w_q, w_k, w_v = a.qkv.weight.chunk(3, dim=0)
+            n, lq, lk = q_in.shape[0], q_in.shape[1], kv_in.shape[1]
+            q = F.linear(q_in, w_q, a.q_bias).view(n, lq, h, d // h).transpose(1, 2)
+            k = F.linear(kv_in, w_k).view(n, lk, h, d // h).transpose(1, 2)
+            v = F.linear(kv_in, w_v, a.v_bias).view(n, lk, h, d // h).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
+            out = a.proj(out.to(q_in.dtype).transpose(1, 2).reshape(n, lq, d))
+            return out if block.gamma_1 is None else block.gamma_1 * out
+
+        def attention(self, layer: int, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            block = self._block(layer)
+            bias = self._image_bias(layer, query.shape[1]) if query is context else None
+            return self._attend(block, query, context, bias)
+
+        def ffn(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+            block = self._block(layer)
+            out = block.mlp_imag(block.norm2_imag(x))
+            return out if block.gamma_2 is None else block.gamma_2 * out
+
+        def project_patches(self, x: torch.Tensor) -> torch.Tensor:
+            return self.vlmo.itc_image_proj(self.vlmo.transformer.norm(x))
+
+        def encode_text(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            vlmo, cfg = self.vlmo, self.vlmo.config
+            x = vlmo.text_embeddings(input_ids) + vlmo.token_type_embeddings.weight[0]  # [B, N, D]
+            keep = attention_mask.long()
+            p = 0 if prompts is None else prompts.shape[1]
+            if prompts is not None and p:
+                x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)
+                keep = torch.cat([keep[:, :1], keep.new_ones(keep.shape[0], p), keep[:, 1:]], dim=1)
+            length = x.shape[1]
+            if length - 2 >= cfg.text_context_of_init:
+                raise InvalidInputError(
+                    f"{length} text tokens with prompts: VLMo's relative text positions reach "
+                    f"{cfg.text_context_of_init + 1}; use fewer prompts or shorter expressions"
+                )
+            index = text_relative_position_index(length, cfg.grid, cfg.text_context_of_init).to(x.device)
+            biases = vlmo.layer_biases(index, keep)
+            for block, bias in zip(vlmo.transformer.blocks, biases):
+                x = block(x, "text", bias)
+            x = vlmo.transformer.norm(x)
+            sentence = vlmo.itc_text_proj(x[:, 0])
+            words = torch.cat([x[:, :1], x[:, 1 + p :]], dim=1) if p else x
+            return words, attention_mask.bool(), sentence
+
+    _ADAPTERS[base] = VLMoBackbone
+    return VLMoBackbone
+
+
+def vlmo_config_from_sizes(vision: dict[str, Any], text: dict[str, Any]) -> VLMoConfig:
+    """A :class:`VLMoConfig` from VLP-RVOS's backbone size dicts (``CLIPVisionConfig``-style ``vision``:
+    hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, patch_size, image_size, optional
+    vlffn_start; ``text``: vocab_size, max_position_embeddings). ``vlffn_start`` defaults to VLMo's: depth - 2
+    for 12 layers (10), depth - 3 for 24 (21)."""
+    depth = int(vision["num_hidden_layers"])
+    width = int(vision["hidden_size"])
+    start = vision.get("vlffn_start", {12: 10, 24: 21}.get(depth, depth))
+    return VLMoConfig(
+        embed_dim=width,
+        depth=depth,
+        num_heads=int(vision["num_attention_heads"]),
+        mlp_ratio=int(vision.get("intermediate_size", 4 * width)) / width,
+        patch_size=int(vision.get("patch_size", 16)),
+        image_size=int(vision.get("image_size", 384)),
+        vlffn_start=int(start),
+        max_text_len=int(text.get("max_position_embeddings", 40)),
+        vocab_size=int(text.get("vocab_size", 30522)),
+        itc=True,
+        itc_vl=False,
+    )
+
+
+def build_vlmo_backbone(config: Any) -> nn.Module:
+    """The frozen VLMo backbone of a VLP-RVOS config (``config.vision`` / ``config.text`` size dicts), as the
+    model's ``VLBackbone`` (see :func:`vlmo_backbone_class`). Weights: :func:`load_vlmo_backbone`."""
+    import importlib
+
+    # the model's interface class (lvseg.models.vlp_rvos.modules imports this function lazily in turn)
+    base = importlib.import_module(".modules", __package__).VLBackbone
+    return vlmo_backbone_class(base)(vlmo_config_from_sizes(config.vision, config.text))
+
+
+def load_vlmo_backbone(backbone: nn.Module, source: str | Path | dict[str, torch.Tensor]) -> None:
+    """Load an official VLMo checkpoint strictly into a VLP-RVOS VLMo backbone (``backbone.vlmo``): the converted
+    state dict must match the backbone's architecture key for key and shape for shape."""
+    target = getattr(backbone, "vlmo", None)
+    if not isinstance(target, VLMo):
+        raise ConfigError(f"{type(backbone).__name__} is not a VLMo backbone (no .vlmo VLMo module)")
+    state, config = convert_vlmo(source)
+    # the VL-FFN retrieval heads of pre-training files are not used by VLP-RVOS's dual-encoder backbone
+    state = {k: v for k, v in state.items() if not k.startswith(("itc_vl_", "logit_vl_scale"))}
+    expected = target.state_dict()
+    bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+    extra = [k for k in state if k not in expected]
+    if bad or extra:
+        raise CheckpointError(
+            f"the VLMo checkpoint ({config.embed_dim} wide, {config.depth} blocks, {config.image_size} px) does not "
+            f"fit this backbone ({target.config.embed_dim} wide, {target.config.depth} blocks, "
+            f"{target.config.image_size} px): missing or mis-shaped {bad[:6]}, unexpected {extra[:6]}"
+        )
+    target.load_state_dict(state, strict=True)
+    target.requires_grad_(False)
