@@ -148,6 +148,28 @@ def test_clip_resized_input_equals_interpolation():
         clip_convert.convert_clip(state, text_num_heads=2, image_size=50)
 
 
+def test_convert_to_folder(tmp_path):
+    """An OpenAI-layout file -> a save_pretrained folder (with a tokenizer beside it) that loads to the same
+    features; a tokenizer larger than the embedding and a non-empty output folder are refused."""
+    from lvseg.errors import OutputError
+    from lvseg.train.shapes_clip import shapes_clip_tokenizer
+
+    state, g = _golden_clip()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "openai.safetensors"))
+    tok = shapes_clip_tokenizer()  # fewer tokens than the fixture's 60 embedding rows
+    out = clip_convert.convert_to_folder(tmp_path / "openai.safetensors", tmp_path / "clip", tokenizer=tok,
+                                         text_num_heads=2)
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert_parity(_clip_outputs(backbones.load_clip(out), g), {k: g[k] for k in ("image_features", "text_features")})
+    assert backbones.load_clip_tokenizer(out)("the red star")["input_ids"] == tok("the red star")["input_ids"]
+    with pytest.raises(OutputError, match="already holds files"):
+        clip_convert.convert_to_folder(tmp_path / "openai.safetensors", out, text_num_heads=2)
+    tok.add_tokens([f"extra{i}" for i in range(61 - len(tok))])
+    with pytest.raises(TokenizerError, match="61 tokens but the CLIP text embedding only 60 rows"):
+        clip_convert.convert_to_folder(tmp_path / "openai.safetensors", tmp_path / "c2", tokenizer=tok,
+                                       text_num_heads=2)
+
+
 # ------------------------------------------------------------------------------------------------ CLIP errors
 def test_clip_missing_unexpected_and_shape_errors():
     state, _ = _golden_clip()

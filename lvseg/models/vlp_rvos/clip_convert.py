@@ -57,6 +57,7 @@ __all__ = [
     "convert_clip",
     "load_clip_state_dict",
     "resize_position_embedding",
+    "convert_to_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -460,3 +461,53 @@ def load_clip_state_dict(model: Any, state: dict[str, torch.Tensor]) -> None:
     leftover = [k for k in result.missing_keys if not _POSITION_IDS.match(k)]
     if leftover or result.unexpected_keys:  # pragma: no cover - check_clip_state_dict catches these first
         raise CheckpointError(f"missing {leftover[:6]}, unexpected {list(result.unexpected_keys)[:6]}")
+
+
+def convert_to_folder(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    image_size: int | None = None,
+    overwrite: bool = False,
+    **config_options: Any,
+) -> Path:
+    """Convert a CLIP checkpoint (any layout :func:`convert_clip` reads) into a ``CLIPModel.save_pretrained``
+    folder (``config.json``, ``model.safetensors``), written atomically, with a tokenizer beside it when given:
+    the folder a VLP-RVOS model's CLIP backbone loads (``lvseg.models.vlp_rvos.entries.build(name, backbone=DIR)``).
+
+    Args:
+        tokenizer: a folder with the CLIP tokenizer files (OpenAI's BPE: ``vocab.json`` + ``merges.txt`` or
+            ``tokenizer.json``) or a loaded ``transformers`` tokenizer; its size must not exceed the embedding's rows.
+        image_size: convert for another input size (:func:`resize_position_embedding`).
+        overwrite: replace a non-empty ``output_dir``.
+        config_options: for :func:`infer_clip_config` (``hidden_act``, ``num_heads``, ...).
+    """
+    from transformers import CLIPModel
+
+    from ...errors import TokenizerError
+    from ...utils import atomic_folder, check_output_folder
+
+    check_output_folder(output_dir, overwrite=overwrite)
+    loaded = None
+    if tokenizer is not None:
+        if isinstance(tokenizer, (str, Path)):
+            from .backbones import load_clip_tokenizer
+
+            loaded = load_clip_tokenizer(tokenizer)
+        else:
+            loaded = tokenizer
+    state, config = convert_clip(checkpoint, image_size=image_size, **config_options)
+    if loaded is not None and len(loaded) > config.text_config.vocab_size:
+        raise TokenizerError(
+            f"the tokenizer has {len(loaded)} tokens but the CLIP text embedding only {config.text_config.vocab_size} "
+            "rows: it is not this model's tokenizer"
+        )
+    model = CLIPModel(config)
+    load_clip_state_dict(model, state)
+    with atomic_folder(output_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(str(tmp))
+        if loaded is not None:
+            loaded.save_pretrained(str(tmp))
+    logger.info("wrote the converted CLIP to %s", output_dir)
+    return Path(output_dir)
