@@ -677,6 +677,7 @@ def vlmo_backbone_class(base: type[nn.Module] = nn.Module) -> type[nn.Module]:
             self.vlmo.requires_grad_(False)
             self._grid = config.grid
             self._resized: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+            self._indices: dict[tuple[int, torch.device], torch.Tensor] = {}
 
         def embed_frames(self, pixels: torch.Tensor) -> torch.Tensor:
             cfg, t = self.vlmo.config, self.vlmo.transformer
@@ -706,7 +707,10 @@ def vlmo_backbone_class(base: type[nn.Module] = nn.Module) -> type[nn.Module]:
         def _image_bias(self, layer: int, length: int) -> torch.Tensor:
             """[1, heads, length, length]: the layer's relative positions among the leading image tokens."""
             cfg, g = self.vlmo.config, self._grid
-            index = image_relative_position_index(g).to(self.vlmo.image_index.device)
+            device = self.vlmo.image_index.device
+            index = self._indices.get((g, device))
+            if index is None:  # [1+g*g, 1+g*g], the same for every layer and call at this grid
+                index = self._indices[(g, device)] = image_relative_position_index(g).to(device)
             heads = cfg.num_heads
             table = self._table()[:, layer * heads : (layer + 1) * heads]
             n = index.shape[0]
