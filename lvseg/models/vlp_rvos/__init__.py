@@ -1,4 +1,6 @@
-"""VLP-RVOS (arXiv 2405.10610): ``config``, ``model``, ``modules`` and the registry ``entries``.
+"""VLP-RVOS (arXiv 2405.10610): ``config``, ``model``, ``modules`` and the registry ``entries``; a frozen
+vision-language pre-trained backbone (CLIP or VLMo) whose converters live in :mod:`.backbones`,
+:mod:`.clip_convert` and :mod:`.vlmo`.
 
 Nothing is imported eagerly, so that listing the registry does not load model code.
 """

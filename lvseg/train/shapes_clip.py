@@ -1,0 +1,339 @@
+"""A tiny CLIP pre-trained contrastively on Shapes: the frozen vision-language backbone of the VLP-RVOS proof.
+
+VLP-RVOS's thesis is that a backbone whose image and text spaces are already aligned (CLIP, VLMo) can be kept
+frozen. No such backbone exists for the Shapes world, so this module makes one the way CLIP was made: a
+``transformers`` CLIPModel (ViT image tower, causal text transformer, QuickGELU) trained with the symmetric
+InfoNCE loss on (frame, expression) pairs, in-batch negatives. The pairs are the training videos of the Shapes
+recipe (``lvseg.data.shapes.make_video(seed=0, "train", i, 8, 96, 96)``, the videos :func:`~.presets.shapes_data`
+writes), one random frame with one of the video's expressions that name no motion (a single frame cannot show one).
+Held-out retrieval uses the test videos of the Shapes recipes (seed 1, split ``valid``).
+
+The result is a ``CLIPModel.save_pretrained`` folder with its tokenizer (a word-level tokenizer of the Shapes
+words laid out like OpenAI's: ``<|startoftext|>`` and ``<|endoftext|>`` are the last two ids, so CLIP's end-token
+pooling applies unchanged), loadable with :func:`lvseg.models.vlp_rvos.backbones.load_clip`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data.shapes import MOTION_PHRASES, VOCABULARY, ShapeObject, expression_semantics, make_video
+from ..errors import ConfigError
+from ..models.vlp_rvos.backbones import clip_image_features, clip_text_features
+
+__all__ = [
+    "ShapesClipConfig",
+    "shapes_clip_tokenizer",
+    "shapes_clip_model_config",
+    "ShapesPairs",
+    "contrastive_loss",
+    "normalise_frames",
+    "train_shapes_clip",
+    "retrieval_accuracy",
+    "attribute_probe",
+]
+
+logger = logging.getLogger(__name__)
+
+# CLIP's input normalisation (OpenAI's mean/std), used for the Shapes CLIP too so it reads frames like CLIP does.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ShapesClipConfig:
+    """Sizes and schedule of the tiny Shapes CLIP (defaults: the measured run of docs/models/vlp_rvos_backbones.md).
+
+    Attributes:
+        width, layers, heads: image tower (patch ``patch`` on ``size`` x ``size`` frames).
+        text_width, text_layers, text_heads: text tower; embed: joint embedding size.
+        steps, batch, lr, weight_decay, warmup: AdamW with linear warm-up then cosine decay to 0.
+        num_train: training videos (seed 0, split "train"); frames: frames per video (the Shapes recipes' 8).
+    """
+
+    size: int = 96
+    patch: int = 12
+    width: int = 64
+    layers: int = 3
+    heads: int = 2
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    embed: int = 64
+    context: int = 16
+    steps: int = 800
+    batch: int = 48
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    num_train: int = 1200
+    frames: int = 8
+    seed: int = 0
+
+
+def shapes_clip_tokenizer(context: int = 16) -> Any:
+    """A word-level tokenizer of the Shapes words: ``<pad>`` = 0, ``<unk>`` = 1, the words, then
+    ``<|startoftext|>`` and ``<|endoftext|>`` (the last id, as in OpenAI CLIP); every text is wrapped in them."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(VOCABULARY)
+    vocab = {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    sot, eot = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": sot, "<|endoftext|>": eot})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", sot), ("<|endoftext|>", eot)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=context,
+    )
+
+
+def shapes_clip_model_config(config: ShapesClipConfig, tokenizer: Any) -> Any:
+    """The ``transformers.CLIPConfig`` of the tiny Shapes CLIP."""
+    from transformers import CLIPConfig
+
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": config.text_width,
+        "intermediate_size": 4 * config.text_width,
+        "num_hidden_layers": config.text_layers,
+        "num_attention_heads": config.text_heads,
+        "max_position_embeddings": config.context,
+        "hidden_act": "quick_gelu",
+        "projection_dim": config.embed,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "hidden_size": config.width,
+        "intermediate_size": 4 * config.width,
+        "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads,
+        "image_size": config.size,
+        "patch_size": config.patch,
+        "hidden_act": "quick_gelu",
+        "projection_dim": config.embed,
+    }
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.embed)
+
+
+def _is_motion(text: str) -> bool:
+    return any(phrase in text for phrase in MOTION_PHRASES.values())
+
+
+class ShapesPairs:
+    """Shapes videos rendered in memory, with their expressions that name no motion.
+
+    Attributes:
+        frames: uint8 ``[N, T, H, W, 3]``; objects: each video's objects; texts: each video's expressions.
+    """
+
+    def __init__(
+        self, seed: int, split: str, num_videos: int, frames: int = 8, size: int = 96, progress: bool = False
+    ) -> None:
+        if num_videos < 2:
+            raise ConfigError(f"ShapesPairs needs at least 2 videos (contrast needs negatives), got {num_videos}")
+        clips, self.objects, self.texts = [], [], []
+        for i in tqdm(range(num_videos), desc=f"render Shapes {split}", disable=not progress):
+            video, rendered, _ = make_video(seed, split, i, frames, size, size)
+            texts = [t for t, _ in video.expressions if not _is_motion(t)]
+            if not texts:
+                continue
+            clips.append(np.stack(rendered))
+            self.objects.append(list(video.objects))
+            self.texts.append(texts)
+        self.frames = np.stack(clips)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def sample(self, batch: int, generator: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+        """``batch`` distinct videos, a random frame and a random expression of each: ``(frames [B, H, W, 3],
+        texts)``."""
+        videos = generator.choice(len(self), size=min(batch, len(self)), replace=False)
+        t = generator.integers(0, self.frames.shape[1], size=len(videos))
+        texts = [self.texts[v][int(generator.integers(len(self.texts[v])))] for v in videos]
+        return self.frames[videos, t], texts
+
+
+def normalise_frames(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> CLIP-normalised float ``[B, 3, H, W]``."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def contrastive_loss(
+    model: Any, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: cross-entropy of image->text and text->image logits ``[B, B]`` (the i-th image
+    and text are a pair), scaled by ``exp(logit_scale)``, averaged."""
+    out = model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask)
+    logits = out.logits_per_image  # [B, B]
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str], context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=context, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def train_shapes_clip(
+    output_dir: str | Path | None,
+    config: ShapesClipConfig | None = None,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train the tiny Shapes CLIP and (if ``output_dir``) save it as a ``save_pretrained`` folder, atomically,
+    with ``training.json`` (config, loss every 50 steps, time).
+
+    Returns:
+        ``(model, tokenizer, record)``.
+    """
+    from transformers import CLIPModel
+
+    from ..utils import atomic_folder, check_output_folder
+
+    config = config or ShapesClipConfig()
+    if output_dir is not None:
+        check_output_folder(output_dir, overwrite=overwrite, option="--overwrite")
+    torch.manual_seed(config.seed)
+    tokenizer = shapes_clip_tokenizer(config.context)
+    model = CLIPModel(shapes_clip_model_config(config, tokenizer)).train()
+    data = ShapesPairs(config.seed, "train", config.num_train, config.frames, config.size, progress=progress)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
+    )
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup) / max(1, config.steps - config.warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    rng = np.random.default_rng(config.seed)
+    losses: list[tuple[int, float]] = []
+    start = time.time()
+    running = 0.0
+    bar = tqdm(range(config.steps), desc="Shapes CLIP", disable=not progress)
+    for step in bar:
+        frames, texts = data.sample(config.batch, rng)
+        ids, mask = _tokenize(tokenizer, texts, config.context)
+        loss = contrastive_loss(model, normalise_frames(frames), ids, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # CLIP clips the temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        running += float(loss.detach())
+        if (step + 1) % 50 == 0:
+            losses.append((step + 1, running / 50))
+            bar.set_postfix(loss=f"{running / 50:.3f}")
+            logger.info("step %d: contrastive loss %.4f", step + 1, running / 50)
+            running = 0.0
+    model.eval()
+    record = {
+        "config": asdict(config),
+        "loss_every_50_steps": losses,
+        "train_seconds": round(time.time() - start, 1),
+        "train_videos": len(data),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if output_dir is not None:
+        with atomic_folder(output_dir, overwrite=overwrite, option="--overwrite") as tmp:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return model, tokenizer, record
+
+
+def _matches(text: str, objects: Sequence[ShapeObject]) -> bool:
+    ids = expression_semantics(text, objects)
+    return bool(ids)
+
+
+@torch.no_grad()
+def retrieval_accuracy(
+    model: Any, tokenizer: Any, data: ShapesPairs, frame: int | None = None, context: int = 16
+) -> dict[str, float]:
+    """Text -> frame retrieval over held-out videos: for each expression of each video, rank one frame of every
+    video by CLIP similarity.
+
+    Returns:
+        ``top1``: share of expressions whose top frame shows what the expression describes (its referent exists
+        there: :func:`~lvseg.data.shapes.expression_semantics` is non-empty), ``own_top1``: share whose top frame
+        is their own video's, and ``chance``: the expected ``top1`` of a random ranking (the mean share of frames
+        that fit each expression).
+    """
+    model.eval()
+    t = data.frames.shape[1] // 2 if frame is None else frame
+    pixels = normalise_frames(data.frames[:, t])
+    image = F.normalize(clip_image_features(model, pixels), dim=-1)  # [N, E]
+    queries = [(v, text) for v, texts in enumerate(data.texts) for text in texts]
+    ids, mask = _tokenize(tokenizer, [q[1] for q in queries], context)
+    text = F.normalize(clip_text_features(model, ids, mask), dim=-1)  # [Q, E]
+    best = (text @ image.t()).argmax(dim=1).tolist()
+    fits = [[_matches(q, objs) for objs in data.objects] for _, q in queries]
+    top1 = float(np.mean([fits[i][b] for i, b in enumerate(best)]))
+    own = float(np.mean([b == v for (v, _), b in zip(queries, best)]))
+    chance = float(np.mean([np.mean(f) for f in fits]))
+    return {"top1": top1, "own_top1": own, "chance": chance, "queries": float(len(queries)), "frames": float(len(data))}
+
+
+@torch.no_grad()
+def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int = 16) -> dict[str, dict[str, float]]:
+    """What the encoder tells apart: text -> frame retrieval (as :func:`retrieval_accuracy`, middle frames) for
+    fixed one-attribute query families, each query over every held-out frame: ``{family: {"top1", "chance"}}``.
+
+    Families: ``color`` ("the red object", one per colour), ``plural_shape`` ("the circles"), ``color_shape``
+    ("the red circle", every pair), ``size_shape`` ("the small circle"), ``position`` ("the leftmost object").
+    """
+    from ..data.shapes import COLORS, POSITIONS, SHAPES, SIZES
+
+    families = {
+        "color": [f"the {c} object" for c in COLORS],
+        "plural_shape": [f"the {s}s" for s in SHAPES],
+        "color_shape": [f"the {c} {s}" for c in COLORS for s in SHAPES],
+        "size_shape": [f"the {z} {s}" for z in SIZES for s in SHAPES],
+        "position": [f"the {p} object" for p in POSITIONS],
+    }
+    model.eval()
+    pixels = normalise_frames(data.frames[:, data.frames.shape[1] // 2])
+    image = F.normalize(clip_image_features(model, pixels), dim=-1)
+    out: dict[str, dict[str, float]] = {}
+    for family, queries in families.items():
+        ids, mask = _tokenize(tokenizer, queries, context)
+        text = F.normalize(clip_text_features(model, ids, mask), dim=-1)
+        best = (text @ image.t()).argmax(dim=1).tolist()
+        top1 = float(np.mean([_matches(q, data.objects[b]) for q, b in zip(queries, best)]))
+        chance = float(np.mean([np.mean([_matches(q, objs) for objs in data.objects]) for q in queries]))
+        out[family] = {"top1": top1, "chance": chance}
+    return out
