@@ -381,3 +381,24 @@ def test_registry_lists_every_released_image_checkpoint_with_its_paper_numbers()
     assert val["oIoU"] == 72.73 and val["mIoU"] == 74.46 and val["P@0.5"] == 84.46
     one = get_entry("lavt-one-swin-b.gref-google").paper_metrics
     assert {m.metric: m.value for m in one}["oIoU"] == 61.31 and "not established" in one[0].source
+
+
+def test_refcoco_preset_data_has_no_validation_set_the_trainer_cannot_score(tmp_path):
+    """Before: the preset returned normalised 480x480 RefCOCO val samples (no video/exp_id, float frames) as the
+    validation set, and training died with a KeyError at its first evaluation, after the first interval of steps.
+    Now the preset has no in-loop validation, and the trainer refuses such a set when it is built."""
+    from test_data_a2dplus_refcoco import write_refcoco
+
+    from lvseg.errors import ConfigError
+    from lvseg.train.engine import TrainConfig, Trainer, check_validation_sample
+    from lvseg.train.presets import refcoco_lavt_data
+
+    write_refcoco(tmp_path / "refer")
+    train, val = refcoco_lavt_data(tmp_path / "refer")
+    assert val is None and len(train) > 0
+    sample = train[0]
+    with pytest.raises(ConfigError, match="lack"):
+        check_validation_sample(sample)
+    config = TrainConfig(output_dir=str(tmp_path / "run"), progress=False, tensorboard=False, max_steps=1)
+    with pytest.raises(ConfigError, match="validation samples lack"):
+        Trainer(torch.nn.Linear(1, 1), train, config, val_data=train)  # type: ignore[arg-type]

@@ -253,6 +253,33 @@ def _collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
+def check_validation_sample(sample: Any) -> None:
+    """Raise :class:`ConfigError` unless ``sample`` is what :func:`evaluate_jf` scores: ``video``, ``exp_id``,
+    ``text``, ``frames`` uint8 ``[T, H, W, 3]`` and ground-truth ``masks`` ``[T, H, W]``. Checked when a
+    :class:`Trainer` is built, so that a wrong validation set fails before any training, not at the first evaluation."""
+    if not isinstance(sample, dict):
+        raise ConfigError(f"validation samples must be dicts (an lvseg dataset's samples), got {type(sample).__name__}")
+    missing = [k for k in ("video", "exp_id", "text", "frames", "masks") if k not in sample]
+    if "masks" in missing:
+        raise ConfigError(
+            "the validation samples have no ground-truth masks; give a split with ground "
+            "truth (for Shapes valid/test, the generated <split>_gt folder)"
+        )
+    if missing:
+        raise ConfigError(
+            f"the validation samples lack {missing}: in-loop validation scores Ref-YouTube-VOS-style samples (video, "
+            "exp_id, text, uint8 frames); pass no validation set and score the checkpoints with `lvseg evaluate`"
+        )
+    frames = sample["frames"]
+    is_uint8 = isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8
+    if not is_uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ConfigError(
+            f"validation frames must be uint8 [T, H, W, 3] (no Normalize/resize transform on the validation set), "
+            f"got {getattr(frames, 'dtype', None)} {shape}"
+        )
+
+
 def evaluate_jf(
     model: RVOSModel,
     dataset: Dataset,
@@ -281,11 +308,7 @@ def evaluate_jf(
     evaluator = ExpressionJF("Shapes/Ref-YouTube-VOS")
     for i in tqdm(mine, desc="eval", disable=not (progress and info.is_main), leave=False):
         sample = dataset[i]
-        if "masks" not in sample:
-            raise InvalidInputError(
-                "the validation samples have no ground-truth masks; give a split with ground "
-                "truth (for Shapes valid/test, the generated <split>_gt folder)"
-            )
+        check_validation_sample(sample)
         frames = sample["frames"]
         h, w = int(frames.shape[1]), int(frames.shape[2])
         x = prepare_frames(frames[None], model, device)
@@ -397,6 +420,10 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise ConfigError("the training dataset is empty: check the data root and split (no samples found)")
+        if val_data is not None:
+            if len(val_data) == 0:  # type: ignore[arg-type]
+                raise ConfigError("the validation dataset is empty: check its root and split")
+            check_validation_sample(val_data[0])
         self.objective: Objective = make_objective(
             model.config.architecture,
             config.loss_weights,

@@ -493,7 +493,9 @@ def refcoco_lavt_data(root: str | Path, dataset: str = "refcoco") -> tuple[Datas
     """LAVT's RefCOCO training data: REFER's ``data/`` folder (``root``: refcoco/refs(unc).p + instances.json,
     images/mscoco/images/train2014/), train split, one sample per sentence with its raw text, the official mask
     rule (``overlap="lavt"``: pixels covered by two polygon parts are background), frames resized to 480x480
-    without keeping the aspect and normalised (no augmentation, as officially); val split for evaluation.
+    without keeping the aspect and normalised (no augmentation, as officially). No in-loop validation set (the
+    trainer's validation is Ref-YouTube-VOS J&F on videos): score checkpoints with
+    ``lvseg evaluate DIR --dataset refcoco`` (LAVT's per-sentence IoU protocol).
 
     The official loader draws one random sentence per object each epoch; here every sentence is a sample."""
     from ..data import RefCOCO
@@ -501,8 +503,7 @@ def refcoco_lavt_data(root: str | Path, dataset: str = "refcoco") -> tuple[Datas
 
     transform = Compose([ResizeSquare(480), Normalize()])
     train = RefCOCO(root, "train", dataset=dataset, overlap="lavt", transform=transform)
-    val = RefCOCO(root, "val", dataset=dataset, overlap="lavt", transform=transform)
-    return train, val
+    return train, None
 
 
 #: frames per training clip of the LAVT video presets: LAVT-RS's ``--num_frames`` is left at its default (1) by
