@@ -347,6 +347,9 @@ def _annotated_frame_runner(model: Any) -> Callable[[Mapping[str, Any]], SampleP
 def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], SamplePrediction]:
     """How :func:`evaluate` runs ``model`` on a sample of a ``protocol`` benchmark, as the official scripts do.
 
+    Where :mod:`lvseg.metrics.pipeline` implements the family's official pipeline for the benchmark (decoding,
+    PIL resize, contiguous inputs, clip composition, post-processing), that is the runner; otherwise:
+
     * ``a2d``/``jhmdb``: :meth:`~lvseg.models.base.RVOSModel.segment_annotated_frame` on the sample's clip: every
       candidate mask of the annotated frame with its score, post-processed with ``"threshold-nearest"``.
     * ``a2d+``: :class:`~lvseg.Predictor` with Locater's ``"probability-aligned"`` upsampling (sigmoid, then
@@ -358,7 +361,11 @@ def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], S
     benchmark_protocol`), the whole video goes to ``model.segment(..., protocol=...)`` at once (``window=0``).
     """
     from ..predictor import Predictor
+    from .pipeline import official_runner
 
+    official = official_runner(model, protocol)  # evaluation mode: the family's official pipeline (pipeline.py)
+    if official is not None:
+        return official
     if protocol in ("a2d", "jhmdb"):
         return _annotated_frame_runner(model)
     options: dict[str, Any] = {"progress": False}
