@@ -38,6 +38,8 @@ HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "eval_pipeline"
 MINI = FIXTURES / "ytvos_mini"
 GOLDEN = FIXTURES / "golden" / "referformer_ytvos"
+DAVIS_MINI = FIXTURES / "davis_mini"
+GOLDEN_DAVIS = FIXTURES / "golden" / "referformer_davis"
 sys.path.insert(0, str(FIXTURES))
 from e2e_models import referformer_checkpoint  # noqa: E402
 
@@ -140,6 +142,49 @@ def test_compiled_op_differs_from_the_official_masks_only_near_the_threshold(ref
     assert flipped <= 1e-4 * total, (flipped, total)
 
 
+@pytest.mark.slow
+def test_lvseg_evaluate_merges_the_official_davis_label_maps(referformer_folder, tmp_path, monkeypatch, capsys):
+    """Ref-DAVIS17: the stored probabilities, merged per annotator, are the official ``anno_k`` PNGs; J&F equal."""
+    from lvseg.data import RefDAVIS17
+    from lvseg.metrics.evaluate import _load_prediction
+    from lvseg.metrics.refdavis import evaluate_ref_davis_folder, objects_to_labels
+
+    monkeypatch.setenv("LVSEG_MSDA_BACKEND", "reference")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(referformer_folder), "--dataset", "ref-davis17", "--root", str(DAVIS_MINI),
+                 "--split", "valid", "-o", str(out), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 16 and result["benchmark"] == "Ref-DAVIS17"
+    # the official label maps scored by lvseg's DAVIS code (bit-identical to davis2017-evaluation, test_metrics_davis)
+    official = evaluate_ref_davis_folder(DAVIS_MINI / "DAVIS", GOLDEN_DAVIS)["average"]
+    assert result["J&F"] == 100 * official["J&F-Mean"] and result["J"] == 100 * official["J-Mean"]
+    assert 0 < result["J&F"] < 100
+
+    dataset = RefDAVIS17(DAVIS_MINI, "valid")
+    probabilities: dict[tuple[str, int], list[np.ndarray]] = {}
+    for path in sorted((out / "predictions").glob("*.npz")):
+        sample = dataset[int(path.name.split("_")[0])]
+        pred = _load_prediction(path)
+        assert pred.kind == "probabilities"
+        probabilities.setdefault((sample["video"], sample["annotator"]), []).append(pred.values.numpy())
+    assert len(probabilities) == 12  # 3 videos x 4 annotators
+    unexplained = 0
+    for (video, annotator), objects in probabilities.items():
+        probs = np.stack(objects)  # [N, T, H, W], objects in exp_id order
+        labels = objects_to_labels(probs)
+        folder = GOLDEN_DAVIS / f"anno_{annotator}" / video
+        gold = np.stack([np.array(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+        assert labels.shape == gold.shape
+        differ = labels != gold
+        if differ.any():  # only where rounding can decide: a probability near 0.5 or two objects nearly tied
+            near_half = (np.abs(probs - 0.5) < 0.02).any(0)
+            top2 = np.sort(probs, axis=0)[-2:] if len(probs) > 1 else None
+            near_tie = (top2[1] - top2[0] < 0.02) if top2 is not None else np.zeros_like(near_half)
+            unexplained += int((differ & ~near_half & ~near_tie).sum())
+    assert unexplained == 0
+    assert any(len(objects) == 2 for objects in probabilities.values())  # a merge of two objects was compared
+
+
 # ------------------------------------------------------------------------------------------- fast unit checks
 def test_official_resize_truncates_the_long_side_and_has_no_cap():
     assert official_resize(Image.new("RGB", (800, 450)), 360).size == (640, 360)
@@ -168,11 +213,12 @@ def test_official_input_is_the_torchvision_transform_of_the_pil_frame():
     assert not torch.equal(fast, x) and (fast - x).abs().max() < 0.2
 
 
-def test_evaluate_uses_the_official_pipeline_for_referformer_on_ytvos_only():
+def test_evaluate_uses_the_official_pipeline_for_referformer_on_ytvos_and_davis():
     from lvseg.models.referformer.model import ReferFormer
 
     pipeline = find_pipeline(ReferFormer.__new__(ReferFormer), "ytvos")
     assert pipeline is not None and "06fc218" in pipeline.source
+    assert "inference_davis.py" in find_pipeline(ReferFormer.__new__(ReferFormer), "refdavis").source
     assert find_pipeline(ReferFormer.__new__(ReferFormer), "refcoco") is None
     assert find_pipeline(object(), "ytvos") is None
     with pytest.raises(ValueError, match="already registered"):

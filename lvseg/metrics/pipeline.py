@@ -21,8 +21,9 @@ fast path does not:
 Frames arrive decoded by the dataset readers of :mod:`lvseg.data`, which open JPEG frames with PIL and
 ``convert("RGB")`` as the official scripts do, so the pixels are the official ones.
 
-Implemented (see :data:`PIPELINES`): ReferFormer on Ref-YouTube-VOS (``inference_ytvos.py`` at wjn922/ReferFormer
-06fc218). Other family/benchmark pairs keep the default runner of :func:`lvseg.metrics.evaluate.default_runner`.
+Implemented (see :data:`PIPELINES`): ReferFormer on Ref-YouTube-VOS (``inference_ytvos.py``) and Ref-DAVIS17
+(``inference_davis.py``), both at wjn922/ReferFormer 06fc218. Other family/benchmark pairs keep the default runner of
+:func:`lvseg.metrics.evaluate.default_runner`.
 A family being added registers its pipeline with :func:`register_pipeline`.
 """
 
@@ -50,6 +51,7 @@ __all__ = [
     "official_resize",
     "official_input",
     "referformer_ytvos_masks",
+    "referformer_davis_probabilities",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,5 +236,64 @@ register_pipeline(
             "its [1, T, h/4, w/4] logits bilinear (align_corners=False) to the frame size, sigmoid > 0.5",
         ),
         build=_referformer_ytvos_runner,
+    )
+)
+
+
+def referformer_davis_probabilities(model: Any, frames: np.ndarray, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReferFormer's ``inference_davis.py`` on one video and expression (one object of one annotator).
+
+    The frames are prepared as in :func:`referformer_ytvos_masks`; the video runs in clips of
+    ``config.davis_clip_frames`` (36) frames, each with its own query (argmax of the clip-averaged class scores),
+    and the chosen logits are resized straight to the frame size and passed through the sigmoid. The
+    :class:`~lvseg.metrics.refdavis.RefDAVIS17Evaluator` then merges the objects of one annotator as the script
+    does (``p < 0.5`` -> 0, background 0.1, argmax).
+
+    Args:
+        model: a :class:`~lvseg.models.referformer.ReferFormer`.
+        frames: ``uint8 [T, H, W, 3]`` RGB frames of the whole video.
+        text: the referring expression.
+
+    Returns:
+        ``(probabilities float32 [T, H, W], scores float [T])``.
+    """
+    pre = model.preprocessing
+    x = official_input(frames, pre.short_side, pre.mean, pre.std)
+    x = x.to(device=model.device, dtype=model.dtype)
+    height, width = frames.shape[1:3]
+    model.eval()
+    with torch.inference_mode():
+        logits, scores = model.segment(x[None], [text], protocol="davis")  # [1, T, h/4, w/4], [1, T]
+        # the script resizes each clip's [1, t, h/4, w/4]; bilinear works plane by plane, so the whole video at once
+        # gives the same values
+        probabilities = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+        probabilities = probabilities.sigmoid()
+    return probabilities[0].cpu(), scores[0].float().cpu()
+
+
+def _referformer_davis_runner(model: Any) -> Runner:
+    from .evaluate import SamplePrediction
+
+    def run(sample: Mapping[str, Any]) -> SamplePrediction:
+        probabilities, scores = referformer_davis_probabilities(model, _sample_frames(sample), _sample_text(sample))
+        return SamplePrediction("probabilities", probabilities, scores)
+
+    return run
+
+
+register_pipeline(
+    OfficialPipeline(
+        family="ReferFormer",
+        protocol="refdavis",
+        source="wjn922/ReferFormer inference_davis.py @ 06fc218",
+        steps=(
+            "frames decoded with PIL, convert('RGB')",
+            "torchvision Resize(short_side) on the PIL image: bilinear, long side int(short * long / short), no cap",
+            "ToTensor, Normalize(mean, std), stacked to a contiguous [T, 3, h, w]",
+            "clips of davis_clip_frames (36) frames, one forward pass and one query each",
+            "its [1, t, h/4, w/4] logits bilinear (align_corners=False) to the frame size, sigmoid",
+            "objects of one annotator merged: p < 0.5 -> 0, background 0.1, argmax (RefDAVIS17Evaluator)",
+        ),
+        build=_referformer_davis_runner,
     )
 )
