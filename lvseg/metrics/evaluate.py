@@ -344,6 +344,16 @@ def _annotated_frame_runner(model: Any) -> Callable[[Mapping[str, Any]], SampleP
     return run
 
 
+def _default_predictions(model: Any, protocol: str) -> str:
+    """What the default runner stores, for evaluation.json: the kind, and the official pipeline when one is used (so
+    predictions of the fast path and of the evaluation mode never mix on resume)."""
+    from .pipeline import find_pipeline
+
+    kind = _DEFAULT_KINDS.get(protocol, "masks")
+    pipeline = find_pipeline(model, protocol)
+    return kind if pipeline is None else f"{kind} ({pipeline.source})"
+
+
 def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], SamplePrediction]:
     """How :func:`evaluate` runs ``model`` on a sample of a ``protocol`` benchmark, as the official scripts do.
 
@@ -439,7 +449,7 @@ def evaluate(
             "dataset": type(dataset).__name__,
             "samples": n_total,
             "split": str(getattr(dataset, "split", "")),
-            "predictions": "custom runner" if runner is not None else _DEFAULT_KINDS.get(protocol, "masks"),
+            "predictions": "custom runner" if runner is not None else _default_predictions(model, protocol),
         }
         manifest_path = out / "evaluation.json"
         if manifest_path.is_file() and resume:
