@@ -147,7 +147,7 @@ def test_lvseg_evaluate_merges_the_official_davis_label_maps(referformer_folder,
     """Ref-DAVIS17: the stored probabilities, merged per annotator, are the official ``anno_k`` PNGs; J&F equal.
 
     By default only ``blackswan`` runs (16:9, two objects merged, four annotators: 8 forward passes, about a minute
-    here); ``LVSEG_EVAL_E2E_FULL=1`` adds the 4:3 and the 3:1 videos (16 passes, 277 s on this machine).
+    here); ``LVSEG_EVAL_E2E_FULL=1`` adds the 4:3 and the 3:1 videos (16 passes, 183 s on this machine).
     """
     import os
 
