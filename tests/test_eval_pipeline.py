@@ -144,13 +144,7 @@ def test_compiled_op_differs_from_the_official_masks_only_near_the_threshold(ref
 
 @pytest.mark.slow
 def test_lvseg_evaluate_merges_the_official_davis_label_maps(referformer_folder, tmp_path, monkeypatch, capsys):
-    """Ref-DAVIS17: the stored probabilities, merged per annotator, are the official ``anno_k`` PNGs; J&F equal.
-
-    By default only ``blackswan`` runs (16:9, two objects merged, four annotators: 8 forward passes, about a minute
-    here); ``LVSEG_EVAL_E2E_FULL=1`` adds the 4:3 and the 3:1 videos (16 passes, 183 s on this machine).
-    """
-    import os
-
+    """Ref-DAVIS17: the stored probabilities, merged per annotator, are the official ``anno_k`` PNGs; J&F equal."""
     from lvseg.data import RefDAVIS17
     from lvseg.hub import from_pretrained
     from lvseg.metrics.evaluate import _load_prediction
@@ -162,15 +156,13 @@ def test_lvseg_evaluate_merges_the_official_davis_label_maps(referformer_folder,
         objects_to_labels,
     )
 
-    full = os.environ.get("LVSEG_EVAL_E2E_FULL") == "1"
-    videos = ["blackswan", "b_4x3", "c_wide"] if full else ["blackswan"]
+    videos = ["blackswan", "b_4x3", "c_wide"]
     monkeypatch.setenv("LVSEG_MSDA_BACKEND", "reference")
     out = tmp_path / "eval"
     assert main(["evaluate", str(referformer_folder), "--dataset", "ref-davis17", "--root", str(DAVIS_MINI),
-                 "--split", "valid", "-o", str(out), "--device", "cpu", "--json",
-                 "--max-samples", str(16 if full else 8)]) == 0
+                 "--split", "valid", "-o", str(out), "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["samples"] == (16 if full else 8) and result["benchmark"] == "Ref-DAVIS17"
+    assert result["samples"] == 16 and result["benchmark"] == "Ref-DAVIS17"
     assert 0 < result["J&F"] < 100
 
     dataset = RefDAVIS17(DAVIS_MINI, "valid")
