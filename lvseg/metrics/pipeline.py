@@ -184,8 +184,8 @@ def _one_pass(model: Any) -> Iterator[None]:
 
 
 def referformer_ytvos_masks(
-    model: Any, frames: np.ndarray, text: str, threshold: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: Any, frames: np.ndarray, text: str, threshold: float = 0.5, *, keep_logits: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """ReferFormer's ``inference_ytvos.py`` on one video and expression.
 
     Args:
@@ -193,10 +193,12 @@ def referformer_ytvos_masks(
         frames: ``uint8 [T, H, W, 3]`` RGB frames of the whole video.
         text: the referring expression.
         threshold: the probability threshold (the script's ``--threshold``, 0.5).
+        keep_logits: also return the upsampled logits (4 bytes per pixel and frame; :func:`lvseg.evaluate` does not
+            keep them).
 
     Returns:
-        ``(masks bool [T, H, W], scores float [T], logits float [T, H, W])``: the binary masks, the chosen query's
-        score per frame, and the upsampled logits the masks threshold (for margin checks).
+        ``(masks bool [T, H, W], scores float [T], logits float [T, H, W] or None)``: the binary masks, the chosen
+        query's score per frame, and the upsampled logits the masks threshold (for margin checks).
     """
     pre = model.preprocessing
     x = official_input(frames, pre.short_side, pre.mean, pre.std)  # [T, 3, h, w], no long-side cap
@@ -209,14 +211,16 @@ def referformer_ytvos_masks(
         # [1, T, h/4, w/4] straight to the original size, as the script does (no crop: nothing is padded)
         up = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
         masks = up.sigmoid() > threshold
-    return masks[0].cpu(), scores[0].float().cpu(), up[0].cpu()
+    return masks[0].cpu(), scores[0].float().cpu(), up[0].cpu() if keep_logits else None
 
 
 def _referformer_ytvos_runner(model: Any) -> Runner:
     from .evaluate import SamplePrediction
 
     def run(sample: Mapping[str, Any]) -> SamplePrediction:
-        masks, scores, _ = referformer_ytvos_masks(model, _sample_frames(sample), _sample_text(sample))
+        masks, scores, _ = referformer_ytvos_masks(
+            model, _sample_frames(sample), _sample_text(sample), keep_logits=False
+        )
         return SamplePrediction("masks", masks, scores)
 
     return run
