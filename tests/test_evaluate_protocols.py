@@ -342,12 +342,14 @@ def test_referformer_runs_ref_davis_with_its_davis_protocol(tiny_referformer: RV
     monkeypatch.setattr(model, "segment", spy)
     result = lvseg.evaluate(model, data, progress=False)
     assert seen == ["davis"] * 8
-    # the same by hand: one davis-protocol pass per expression, probabilities straight into the evaluator
+    # the same by hand: the official inference_davis.py pipeline (lvseg.metrics.pipeline), one davis-protocol pass
+    # per expression, probabilities straight into the evaluator
+    from lvseg.metrics.pipeline import referformer_davis_probabilities
+
+    monkeypatch.setattr(model, "segment", segment)
     evaluator = RefDAVIS17Evaluator(tmp_path / "DAVIS")
-    predictor = Predictor(model, window=0, protocol="davis", return_probabilities=True, progress=False)
-    assert predictor.upsampling == "direct"
     for obj, text in enumerate(texts):  # the four annotators of an object share the expression here
-        probs = predictor(video, text).probabilities
+        probs, _ = referformer_davis_probabilities(model, video.numpy(), text)
         assert probs.shape == (2, H, W)
         for annotator in range(4):
             evaluator.add("v", obj, annotator, probs)

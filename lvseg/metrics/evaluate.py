@@ -350,8 +350,21 @@ def _annotated_frame_runner(model: Any) -> Callable[[Mapping[str, Any]], SampleP
     return run
 
 
+def _default_predictions(model: Any, protocol: str) -> str:
+    """What the default runner stores, for evaluation.json: the kind, and the official pipeline when one is used (so
+    predictions of the fast path and of the evaluation mode never mix on resume)."""
+    from .pipeline import find_pipeline
+
+    kind = _DEFAULT_KINDS.get(protocol, "masks")
+    pipeline = find_pipeline(model, protocol)
+    return kind if pipeline is None else f"{kind} ({pipeline.source})"
+
+
 def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], SamplePrediction]:
     """How :func:`evaluate` runs ``model`` on a sample of a ``protocol`` benchmark, as the official scripts do.
+
+    Where :mod:`lvseg.metrics.pipeline` implements the family's official pipeline for the benchmark (decoding,
+    PIL resize, contiguous inputs, clip composition, post-processing), that is the runner; otherwise:
 
     * ``a2d``/``jhmdb``: :meth:`~lvseg.models.base.RVOSModel.segment_annotated_frame` on the sample's clip: every
       candidate mask of the annotated frame with its score, post-processed with ``"threshold-nearest"``.
@@ -364,7 +377,11 @@ def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], S
     benchmark_protocol`), the whole video goes to ``model.segment(..., protocol=...)`` at once (``window=0``).
     """
     from ..predictor import Predictor
+    from .pipeline import official_runner
 
+    official = official_runner(model, protocol)  # evaluation mode: the family's official pipeline (pipeline.py)
+    if official is not None:
+        return official
     if protocol in ("a2d", "jhmdb"):
         return _annotated_frame_runner(model)
     options: dict[str, Any] = {"progress": False}
@@ -439,7 +456,7 @@ def evaluate(
             "dataset": type(dataset).__name__,
             "samples": n_total,
             "split": str(getattr(dataset, "split", "")),
-            "predictions": "custom runner" if runner is not None else _DEFAULT_KINDS.get(protocol, "masks"),
+            "predictions": "custom runner" if runner is not None else _default_predictions(model, protocol),
         }
         manifest_path = out / "evaluation.json"
         if manifest_path.is_file() and resume:
