@@ -108,7 +108,7 @@ class LocaterConfig(ModelConfig):
             self,
             {
                 "image_size": (16, None),
-                                "embed_dim": (8, None),
+                "embed_dim": (8, None),
                 "vision_depth": (1, None),
                 "vision_heads": (1, None),
                 "fusion_stages": (1, None),

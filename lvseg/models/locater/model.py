@@ -127,7 +127,9 @@ class VisionEncoder(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.patch_num + 1, dim))
-        self.blocks = nn.Sequential(*(Block(dim, cfg.vision_heads, cfg.mlp_ratio, 1e-6) for _ in range(cfg.vision_depth)))
+        self.blocks = nn.Sequential(
+            *(Block(dim, cfg.vision_heads, cfg.mlp_ratio, 1e-6) for _ in range(cfg.vision_depth))
+        )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pre_logits = nn.Sequential(OrderedDict([("fc", nn.Linear(dim, dim)), ("act", nn.Tanh())]))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -328,7 +330,9 @@ class MemoryWriter(nn.Module):
         if s % 2 == 0:
             # mean of the 3x3 kernel at the 2x2 sampled offsets = one 4x4 kernel; its window starts at s/2 - 2
             kernel = 0.25 * (
-                F.pad(weight, (0, 1, 0, 1)) + F.pad(weight, (1, 0, 0, 1)) + F.pad(weight, (0, 1, 1, 0))
+                F.pad(weight, (0, 1, 0, 1))
+                + F.pad(weight, (1, 0, 0, 1))
+                + F.pad(weight, (0, 1, 1, 0))
                 + F.pad(weight, (1, 0, 1, 0))
             )
             start = s // 2 - 2
