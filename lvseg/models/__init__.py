@@ -19,6 +19,7 @@ FAMILIES["referformer"] = ".referformer.model:ReferFormer"
 FAMILIES["mttr"] = ".mttr.model:MTTR"
 FAMILIES["lavt"] = ".lavt.model:LAVT"
 FAMILIES["lavt_video"] = ".lavt.video:LAVTVideo"
+FAMILIES["locater"] = ".locater.model:Locater"
 
 _CLASSES: dict[str, type[RVOSModel]] = {}
 

@@ -42,7 +42,7 @@ from ...errors import ConfigError, InvalidInputError
 from ..base import RVOSModel, validate_texts
 from .config import LocaterConfig
 
-__all__ = ["Locater", "LocaterConfig", "LocaterState", "global_frame_indices", "LocaterOutput"]
+__all__ = ["Locater", "LocaterConfig", "LocaterState", "global_frame_indices"]
 
 logger = logging.getLogger(__name__)
 
@@ -421,16 +421,6 @@ class LocaterState:
     texts: tuple[str, ...]
 
 
-@dataclass
-class LocaterOutput:
-    """Training outputs of :meth:`Locater.forward`: main logits [B, T, S, S], auxiliary logits of every fusion
-    stage [B, T, K, S, S], and the adaptive query's word attention [B, T, H, L]."""
-
-    logits: torch.Tensor
-    aux_logits: torch.Tensor
-    query_attention: torch.Tensor
-
-
 class Locater(RVOSModel):
     """Locater: ViT + LSTM text encoder, cascaded fusion, finite local and global memory, adaptive query, mask
     decoder; one frame per step (see the module docstring).
@@ -665,7 +655,7 @@ class Locater(RVOSModel):
         return None
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, frames: torch.Tensor, text: Sequence[str]) -> LocaterOutput:
+    def forward(self, frames: torch.Tensor, text: Sequence[str]) -> dict[str, torch.Tensor]:
         """Training pass: the memory unrolled over the clip as at inference (global memory from frames sampled
         over the clip, local memory written from each frame's binarised prediction), plus the auxiliary decoders
         on every fusion stage's output.
@@ -673,6 +663,10 @@ class Locater(RVOSModel):
         Args:
             frames: normalised clips [B, T, 3, H, W]; one expression per clip.
             text: ``B`` expressions.
+
+        Returns:
+            ``{"logits": [B, T, S, S], "aux_logits": [B, T, K, S, S] (one per fusion stage), "query_attention":
+            [B, T, H, L]}`` with S = ``image_size``.
         """
         texts = validate_texts(text)
         self._check_frames(frames, texts)
@@ -693,7 +687,11 @@ class Locater(RVOSModel):
             dec(s.flatten(0, 1).transpose(1, 2).reshape(b * t, -1, grid, grid))[:, 0].unflatten(0, (b, t))
             for dec, s in zip(self.aux_decoders, stages)
         ]
-        return LocaterOutput(torch.stack(logits, 1), torch.stack(aux, 2), torch.stack(attns, 1))
+        return {
+            "logits": torch.stack(logits, 1),
+            "aux_logits": torch.stack(aux, 2),
+            "query_attention": torch.stack(attns, 1),
+        }
 
 
 def _init_weights(m: nn.Module) -> None:
