@@ -448,6 +448,8 @@ class Predictor:
         """The model's state before the first window, from the frames it asks for ahead of the windows
         (:meth:`~lvseg.models.base.RVOSModel.stream_context_indices`); the video is read up to the last of them
         and only those frames are kept. None when the model asks for none."""
+        if type(self.model).stream_context_indices is RVOSModel.stream_context_indices:
+            return None  # the family needs no frames ahead
         total = source.num_frames
         if total is None:  # a container without a frame count: count by decoding once (nothing is kept)
             total = sum(1 for _ in source)
