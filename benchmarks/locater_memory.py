@@ -1,7 +1,7 @@
 """Locater: peak memory and time per frame against video length, and lvseg's per-frame step against the official one.
 
-Part 1 (``--lengths``): for each length, a fresh process writes an H.264 video of that many frames (random
-content, ``--video-size`` pixels square), then segments it through ``model.predict`` (the Predictor: the global
+Part 1 (``--lengths``): for each length, an H.264 video of that many frames (random content, ``--video-size``
+pixels square) is written, then a fresh process segments it through ``model.predict`` (the Predictor: the global
 memory's frames read ahead, windows of ``preprocessing.window`` frames, memories carried across windows) and
 reports its peak RSS (``ru_maxrss``) and the seconds per frame of the predict call. The model is the released
 architecture (``--model full``, 320 px, random weights) or the tiny Shapes preset (``--model tiny``). The returned
@@ -54,19 +54,19 @@ def write_video(path: Path, frames: int, size: int) -> None:
     write((rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(frames)), path, fps=24)
 
 
-def one_length(kind: str, frames: int, size: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        video = Path(tmp) / "v.mp4"
-        write_video(video, frames, size)
-        model = build(kind)
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        start = time.perf_counter()
-        result = model.predict(str(video), "the big red circle", progress=False)
-        seconds = time.perf_counter() - start
+def one_length(kind: str, video: str) -> dict:
+    """Segment ``video`` (written by the parent process) in this fresh process; its peak RSS is the model's."""
+    model = build(kind)
+    before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    result = model.predict(video, "the big red circle", progress=False)
+    seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    frames = int(result.masks.shape[0])
     return {
-        "frames": int(result.masks.shape[0]),
+        "frames": frames,
         "peak_rss_mb": round(peak_mb, 1),
+        "peak_before_predict_mb": round(before_mb, 1),
         "s_per_frame": round(seconds / frames, 4),
         "masks_mb": round(result.masks.numel() / 2**20, 2),
     }
@@ -111,20 +111,23 @@ def main() -> None:
     parser.add_argument("--video-size", type=int, default=32)
     parser.add_argument("--official", default=None, help="a copy of leonnnop/Locater (part 2)")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one_length(args.model, args.one, args.video_size)))
+        print(json.dumps(one_length(args.model, args.one)))
         return
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU(s), model {args.model}, fp32")
     rows = []
     for n in args.lengths:
-        out = subprocess.run(
-            [sys.executable, __file__, "--model", args.model, "--video-size", str(args.video_size), "--one", str(n)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            video = Path(tmp) / "v.mp4"
+            write_video(video, n, args.video_size)
+            out = subprocess.run(
+                [sys.executable, __file__, "--model", args.model, "--one", str(video)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     if rows:

@@ -159,4 +159,5 @@ def test_evaluate_a2d_plus_subset_cli(tmp_path, capsys):
     for key, value in expected.items():
         if isinstance(value, float):
             assert result[key] == pytest.approx(value, abs=1e-9), key
-    assert {"mAP", "oIoU", "mIoU"} <= set(result) or any("IoU" in k for k in result)
+    assert {"mAP", "overall_iou", "mean_iou", "P@0.5", "P@0.9"} <= set(result)
+    assert 0 <= result["mean_iou"] <= 100
