@@ -161,3 +161,24 @@ def test_evaluate_a2d_plus_subset_cli(tmp_path, capsys):
             assert result[key] == pytest.approx(value, abs=1e-9), key
     assert {"mAP", "overall_iou", "mean_iou", "P@0.5", "P@0.9"} <= set(result)
     assert 0 <= result["mean_iou"] <= 100
+
+
+@pytest.mark.gpu
+def test_cuda_streaming_matches_cpu():
+    """The same video and state on CUDA (fp32, TF32 off) as on the CPU, window by window."""
+    from parity import assert_parity
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn((1, 10, 3, SIZE, SIZE), generator=g)
+    texts = ["the big red circle"]
+    cpu, _ = model.segment(video, texts)
+    gpu_model = model.to("cuda")
+    state = gpu_model.init_stream_state(video[:, [1, 4, 7]].cuda(), texts)  # segment()'s global frames
+    parts = []
+    for lo, hi in ((0, 4), (4, 10)):
+        part, _, state = gpu_model.segment_window(video[:, lo:hi].cuda(), texts, state)
+        parts.append(part.cpu())
+    assert_parity({"logits": torch.cat(parts, 1)}, {"logits": cpu})
