@@ -221,6 +221,11 @@ def test_config_validation() -> None:
     assert LocaterConfig.from_dict(cfg.to_dict()) == cfg
     assert global_frame_indices(12, 3) == [1, 5, 9]
     assert global_frame_indices(2, 3) == [0, 0, 0]  # shorter than N1: the official loader has no frame 00000
+    from lvseg.registry import get_entry
+
+    for name in ("locater-vit-b.a2d", "locater-vit-b.a2d-plus"):  # the entries use the pre-refactor setting
+        entry = get_entry(name)
+        assert (entry.config["local_mem_size"], entry.config["global_mem_size"]) == PRE_REFACTOR_MEMORY
 
 
 def test_convert_to_folder_and_load(checkpoint, tokenizer_dir, tmp_path) -> None:

@@ -20,14 +20,14 @@ which setting reproduces the paper is not known. ``lvseg.load(NAME)`` then set `
 from __future__ import annotations
 
 from ...registry import ModelEntry, SourceCheckpoint, register
-from .config import PRE_REFACTOR_MEMORY
 
 _PAPER = (
     "Liang, Wang, Yang, Li, Zhuang, Yang, Local-Global Context Aware Transformer for Language-Guided Video "
     "Segmentation, IEEE TPAMI 2023"
 )
 _SHARE = "https://pan.baidu.com/s/1xdgYwhFIslr7-XEy9N5keQ"
-_MEMORY = {"local_mem_size": PRE_REFACTOR_MEMORY[0], "global_mem_size": PRE_REFACTOR_MEMORY[1]}
+# config.PRE_REFACTOR_MEMORY, written out: importing config would load torch when the registry is listed
+_MEMORY = {"local_mem_size": 1.5, "global_mem_size": 2.0}
 _NOTE = (
     "Baidu Pan share of the official README (extraction code 'rvos'; file names and checksums not known here); a "
     "flat state dict, keys possibly prefixed with 'module.'; code MIT"
