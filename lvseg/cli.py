@@ -24,6 +24,7 @@ CONVERTERS = {
     "referformer": "lvseg.models.referformer.convert",
     "mttr": "lvseg.models.mttr.convert",
     "lavt": "lvseg.models.lavt.convert",
+    "locater": "lvseg.models.locater.convert",
 }
 
 

@@ -444,6 +444,35 @@ class Predictor:
         values = _upsample(logits.flatten(0, 1), padded, size, (source.height, source.width), self.upsampling)
         return values.view(e, t, source.height, source.width).cpu()
 
+    def _stream_state(self, source: VideoSource, texts: list[str]) -> Any:
+        """The model's state before the first window, from the frames it asks for ahead of the windows
+        (:meth:`~lvseg.models.base.RVOSModel.stream_context_indices`); the video is read up to the last of them
+        and only those frames are kept. None when the model asks for none."""
+        if type(self.model).stream_context_indices is RVOSModel.stream_context_indices:
+            return None  # the family needs no frames ahead
+        total = source.num_frames
+        if total is None:  # a container without a frame count: count by decoding once (nothing is kept)
+            total = sum(1 for _ in source)
+        indices = self.model.stream_context_indices(max(int(total), 1))
+        if not indices:
+            return None
+        last = max(indices)
+        picked: dict[int, np.ndarray] = {}
+        seen: np.ndarray | None = None
+        for position, frame in enumerate(source):
+            seen = frame
+            if position in indices:
+                picked[position] = frame
+            if position >= last:
+                break
+        if seen is None:
+            raise InvalidInputError("the video has no frames")
+        # a container may overstate its frame count: a position past the end reads the last frame
+        frames = [picked.get(i, seen) for i in indices]
+        x, _ = self._prepare(frames, source)
+        logger.debug("read %d context frame(s) at %s ahead of the windows", len(indices), indices)
+        return self.model.init_stream_state(x.unsqueeze(0).expand(len(texts), *x.shape), texts)
+
     @torch.inference_mode()
     def _run(self, source: VideoSource, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         model = self.model
@@ -457,7 +486,7 @@ class Predictor:
         prob_chunks: list[torch.Tensor] = []
         score_chunks: list[torch.Tensor] = []
         pending: tuple[torch.Tensor, torch.Tensor] | None = None  # values/scores of the last `overlap` frames
-        state: Any = None
+        state: Any = None if self.protocol is not None else self._stream_state(source, texts)
         buffer: list[np.ndarray] = []
         processed = 0  # frames of the buffer already covered by a window (the overlap carried over)
         done = [0]  # frames whose masks are final

@@ -42,6 +42,7 @@ ENTRY_MODULES.append("lvseg.models.mttr.entries")
 ENTRY_MODULES.append("lvseg.models.lavt.entries")
 ENTRY_MODULES.append("lvseg.models.lavt.video_entries")
 ENTRY_MODULES.append("lvseg.models.vlp_rvos.entries")
+ENTRY_MODULES.append("lvseg.models.locater.entries")
 ENTRY_MODULES.append("lvseg.train.entries")
 
 

@@ -298,7 +298,7 @@ def test_unsupported_family_is_refused(shapes_root, tmp_path):
 
     from lvseg.train.engine import TrainConfig, Trainer
 
-    with pytest.raises(ConfigError, match="supports the 'referformer', 'mttr', 'lavt', 'lavt_video', 'vlp_rvos' families, not 'test-color'"):
+    with pytest.raises(ConfigError, match="supports the 'referformer', 'mttr', 'lavt', 'lavt_video', 'vlp_rvos', 'locater' families, not 'test-color'"):
         Trainer(make_color_model(), _shapes_train(shapes_root), TrainConfig(output_dir=str(tmp_path / "x")))
 
 

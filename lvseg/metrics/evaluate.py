@@ -99,6 +99,7 @@ _DATASET_ALIASES: dict[str, str] = {
     "a2ds+": "A2DSPlus",
     "a2dsplus": "A2DSPlus",
     "a2d+": "A2DSPlus",
+    "a2d-plus": "A2DSPlus",
     "refcoco": "RefCOCO",
     "refcoco+": "RefCOCO",
     "refcocog": "RefCOCO",
@@ -648,11 +649,12 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+, refcoco, refcoco+, "
-        "refcocog, or shapes (generated under --root when missing: --dataset-arg num_videos=N / seed=S)",
+        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+ (a2d-plus), refcoco, "
+        "refcoco+, refcocog, or shapes (generated under --root when missing: --dataset-arg num_videos=N / seed=S)",
     )
     parser.add_argument("--root", required=True, help="the dataset's root folder (official layout)")
     parser.add_argument("--split", default=None, help="dataset split (default: the dataset's default)")
+    parser.add_argument("--subset", dest="split", help="the same as --split (A2D-S+: NORM, MUL, SPAT or TEMP)")
     parser.add_argument("-o", "--output", default=None, help="folder for predictions, results and submissions")
     parser.add_argument("--no-resume", action="store_true", help="ignore predictions already in --output")
     parser.add_argument("--davis-root", default=None, help="Ref-DAVIS17: folder with Annotations_unsupervised")

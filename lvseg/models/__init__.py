@@ -20,6 +20,7 @@ FAMILIES["mttr"] = ".mttr.model:MTTR"
 FAMILIES["lavt"] = ".lavt.model:LAVT"
 FAMILIES["lavt_video"] = ".lavt.video:LAVTVideo"
 FAMILIES["vlp_rvos"] = ".vlp_rvos.model:VLPRVOS"
+FAMILIES["locater"] = ".locater.model:Locater"
 
 _CLASSES: dict[str, type[RVOSModel]] = {}
 

@@ -397,6 +397,18 @@ class RVOSModel(nn.Module):
         logits, scores = self.segment(frames, text)
         return logits, scores, None
 
+    def stream_context_indices(self, num_frames: int) -> list[int]:
+        """Positions (0-based) of frames a family needs before the first window of a video of ``num_frames``
+        frames (e.g. Locater's global memory, written from frames sampled over the whole video). The
+        :class:`~lvseg.Predictor` reads them ahead, without keeping the video in memory, and passes them to
+        :meth:`init_stream_state`. Default: none."""
+        return []
+
+    def init_stream_state(self, context: torch.Tensor, text: Sequence[str]) -> Any:
+        """The ``state`` for the first :meth:`segment_window` call, from the frames [B, K, 3, H, W] at
+        :meth:`stream_context_indices` (normalised as the windows are). Default: None."""
+        return None
+
     def segment_annotated_frame(
         self, frames: torch.Tensor, text: Sequence[str], frame_index: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

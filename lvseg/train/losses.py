@@ -39,6 +39,8 @@ __all__ = [
     "LAVTCriterion",
     "VLPRVOSLossWeights",
     "VLPRVOSCriterion",
+    "LocaterCriterion",
+    "balanced_bce_with_logits",
     "sigmoid_focal_loss",
     "dice_loss",
 ]
@@ -372,3 +374,55 @@ class VLPRVOSCriterion(torch.nn.Module):
         out = {name: value * coef for name, (value, coef) in parts.items()}
         out["loss"] = torch.stack(list(out.values())).sum()
         return out
+
+
+def balanced_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, fore: float = 1.5, back: float = 0.5, smooth: float = 1e-4
+) -> torch.Tensor:
+    """Locater's ``BalancedBCEWithLogitsLoss`` (first commit d80056d, ``utils/losses.py``): the foreground and
+    background terms averaged separately, weighted ``fore`` / ``back``; pixels with ``target`` -1 are ignored.
+
+    logits, target: [N, H, W] (target 1 / 0 / -1)."""
+    prob = torch.sigmoid(logits).clamp(smooth, 1.0 - smooth)
+    pos = (target == 1).to(logits.dtype) * fore
+    neg = (target == 0).to(logits.dtype) * back
+    pos_loss = -(pos * torch.log(prob)).sum() / (pos.sum() + 1e-4)
+    neg_loss = -(neg * F.logsigmoid(-logits)).sum() / (neg.sum() + 1e-4)
+    return pos_loss + neg_loss
+
+
+class LocaterCriterion(torch.nn.Module):
+    """The Locater training loss lvseg uses (the official training code was never released): Locater's balanced
+    BCE (:func:`balanced_bce_with_logits`, fore 1.5 / back 0.5) on the main decoder's logits of every frame, plus
+    ``aux_weight`` times the same loss on each auxiliary decoder (one per fusion stage, the official
+    ``aux_decoders``). Which loss and which weights the authors used is not known (see docs/models/locater.md).
+
+    ``forward(outputs, targets, normaliser)``: ``outputs`` the dict of :meth:`Locater.forward` (logits
+    [B, T, S, S], aux_logits [B, T, K, S, S]); ``targets`` a one-element list holding float [B, T, H, W] masks
+    (1 / 0, -1 = not supervised), resized here to S x S with nearest neighbours (as the official training
+    ``Resize``). ``normaliser`` is unused.
+    """
+
+    def __init__(self, aux_weight: float = 0.4, fore: float = 1.5, back: float = 0.5) -> None:
+        super().__init__()
+        self.aux_weight, self.fore, self.back = aux_weight, fore, back
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], targets: list[torch.Tensor], normaliser: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        logits = outputs["logits"].float()
+        target = targets[0]
+        if target.shape[-2:] != logits.shape[-2:]:
+            target = F.interpolate(target.flatten(0, 1)[:, None].float(), size=logits.shape[-2:], mode="nearest")
+            target = target[:, 0].unflatten(0, logits.shape[:2])
+        main = balanced_bce_with_logits(logits.flatten(0, 1), target.flatten(0, 1), self.fore, self.back)
+        aux_logits = outputs["aux_logits"].float()
+        aux = sum(
+            (
+                balanced_bce_with_logits(aux_logits[:, :, k].flatten(0, 1), target.flatten(0, 1), self.fore, self.back)
+                for k in range(aux_logits.shape[2])
+            ),
+            torch.zeros((), device=logits.device),
+        )
+        loss = main + self.aux_weight * aux
+        return {"loss": loss, "loss_mask": main.detach(), "loss_aux": aux.detach()}

@@ -23,6 +23,7 @@ from ..errors import ConfigError, InvalidInputError
 from .boxes import mask_boxes_cxcywh
 from .losses import (
     LAVTCriterion,
+    LocaterCriterion,
     LossWeights,
     MTTRCriterion,
     MTTRLossWeights,
@@ -38,6 +39,7 @@ __all__ = [
     "MTTRObjective",
     "LAVTObjective",
     "VLPRVOSObjective",
+    "LocaterObjective",
     "make_objective",
     "build_targets",
     "build_mttr_targets",
@@ -235,7 +237,31 @@ class VLPRVOSObjective(Objective):
         return VLPRVOSCriterion.count_frames(targets)
 
 
-FAMILIES = ("referformer", "mttr", "lavt", "lavt_video", "vlp_rvos")
+class LocaterObjective(Objective):
+    """Locater's balanced BCE on every annotated frame's main and auxiliary logits (:class:`LocaterCriterion`);
+    the memory is unrolled over the clip inside ``Locater.forward``. Padded pixels and frames without annotation
+    are not supervised (label -1)."""
+
+    family = "locater"
+
+    def prepare(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        _require_ground_truth(batch, ("masks",))
+        masks = batch["masks"]
+        b, t = masks.shape[:2]
+        labels = masks.to(torch.float32)
+        frame_mask = batch.get("frame_mask", torch.ones((b, t), dtype=torch.bool))
+        annotated = batch.get("annotated", torch.ones((b, t), dtype=torch.bool))
+        labels[~(frame_mask & annotated)] = -1.0
+        pad = batch.get("padding_mask")
+        if pad is not None:
+            labels[pad.bool()] = -1.0
+        return {}, [labels.to(device)]
+
+    def count(self, targets: Sequence[torch.Tensor]) -> float:
+        return float(targets[0].shape[0])
+
+
+FAMILIES = ("referformer", "mttr", "lavt", "lavt_video", "vlp_rvos", "locater")
 
 
 def make_objective(
@@ -269,4 +295,8 @@ def make_objective(
                 f"pixel_ce_mask), got {type(loss_weights).__name__}"
             )
         return VLPRVOSObjective(criterion or VLPRVOSCriterion(loss_weights))
+    if family == "locater":
+        if loss_weights is not None:
+            raise ConfigError("Locater's loss has no weights to set here; pass criterion=LocaterCriterion(...)")
+        return LocaterObjective(criterion or LocaterCriterion())
     raise ConfigError(f"lvseg.train supports the {', '.join(repr(f) for f in FAMILIES)} families, not {family!r}")

@@ -38,6 +38,8 @@ __all__ = [
     "shapes_wordpiece_tokenizer",
     "lavt_shapes_tiny_config",
     "build_lavt_shapes_tiny",
+    "locater_shapes_tiny_config",
+    "build_locater_shapes_tiny",
     "lavt_shapes_data",
     "LAVT_VIDEO_FRAMES",
     "lavt_video_transforms",
@@ -254,6 +256,47 @@ def build_lavt_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
 
     tokenizer = shapes_wordpiece_tokenizer()
     return LAVT(lavt_shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------ tiny Locater
+def locater_shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
+    """A tiny Locater for Shapes frames (~0.3 M parameters, see :data:`PRESETS` ``locater-tiny-shapes``).
+
+    The official architecture at toy sizes: 16-pixel patches (a 6x6 grid at 96 px), width 64, a 2-block ViT with
+    4 heads, 2 fusion stages of 1 + 1 blocks, a 1-layer BiLSTM over 32-wide embeddings of
+    :func:`shapes_wordpiece_tokenizer`'s ids, 4 memory / query heads, the HEAD memory sizes, 3 global frames,
+    frames kept at ``size`` x ``size`` and the official 22 token positions."""
+    from ..models.base import PreprocessConfig
+    from ..models.locater.config import LocaterConfig
+
+    pre = PreprocessConfig(
+        short_side=size, max_size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), window=8, max_text_tokens=22
+    )
+    return LocaterConfig(
+        preprocessing=pre,
+        image_size=size,
+        embed_dim=64,
+        vision_depth=2,
+        vision_heads=4,
+        fusion_stages=2,
+        fuse_depth=1,
+        post_depth=1,
+        fusion_heads=4,
+        mlp_ratio=2.0,
+        vocab_size=vocab_size,
+        word_dim=32,
+        text_layers=1,
+        memory_heads=4,
+        query_heads=4,
+    )
+
+
+def build_locater_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
+    """A freshly initialised tiny Locater for Shapes with its WordPiece tokenizer (random weights)."""
+    from ..models.locater.model import Locater
+
+    tokenizer = shapes_wordpiece_tokenizer()
+    return Locater(locater_shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -625,6 +668,26 @@ LAVT_SHAPES_RECIPE: dict[str, Any] = dict(
     log_every=25,
 )
 
+# the tiny Shapes Locater: AdamW at a from-scratch learning rate, warm-up and one LR drop (lvseg's choice: the
+# official training code, optimiser and schedule were never released)
+LOCATER_SHAPES_STEPS = 3000
+LOCATER_SHAPES_RECIPE: dict[str, Any] = dict(
+    lr=1e-3,
+    lr_backbone=1e-3,
+    lr_text_encoder=1e-3,
+    weight_decay=1e-2,
+    clip_max_norm=1.0,
+    batch_size=4,
+    epochs=10,
+    max_steps=LOCATER_SHAPES_STEPS,
+    warmup_steps=200,
+    lr_drop_steps=(LOCATER_SHAPES_STEPS * 3 // 4,),
+    eval_every=1000,
+    eval_max_samples=60,
+    checkpoint_every=250,
+    log_every=25,
+)
+
 PRESETS: dict[str, Preset] = {
     "referformer-tiny-shapes": Preset(
         "referformer-tiny-shapes",
@@ -784,6 +847,15 @@ PRESETS: dict[str, Preset] = {
         data=lavt_shapes_data,
         description="a ~1.1 M-parameter LAVT image model from scratch on Shapes frames with their non-motion "
         "expressions (CPU, about an hour): the check that the family learns language (benchmarks/train_shapes_lavt.py)",
+    ),
+    "locater-tiny-shapes": Preset(
+        "locater-tiny-shapes",
+        "locater",
+        build_locater_shapes_tiny,
+        train=dict(LOCATER_SHAPES_RECIPE),
+        data=shapes_data,
+        description="a ~0.3 M-parameter Locater from scratch on Shapes clips (memory unrolled over each clip, "
+        "balanced BCE on the main and auxiliary decoders; lvseg's recipe, the official one is unreleased)",
     ),
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d",

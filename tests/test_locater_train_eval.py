@@ -1,0 +1,184 @@
+"""Locater end to end at toy sizes: the Shapes preset (``locater-tiny-shapes``) trains through ``lvseg.train`` (the
+loss falls on a fixed batch, a run resumes bit-identically, a 2-process gloo DDP run keeps the ranks in step), and
+``lvseg evaluate MODEL --dataset a2d-plus --subset SPAT`` runs on an A2D-S+ fixture with Locater's protocol."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    from lvseg.train.presets import ensure_shapes
+
+    root = tmp_path_factory.mktemp("locater_shapes")
+    ensure_shapes(root, num_train=3, num_val=1, size=SIZE)
+    return root
+
+
+def tiny_model():
+    from lvseg.models.locater.model import Locater
+    from lvseg.train.presets import locater_shapes_tiny_config, shapes_wordpiece_tokenizer
+
+    tok = shapes_wordpiece_tokenizer()
+    torch.manual_seed(0)
+    return Locater(locater_shapes_tiny_config(len(tok), SIZE), tokenizer=tok)
+
+
+def test_forward_outputs_and_loss_fall_on_a_fixed_batch(shapes_root, tmp_path):
+    """The recipe's optimiser (warm-up left out) on two fixed Shapes clips, the memory unrolled over each clip."""
+    from lvseg.train.engine import TrainConfig, Trainer
+    from lvseg.train.presets import get_preset, shapes_data
+
+    train, _ = shapes_data(shapes_root, num_train=3, num_val=1, size=SIZE)
+    torch.manual_seed(0)
+    batch = [train[0], train[len(train) // 2]]
+    model = tiny_model()
+    out = model(torch.zeros(1, 3, 3, SIZE, SIZE), [batch[0]["text"]])
+    assert out["logits"].shape == (1, 3, SIZE, SIZE) and out["aux_logits"].shape == (1, 3, 2, SIZE, SIZE)
+    preset = get_preset("locater-tiny-shapes")
+    assert preset.family == "locater"
+    recipe = {**preset.train, "epochs": 12, "max_steps": 12, "batch_size": 2, "warmup_steps": 0,
+              "checkpoint_every": 0, "eval_every": 0, "log_every": 1}
+    config = TrainConfig(output_dir=str(tmp_path / "fixed"), progress=False, tensorboard=False, **recipe)
+    result = Trainer(model, batch, config).fit()
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_train_resume_is_bit_identical_and_the_result_loads(shapes_root, tmp_path):
+    import lvseg
+    from lvseg.train.presets import shapes_data
+
+    train, val = shapes_data(shapes_root, num_train=3, num_val=1, size=SIZE)
+    common = dict(preset="locater-tiny-shapes", batch_size=2, log_every=1, progress=False, tensorboard=False,
+                  eval_every=0, warmup_steps=1)
+    full = lvseg.train(tiny_model(), train, None, tmp_path / "full", max_steps=4, checkpoint_every=0, **common)
+    part = tmp_path / "part"
+    lvseg.train(tiny_model(), train, None, part, max_steps=2, checkpoint_every=1, **common)
+    resumed = lvseg.train(tiny_model(), train, None, part, max_steps=4, checkpoint_every=1, resume=True, **common)
+    assert full.steps == resumed.steps == 4
+    a = lvseg.load(str(full.final_checkpoint), device="cpu").state_dict()
+    b = lvseg.load(str(resumed.final_checkpoint), device="cpu").state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    loaded = lvseg.load(str(full.final_checkpoint), device="cpu")
+    logits, scores = loaded.segment(torch.zeros(1, 4, 3, SIZE, SIZE), ["the big red circle"])
+    assert logits.shape == (1, 4, SIZE, SIZE) and scores.shape == (1, 4)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    sys.path.insert(0, sys.argv[3])
+    from test_locater_train_eval import tiny_model, SIZE
+    from lvseg.train.api import train
+    from lvseg.train.presets import shapes_data
+
+    data, _ = shapes_data(sys.argv[1], num_train=3, num_val=1, size=SIZE)
+    model = tiny_model()
+    train(model, data, None, sys.argv[2], preset="locater-tiny-shapes", max_steps=2, batch_size=1,
+          checkpoint_every=0, eval_every=0, log_every=1, progress=False, tensorboard=False, seed=0)
+    import os
+    torch.save(model.state_dict(), f"{sys.argv[2]}/weights_rank{os.environ.get('RANK', '0')}.pt")
+""")
+
+
+def test_ddp_gloo_two_processes_stay_in_step(shapes_root, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(shapes_root), str(out), str(Path(__file__).resolve().parent)],
+                          env=env, timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in records if r.get("kind") == "train"]) == 2
+    r0 = torch.load(out / "weights_rank0.pt")
+    r1 = torch.load(out / "weights_rank1.pt")
+    init = tiny_model().state_dict()
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # training moved the weights
+    params = dict(tiny_model().named_parameters())
+    for key in params:  # DDP averaged the gradients: both ranks hold the same parameters
+        assert torch.equal(r0[key], r1[key]), key
+    # (the aux decoders' BatchNorm statistics are per rank: DDP broadcasts rank 0's before each forward only)
+
+
+def write_a2dplus(root: Path, subset: str = "SPAT", h: int = 40, w: int = 52) -> None:
+    import numpy as np
+    from PIL import Image
+
+    base = root / "A2D_SUBSET" / subset
+    names = [f"{i:05d}" for i in range(1, 7)]
+    rng = np.random.default_rng(0)
+    for n in names:
+        (base / "allPngs320H" / "vidA").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "allPngs320H" / "vidA" / f"{n}.png")
+    (base / "mask").mkdir(parents=True)
+    for n in ("00002", "00005"):
+        m = torch.zeros(h, w)
+        m[5:20, 10:30] = 1.0
+        torch.save(m, base / "mask" / f"vidA_1_{n}.pth")
+    torch.save(torch.zeros(h, w), base / "mask" / "vidA_2_00003.pth")
+    torch.save({"vidA": len(names)}, base / "vid_frame_dict.pth")
+    table = {"vidA": {"frames": names, "expressions": {
+        "1": {"exp": "the big red circle", "labels": ["00002", "00005"]},
+        "2": {"exp": "the leftmost object", "labels": ["00003"]}}}}
+    (base / f"A2D_{subset}_test_expressions.json").write_text(json.dumps(table))
+
+
+def test_evaluate_a2d_plus_subset_cli(tmp_path, capsys):
+    import lvseg
+    from lvseg.data import A2DSPlus
+    from lvseg.metrics.evaluate import main_cli
+
+    write_a2dplus(tmp_path / "data")
+    model = tiny_model().eval()
+    folder = model.save_pretrained(tmp_path / "model")
+    code = main_cli([str(folder), "--dataset", "a2d-plus", "--subset", "SPAT", "--root", str(tmp_path / "data"),
+                     "--json", "--device", "cpu"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"] == "a2d+" and result["samples"] == 2
+    expected = lvseg.evaluate(lvseg.load(str(folder), device="cpu"), A2DSPlus(tmp_path / "data", "SPAT"),
+                              progress=False)
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert result[key] == pytest.approx(value, abs=1e-9), key
+    assert {"mAP", "overall_iou", "mean_iou", "P@0.5", "P@0.9"} <= set(result)
+    assert 0 <= result["mean_iou"] <= 100
+
+
+@pytest.mark.gpu
+def test_cuda_streaming_matches_cpu():
+    """The same video and state on CUDA (fp32, TF32 off) as on the CPU, window by window."""
+    from parity import assert_parity
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn((1, 10, 3, SIZE, SIZE), generator=g)
+    texts = ["the big red circle"]
+    cpu, _ = model.segment(video, texts)
+    gpu_model = model.to("cuda")
+    state = gpu_model.init_stream_state(video[:, [1, 4, 7]].cuda(), texts)  # segment()'s global frames
+    parts = []
+    for lo, hi in ((0, 4), (4, 10)):
+        part, _, state = gpu_model.segment_window(video[:, lo:hi].cuda(), texts, state)
+        parts.append(part.cpu())
+    assert_parity({"logits": torch.cat(parts, 1)}, {"logits": cpu})
