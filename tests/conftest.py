@@ -2,12 +2,16 @@ import os
 import sys
 from pathlib import Path
 
+import huggingface_hub.constants  # noqa: F401  (see below)
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers (toymodels, hubserver) by name
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported. Import it here, before any test sets the
+# variable, so that every test sees the same Hub mode whichever subset of the suite runs (before: running
+# tests/test_app.py then tests/test_hub.py froze offline mode on, and the local test Hub was "unreachable").
 
 
 def pytest_collection_modifyitems(config, items):
