@@ -324,6 +324,24 @@ def validate_texts(text: str | Sequence[str]) -> list[str]:
     return out
 
 
+def check_clip_frames(frames: Any, texts: Sequence[str], normalisation: str | None = None) -> None:
+    """The checks every family's ``segment`` makes on its inputs: ``frames`` a floating tensor
+    ``[B, T, 3, H, W]`` and one video per expression (``B == len(texts)``). ``normalisation`` names the
+    normalisation the family expects, for the dtype error (e.g. ``"ImageNet mean/std"``). Each family checks its
+    own minimum size after this."""
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[2] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise InvalidInputError(f"frames must be a float tensor [B, T, 3, H, W], got {shape}")
+    if not frames.is_floating_point():
+        what = f"normalised floats ({normalisation})" if normalisation else "normalised floats"
+        raise InvalidInputError(f"frames must be {what}, got dtype {frames.dtype}")
+    if frames.shape[0] != len(texts):
+        raise InvalidInputError(
+            f"got {frames.shape[0]} videos but {len(texts)} expressions: pass one video per expression "
+            "(expand the frames for several expressions)"
+        )
+
+
 class RVOSModel(nn.Module):
     """Base class of every referring video segmentation model.
 

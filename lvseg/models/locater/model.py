@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, InvalidInputError
-from ..base import RVOSModel, validate_texts
+from ..base import RVOSModel, check_clip_frames, validate_texts
 from .config import LocaterConfig
 
 __all__ = ["Locater", "LocaterConfig", "LocaterState", "global_frame_indices"]
@@ -463,16 +463,7 @@ class Locater(RVOSModel):
 
     # ------------------------------------------------------------------------------------------- inputs
     def _check_frames(self, frames: torch.Tensor, texts: Sequence[str]) -> None:
-        if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[2] != 3:
-            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise InvalidInputError(f"frames must be a float tensor [B, T, 3, H, W], got {shape}")
-        if not frames.is_floating_point():
-            raise InvalidInputError(f"frames must be normalised floats (mean/std 0.5), got dtype {frames.dtype}")
-        if frames.shape[0] != len(texts):
-            raise InvalidInputError(
-                f"got {frames.shape[0]} videos but {len(texts)} expressions: pass one video per expression "
-                "(expand the frames for several expressions)"
-            )
+        check_clip_frames(frames, texts, "mean/std 0.5")
         if frames.shape[1] < 1 or min(frames.shape[-2:]) < 2:
             raise InvalidInputError(f"frames of shape {tuple(frames.shape)} are too small for Locater")
 

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from ...errors import ConfigError, InvalidInputError, InvalidTextError
-from ..base import RVOSModel, validate_texts
+from ..base import RVOSModel, check_clip_frames, validate_texts
 from ..layers.mlp import MLP
 from ..layers.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
 from ..layers.resnet import ResNetBackbone
@@ -206,16 +206,7 @@ class ReferFormer(RVOSModel):
         return self._forward(frames, text, padding_mask, valid_indices, all_layer_masks=True)
 
     def _check_frames(self, frames: torch.Tensor, texts: Sequence[str]) -> None:
-        if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[2] != 3:
-            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise InvalidInputError(f"frames must be a float tensor [B, T, 3, H, W], got {shape}")
-        if not frames.is_floating_point():
-            raise InvalidInputError(f"frames must be normalised floats, got dtype {frames.dtype}")
-        if frames.shape[0] != len(texts):
-            raise InvalidInputError(
-                f"got {frames.shape[0]} videos but {len(texts)} expressions: pass one video per expression "
-                "(expand the frames for several expressions)"
-            )
+        check_clip_frames(frames, texts)
         if min(frames.shape[-2:]) < 32:
             raise InvalidInputError(f"frames of {tuple(frames.shape[-2:])} pixels are too small; need >= 32x32")
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...errors import ConfigError, InvalidInputError
 from .. import register_family
-from ..base import RVOSModel, validate_texts
+from ..base import RVOSModel, check_clip_frames, validate_texts
 from .config import VLPRVOSConfig
 from .modules import (
     CubeFrameAttention,
@@ -104,16 +104,7 @@ class VLPRVOS(RVOSModel):
 
     # ------------------------------------------------------------------------------------------- inputs
     def _check_frames(self, frames: torch.Tensor, texts: Sequence[str]) -> None:
-        if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[2] != 3:
-            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise InvalidInputError(f"frames must be a float tensor [B, T, 3, H, W], got {shape}")
-        if not frames.is_floating_point():
-            raise InvalidInputError(f"frames must be normalised floats (ImageNet mean/std), got dtype {frames.dtype}")
-        if frames.shape[0] != len(texts):
-            raise InvalidInputError(
-                f"got {frames.shape[0]} videos but {len(texts)} expressions: pass one video per expression "
-                "(expand the frames for several expressions)"
-            )
+        check_clip_frames(frames, texts, "ImageNet mean/std")
         if frames.shape[1] < 1 or min(frames.shape[-2:]) < 4:
             raise InvalidInputError(f"frames of shape {tuple(frames.shape)} are too small: VLP-RVOS needs >= 4x4")
 
