@@ -94,6 +94,12 @@ def _relative_position_index(window: Triple) -> torch.Tensor:
     return (rel * strides).sum(-1)
 
 
+def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y`` (``y`` broadcast), in place in ``x`` where that gives the same dtype (under bf16 autocast the
+    fp32 bias promotes the bf16 logits, and the out-of-place sum keeps that promotion)."""
+    return x.add_(y) if torch.promote_types(x.dtype, y.dtype) == x.dtype else x + y
+
+
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside (shifted) windows with a learned relative-position bias."""
 
@@ -140,14 +146,17 @@ class WindowAttention3D(nn.Module):
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # [B * nW, nH, N, N], a fresh buffer
         # Video Swin slices the full-window index to the actual window volume (see module docstring).
-        index = self.relative_position_index[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
-        attn = attn + bias.unsqueeze(0)
+        # The bias is made contiguous [nH, N, N] (as the official code does): a broadcast add of the permuted
+        # view is about twice as slow on CPU. The additions are in place on the fresh logits buffer (the
+        # matmul saves its inputs, not its output, for backward): same values, two [B * nW, nH, N, N]
+        # allocations fewer per block (first-stage windows of a 480x480 Swin-B are ~33 MB each).
+        bias = self.relative_position_bias_table[self._sliced_index(n)].view(n, n, -1).permute(2, 0, 1)
+        attn = _add(attn, bias.contiguous().unsqueeze(0))
         if mask is not None:
             nw = mask.shape[0]
-            attn = attn.view(b_ // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = _add(attn.view(b_ // nw, nw, self.num_heads, n, n), mask.unsqueeze(1).unsqueeze(0))
             attn = attn.view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c))
