@@ -175,7 +175,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
     out = Path(args.workdir)
-    if args.impl == "lvseg":
+    if args.impl in ("lvseg", "lvseg-base"):  # lvseg-base: the same code path from --baseline-lvseg's tree
         from safetensors.torch import load_file
 
         if args.case == "image":
@@ -269,7 +269,15 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "logits_shape": list(logits.shape),
         "logits_dtype": str(logits.dtype).replace("torch.", ""),
         "logits_mean": float(logits.float().mean()),
+        "logits_sum_abs": float(logits.float().abs().sum()),
+        "lvseg_from": _lvseg_origin() if args.impl != "official" else None,
     }
+
+
+def _lvseg_origin() -> str:
+    import lvseg
+
+    return str(Path(lvseg.__file__).resolve().parents[1])
 
 
 def _profile(model: Any, forward: Any, inputs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -324,6 +332,8 @@ def _child(args: argparse.Namespace, mode: str, **extra: Any) -> dict[str, Any] 
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if extra.get("impl") == "lvseg-base":
+        env["PYTHONPATH"] = os.pathsep.join([str(args.baseline_lvseg), env.get("PYTHONPATH", "")])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"  FAILED ({mode} {extra}):\n{proc.stderr[-3000:]}", flush=True)
@@ -344,6 +354,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed forwards per process")
     parser.add_argument("--image-warmup", type=int, default=1, help="untimed forwards first (image case)")
     parser.add_argument("--video-warmup", type=int, default=0, help="untimed forwards first (video case)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="fresh processes per implementation, in alternating order"
+    )
+    parser.add_argument(
+        "--baseline-lvseg",
+        type=Path,
+        help="another lvseg tree (e.g. `git archive OLD lvseg | tar -x -C DIR`): run it too, as lvseg-base",
+    )
     parser.add_argument("--workdir", help="keep checkpoints here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", type=int, default=0, help="N: also profile one forward (top N ops, modules)")
@@ -386,8 +404,9 @@ def main() -> None:
             if _child(args, "prepare", case=case, official=tree.resolve()) is None:
                 continue
             warmup = args.image_warmup if case == "image" else args.video_warmup
-            for k, dtype in enumerate(args.dtypes):
-                order = ("official", "lvseg") if k % 2 == 0 else ("lvseg", "official")  # interleaved
+            impls = ["official", "lvseg"] + (["lvseg-base"] if args.baseline_lvseg else [])
+            for k, dtype in enumerate(d for d in args.dtypes for _ in range(args.rounds)):
+                order = impls if k % 2 == 0 else impls[::-1]  # interleaved
                 for impl in order:
                     load = os.getloadavg()[0]
                     row = _child(args, "run", case=case, impl=impl, dtype=dtype, official=tree.resolve(), warmup=warmup)
@@ -402,8 +421,28 @@ def main() -> None:
         total = time.perf_counter() - t0
         print(f"\n{args.threads} threads, {args.repeats} timed forward(s) per process, total {total:.0f} s")
         print(format_table(rows))
+        if args.rounds > 1:
+            print(f"\nmedians over {args.rounds} processes per implementation:")
+            print(format_table(_median_rows(rows)))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (case, dtype, impl): the median of each number over that implementation's processes."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["dtype"], r["impl"]), []).append(r)
+    numbers = ("seconds", "cpu_seconds", "peak_rss_gb", "forward_peak_gb", "base_rss_gb")
+    out = []
+    for (case, dtype, impl), group in groups.items():
+        row = {"case": case, "dtype": dtype, "impl": f"{impl} (n={len(group)})"}
+        row.update({k: statistics.median(g[k] for g in group) for k in numbers})
+        row["load_before"] = min(g["load_before"] for g in group)
+        row["load_after"] = max(g["load_after"] for g in group)
+        row["_impl"] = impl
+        out.append(row)
+    return out
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -412,7 +451,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "wall / official | peak RSS / official |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    official = {(r["case"], r["dtype"]): r for r in rows if r["impl"] == "official"}
+    official = {(r["case"], r["dtype"]): r for r in rows if r.get("_impl", r["impl"]) == "official"}
     for r in rows:
         ref = official.get((r["case"], r["dtype"]))
         ratio_t = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
