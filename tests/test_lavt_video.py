@@ -262,6 +262,15 @@ def test_config_checks_and_round_trip():
         small_config(window=(7, 7))
     with pytest.raises(ConfigError, match="lacks the required field"):
         LAVTVideoConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "window"})
+    # the text-encoder checks the image config makes too (one helper in lavt/config.py)
+    from lvseg.models.layers.text import ROBERTA_BASE_CONFIG
+
+    with pytest.raises(ConfigError, match="model_type 'bert'"):
+        LAVTVideoConfig(text_encoder=dict(ROBERTA_BASE_CONFIG))
+    raw = config.to_dict()
+    raw["text_encoder"] = {k: v for k, v in raw["text_encoder"].items() if k != "intermediate_size"}
+    with pytest.raises(ConfigError, match="intermediate_size"):
+        LAVTVideoConfig.from_dict(raw)
 
 
 def test_convert_command_load_and_windowed_predict(tmp_path):

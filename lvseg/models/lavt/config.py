@@ -9,7 +9,15 @@ from ...errors import ConfigError
 from ..base import ModelConfig, PreprocessConfig, check_ranges
 from ..layers.text import BERT_BASE_CONFIG, check_text_encoder, complete_text_encoder, is_bert
 
-__all__ = ["LAVTConfig", "SWIN_SIZES", "IMAGE_TOKEN_BUDGET", "VIDEO_TOKEN_BUDGET", "refcoco_preprocessing"]
+__all__ = [
+    "LAVTConfig",
+    "SWIN_SIZES",
+    "IMAGE_TOKEN_BUDGET",
+    "VIDEO_TOKEN_BUDGET",
+    "refcoco_preprocessing",
+    "check_raw_bert_encoder",
+    "checked_bert_encoder",
+]
 
 # swin_type -> (embed_dim, depths, heads), as in the official code (video: tiny/small/base only)
 SWIN_SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
@@ -22,6 +30,25 @@ SWIN_SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
 # the official token budgets: ids after [CLS]/[SEP] are added, cut to this many (a long sentence loses [SEP])
 IMAGE_TOKEN_BUDGET = 20
 VIDEO_TOKEN_BUDGET = 22
+
+
+def check_raw_bert_encoder(data: dict[str, Any]) -> None:
+    """A LAVT config.json (image or video) must give every size of its text encoder (BertConfig would default
+    a missing one)."""
+    if "text_encoder" in data:
+        check_text_encoder(data["text_encoder"], require_sizes=True)
+
+
+def checked_bert_encoder(text_encoder: dict[str, Any]) -> dict[str, Any]:
+    """The ``text_encoder`` of a LAVT config (image or video), validated as BertConfig arguments of a BERT and
+    with every size BertConfig would default written out (``complete_text_encoder``), for a complete config.json.
+
+    Raises :class:`~lvseg.errors.ConfigError` for invalid arguments or a text encoder that is not BERT.
+    """
+    check_text_encoder(text_encoder)
+    if not is_bert(text_encoder):
+        raise ConfigError(f"LAVT's text encoder is BERT: text_encoder needs model_type 'bert', got {text_encoder!r}")
+    return complete_text_encoder(text_encoder)
 
 
 def refcoco_preprocessing() -> PreprocessConfig:
@@ -68,8 +95,7 @@ class LAVTConfig(ModelConfig):
     @classmethod
     def check_raw(cls, data: dict[str, Any]) -> None:
         """A config.json must give every size of its text encoder (BertConfig would default a missing one)."""
-        if "text_encoder" in data:
-            check_text_encoder(data["text_encoder"], require_sizes=True)
+        check_raw_bert_encoder(data)
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -85,12 +111,7 @@ class LAVTConfig(ModelConfig):
                 "image_size": (32, None),
             },
         )
-        check_text_encoder(self.text_encoder)
-        if not is_bert(self.text_encoder):
-            raise ConfigError(
-                f"LAVT's text encoder is BERT: text_encoder needs model_type 'bert', got {self.text_encoder!r}"
-            )
-        self.text_encoder = complete_text_encoder(self.text_encoder)
+        self.text_encoder = checked_bert_encoder(self.text_encoder)
         if len(self.depths) != 4 or len(self.num_heads) != 4 or len(self.fusion_heads) != 4:
             raise ConfigError(
                 f"LAVT's Swin has 4 stages: depths, num_heads and fusion_heads need 4 entries each, got "

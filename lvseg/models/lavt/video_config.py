@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 from ...errors import ConfigError
 from ..base import ModelConfig, PreprocessConfig, check_ranges
-from ..layers.text import BERT_BASE_CONFIG, check_text_encoder, complete_text_encoder, is_bert
-from .config import VIDEO_TOKEN_BUDGET
+from ..layers.text import BERT_BASE_CONFIG
+from .config import VIDEO_TOKEN_BUDGET, check_raw_bert_encoder, checked_bert_encoder
 
 __all__ = ["LAVTVideoConfig", "VIDEO_SWIN_SIZES", "video_preprocessing", "A2D_CLIP_FRAMES", "STREAMING_WINDOW"]
 
@@ -74,8 +74,7 @@ class LAVTVideoConfig(ModelConfig):
     @classmethod
     def check_raw(cls, data: dict[str, Any]) -> None:
         """A config.json must give every size of its text encoder (BertConfig would default a missing one)."""
-        if "text_encoder" in data:
-            check_text_encoder(data["text_encoder"], require_sizes=True)
+        check_raw_bert_encoder(data)
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -94,12 +93,7 @@ class LAVTVideoConfig(ModelConfig):
                 "annotated_clip_frames": (1, None),
             },
         )
-        check_text_encoder(self.text_encoder)
-        if not is_bert(self.text_encoder):
-            raise ConfigError(
-                f"LAVT's text encoder is BERT: text_encoder needs model_type 'bert', got {self.text_encoder!r}"
-            )
-        self.text_encoder = complete_text_encoder(self.text_encoder)
+        self.text_encoder = checked_bert_encoder(self.text_encoder)
         if len(self.depths) != 4 or len(self.num_heads) != 4 or len(self.fusion_heads) != 4:
             raise ConfigError(
                 f"LAVT's Video Swin has 4 stages: depths, num_heads and fusion_heads need 4 entries each, got "
