@@ -192,3 +192,64 @@ def test_evaluate_uses_the_official_pipeline_for_mttr_on_ytvos(mttr_model_folder
     assert pred.kind == "masks" and torch.equal(pred.values, masks) and torch.equal(pred.scores, scores)
     assert masks.shape == logits.shape == (2, 30, 150)
     assert torch.equal(masks, logits > 0) or int((masks != (logits > 0)).sum()) <= 2  # sigmoid rounds at 0.5
+
+
+# --------------------------------------------------------------------------------------------- A2D-Sentences
+A2D_MINI = FIXTURES / "a2d_mini"
+GOLDEN_A2D = FIXTURES / "golden" / "mttr_a2d"
+
+
+@pytest.mark.slow
+def test_lvseg_evaluate_gives_the_official_a2d_predictions_and_metrics(mttr_model_folder, tmp_path, capsys):
+    """Every query's mask and score of each annotated frame equal what the official ``evaluate_a2d_sentences``
+    handed to ``COCO.loadRes`` (-ws 8 -ebs 1), and where no pixel differs the metrics equal the official ones."""
+    from pycocotools import mask as mask_utils
+
+    from lvseg.data import A2DSentences
+    from lvseg.metrics.evaluate import _load_prediction, _sample_key
+    from lvseg.metrics.pipeline_mttr import mttr_a2d_queries
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(mttr_model_folder), "--dataset", "a2d-sentences", "--root", str(A2D_MINI),
+                 "--split", "test", "--dataset-arg", "num_frames=8", "-o", str(out), "--device", "cpu",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 5 and result["benchmark"] == "A2D-Sentences"
+    assert "evaluate_a2d_sentences @ 2cc35ab" in json.loads((out / "evaluation.json").read_text())["predictions"]
+    info = json.loads((GOLDEN_A2D / "golden.json").read_text())
+    golden: dict[str, list[dict]] = {}
+    for p in json.loads((GOLDEN_A2D / "predictions.json").read_text()):
+        golden.setdefault(p["image_id"], []).append(p)  # the queries of one frame, in query order
+    dataset = A2DSentences(A2D_MINI, "test", num_frames=8)
+    model = None
+    differing = unexplained = total = 0
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        pred = _load_prediction(out / "predictions" / f"{_sample_key(index, sample)}.npz")
+        gold = golden[sample["image_id"]]
+        assert pred.kind == "queries" and pred.values.shape[0] == len(gold)
+        scores = torch.tensor([g["score"] for g in gold])
+        assert (pred.scores - scores).abs().max() <= RELATIVE_TOLERANCE * scores.abs().max()
+        gold_masks = np.stack([mask_utils.decode({"size": g["segmentation"]["size"],
+                                                  "counts": g["segmentation"]["counts"].encode()}) > 0 for g in gold])
+        differ = pred.values.numpy() != gold_masks
+        total += differ.size
+        if differ.any():
+            if model is None:
+                model = load(mttr_model_folder)
+            _, _, logits = mttr_a2d_queries(model, np.asarray(sample["frames"]), sample["text"],
+                                            sample["center_index"])
+            margin = RELATIVE_TOLERANCE * logits.abs().max().item()
+            differing += int(differ.sum())
+            unexplained += int((differ & (logits.abs().numpy() > margin)).sum())
+    assert unexplained == 0 and differing <= MAX_DIFFERING * total, (differing, total)
+    official = info["official_metrics"]
+    assert official["overall_iou"] > 0.3 and official["P@0.5"] > 0  # not a trivial comparison
+    print(f"A2D: {differing} of {total} query pixels differ; ours {result}")
+    if differing == 0:
+        for ours, theirs in (("P@0.5", "P@0.5"), ("P@0.9", "P@0.9"), ("overall_iou", "overall_iou"),
+                             ("mean_iou", "mean_iou")):
+            assert result[ours] == pytest.approx(100 * official[theirs], rel=1e-12, abs=1e-12), ours
+        for key, value in result.items():
+            if key.startswith("mAP") or key.startswith("AP"):
+                assert value == pytest.approx(100 * official[key], rel=1e-9, abs=1e-12), key

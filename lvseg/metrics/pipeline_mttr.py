@@ -39,12 +39,16 @@ __all__ = [
     "mttr_input",
     "clean_text",
     "mttr_ytvos_masks",
+    "MTTR_A2D_SIZE",
+    "mttr_a2d_queries",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: ``configs/refer_youtube_vos.yaml``: (eval_short_size, eval_max_size)
 MTTR_YTVOS_SIZE: tuple[int, int] = (360, 640)
+#: ``configs/a2d_sentences.yaml``: (eval_short_size, eval_max_size)
+MTTR_A2D_SIZE: tuple[int, int] = (320, 576)
 
 
 def detr_resize_size(height: int, width: int, short_side: int, max_size: int | None) -> tuple[int, int]:
@@ -160,5 +164,64 @@ register_pipeline(
             "the frame size, 0/255 PNGs",
         ),
         build=_mttr_ytvos_runner,
+    )
+)
+
+
+def mttr_a2d_queries(
+    model: Any, frames: np.ndarray, text: str, center: int, *, keep_logits: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """MTTR's A2D-Sentences evaluation (``evaluate_a2d_sentences``, one clip per batch) on one annotated frame.
+
+    Args:
+        model: a :class:`~lvseg.models.mttr.MTTR`.
+        frames: ``uint8 [T, H, W, 3]``: the window around the annotated frame (``lvseg.data.A2DSentences`` with
+            ``num_frames`` = the model's window: the official ``[f - T // 2, f + (T + 1) // 2)``, clamped).
+        text: the sentence (cleaned as the official dataset does).
+        center: the annotated frame's position in ``frames`` (``T // 2``).
+
+    Returns:
+        ``(masks bool [Q, H, W], scores float [Q], logits float [Q, H, W] or None)``: every query's mask at the
+        frame size (``A2DSentencesPostProcess``: bilinear to the input size, ``sigmoid() > 0.5``, nearest to the
+        frame size), its referred probability, and the logits the masks threshold.
+    """
+    short_side, max_size = MTTR_A2D_SIZE
+    pre = model.preprocessing
+    x = mttr_input(frames, short_side, max_size, pre.mean, pre.std).to(device=model.device, dtype=model.dtype)
+    height, width = frames.shape[1:3]
+    model.eval()
+    with torch.inference_mode():
+        logits, scores = model.segment_annotated_frame(x[None], [clean_text(text)], center)  # [1, Q, h/4, w/4]
+        up = F.interpolate(logits.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+        masks = F.interpolate((up.sigmoid() > 0.5).float(), size=(height, width), mode="nearest") > 0.5
+        kept = F.interpolate(up, size=(height, width), mode="nearest")[0].cpu() if keep_logits else None
+    return masks[0].cpu(), scores[0].float().cpu(), kept
+
+
+def _mttr_a2d_runner(model: Any) -> Runner:
+    from .evaluate import SamplePrediction
+
+    def run(sample: Mapping[str, Any]) -> SamplePrediction:
+        frames = _sample_frames(sample)
+        center = int(sample.get("center_index", frames.shape[0] // 2))
+        masks, scores, _ = mttr_a2d_queries(model, frames, _sample_text(sample), center, keep_logits=False)
+        return SamplePrediction("queries", masks, scores)
+
+    return run
+
+
+register_pipeline(
+    OfficialPipeline(
+        family="MTTR",
+        protocol="a2d",
+        source="mttr2021/MTTR trainer.py evaluate_a2d_sentences @ 2cc35ab",
+        steps=(
+            "the window of -ws frames centred on the annotated frame, clamped (lvseg.data.A2DSentences)",
+            "DETR RandomResize([320], max_size=576) on the PIL frames, ToTensor, Normalize, contiguous",
+            "text lower-cased, whitespace collapsed; one clip per batch (no padding)",
+            "every query of the centre frame: logits bilinear to the input size, sigmoid > 0.5, nearest to the "
+            "frame size; scores softmax index 0",
+        ),
+        build=_mttr_a2d_runner,
     )
 )
