@@ -1,4 +1,6 @@
-"""MTTR's official evaluation pipelines (mttr2021/MTTR 2cc35ab), registered with :func:`~.pipeline.register_pipeline`.
+"""MTTR's official evaluation pipelines (mttr2021/MTTR 2cc35ab) for Ref-YouTube-VOS and A2D-Sentences.
+
+Both are registered with :func:`~.pipeline.register_pipeline`.
 
 Ref-YouTube-VOS follows ``Trainer.evaluate_refer_youtube_vos`` with ``ReferYouTubeVOSDataset('test')`` and
 ``ReferYoutubeVOSPostProcess`` (``configs/refer_youtube_vos.yaml``: ``eval_short_size`` 360, ``eval_max_size`` 640,
@@ -15,6 +17,10 @@ one video per batch). What it does and lvseg's fast :class:`~lvseg.Predictor` pa
 * **one query per video**: the argmax of the time-averaged referred probability (``softmax[..., 0]``), its logits
   bilinear (``align_corners=False``) to the resized input, ``sigmoid() > 0.5``, then *nearest* to the frame size,
   saved as 0/255 PNGs under ``Annotations/<video>/<exp_id>/``.
+
+A2D-Sentences follows ``Trainer.evaluate_a2d_sentences`` (``configs/a2d_sentences.yaml``: 320 / 576, one clip per
+batch): the same resize rule, inputs and text cleaning on the window around the annotated frame, and
+``A2DSentencesPostProcess`` on every query of that frame (:func:`mttr_a2d_queries`).
 
 The attention of the Video Swin windows is the model's (``config.fused_attention``); the official code computes it
 eagerly. Both give the same masks on the fixtures here (docs/metrics.md gives the measured counts).
