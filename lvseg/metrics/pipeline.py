@@ -301,3 +301,6 @@ register_pipeline(
         build=_referformer_davis_runner,
     )
 )
+
+# MTTR (Ref-YouTube-VOS): registered by its own module, imported here so that every pipeline is known
+from . import pipeline_mttr  # noqa: E402, F401
