@@ -21,8 +21,9 @@ fast path does not:
 Frames arrive decoded by the dataset readers of :mod:`lvseg.data`, which open JPEG frames with PIL and
 ``convert("RGB")`` as the official scripts do, so the pixels are the official ones.
 
-Implemented (see :data:`PIPELINES`): ReferFormer on Ref-YouTube-VOS (``inference_ytvos.py``) and Ref-DAVIS17
-(``inference_davis.py``), both at wjn922/ReferFormer 06fc218. Other family/benchmark pairs keep the default runner of
+Implemented (see :data:`PIPELINES`): ReferFormer on Ref-YouTube-VOS (``inference_ytvos.py``), Ref-DAVIS17
+(``inference_davis.py``) and A2D-/JHMDB-Sentences (``main.py --eval``), all at wjn922/ReferFormer 06fc218. Other
+family/benchmark pairs keep the default runner of
 :func:`lvseg.metrics.evaluate.default_runner`.
 A family being added registers its pipeline with :func:`register_pipeline`.
 """
@@ -52,6 +53,9 @@ __all__ = [
     "official_input",
     "referformer_ytvos_masks",
     "referformer_davis_probabilities",
+    "detr_resize_size",
+    "clean_a2d_text",
+    "referformer_a2d_queries",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,3 +308,163 @@ register_pipeline(
 
 # MTTR (Ref-YouTube-VOS): registered by its own module, imported here so that every pipeline is known
 from . import pipeline_mttr  # noqa: E402, F401
+
+# ------------------------------------------------------------------------------- ReferFormer A2D / JHMDB-Sentences
+def detr_resize_size(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+    """The output ``(h, w)`` of ReferFormer's ``datasets/transforms_video.resize`` (DETR's rule) for a scalar size.
+
+    The short side becomes ``size`` unless the long side would exceed ``max_size``; then the short side becomes
+    ``int(round(max_size * short / long))`` (so the long side may end a pixel below ``max_size``). The long side is
+    ``int(short_target * long / short)`` (truncated). A frame whose short side already equals the target keeps its
+    size (no resize at all).
+    """
+    if max_size is not None:
+        smallest, largest = float(min(width, height)), float(max(width, height))
+        if largest / smallest * size > max_size:
+            size = int(round(max_size * smallest / largest))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def clean_a2d_text(text: str) -> str:
+    """The official A2D/JHMDB datasets' text clean-up: lower-cased, whitespace runs collapsed to one space."""
+    return " ".join(text.lower().split())
+
+
+def referformer_a2d_queries(
+    model: Any,
+    frames: np.ndarray,
+    text: str,
+    frame_index: int,
+    *,
+    short_side: int = 360,
+    max_size: int = 640,
+    size_divisibility: int = 32,
+    keep_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """ReferFormer's ``main.py --eval`` on one A2D-/JHMDB-Sentences sample: every query's mask of the annotated frame.
+
+    The official path (wjn922/ReferFormer 06fc218, batch size 1): ``datasets/a2d.py`` (``jhmdb.py``) lower-cases the
+    sentence and resizes the clip with ``RandomResize([360], max_size=640)`` (:func:`detr_resize_size`, PIL
+    bilinear), ``ToTensor`` + ``Normalize``; ``collate_fn`` zero-pads the clip to a multiple of 32 with a padding
+    mask; the model runs the backbone on every frame and decodes only the annotated one (``valid_indices``);
+    ``A2DSentencesPostProcess`` resizes each query's ``[h/4, w/4]`` logits bilinearly to 4x their size (the padded
+    input size), thresholds ``sigmoid > 0.5``, crops the padding and resizes to the annotation's size with
+    ``nearest``.
+
+    Args:
+        model: a :class:`~lvseg.models.referformer.ReferFormer`.
+        frames: ``uint8 [T, H, W, 3]`` RGB frames of the clip around the annotated frame.
+        text: the sentence (cleaned here as the official dataset does).
+        frame_index: the clip position the model decodes: the *first* position holding the annotated frame
+            (``sample_indx.index(frame_id)``; clamped clips repeat edge frames).
+        short_side, max_size: the official ``RandomResize([360], max_size=640)``.
+        size_divisibility: the official ``collate_fn`` padding (32).
+        keep_logits: also return the upsampled, cropped logits ``float [Q, h, w]`` at the model's input size (the
+            threshold margin of each pixel, before the nearest resize).
+
+    Returns:
+        ``(masks bool [Q, H, W], scores float [Q], logits or None)``: every query's mask at the frame size and its
+        sigmoid score (class 0, as the post-processor reads it).
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    t, height, width = frames.shape[:3]
+    if not 0 <= frame_index < t:
+        raise InvalidInputError(f"frame_index {frame_index} is outside the clip of {t} frames")
+    pre = model.preprocessing
+    h, w = detr_resize_size(height, width, short_side, max_size)
+    clip = []
+    for frame in frames:
+        image = TF.resize(Image.fromarray(frame), [h, w], interpolation=InterpolationMode.BILINEAR)
+        clip.append(TF.normalize(TF.to_tensor(image), list(pre.mean), list(pre.std)))
+    padded_h = -(-h // size_divisibility) * size_divisibility
+    padded_w = -(-w // size_divisibility) * size_divisibility
+    x = torch.zeros((1, t, 3, padded_h, padded_w))  # contiguous NCHW, zero padding as nested_tensor_from_videos_list
+    x[0, :, :, :h, :w] = torch.stack(clip)
+    padding = torch.ones((1, t, padded_h, padded_w), dtype=torch.bool)
+    padding[0, :, :h, :w] = False
+    x, padding = x.to(device=model.device, dtype=model.dtype), padding.to(model.device)
+    model.eval()
+    with torch.inference_mode():
+        out = model(x, [clean_a2d_text(text)], padding_mask=padding, valid_indices=[frame_index])
+        scores = out["pred_logits"][0, 0, :, 0].float().sigmoid()  # [Q]
+        logits = out["pred_masks"][0, 0].float()  # [Q, padded_h/4, padded_w/4]
+        up = F.interpolate(logits[None], size=(4 * logits.shape[-2], 4 * logits.shape[-1]), mode="bilinear",
+                           align_corners=False)[0]  # fmt: skip
+        up = up[:, :h, :w]  # the padding cropped: the resized frame
+        masks = F.interpolate((up.sigmoid() > 0.5)[:, None].float(), size=(height, width), mode="nearest")[:, 0]
+    return masks.bool().cpu(), scores.cpu(), up.cpu() if keep_logits else None
+
+
+def _annotated_position(sample: Mapping[str, Any], n_frames: int) -> int:
+    """The clip position the official dataset decodes: the first one holding the annotated frame."""
+    annotated = sample.get("annotated")
+    if annotated is not None:
+        flags = np.asarray(torch.as_tensor(annotated).cpu()).astype(bool).reshape(-1)
+        positions = [int(p) for p in np.flatnonzero(flags)]
+    elif "center_index" in sample:
+        positions = [int(sample["center_index"])]
+    else:
+        positions = []
+    if len(positions) != 1 or not 0 <= positions[0] < n_frames:
+        raise InvalidInputError(
+            f"an A2D/JHMDB-Sentences sample has one annotated frame (sample['annotated'] bool [T] or "
+            f"'center_index'), got {positions} for {n_frames} frames; use lvseg.data.A2DSentences / JHMDBSentences"
+        )
+    indices = sample.get("frame_indices")
+    if indices is None:
+        return positions[0]
+    order = [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+    if len(order) != n_frames:
+        raise InvalidInputError(f"sample['frame_indices'] has {len(order)} entries for {n_frames} frames")
+    return order.index(order[positions[0]])  # sample_indx.index(frame_id)
+
+
+def _referformer_a2d_runner(model: Any) -> Runner:
+    from .evaluate import SamplePrediction
+
+    def run(sample: Mapping[str, Any]) -> SamplePrediction:
+        frames = _sample_frames(sample)
+        position = _annotated_position(sample, frames.shape[0])
+        masks, scores, _ = referformer_a2d_queries(model, frames, _sample_text(sample), position)
+        return SamplePrediction("queries", masks, scores)
+
+    return run
+
+
+_REFERFORMER_A2D_STEPS = (
+    "the sentence lower-cased, whitespace collapsed",
+    "the dataset's clip (num_frames around the annotated frame, clamped; ReferFormer's default is 5)",
+    "RandomResize([360], max_size=640): DETR's size rule (short side round(640 * short / long) when capped, long "
+    "side truncated), PIL bilinear",
+    "ToTensor, Normalize(mean, std); zero-padded to a multiple of 32 with a padding mask (collate_fn)",
+    "backbone on every frame, only the annotated one decoded (valid_indices = first position holding it)",
+    "every query: [h/4, w/4] logits bilinear (align_corners=False) to 4x, sigmoid > 0.5, padding cropped, "
+    "nearest to the annotation size; score = sigmoid of class 0",
+    "COCO mAP over all queries (useCats = 0), P@K and IoU of the top-scoring one (MTTREvaluator)",
+)
+
+register_pipeline(
+    OfficialPipeline(
+        family="ReferFormer",
+        protocol="a2d",
+        source="wjn922/ReferFormer main.py --eval (datasets/a2d.py, engine.evaluate_a2d) @ 06fc218",
+        steps=("frames decoded from the mp4 with PyAV, rgb24 (as torchvision.io.read_video)", *_REFERFORMER_A2D_STEPS),
+        build=_referformer_a2d_runner,
+    )
+)
+
+register_pipeline(
+    OfficialPipeline(
+        family="ReferFormer",
+        protocol="jhmdb",
+        source="wjn922/ReferFormer main.py --eval (datasets/jhmdb.py, engine.evaluate_a2d) @ 06fc218",
+        steps=("PNG frames opened with PIL, convert('RGB')", *_REFERFORMER_A2D_STEPS),
+        build=_referformer_a2d_runner,
+    )
+)
