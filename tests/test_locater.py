@@ -237,3 +237,61 @@ def test_convert_to_folder_and_load(checkpoint, tokenizer_dir, tmp_path) -> None
     assert model.tokenize(TEXTS).tolist() == TOKEN_IDS
     with pytest.raises(CheckpointError, match="backbone"):
         convert_to_folder(checkpoint, tmp_path / "out2", tokenizer=str(tokenizer_dir), backbone="swin-b")
+
+
+def test_expressions_on_one_clip_share_one_backbone_pass(official_state) -> None:
+    """Several expressions on one clip (the Predictor's expanded view, batch stride 0): the ViT, which never sees
+    the text, runs once on the clip's frames (once on the sampled global-memory frames, once on the clip), and
+    every expression's logits equal those of the same clip copied per expression (up to rounding relative to the
+    magnitudes: a batch of another size may take another kernel)."""
+    model = build(official_state, LocaterConfig(image_size=32))
+    model.tokenizer = None
+    clip = frames()[0, :6, :, :, :]  # [T, 3, 32, 32]
+    ids = torch.tensor([*TOKEN_IDS, TOKEN_IDS[0]])
+    words = model.encode_text(ids)
+    expanded = clip[None].expand(len(ids), -1, -1, -1, -1)
+    batches: list[int] = []
+    hook = model.vision_encoder.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            shared = model.encode_frames(expanded, words)
+            assert batches == [6]
+            copied = model.encode_frames(expanded.contiguous(), words)
+            assert batches == [6, 6 * len(ids)]
+    finally:
+        hook.remove()
+    assert_parity({"fused": shared}, {"fused": copied}, tolerance=1e-5)
+    # the first and the third expression are the same sentence: the same tokens (up to batched rounding)
+    assert_parity({"fused": shared[0]}, {"fused": shared[2]}, tolerance=1e-5)
+
+
+def test_segment_shares_the_backbone_pass_across_expressions(official_state, tokenizer_dir) -> None:
+    """segment() / segment_window() on one clip expanded for several expressions: one ViT pass on the sampled
+    global-memory frames and one on the clip (at a non-square size, so through the resize too), and the same
+    logits as on the clip copied per expression; the Predictor's masks are those of one expression at a time."""
+    from lvseg import Predictor
+
+    model = build(official_state, LocaterConfig(image_size=32), tokenizer_dir)
+    video = frames()[0, :5]
+    clip = torch.nn.functional.interpolate(video, size=(24, 40), mode="bilinear", align_corners=False)
+    texts = [*TEXTS, TEXTS[0]]
+    expanded = clip[None].expand(len(texts), -1, -1, -1, -1)
+    batches: list[int] = []
+    hook = model.vision_encoder.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        shared, shared_scores = model.segment(expanded, texts)
+        assert batches == [3, 5]
+        copied, copied_scores = model.segment(expanded.contiguous(), texts)
+        assert batches == [3, 5, 3 * len(texts), 5 * len(texts)]
+    finally:
+        hook.remove()
+    assert_parity({"logits": shared, "scores": shared_scores}, {"logits": copied, "scores": copied_scores},
+                  tolerance=1e-5)
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, size=(7, 24, 40, 3), dtype=np.uint8)
+    predictor = Predictor(model, window=3, progress=False)
+    together = predictor(rgb, texts[:2])
+    for i, text in enumerate(texts[:2]):
+        alone = predictor(rgb, text)
+        assert together[i].masks.shape == alone.masks.shape == (7, 24, 40)
+        assert (together[i].masks != alone.masks).float().mean() < 0.01

@@ -1,6 +1,7 @@
 """Locater end to end at toy sizes: the Shapes preset (``locater-tiny-shapes``) trains through ``lvseg.train`` (the
 loss falls on a fixed batch, a run resumes bit-identically, a 2-process gloo DDP run keeps the ranks in step), and
-``lvseg evaluate MODEL --dataset a2d-plus --subset SPAT`` runs on an A2D-S+ fixture with Locater's protocol."""
+``lvseg evaluate MODEL --dataset a2d-plus --subset SPAT`` runs on an A2D-S+ fixture with Locater's protocol, and
+``--dataset jhmdb-locater`` on a JHMDB-S fixture in Locater's layout (tests/fixtures/locater_jhmdb)."""
 
 from __future__ import annotations
 
@@ -161,6 +162,89 @@ def test_evaluate_a2d_plus_subset_cli(tmp_path, capsys):
             assert result[key] == pytest.approx(value, abs=1e-9), key
     assert {"mAP", "overall_iou", "mean_iou", "P@0.5", "P@0.9"} <= set(result)
     assert 0 <= result["mean_iou"] <= 100
+
+
+JHMDB_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "locater_jhmdb"
+
+
+def test_jhmdb_locater_layout_reader():
+    """JHMDB-S in Locater's layout (tests/fixtures/locater_jhmdb: ``category/video`` keys, masks named
+    ``category_video_obj_frame.pth``, the nested frame-count table): frames sorted without duplicates, masks on the
+    ``labels`` frames only, the typo table on the lower-cased query, clear errors for missing data."""
+    from lvseg.data import JHMDBSentencesLocater
+    from lvseg.errors import DatasetError, InvalidInputError
+
+    for root in (JHMDB_FIXTURE, JHMDB_FIXTURE / "JHMDB"):  # the official --dataroot, or JHMDB/ itself
+        ds = JHMDBSentencesLocater(root)
+        assert len(ds) == 2
+    s = ds[0]
+    assert s["video"] == "brush_hair/girl_brushing_0" and s["obj_id"] == "0"
+    assert s["frame_ids"] == ["00001", "00002", "00003", "00004", "00005"]
+    assert s["frames"].shape == (5, 20, 24, 3) and s["frames"][:, 0, 0, 0].tolist() == [10, 20, 30, 40, 50]
+    assert s["annotated"].tolist() == [False, True, False, True, False]
+    expected = torch.zeros(20, 24, dtype=torch.bool)
+    expected[4:12, 6:15] = True
+    assert torch.equal(s["masks"][3], expected) and int(s["masks"][1].sum()) == 7 * 8
+    assert not s["masks"][[0, 2, 4]].any()
+    assert s["text"] == "Girl brushing her hair" and s["num_video_frames"] == 40
+    t = ds[1]
+    assert t["video"] == "walk/man_walking_1" and t["num_video_frames"] == 33
+    assert t["text"] == "the person in red is standing"  # Locater's typo table applies to JHMDB too
+    assert t["annotated"].tolist() == [False, False, True, False]
+    with pytest.raises(InvalidInputError, match="test"):
+        JHMDBSentencesLocater(JHMDB_FIXTURE, "train")
+    with pytest.raises(DatasetError, match="JHMDB-S frames folder"):  # neither JHMDB/ nor its contents
+        JHMDBSentencesLocater(JHMDB_FIXTURE / "JHMDB" / "images")
+
+
+def test_jhmdb_locater_missing_mask_names_the_file(tmp_path):
+    import shutil
+
+    from lvseg.data import JHMDBSentencesLocater
+    from lvseg.errors import DatasetError
+
+    root = tmp_path / "data"
+    shutil.copytree(JHMDB_FIXTURE, root)
+    (root / "JHMDB" / "mask" / "walk_man_walking_1_0_00003.pth").unlink()
+    ds = JHMDBSentencesLocater(root)
+    with pytest.raises(DatasetError, match="walk_man_walking_1_0_00003.pth"):
+        ds[1]
+    shutil.rmtree(root / "JHMDB" / "images" / "walk")
+    with pytest.raises(DatasetError, match="walk/man_walking_1"):
+        JHMDBSentencesLocater(root)
+
+
+def test_evaluate_jhmdb_locater_cli(tmp_path, capsys):
+    """``lvseg evaluate MODEL --dataset jhmdb-locater`` scores with Locater's protocol: the whole listed video
+    streamed through the Predictor, sigmoid probabilities upsampled with ``align_corners=True``, ``> 0.5``, and
+    Locater's IoU / precision sums over the annotated frames (the same numbers computed here by hand)."""
+    import numpy as np
+
+    import lvseg
+    from lvseg import Predictor
+    from lvseg.data import JHMDBSentencesLocater
+    from lvseg.metrics.evaluate import main_cli
+    from lvseg.metrics.referring import LocaterEvaluator
+
+    model = tiny_model().eval()
+    folder = model.save_pretrained(tmp_path / "model")
+    code = main_cli([str(folder), "--dataset", "jhmdb-locater", "--root", str(JHMDB_FIXTURE), "--json",
+                     "--device", "cpu"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"] == "jhmdb-locater" and result["samples"] == 2
+    assert result["benchmark"] == "JHMDB-Sentences"
+    loaded = lvseg.load(str(folder), device="cpu")
+    predictor = Predictor(loaded, upsampling="probability-aligned", progress=False)
+    by_hand = LocaterEvaluator("JHMDB-Sentences")
+    for sample in JHMDBSentencesLocater(JHMDB_FIXTURE):
+        masks = predictor(sample["frames"].numpy(), sample["text"]).masks
+        frames = np.flatnonzero(sample["annotated"].numpy())
+        by_hand.add(masks.numpy()[frames], sample["masks"].numpy()[frames])
+    expected = by_hand.summary()
+    assert {"mAP", "overall_iou", "mean_iou", "P@0.5", "P@0.9"} <= set(expected)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-9), key
 
 
 @pytest.mark.gpu

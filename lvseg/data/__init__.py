@@ -7,7 +7,7 @@ dicts (``frames``, ``masks``, ``text``, ``boxes``, ``valid``, ids); see ``docs/d
 from lvseg.data import shapes, transforms
 from lvseg.data._common import ClipSampling, RedrawInvisible, sample_frame_indices
 from lvseg.data.a2d import A2DSentences
-from lvseg.data.a2d_plus import A2DSPlus
+from lvseg.data.a2d_plus import A2DSPlus, JHMDBSentencesLocater
 from lvseg.data.collate import ClipCollator, collate_clips
 from lvseg.data.davis import RefDAVIS17
 from lvseg.data.jhmdb import JHMDBSentences
@@ -22,6 +22,7 @@ __all__ = [
     "ClipCollator",
     "ClipSampling",
     "JHMDBSentences",
+    "JHMDBSentencesLocater",
     "MeViS",
     "PseudoVideo",
     "RefCOCO",

@@ -65,6 +65,7 @@ PROTOCOL_NAMES: dict[str, str] = {
     "a2d": "A2D-Sentences",
     "jhmdb": "JHMDB-Sentences",
     "a2d+": "A2D-S+",
+    "jhmdb-locater": "JHMDB-Sentences",  # Locater's layout and protocol
     "refcoco": "RefCOCO",
 }
 
@@ -76,6 +77,7 @@ DATASET_PROTOCOLS: dict[str, str] = {
     "A2DSentences": "a2d",
     "JHMDBSentences": "jhmdb",
     "A2DSPlus": "a2d+",
+    "JHMDBSentencesLocater": "jhmdb-locater",
     "RefCOCO": "refcoco",
 }
 
@@ -100,6 +102,8 @@ _DATASET_ALIASES: dict[str, str] = {
     "a2dsplus": "A2DSPlus",
     "a2d+": "A2DSPlus",
     "a2d-plus": "A2DSPlus",
+    "jhmdb-locater": "JHMDBSentencesLocater",
+    "jhmdb-sentences-locater": "JHMDBSentencesLocater",
     "refcoco": "RefCOCO",
     "refcoco+": "RefCOCO",
     "refcocog": "RefCOCO",
@@ -179,7 +183,7 @@ def make_evaluator(
         return RefDAVIS17Evaluator(_davis_root(dataset, davis_root))
     if protocol in ("a2d", "jhmdb"):
         return MTTREvaluator(name)
-    if protocol == "a2d+":
+    if protocol in ("a2d+", "jhmdb-locater"):
         return LocaterEvaluator(name)
     return LAVTEvaluator(name)
 
@@ -369,8 +373,8 @@ def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], S
 
     * ``a2d``/``jhmdb``: :meth:`~lvseg.models.base.RVOSModel.segment_annotated_frame` on the sample's clip: every
       candidate mask of the annotated frame with its score, post-processed with ``"threshold-nearest"``.
-    * ``a2d+``: :class:`~lvseg.Predictor` with Locater's ``"probability-aligned"`` upsampling (sigmoid, then
-      bilinear with ``align_corners=True``, then ``> 0.5``).
+    * ``a2d+``, ``jhmdb-locater``: :class:`~lvseg.Predictor` with Locater's ``"probability-aligned"`` upsampling
+      (sigmoid, then bilinear with ``align_corners=True``, then ``> 0.5``).
     * ``refdavis``: the Predictor with ``return_probabilities=True``, the family's DAVIS protocol and post-processing.
     * the others: the Predictor with the family's protocol for the benchmark and its post-processing.
 
@@ -389,7 +393,7 @@ def default_runner(model: Any, protocol: str) -> Callable[[Mapping[str, Any]], S
     family_protocol = model.benchmark_protocol(protocol) if hasattr(model, "benchmark_protocol") else None
     if family_protocol is not None:
         options.update(window=0, protocol=family_protocol)
-    if protocol == "a2d+":
+    if protocol in ("a2d+", "jhmdb-locater"):
         options["upsampling"] = "probability-aligned"
     kind = "probabilities" if protocol == "refdavis" else "masks"
     predictor = Predictor(model, return_probabilities=kind == "probabilities", **options)
@@ -422,8 +426,8 @@ def evaluate(
         dataset: a dataset of :mod:`lvseg.data` (or anything indexable whose samples are dicts with ``frames``
             ``uint8 [T, H, W, 3]``, ``text``, ground-truth ``masks`` ``bool [T, H, W]`` and the ids its protocol
             needs, see ``docs/metrics.md``).
-        protocol: ``"ytvos"``, ``"mevis"``, ``"refdavis"``, ``"a2d"``, ``"jhmdb"``, ``"a2d+"`` or ``"refcoco"``;
-            inferred from the dataset's class when omitted.
+        protocol: ``"ytvos"``, ``"mevis"``, ``"refdavis"``, ``"a2d"``, ``"jhmdb"``, ``"a2d+"``,
+            ``"jhmdb-locater"`` or ``"refcoco"``; inferred from the dataset's class when omitted.
         output_dir: where predictions (and the results / a submission) are written; without it nothing is stored
             and nothing can be resumed. Required on several processes (under torchrun the samples are sharded
             across the ranks, see :mod:`lvseg.metrics.distributed`): a folder every rank can write.
@@ -649,8 +653,9 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+ (a2d-plus), refcoco, "
-        "refcoco+, refcocog, or shapes (generated under --root when missing: --dataset-arg num_videos=N / seed=S)",
+        help="mevis, ref-youtube-vos, ref-davis17, a2d-sentences, jhmdb-sentences, a2d-s+ (a2d-plus), "
+        "jhmdb-locater (Locater's JHMDB-S layout), refcoco, refcoco+, refcocog, or shapes (generated under --root "
+        "when missing: --dataset-arg num_videos=N / seed=S)",
     )
     parser.add_argument("--root", required=True, help="the dataset's root folder (official layout)")
     parser.add_argument("--split", default=None, help="dataset split (default: the dataset's default)")

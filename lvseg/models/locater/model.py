@@ -512,6 +512,8 @@ class Locater(RVOSModel):
         size = self.config.image_size
         if tuple(frames.shape[-2:]) == (size, size):
             return frames
+        if _is_shared_clip(frames):  # one clip expanded for several expressions: resize it once, keep the view
+            return self._square(frames[:1]).expand(frames.shape[0], -1, -1, -1, -1)
         flat = F.interpolate(frames.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=True)
         return flat.unflatten(0, frames.shape[:2])
 
@@ -527,9 +529,17 @@ class Locater(RVOSModel):
         Returns:
             fused visual tokens without the class token [B, T, P, C] (and, with ``intermediate``, a list of the K
             stage outputs [B, T, P, C]).
+
+        The ViT never sees the text: when ``frames`` is one clip expanded for several expressions (batch stride 0,
+        as the Predictor passes it) it runs once on that clip's T frames and its tokens are shared by every
+        expression; only the fusion, which reads the words, runs per expression.
         """
         b, t = frames.shape[:2]
-        x = self.vision_encoder(frames.flatten(0, 1))  # [B*T, 1+P, C]
+        if _is_shared_clip(frames):
+            x = self.vision_encoder(frames[0])  # [T, 1+P, C]
+            x = x.unsqueeze(0).expand(b, -1, -1, -1).flatten(0, 1)  # [B*T, 1+P, C]
+        else:
+            x = self.vision_encoder(frames.flatten(0, 1))  # [B*T, 1+P, C]
         stages = []
         for stage in self.trans_fusion:
             x = stage(x, words)
@@ -604,7 +614,11 @@ class Locater(RVOSModel):
         self._check_frames(frames, texts)
         if state is None:
             picks = self.stream_context_indices(frames.shape[1])
-            state = self.init_stream_state(frames[:, picks], texts)
+            if _is_shared_clip(frames):  # keep the expanded view: the sampled frames' ViT pass runs once
+                context = frames[:1, picks].expand(frames.shape[0], -1, -1, -1, -1)
+            else:
+                context = frames[:, picks]
+            state = self.init_stream_state(context, texts)
         elif not isinstance(state, LocaterState) or state.texts != tuple(texts):
             raise InvalidInputError(
                 "the state passed to Locater.segment_window belongs to other expressions; start a new video with "
@@ -683,6 +697,11 @@ class Locater(RVOSModel):
             "aux_logits": torch.stack(aux, 2),
             "query_attention": torch.stack(attns, 1),
         }
+
+
+def _is_shared_clip(frames: torch.Tensor) -> bool:
+    """Whether frames [B, T, 3, H, W] are one clip expanded for B > 1 expressions (batch stride 0)."""
+    return frames.shape[0] > 1 and frames.stride(0) == 0
 
 
 def _init_weights(m: nn.Module) -> None:
