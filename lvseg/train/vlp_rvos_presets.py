@@ -6,9 +6,10 @@ MultiStepLR x0.1 at epoch 12 of 24 (``OPTIM.LR_DROP=[12]``, ``OPTIM.EPOCHS=24``)
 the second (``engine.py``), RefCOCO pre-training on single clips without history (``engine_nohistory.py``),
 ``max_skip=3``. The backbone is frozen, so only the added modules reach the optimiser.
 
-lvseg's departures (docs/models/vlp_rvos.md): one optimiser step on the sum of both clips' losses instead of one
-step per clip, and one learning rate for all added modules (the released scripts give the prompt encoder, the
-temporal encoder and the decoder 5e-5 and the rest 1e-4; the trainer has one group for them).
+The released ``engine.py`` makes one optimiser step per clip (``step_per_clip``: clip 2 gets clip 1's prompt tokens,
+detached) and the released parameter groups give the prompt encoder, the temporal encoder, the context encoder and
+the decoder 5e-5 and the rest 1e-4 (``lr_groups``; which lvseg modules those names cover is lvseg's reading,
+:data:`VLP_RVOS_LR_GROUPS`, docs/models/vlp_rvos.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "VLP_RVOS_RECIPE",
+    "VLP_RVOS_LR_GROUPS",
     "vlp_rvos_presets",
     "vlp_rvos_transforms",
     "VLP_CLIP_FRAMES",
@@ -33,8 +35,20 @@ __all__ = [
 
 VLP_CLIP_FRAMES = 6  # NUM_FRAMES of the released scripts
 
+# The released LR groups (``LR_PRETRAINED_MODULE_NAMES`` temporal_encoder, ``LR_ENCODER_NAMES`` uprompt_encoder and
+# context_encoder, ``LR_DECODER_NAMES`` segDecoder: 5e-5; ``reduce``/``resizer`` and the rest: OPTIM.LR 1e-4) on
+# lvseg's modules: the prompt generator with its temporal capture and history (uprompt_encoder, temporal_encoder),
+# the text context injected into the frozen layers (context_encoder) and the Segmentor (segDecoder).
+VLP_RVOS_LR_GROUPS: tuple[tuple[str, float], ...] = (
+    (r"(prompt_encoder\.|initial_history$|history_proj\.|deep_prompts$)", 5e-5),
+    (r"(guides\.|word_to_vision\.)", 5e-5),
+    (r"segDecoder\.", 5e-5),
+)
+
 VLP_RVOS_RECIPE: dict[str, Any] = dict(
     lr=1e-4,
+    lr_groups=VLP_RVOS_LR_GROUPS,
+    step_per_clip=True,  # engine.py: one optimiser step per clip, prompts carried detached
     lr_backbone=0.0,  # frozen: the backbone's parameters never reach the optimiser
     lr_text_encoder=0.0,
     weight_decay=5e-4,
@@ -178,6 +192,7 @@ VLP_SHAPES_RECIPE: dict[str, Any] = dict(
     max_steps=VLP_SHAPES_STEPS,
     warmup_steps=100,
     lr_drop_steps=(VLP_SHAPES_STEPS * 3 // 4,),
+    step_per_clip=False,  # the proof's measured recipe: one step on the two clips' summed loss, one LR
     disable_dropout=True,
     eval_every=250,
     eval_max_samples=60,
