@@ -3,9 +3,10 @@
     python benchmarks/train_shapes_clip.py --output-dir runs/shapes-clip             # train, save, score
     python benchmarks/train_shapes_clip.py --output-dir runs/shapes-clip --eval-only # score a saved folder
 
-Recipe (:class:`lvseg.train.shapes_clip.ShapesClipConfig`): a ``transformers`` CLIPModel of ~0.3 M parameters
-(ViT of width 64, 3 layers, 2 heads, patch 12 on 96x96 frames; text transformer of width 64, 2 layers; joint
-embedding 64; QuickGELU), trained with CLIP's symmetric InfoNCE loss on (frame, expression) pairs of the 1200
+Recipe (:class:`lvseg.train.shapes_clip.ShapesClipConfig`, the sizes the tiny Shapes VLP-RVOS's frozen backbone
+reads): a ``transformers`` CLIPModel of ~0.2 M parameters (ViT of width 64, 4 layers, 4 heads, patch 8 on 96x96
+frames; text transformer of width 48, 2 layers, 40 positions, a word-level tokenizer of the Shapes words; joint
+embedding 32; QuickGELU), trained with CLIP's symmetric InfoNCE loss on (frame, expression) pairs of the 1200
 training videos of the Shapes recipes (seed 0; expressions without a motion phrase), batch 48, AdamW 1e-3 with
 weight decay 0.1, 50 warm-up steps then cosine decay, 800 steps.
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output-dir", required=True, help="the CLIP checkpoint folder to write (or read, --eval-only)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's 800)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
-    ap.add_argument("--patch", type=int, default=None, help="image patch size (default: the recipe's 12)")
+    ap.add_argument("--patch", type=int, default=None, help="image patch size (default: the recipe's 8)")
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--eval-only", action="store_true", help="score an existing folder, do not train")

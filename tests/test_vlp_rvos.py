@@ -397,6 +397,12 @@ def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shape
     encoder = type(control.backbone.clip)(control.backbone.clip.config)  # a dual encoder of the same sizes
     torch.nn.init.normal_(encoder.text_projection.weight)
     encoder.save_pretrained(tmp_path / "dual")
+    from lvseg.errors import TokenizerError
+    from lvseg.models.vlp_rvos.entries import load_clip_backbone
+
+    with pytest.raises(TokenizerError, match="tokenizer"):  # the folder has weights but no tokenizer files
+        build_vlp_shapes_tiny(backbone=tmp_path / "dual")
+    control.tokenizer.save_pretrained(tmp_path / "dual")
     model = build_vlp_shapes_tiny(backbone=tmp_path / "dual")
     for key, value in encoder.state_dict().items():
         assert torch.equal(model.backbone.clip.state_dict()[key], value), key
@@ -408,12 +414,6 @@ def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shape
         build_vlp_shapes_tiny(backbone=tmp_path / "other")
     with pytest.raises(CheckpointError, match="no config.json"):
         build_vlp_shapes_tiny(backbone=tmp_path)
-    from lvseg.errors import TokenizerError
-    from lvseg.models.vlp_rvos.entries import load_clip_backbone
-
-    with pytest.raises(TokenizerError, match="tokenizer"):  # the folder has weights but no tokenizer files
-        load_clip_backbone(control, tmp_path / "dual")
-    control.tokenizer.save_pretrained(tmp_path / "dual")
     bare = preset.model()
     bare.tokenizer = None
     load_clip_backbone(bare, tmp_path / "dual")  # weights and the tokenizer saved beside them
@@ -424,6 +424,28 @@ def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shape
                          max_steps=1, batch_size=1, eval_every=0, checkpoint_every=0, progress=False,
                          tensorboard=False)
     assert result.steps == 1
+
+
+def test_shapes_clip_recipe_is_the_tiny_models_backbone(tmp_path):
+    """The Shapes CLIP that benchmarks/train_shapes_clip.py trains (its default sizes) loads strictly into the tiny
+    Shapes VLP-RVOS, with its tokenizer: one source of truth for the towers, and the ids the text tower learned."""
+    from lvseg.errors import ConfigError
+    from lvseg.train.shapes_clip import ShapesClipConfig, shapes_clip_tokenizer, train_shapes_clip
+    from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, vlp_shapes_tiny_config
+
+    config = ShapesClipConfig(steps=1, num_train=4, frames=2, batch=4, warmup=1)
+    clip, tokenizer, _ = train_shapes_clip(tmp_path / "clip", config, progress=False)
+    model = build_vlp_shapes_tiny(backbone=tmp_path / "clip")
+    for key, value in clip.state_dict().items():
+        assert torch.equal(model.backbone.clip.state_dict()[key], value), key
+    text = "the small red circle"
+    assert model.tokenize([text])[0].tolist()[0] == tokenizer(text)["input_ids"]
+    assert 1 not in tokenizer(text)["input_ids"]  # every Shapes word is in the vocabulary (1 = <unk>)
+    tiny = vlp_shapes_tiny_config()
+    assert tiny.vision["patch_size"] == config.patch and tiny.text["hidden_size"] == config.text_width
+    assert tiny.projection_dim == config.embed and tiny.text["vocab_size"] == len(shapes_clip_tokenizer())
+    with pytest.raises(ConfigError, match="vocab_size"):
+        vlp_shapes_tiny_config(vocab_size=7)
 
 
 @pytest.mark.gpu

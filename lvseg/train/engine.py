@@ -84,7 +84,11 @@ class TrainConfig:
     every optimizer step (LAVT) instead of the ``lr_drops`` steps. Parameters whose name contains one of
     ``no_decay_keywords`` get no weight decay; those matching one of the regular expressions
     ``frozen_parameters`` (``re.match`` on the name) are not trained (LAVT: BERT's embeddings and last two layers,
-    which the official optimizer leaves out).
+    which the official optimizer leaves out). ``lr_groups``: ``(regular expression, lr)`` pairs; a parameter of the
+    ``lr`` group whose name matches one (``re.match``, first match wins) gets that learning rate instead (VLP-RVOS:
+    the released 5e-5 / 1e-4 split). ``step_per_clip``: one optimizer step per clip of the sample instead of one
+    per batch, the model's state carried to the next clip detached (VLP-RVOS's released ``engine.py``; the family's
+    objective splits the sample); the LR schedule and ``max_steps`` still count batches.
     """
 
     output_dir: str = "runs/lvseg"
@@ -124,6 +128,8 @@ class TrainConfig:
     poly_power: float = 0.9
     no_decay_keywords: tuple[str, ...] = ()
     frozen_parameters: tuple[str, ...] = ()
+    lr_groups: tuple[tuple[str, float], ...] = ()
+    step_per_clip: bool = False
 
     def __post_init__(self) -> None:
         positive = {
@@ -161,6 +167,22 @@ class TrainConfig:
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"frozen_parameters entry {pattern!r} is not a regular expression: {exc}") from exc
+        try:
+            self.lr_groups = tuple((str(pattern), float(lr)) for pattern, lr in self.lr_groups)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"lr_groups must be (regular expression, lr) pairs, got {self.lr_groups!r}") from exc
+        for pattern, lr in self.lr_groups:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"lr_groups pattern {pattern!r} is not a regular expression: {exc}") from exc
+            if lr < 0 or not math.isfinite(lr):
+                raise ConfigError(f"lr_groups learning rate for {pattern!r} must be a finite number >= 0, got {lr}")
+        if self.step_per_clip and self.grad_accum > 1:
+            raise ConfigError(
+                "step_per_clip makes one optimizer step per clip, so it cannot accumulate gradients over batches: "
+                "use grad_accum=1 (or step_per_clip=False)"
+            )
         self.lr_drops = tuple(int(x) for x in self.lr_drops)
         self.lr_drop_steps = tuple(int(x) for x in self.lr_drop_steps)
         if isinstance(self.loss_weights, dict) and not self.loss_weights:
@@ -336,6 +358,7 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     groups: dict[str, list[nn.Parameter]] = {"main": [], "backbone": [], "text": []}
     no_decay: set[int] = set()
     frozen = [re.compile(p) for p in cfg.frozen_parameters]
+    split = [(re.compile(pattern), f"main:{pattern}") for pattern, _ in cfg.lr_groups]
     for name, p in model.named_parameters():
         if any(rx.match(name) for rx in frozen):
             p.requires_grad_(False)
@@ -350,8 +373,10 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
         elif name.startswith("backbone."):
             groups["backbone"].append(p)
         else:
-            groups["main"].append(p)
+            key = next((key for rx, key in split if rx.match(name)), "main")
+            groups.setdefault(key, []).append(p)
     lrs = {"main": cfg.lr, "backbone": cfg.lr_backbone, "text": cfg.lr_text_encoder}
+    lrs.update({f"main:{pattern}": lr for pattern, lr in cfg.lr_groups})
     out = []
     for key, params in groups.items():
         params = [p for p in params if p.requires_grad]
@@ -424,6 +449,7 @@ class Trainer:
             if len(val_data) == 0:  # type: ignore[arg-type]
                 raise ConfigError("the validation dataset is empty: check its root and split")
             check_validation_sample(val_data[0])
+        self._carry: dict[str, Any] = {}  # step_per_clip: what the last clip passes to the next
         self.objective: Objective = make_objective(
             model.config.architecture,
             config.loss_weights,
@@ -562,16 +588,24 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast(self.info.device.type, dtype=dtype)
 
-    def _micro_step(self, batch: dict[str, Any], accum: int, sync: bool) -> dict[str, float]:
+    def _micro_step(
+        self, batch: dict[str, Any], accum: int, sync: bool, carry: dict[str, Any] | None = None
+    ) -> dict[str, float]:
+        """Forward and backward of one batch; with ``carry`` (clip-by-clip training) its entries are extra model
+        arguments and the objective's carry of this forward is left in ``self._carry`` for the next clip."""
         device = self.info.device
         frames = prepare_frames(batch["frames"], self.model, device)
         model_kwargs, targets = self.objective.prepare(batch, device)
+        if carry is not None:
+            model_kwargs.update(carry)
         # DETR normalisation: the global number of target-frames, averaged over ranks (DDP averages gradients)
         normaliser = all_reduce_sum(self.objective.count(targets), device) / self.info.world_size
         context = cast(Any, self.ddp).no_sync() if (not sync and self.info.distributed) else contextlib.nullcontext()
         with context:
             with self._autocast():
                 outputs = self.ddp(frames, list(batch["text"]), **model_kwargs)
+            if carry is not None:
+                self._carry = self.objective.carry(outputs)
             losses = self.criterion(outputs, targets, max(normaliser, 1.0))
             loss = losses["loss"]
             if not torch.isfinite(loss):
@@ -582,7 +616,19 @@ class Trainer:
             self.scaler.scale(loss / accum).backward()
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _optimizer_step(self) -> float:
+    def _clip_steps(self, batch: dict[str, Any]) -> tuple[dict[str, float], float]:
+        """``step_per_clip``: the sample's clips in order (the objective splits it), each its own forward, backward
+        and optimizer step, the model's state carried detached. Returns the clips' mean losses and largest
+        gradient norm; the caller steps the LR schedule once for the batch."""
+        carry: dict[str, Any] = {}
+        losses, norms = [], []
+        for piece in self.objective.split(batch, self.model):
+            losses.append(self._micro_step(piece, 1, True, carry))
+            carry = self._carry
+            norms.append(self._optimizer_step(schedule=False))
+        return {k: float(np.mean([x[k] for x in losses])) for k in losses[0]}, max(norms)
+
+    def _optimizer_step(self, schedule: bool = True) -> float:
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.cfg.clip_max_norm > 0:
@@ -592,7 +638,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if schedule:
+            self.scheduler.step()
         return float(norm)
 
     def _loader(self) -> Iterable[dict[str, Any]]:
@@ -695,7 +742,10 @@ class Trainer:
                     micro += 1
                     sync = micro % cfg.grad_accum == 0
                     try:
-                        losses = self._micro_step(batch, cfg.grad_accum, sync)
+                        if cfg.step_per_clip:
+                            losses, clip_norm = self._clip_steps(batch)
+                        else:
+                            losses = self._micro_step(batch, cfg.grad_accum, sync)
                     except (RuntimeError, MemoryError) as exc:  # MemoryError: a failed allocation outside torch
                         if isinstance(exc, MemoryError) or _is_oom(exc):
                             raise ConfigError(
@@ -708,7 +758,11 @@ class Trainer:
                     if not sync:
                         continue
                     self.batch_in_epoch += cfg.grad_accum
-                    norm = self._optimizer_step()
+                    if cfg.step_per_clip:
+                        norm = clip_norm
+                        self.scheduler.step()  # the optimizer stepped once per clip; the schedule counts batches
+                    else:
+                        norm = self._optimizer_step()
                     self.step += 1
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:

@@ -157,6 +157,18 @@ class Objective(ABC):
     def count(self, targets: Sequence[Any]) -> float:
         """This process's loss normaliser (target-frames); the trainer averages its sum over ranks."""
 
+    def split(self, batch: dict[str, Any], model: nn.Module) -> list[dict[str, Any]]:
+        """The batch as consecutive clips, one optimizer step each (``step_per_clip``); families that do not train
+        clip by clip refuse."""
+        raise ConfigError(
+            f"step_per_clip is not supported for {self.family or type(self).__name__}: its model runs the whole "
+            "sample in one forward; use step_per_clip=False"
+        )
+
+    def carry(self, outputs: Any) -> dict[str, Any]:
+        """Model arguments that pass one clip's state to the next under ``step_per_clip`` (detached)."""
+        return {}
+
 
 class ReferFormerObjective(Objective):
     """Clip-level Hungarian matching with class/box/mask losses (:class:`ReferFormerCriterion`)."""
@@ -235,6 +247,28 @@ class VLPRVOSObjective(Objective):
 
     def count(self, targets: Sequence[dict[str, Any]]) -> float:
         return VLPRVOSCriterion.count_frames(targets)
+
+    # the per-frame entries of a collated batch: [B, T, ...]
+    TIME_KEYS = ("frames", "masks", "frame_mask", "annotated", "padding_mask")
+
+    def split(self, batch: dict[str, Any], model: nn.Module) -> list[dict[str, Any]]:
+        """Consecutive clips of ``model.config.clip_frames`` frames (the released two-clip unroll: a sample of
+        2 x ``clip_frames`` gives two), each with its frames' masks and flags."""
+        total = int(batch["frames"].shape[1])
+        clip = int(getattr(model, "config").clip_frames)  # noqa: B009 - VLPRVOS config
+        pieces = []
+        for start in range(0, total, clip):
+            piece = dict(batch)
+            for key in self.TIME_KEYS:
+                value = batch.get(key)
+                if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == total:
+                    piece[key] = value[:, start : start + clip]
+            pieces.append(piece)
+        return pieces
+
+    def carry(self, outputs: Any) -> dict[str, Any]:
+        """The clip's prompt tokens, detached, as the next clip's ``video_prompt`` (the released engine.py)."""
+        return {"video_prompt": outputs["prompt_token"].detach()}
 
 
 class LocaterObjective(Objective):

@@ -36,6 +36,7 @@ from ..models.vlp_rvos.backbones import clip_image_features, clip_text_features
 __all__ = [
     "ShapesClipConfig",
     "shapes_clip_tokenizer",
+    "shapes_clip_towers",
     "shapes_clip_model_config",
     "ShapesPairs",
     "contrastive_loss",
@@ -54,25 +55,30 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class ShapesClipConfig:
-    """Sizes and schedule of the tiny Shapes CLIP (defaults: the measured run of docs/models/vlp_rvos_backbones.md).
+    """Sizes and schedule of the tiny Shapes CLIP (defaults: the measured run of docs/models/vlp_rvos.md).
+
+    The sizes are the one source of truth for the frozen backbone of the tiny Shapes VLP-RVOS too
+    (:func:`lvseg.train.vlp_rvos_presets.vlp_shapes_tiny_config` reads them through :func:`shapes_clip_towers`).
 
     Attributes:
-        width, layers, heads: image tower (patch ``patch`` on ``size`` x ``size`` frames).
-        text_width, text_layers, text_heads: text tower; embed: joint embedding size.
+        width, layers, heads: image tower (patch ``patch`` on ``size`` x ``size`` frames); mlp_ratio: both towers'
+            MLP width over their width.
+        text_width, text_layers, text_heads: text tower (``context`` positions); embed: joint embedding size.
         steps, batch, lr, weight_decay, warmup: AdamW with linear warm-up then cosine decay to 0.
         num_train: training videos (seed 0, split "train"); frames: frames per video (the Shapes recipes' 8).
     """
 
     size: int = 96
-    patch: int = 12
+    patch: int = 8
     width: int = 64
-    layers: int = 3
-    heads: int = 2
-    text_width: int = 64
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: int = 2
+    text_width: int = 48
     text_layers: int = 2
-    text_heads: int = 2
-    embed: int = 64
-    context: int = 16
+    text_heads: int = 4
+    embed: int = 32
+    context: int = 40
     steps: int = 800
     batch: int = 48
     lr: float = 1e-3
@@ -83,7 +89,7 @@ class ShapesClipConfig:
     seed: int = 0
 
 
-def shapes_clip_tokenizer(context: int = 16) -> Any:
+def shapes_clip_tokenizer(context: int = 40) -> Any:
     """A word-level tokenizer of the Shapes words: ``<pad>`` = 0, ``<unk>`` = 1, the words, then
     ``<|startoftext|>`` and ``<|endoftext|>`` (the last id, as in OpenAI CLIP); every text is wrapped in them."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -109,34 +115,45 @@ def shapes_clip_tokenizer(context: int = 16) -> Any:
     )
 
 
-def shapes_clip_model_config(config: ShapesClipConfig, tokenizer: Any) -> Any:
-    """The ``transformers.CLIPConfig`` of the tiny Shapes CLIP."""
-    from transformers import CLIPConfig
-
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": config.text_width,
-        "intermediate_size": 4 * config.text_width,
-        "num_hidden_layers": config.text_layers,
-        "num_attention_heads": config.text_heads,
-        "max_position_embeddings": config.context,
-        "hidden_act": "quick_gelu",
-        "projection_dim": config.embed,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+def shapes_clip_towers(config: ShapesClipConfig, tokenizer: Any) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(vision, text, projection_dim)``: the ``transformers.CLIPVisionConfig`` / ``CLIPTextConfig`` arguments of
+    the tiny Shapes CLIP (QuickGELU, ``tokenizer``'s vocabulary and special ids)."""
     vision = {
         "hidden_size": config.width,
-        "intermediate_size": 4 * config.width,
+        "intermediate_size": config.mlp_ratio * config.width,
         "num_hidden_layers": config.layers,
         "num_attention_heads": config.heads,
         "image_size": config.size,
         "patch_size": config.patch,
         "hidden_act": "quick_gelu",
-        "projection_dim": config.embed,
+        "layer_norm_eps": 1e-5,
     }
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.embed)
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": config.text_width,
+        "intermediate_size": config.mlp_ratio * config.text_width,
+        "num_hidden_layers": config.text_layers,
+        "num_attention_heads": config.text_heads,
+        "max_position_embeddings": config.context,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return vision, text, config.embed
+
+
+def shapes_clip_model_config(config: ShapesClipConfig, tokenizer: Any) -> Any:
+    """The ``transformers.CLIPConfig`` of the tiny Shapes CLIP."""
+    from transformers import CLIPConfig
+
+    vision, text, embed = shapes_clip_towers(config, tokenizer)
+    return CLIPConfig(
+        text_config={**text, "projection_dim": embed},
+        vision_config={**vision, "projection_dim": embed},
+        projection_dim=embed,
+    )
 
 
 def _is_motion(text: str) -> bool:
@@ -282,7 +299,7 @@ def _matches(text: str, objects: Sequence[ShapeObject]) -> bool:
 
 @torch.no_grad()
 def retrieval_accuracy(
-    model: Any, tokenizer: Any, data: ShapesPairs, frame: int | None = None, context: int = 16
+    model: Any, tokenizer: Any, data: ShapesPairs, frame: int | None = None, context: int = 40
 ) -> dict[str, float]:
     """Text -> frame retrieval over held-out videos: for each expression of each video, rank one frame of every
     video by CLIP similarity.
@@ -309,7 +326,7 @@ def retrieval_accuracy(
 
 
 @torch.no_grad()
-def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int = 16) -> dict[str, dict[str, float]]:
+def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int = 40) -> dict[str, dict[str, float]]:
     """What the encoder tells apart: text -> frame retrieval (as :func:`retrieval_accuracy`, middle frames) for
     fixed one-attribute query families, each query over every held-out frame: ``{family: {"top1", "chance"}}``.
 

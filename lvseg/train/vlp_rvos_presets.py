@@ -6,9 +6,10 @@ MultiStepLR x0.1 at epoch 12 of 24 (``OPTIM.LR_DROP=[12]``, ``OPTIM.EPOCHS=24``)
 the second (``engine.py``), RefCOCO pre-training on single clips without history (``engine_nohistory.py``),
 ``max_skip=3``. The backbone is frozen, so only the added modules reach the optimiser.
 
-lvseg's departures (docs/models/vlp_rvos.md): one optimiser step on the sum of both clips' losses instead of one
-step per clip, and one learning rate for all added modules (the released scripts give the prompt encoder, the
-temporal encoder and the decoder 5e-5 and the rest 1e-4; the trainer has one group for them).
+The released ``engine.py`` makes one optimiser step per clip (``step_per_clip``: clip 2 gets clip 1's prompt tokens,
+detached) and the released parameter groups give the prompt encoder, the temporal encoder, the context encoder and
+the decoder 5e-5 and the rest 1e-4 (``lr_groups``; which lvseg modules those names cover is lvseg's reading,
+:data:`VLP_RVOS_LR_GROUPS`, docs/models/vlp_rvos.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "VLP_RVOS_RECIPE",
+    "VLP_RVOS_LR_GROUPS",
     "vlp_rvos_presets",
     "vlp_rvos_transforms",
     "VLP_CLIP_FRAMES",
@@ -33,8 +35,20 @@ __all__ = [
 
 VLP_CLIP_FRAMES = 6  # NUM_FRAMES of the released scripts
 
+# The released LR groups (``LR_PRETRAINED_MODULE_NAMES`` temporal_encoder, ``LR_ENCODER_NAMES`` uprompt_encoder and
+# context_encoder, ``LR_DECODER_NAMES`` segDecoder: 5e-5; ``reduce``/``resizer`` and the rest: OPTIM.LR 1e-4) on
+# lvseg's modules: the prompt generator with its temporal capture and history (uprompt_encoder, temporal_encoder),
+# the text context injected into the frozen layers (context_encoder) and the Segmentor (segDecoder).
+VLP_RVOS_LR_GROUPS: tuple[tuple[str, float], ...] = (
+    (r"(prompt_encoder\.|initial_history$|history_proj\.|deep_prompts$)", 5e-5),
+    (r"(guides\.|word_to_vision\.)", 5e-5),
+    (r"segDecoder\.", 5e-5),
+)
+
 VLP_RVOS_RECIPE: dict[str, Any] = dict(
     lr=1e-4,
+    lr_groups=VLP_RVOS_LR_GROUPS,
+    step_per_clip=True,  # engine.py: one optimiser step per clip, prompts carried detached
     lr_backbone=0.0,  # frozen: the backbone's parameters never reach the optimiser
     lr_text_encoder=0.0,
     weight_decay=5e-4,
@@ -166,7 +180,7 @@ def vlp_rvos_presets() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ Shapes (tiny)
 VLP_SHAPES_CLIP = 4  # frames per clip of the tiny model; a training sample holds two clips
-VLP_SHAPES_STEPS = 3000
+VLP_SHAPES_STEPS = 500  # sized to the CPU budget of the proof (docs/models/vlp_rvos.md)
 VLP_SHAPES_RECIPE: dict[str, Any] = dict(
     lr=1e-3,
     lr_backbone=0.0,
@@ -178,37 +192,61 @@ VLP_SHAPES_RECIPE: dict[str, Any] = dict(
     max_steps=VLP_SHAPES_STEPS,
     warmup_steps=100,
     lr_drop_steps=(VLP_SHAPES_STEPS * 3 // 4,),
+    step_per_clip=False,  # the proof's measured recipe: one step on the two clips' summed loss, one LR
     disable_dropout=True,
-    eval_every=500,
+    eval_every=250,
     eval_max_samples=60,
     checkpoint_every=250,
     log_every=25,
 )
 
 
-def vlp_shapes_tiny_config(vocab_size: int, size: int = 96) -> Any:
+def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96) -> Any:
     """The tiny VLP-RVOS for the Shapes world (:func:`lvseg.models.vlp_rvos.config.tiny_config` at 96 px, clips of
-    4 frames). Its frozen backbone is a CLIP-style dual encoder of exactly these sizes: vision width 64, 4 layers,
-    4 heads, patch 8; text width 48, 2 layers, 4 heads, 40 positions, the Shapes BPE vocabulary; joint width 32."""
-    from ..models.vlp_rvos.config import tiny_config
+    4 frames). Its frozen backbone has exactly the towers of the tiny Shapes CLIP
+    (:class:`lvseg.train.shapes_clip.ShapesClipConfig`, the one place its sizes are written; read through
+    :func:`~lvseg.train.shapes_clip.shapes_clip_towers`), on that CLIP's word-level tokenizer.
 
-    return tiny_config(vocab_size, image_size=size, clip_frames=VLP_SHAPES_CLIP)
+    Args:
+        vocab_size: must equal that tokenizer's size when given (kept for callers that pass it).
+    """
+    from ..models.vlp_rvos.config import tiny_config
+    from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer, shapes_clip_towers
+
+    clip = ShapesClipConfig(size=size)
+    tokenizer = shapes_clip_tokenizer(clip.context)
+    if vocab_size is not None and vocab_size != len(tokenizer):
+        raise ConfigError(
+            f"vocab_size={vocab_size} but the Shapes CLIP tokenizer has {len(tokenizer)} tokens: the tiny Shapes "
+            "VLP-RVOS reads the Shapes CLIP's ids; leave vocab_size out"
+        )
+    vision, text, projection = shapes_clip_towers(clip, tokenizer)
+    return tiny_config(
+        len(tokenizer),
+        image_size=size,
+        clip_frames=VLP_SHAPES_CLIP,
+        vision=vision,
+        text=text,
+        projection_dim=projection,
+        guide_heads=int(vision["num_attention_heads"]),
+    )
 
 
 def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96) -> Any:
-    """The tiny Shapes VLP-RVOS with the Shapes BPE tokenizer, on a frozen backbone: a CLIP-style dual encoder
+    """The tiny Shapes VLP-RVOS with the Shapes CLIP tokenizer, on a frozen backbone: the tiny Shapes CLIP
     pre-trained contrastively on Shapes frames and expressions (``backbone``: its ``CLIPModel.save_pretrained``
-    folder, loaded strictly), or None for a randomly initialised frozen backbone (the control that shows whether
-    the aligned space is used)."""
+    folder as ``benchmarks/train_shapes_clip.py`` writes it, loaded strictly, tokenizer included), or None for a
+    randomly initialised frozen backbone of the same sizes (the control that shows whether the aligned space is
+    used)."""
     from ..models.vlp_rvos.model import VLPRVOS
-    from .presets import shapes_tokenizer
+    from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer
 
-    tokenizer = shapes_tokenizer()
-    model = VLPRVOS(vlp_shapes_tiny_config(len(tokenizer), size), tokenizer)
+    tokenizer = shapes_clip_tokenizer(ShapesClipConfig().context)
+    model = VLPRVOS(vlp_shapes_tiny_config(size=size), tokenizer)
     if backbone is not None:
         from ..models.vlp_rvos.entries import load_clip_backbone
 
-        load_clip_backbone(model, backbone, tokenizer=False)  # the Shapes tokenizer stays
+        load_clip_backbone(model, backbone, tokenizer=True)  # the CLIP's own tokenizer: the ids it was trained on
     return model
 
 
