@@ -6,6 +6,8 @@ Usage::
     python benchmarks/referformer_vs_official.py --official DIR --backbones resnet50 --rounds 3
     python benchmarks/referformer_vs_official.py --official DIR --backbones resnet50 --profile  # per-module table
     python benchmarks/referformer_vs_official.py --official DIR --variants lvseg lvseg:compile official
+    git archive COMMIT lvseg | tar -x -C /tmp/before &&
+    python benchmarks/referformer_vs_official.py --official DIR --variants lvseg@/tmp/before lvseg official
 
 The official checkout needs the CPU shims of ``tests/fixtures/referformer/generate_golden.py`` (its pure-PyTorch
 MSDA core instead of the CUDA op, which does not build without CUDA; RoBERTa built from a config; no ImageNet
@@ -14,7 +16,8 @@ layers, 5 queries) with random weights: speed does not depend on the values.
 
 Every forward runs in a fresh subprocess, and the variants are interleaved round by round (lvseg, official,
 lvseg, official, ...), so a change of machine load hits both. Each child builds its model, runs one untimed
-warm-up forward on a 1-frame clip of the same size (oneDNN primitive creation, lazy imports) and then one timed
+warm-up forward on a 1-frame clip of the same size (oneDNN primitive creation, lazy imports; the compiled variant:
+on the full clip, its compile time) and then one timed
 forward of the ``--frames`` x ``--height`` x ``--width`` clip, seeded so every child sees the same pixels and the
 same expression. Timed: the official ``model([video], [text], [target])`` plus the Ref-YouTube-VOS query choice of
 ``inference_ytvos.py``; lvseg's ``model.segment(frames, [text])`` (the same protocol). Reported per variant: the
@@ -77,7 +80,9 @@ def build_official(args: argparse.Namespace):
     return model, run
 
 
-def build_lvseg(args: argparse.Namespace, compile_model: bool):
+def build_lvseg(args: argparse.Namespace, compile_model: bool, fused: bool):
+    import dataclasses
+
     import torch
     from transformers import RobertaTokenizerFast
 
@@ -87,6 +92,8 @@ def build_lvseg(args: argparse.Namespace, compile_model: bool):
     tok = RobertaTokenizerFast.from_pretrained(str(FIXTURES / "tokenizer"))
     config = ReferFormerConfig(backbone=args.backbone, max_frames_per_pass=0)
     config.text_encoder = dict(config.text_encoder, vocab_size=ROBERTA_BASE["vocab_size"])
+    if fused:
+        config = dataclasses.replace(config, fused_attention=True)
     model = ReferFormer(config, tokenizer=tok).eval()
     if compile_model:
         from lvseg.hub import compile_model as compile_fn
@@ -130,13 +137,16 @@ def child(args: argparse.Namespace) -> dict:
     if variant == "official":
         model, run = build_official(args)
     else:
-        model, run = build_lvseg(args, compile_model=variant.endswith(":compile"))
+        options = variant.split("@")[0].split(":")[1:]
+        model, run = build_lvseg(args, compile_model="compile" in options, fused="fused" in options)
     g = torch.Generator().manual_seed(1234)
     frames = torch.randn(1, args.frames, 3, args.height, args.width, generator=g)
     out: dict = {"status": "ok"}
     with torch.no_grad():
         t0 = time.perf_counter()
-        run(frames[:, :1])  # warm-up (and, with compile, the compilation)
+        # warm-up: a 1-frame clip (oneDNN primitives, lazy imports); compiled variants the full clip, since a new
+        # shape recompiles (their warm-up is the compile time plus one forward)
+        run(frames if ":compile" in variant else frames[:, :1])
         out["warmup_s"] = time.perf_counter() - t0
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
@@ -170,7 +180,8 @@ def spawn(args: argparse.Namespace, variant: str, backbone: str, profile: bool) 
     if profile:
         cmd.append("--profile")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    source = variant.split("@")[1] if "@" in variant else str(HERE.parent)  # lvseg@DIR: the lvseg tree in DIR
+    env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
@@ -185,7 +196,9 @@ def main() -> None:
                     help="extra folder for the official code's imports (appended to sys.path)")
     ap.add_argument("--backbones", nargs="+", default=["resnet50", "swin-t"], choices=sorted(OFFICIAL_BACKBONES))
     ap.add_argument("--variants", nargs="+", default=["lvseg", "official"],
-                    help="lvseg, lvseg:compile (lvseg.load(..., compile=True)'s torch.compile), official")
+                    help="official, lvseg, lvseg:compile (what lvseg.load(..., compile=True) does), lvseg:fused "
+                    "(config fused_attention=True); lvseg@DIR (also lvseg:compile@DIR) imports lvseg from DIR, "
+                    "e.g. an export of an older commit for a before/after run")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=5)
