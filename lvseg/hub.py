@@ -577,6 +577,7 @@ def load(
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
     force_download: bool = False,
+    compile: bool = False,
 ) -> RVOSModel:
     """Load a model ready for inference (eval mode, on ``device`` in ``dtype``).
 
@@ -587,6 +588,8 @@ def load(
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         dtype: ``torch.float32`` (default), ``torch.bfloat16``, ``torch.float16`` or their names.
         cache_dir, token, force_download: passed to ``huggingface_hub``.
+        compile: opt-in ``torch.compile`` of the model's heavy parts (see :func:`compile_model`): the first
+            clip of each new size pays the compilation (minutes on a small CPU), later ones run the compiled code.
 
     Raises:
         ModelNotFoundError, WeightsNotPublishedError, OfflineError, HubError, CheckpointError, ConfigError,
@@ -594,8 +597,45 @@ def load(
     """
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)  # fail before any download
+    if compile:
+        _check_compiler(torch_device)  # fail before any download
     folder = download(name_or_path, revision=revision, cache_dir=cache_dir, token=token, force_download=force_download)
-    return from_pretrained(folder, device=torch_device, dtype=dtype)
+    model = from_pretrained(folder, device=torch_device, dtype=dtype)
+    return compile_model(model) if compile else model
+
+
+def _check_compiler(device: torch.device) -> None:
+    """torch.compile's CPU backend (inductor) writes C++ and needs a compiler; say so before anything is loaded."""
+    import shutil
+
+    if device.type != "cpu":
+        return
+    names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    if not any(name and shutil.which(name) for name in names):
+        raise ConfigError(
+            "compile=True on CPU needs a C++ compiler (torch.compile's inductor backend generates C++), and none "
+            "was found (CXX, c++, g++, clang++): install one (e.g. `apt-get install g++`) or load without compile=True"
+        )
+
+
+def compile_model(model: RVOSModel) -> RVOSModel:
+    """Compile ``model`` in place with ``torch.compile`` and return it (what ``load(..., compile=True)`` does).
+
+    A family that knows which of its parts are worth compiling says so with a ``compile_parts()`` method (ReferFormer:
+    backbone, deformable transformer, cross-modal FPN); otherwise every direct submodule is compiled. The model's own
+    Python (tokenizing, input checks, query selection) stays eager. Compilation happens on the first call with each
+    new input size; the outputs equal the eager ones up to float rounding (fused kernels sum in another order).
+    """
+    compile_parts = getattr(model, "compile_parts", None)
+    parts: list[torch.nn.Module] = compile_parts() if callable(compile_parts) else list(model.children())
+    for part in parts:
+        part.compile()
+    logger.info(
+        "compiled %d parts of %s with torch.compile (first call per input size compiles)",
+        len(parts),
+        type(model).__name__,
+    )
+    return model
 
 
 def push_to_hub(

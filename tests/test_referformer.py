@@ -30,6 +30,7 @@ from lvseg.models.referformer.model import ReferFormer
 from parity import (
     COMPILED_RELATIVE_TOLERANCE,
     RELATIVE_TOLERANCE,
+    relative_deviation,
     assert_parity,
     parity_failures,
     swap_weights,
@@ -357,9 +358,11 @@ def test_a2d_valid_frame_is_decoded_alone_after_the_backbone(r50):
         out = model(frames, texts, valid_indices=[2, 0])
         alone = [model(frames[i:i + 1, [f]], texts[i:i + 1]) for i, f in enumerate((2, 0))]
     assert out["pred_masks"].shape[:3] == (2, 1, 5)
+    # equal up to float rounding, bounded relative to each output's magnitude (tests/parity.py): oneDNN's
+    # channels-last convolutions may block a 3-frame batch differently from a 1-frame one
     for i in range(2):
-        assert torch.allclose(out["pred_masks"][i], alone[i]["pred_masks"][0], atol=1e-4)
-        assert torch.allclose(out["pred_logits"][i], alone[i]["pred_logits"][0], atol=1e-5)
+        for key in ("pred_masks", "pred_logits"):
+            assert relative_deviation(out[key][i], alone[i][key][0]) <= RELATIVE_TOLERANCE, key
     with pytest.raises(InvalidInputError, match="valid_indices"):
         model(frames, texts, valid_indices=[3, 0])
 
@@ -558,6 +561,8 @@ def test_expressions_on_one_clip_share_one_backbone_pass(r50):
     finally:
         hook.remove()
     assert_parity({k: shared[k] for k in ("pred_logits", "pred_boxes", "pred_masks")},
-                  {k: copied[k] for k in ("pred_logits", "pred_boxes", "pred_masks")}, tolerance=1e-5)
-    # the first and the third expression are the same sentence: the same outputs (up to batched rounding)
-    assert_parity({"pred_masks": shared["pred_masks"][0]}, {"pred_masks": shared["pred_masks"][2]}, tolerance=1e-5)
+                  {k: copied[k] for k in ("pred_logits", "pred_boxes", "pred_masks")}, tolerance=RELATIVE_TOLERANCE)
+    # the first and the third expression are the same sentence: the same outputs (up to batched rounding; oneDNN's
+    # channels-last ResNet kernels block a batch of 2 frames differently from one of 6: 1.5e-5 measured)
+    assert_parity({"pred_masks": shared["pred_masks"][0]}, {"pred_masks": shared["pred_masks"][2]},
+                  tolerance=RELATIVE_TOLERANCE)

@@ -110,7 +110,7 @@ class VisionLanguageBlock(nn.Module):
             need_weights=not self.fused_attention,
         )[0]
         tgt = self.norm2(tgt + self.dropout2(attn))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt), inplace=True)))  # [(t h w), b, 2048]: in place
         return self.norm3(tgt + self.dropout3(ffn))
 
 
@@ -127,7 +127,7 @@ class ConvNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(F.conv2d(x, self.weight, None, 1, self.padding))
-        return F.relu(x) if self.relu else x
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 class CrossModalFPN(nn.Module):

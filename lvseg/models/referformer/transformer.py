@@ -49,7 +49,8 @@ class EncoderLayer(nn.Module):
         """src, pos: [N, S, C]; reference_points: [N, S, L, 2] -> [N, S, C]."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))  # in place: the [N, S, d_ffn]
+        # activation is the largest tensor of the layer, and a second one costs page faults, not just memory
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -99,7 +100,7 @@ class DecoderLayer(nn.Module):
             tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
         )
         tgt = self.norm1(tgt + self.dropout1(attn))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt), inplace=True)))
         return self.norm3(tgt + self.dropout4(ffn))
 
 
@@ -285,6 +286,8 @@ class DeformableTransformer(nn.Module):
         memory_maps = []
         start = 0
         for h, w in shapes[:-1]:
-            memory_maps.append(memory[:, start : start + h * w].reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous())
+            # [N, C, h, w] view with channels-last strides: the FPN's convolutions (oneDNN) prefer that layout, and
+            # its token rearranges become views instead of copies
+            memory_maps.append(memory[:, start : start + h * w].reshape(n, h, w, -1).permute(0, 3, 1, 2))
             start += h * w
         return torch.stack(hs), init_reference, torch.stack(boxes), memory_maps, torch.stack(references)
