@@ -306,8 +306,6 @@ register_pipeline(
     )
 )
 
-# MTTR (Ref-YouTube-VOS): registered by its own module, imported here so that every pipeline is known
-from . import pipeline_mttr  # noqa: E402, F401
 
 # ------------------------------------------------------------------------------- ReferFormer A2D / JHMDB-Sentences
 def detr_resize_size(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
@@ -468,3 +466,6 @@ register_pipeline(
         build=_referformer_a2d_runner,
     )
 )
+
+# MTTR (Ref-YouTube-VOS, A2D-Sentences): registered by its own module, imported here so that every pipeline is known
+from . import pipeline_mttr  # noqa: E402, F401
