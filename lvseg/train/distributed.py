@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Iterator
@@ -78,10 +79,25 @@ def init_distributed(
             dist.init_process_group(backend=chosen, timeout=timeout)
         else:
             dist.init_process_group(backend=chosen)
+        atexit.register(_leave_process_group)
         logger.info("joined process group: rank %d of %d (%s)", rank, world, chosen)
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank, world, local_rank, want)
+
+
+def _leave_process_group() -> None:
+    """Destroy the group :func:`init_distributed` created, at interpreter exit.
+
+    A gloo group left to interpreter finalization can abort the process (``terminate called without an active
+    exception``, exit code -6) after its work is done, which torchrun reports as a failed run (pytorch#190489);
+    destroying it while the interpreter is still whole avoids that. A group the caller created is left alone.
+    """
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:  # exiting anyway: report, never mask the exit status
+            logger.warning("could not destroy the process group at exit: %s", exc)
 
 
 def _active() -> bool:
