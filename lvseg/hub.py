@@ -14,12 +14,15 @@ A Hub-format model folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -352,15 +355,88 @@ def _load_tokenizer(directory: Path, config: ModelConfig) -> Any:
     return tokenizer
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` into ``model`` and fail with a readable list of what does not match."""
-    expected = model.state_dict()
-    # Tied parameters appear under several names in state_dict() but only once in a de-duplicated file.
-    by_storage: dict[tuple[int, int], list[str]] = {}
-    for key, tensor in expected.items():
+# parameters_on_meta() swaps nn.Module.register_parameter while at least one thread is inside it; the swapped-in
+# function moves parameters to the meta device only for the threads inside (another thread building a model for
+# training meanwhile gets ordinary parameters).
+_META_STATE = threading.local()
+_META_LOCK = threading.Lock()
+_META_USERS = 0
+_ORIGINAL_REGISTER: Any = None
+
+
+def _register_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+    _ORIGINAL_REGISTER(module, name, param)
+    if param is not None and getattr(_META_STATE, "active", False) and param.device.type != "meta":
+        module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (no memory, no random initialisation); buffers
+    stay real, so those computed at construction (relative position indices, ...) keep their values.
+
+    :func:`load_state_dict_strict` then gives every parameter its tensor from the checkpoint, so a loaded model
+    holds its weights once instead of twice (random weights + checkpoint) at the peak.
+    """
+    global _META_USERS, _ORIGINAL_REGISTER
+    with _META_LOCK:
+        if _META_USERS == 0:
+            _ORIGINAL_REGISTER = torch.nn.Module.register_parameter
+            torch.nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign,assignment]
+        _META_USERS += 1
+    previous = getattr(_META_STATE, "active", False)
+    _META_STATE.active = True
+    try:
+        yield
+    finally:
+        _META_STATE.active = previous
+        with _META_LOCK:
+            _META_USERS -= 1
+            if _META_USERS == 0:
+                torch.nn.Module.register_parameter = _ORIGINAL_REGISTER  # type: ignore[method-assign]
+
+
+def _tied_names(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Names that refer to one tensor (tied parameters or buffers), each mapped to all names of its group."""
+    groups: dict[Any, list[str]] = {}
+    for key, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(("object", id(tensor)), []).append(key)
+    for key, tensor in model.state_dict(keep_vars=True).items():  # distinct objects over one storage
         if tensor.device.type != "meta" and tensor.numel():
-            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(key)
-    aliases = {k: names for names in by_storage.values() if len(names) > 1 for k in names}
+            groups.setdefault(("storage", tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(key)
+    tied: dict[str, list[str]] = {}
+    for names in groups.values():
+        unique = list(dict.fromkeys(names))
+        if len(unique) > 1:
+            for key in unique:
+                tied.setdefault(key, [])
+                tied[key] = list(dict.fromkeys([*tied[key], *unique]))
+    return tied
+
+
+def _materialise_parameters(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Replace each meta parameter by one made from its checkpoint tensor (cast to the parameter's dtype, no copy
+    when it already has it); tied parameters stay one object."""
+    made: dict[int, torch.nn.Parameter] = {}
+    for key, param in list(model.named_parameters(remove_duplicate=False)):
+        if param.device.type != "meta":
+            continue
+        new = made.get(id(param))
+        if new is None:
+            new = torch.nn.Parameter(state_dict[key].to(param.dtype), requires_grad=param.requires_grad)
+            made[id(param)] = new
+        owner, _, attr = key.rpartition(".")
+        setattr(model.get_submodule(owner), attr, new)  # through setattr: RNNs refresh their flat weights
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``model`` and fail with a readable list of what does not match.
+
+    A model built under :func:`parameters_on_meta` takes the tensors of ``state_dict`` as its parameters (no
+    second copy); its buffers are loaded as usual."""
+    expected = model.state_dict(keep_vars=True)
+    # Tied parameters appear under several names in state_dict() but only once in a de-duplicated file.
+    aliases = _tied_names(model)
     missing = [k for k in expected if k not in state_dict and not any(a in state_dict for a in aliases.get(k, ()))]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
@@ -386,10 +462,15 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
             + ". Likely causes: config.json and model.safetensors come from different models, or the file is an "
             "official checkpoint that was not converted (use `lvseg convert`)."
         )
+    state_dict = dict(state_dict)
     for key, names in aliases.items():
         if key not in state_dict:
             state_dict[key] = next(state_dict[a] for a in names if a in state_dict)
-    model.load_state_dict(state_dict, strict=True)
+    _materialise_parameters(model, state_dict)
+    model.load_state_dict(state_dict, strict=True)  # buffers; parameters taken above copy onto themselves
+    left = [k for k, t in model.state_dict(keep_vars=True).items() if t.device.type == "meta"]
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} tensor(s) of the model were not loaded: {', '.join(left[:10])}")
 
 
 def from_pretrained(
@@ -412,7 +493,8 @@ def from_pretrained(
     model_class = get_model_class(config.architecture)
     tokenizer = _load_tokenizer(directory, config)  # before the weights: it is the quick check
     state_dict = _load_weights(directory / WEIGHTS_NAME)
-    model = model_class(config)
+    with parameters_on_meta():  # the weights come from the file: no random initialisation, one copy in memory
+        model = model_class(config)
     load_state_dict_strict(model, state_dict, str(directory / WEIGHTS_NAME))
     model.tokenizer = tokenizer
     model.eval()

@@ -77,3 +77,33 @@ def color_video(num_frames: int = 12, height: int = 48, width: int = 64, square:
         masks[t, y: y + square, x: x + square] = True
     frames[masks] = (255, 0, 0)
     return frames, masks
+
+
+@dataclass
+class TiedConfig(ModelConfig):
+    architecture: str = "test-tied"
+    width: int = 4
+
+
+@register_family
+class TiedModel(RVOSModel):
+    """A projection used twice (one parameter under two module paths) and a buffer computed at construction."""
+
+    config_class = TiedConfig
+    architecture = "test-tied"
+
+    def __init__(self, config: TiedConfig) -> None:
+        super().__init__(config)
+        self.encode = nn.Linear(3, config.width)
+        self.decode = nn.Linear(config.width, 1)
+        self.head = nn.Sequential(self.decode)  # tied: head.0.* is decode.*
+        self.register_buffer("offsets", torch.arange(config.width, dtype=torch.float32), persistent=False)
+        self.built_on_meta = self.encode.weight.is_meta  # what the constructor saw
+
+    def forward(self, frames: torch.Tensor, text: Sequence[str]) -> torch.Tensor:
+        x = self.encode(frames.movedim(2, -1)) + self.offsets
+        return self.head(x)[..., 0]
+
+    def segment(self, frames: torch.Tensor, text: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(frames, text)
+        return logits, logits.flatten(2).amax(-1).sigmoid()
