@@ -66,20 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import lvseg
-    from lvseg.data import RefYouTubeVOS, shapes
     from lvseg.train.engine import evaluate_jf
-    from lvseg.train.presets import (SHAPES_FRAMES, SHAPES_SIZE, ShuffledExpressions, get_preset, shapes_data,
-                                      shapes_refine_schedule)
+    from lvseg.train.presets import (
+        ShuffledExpressions,
+        get_preset,
+        shapes_data,
+        shapes_refine_schedule,
+        shapes_test_data,
+    )
 
     root = Path(args.data_root)
     train_ds, val_ds = shapes_data(root)
     # the held-out test videos live in their own root (as a "valid" split, seed 1): a Ref-YouTube-VOS root's
     # test meta file would remove same-named videos from its valid split
-    test_root = root.with_name(root.name + "-test")
-    if not (test_root / "meta_expressions" / "valid" / "meta_expressions.json").is_file():
-        shapes.generate(test_root, "valid", num_videos=args.num_test, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=1,
-                        progress=False)
-    test_ds = RefYouTubeVOS(test_root, "valid")
+    test_ds = shapes_test_data(root, args.num_test)
     out = Path(args.output_dir)
     refine_dir = out / "refine"
     t0 = time.time()

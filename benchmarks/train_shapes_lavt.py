@@ -39,25 +39,19 @@ def best_of(run: Path) -> Path:
 def run_one(args: argparse.Namespace) -> dict:
     """Train (unless ``--eval-only``) and score one run; returns its results (also written to results.json)."""
     import lvseg
-    from lvseg.data import RefYouTubeVOS, shapes
     from lvseg.train.engine import evaluate_jf
     from lvseg.train.presets import (
-        SHAPES_FRAMES,
-        SHAPES_SIZE,
         ExpressionSubset,
         ShuffledExpressions,
         get_preset,
         is_motion_expression,
         lavt_shapes_data,
+        shapes_test_data,
     )
 
     root = Path(args.data_root)
     train_ds, val_ds = lavt_shapes_data(root)
-    test_root = root.with_name(root.name + "-test")
-    if not (test_root / "meta_expressions" / "valid" / "meta_expressions.json").is_file():
-        shapes.generate(test_root, "valid", num_videos=args.num_test, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=1,
-                        progress=False)
-    test_ds = ExpressionSubset(RefYouTubeVOS(test_root, "valid"), lambda text: not is_motion_expression(text))
+    test_ds = ExpressionSubset(shapes_test_data(root, args.num_test), lambda text: not is_motion_expression(text))
     out = Path(args.output_dir)
     t0 = time.time()
     if not args.eval_only:

@@ -42,17 +42,12 @@ def best_of(run: Path) -> Path:
 def run_one(args: argparse.Namespace) -> dict:
     """Train (unless ``--eval-only``) and score one run; returns its results (also written to results.json)."""
     import lvseg
-    from lvseg.data import RefYouTubeVOS, shapes
     from lvseg.train.engine import evaluate_jf
-    from lvseg.train.presets import SHAPES_FRAMES, SHAPES_SIZE, ShuffledExpressions, get_preset, shapes_data
+    from lvseg.train.presets import ShuffledExpressions, get_preset, shapes_data, shapes_test_data
 
     root = Path(args.data_root)
     train_ds, val_ds = shapes_data(root)
-    test_root = root.with_name(root.name + "-test")
-    if not (test_root / "meta_expressions" / "valid" / "meta_expressions.json").is_file():
-        shapes.generate(test_root, "valid", num_videos=args.num_test, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=1,
-                        progress=False)
-    test_ds = RefYouTubeVOS(test_root, "valid")
+    test_ds = shapes_test_data(root, args.num_test)
     out = Path(args.output_dir)
     t0 = time.time()
     if not args.eval_only:

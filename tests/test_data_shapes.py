@@ -191,3 +191,20 @@ def test_end_to_end_training_batches_with_worker_processes(tmp_path: Path) -> No
     assert b["frames"].dtype == torch.float32 and b["frames"].shape[1:3] == (3, 3)
     assert b["frames"].shape[-1] % 16 == 0 and b["masks"].shape == b["padding_mask"].shape
     assert all(t.split()[0] == "the" for t in b["text"])
+
+
+def test_held_out_test_set_is_generated_once_and_its_size_is_checked(tmp_path: Path) -> None:
+    """The Shapes benchmarks' held-out videos (``<root>-test``, seed 1): generated when missing, then reused; an
+    existing folder of another size is refused with the fix (``--num-test`` used to be ignored silently)."""
+    from lvseg.train.presets import shapes_test_data
+
+    root = tmp_path / "shapes"
+    test = shapes_test_data(root, 2)
+    assert sorted(test.videos) == ["video00000", "video00001"]
+    stamp = (tmp_path / "shapes-test" / "meta_expressions" / "valid" / "meta_expressions.json").stat().st_mtime_ns
+    again = shapes_test_data(root, 2)
+    assert len(again) == len(test)
+    assert (tmp_path / "shapes-test" / "meta_expressions" / "valid" / "meta_expressions.json").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "shapes").exists()  # the training root is not touched
+    with pytest.raises(DatasetError, match=r"holds 2 held-out Shapes videos, not the 3 asked for; pass --num-test 2"):
+        shapes_test_data(root, 3)

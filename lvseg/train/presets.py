@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from .mttr_data import a2d_mttr_data, ytvos_mttr_data
 
 __all__ = [
@@ -354,6 +354,38 @@ def shapes_data(
     )
     val = RefYouTubeVOS(root, "valid")
     return train, val
+
+
+def shapes_test_data(root: str | Path, num_videos: int = 100, size: int = SHAPES_SIZE) -> Any:
+    """The held-out Shapes videos the Shapes benchmarks report on, next to the training ``root``.
+
+    They live in their own root, ``<root>-test``, as a ``valid`` split generated with seed 1 (a test meta file in
+    the training root would remove same-named videos from its valid split). Generated when missing; an existing
+    folder must hold ``num_videos`` videos, so that a number is never reported on a different test set than the
+    one asked for.
+
+    Returns:
+        ``RefYouTubeVOS(<root>-test, "valid")``.
+    """
+    import json
+
+    from ..data import RefYouTubeVOS, shapes
+
+    root = Path(root)
+    test_root = root.with_name(root.name + "-test")
+    meta = test_root / "meta_expressions" / "valid" / "meta_expressions.json"
+    if not meta.is_file():
+        logger.info("generating %d held-out Shapes videos under %s", num_videos, test_root)
+        shapes.generate(
+            test_root, "valid", num_videos=num_videos, frames=SHAPES_FRAMES, size=size, seed=1, progress=False
+        )
+    found = len(json.loads(meta.read_text())["videos"])
+    if found != num_videos:
+        raise DatasetError(
+            f"{test_root} holds {found} held-out Shapes videos, not the {num_videos} asked for; pass "
+            f"--num-test {found} to use them, or delete {test_root} to generate {num_videos}"
+        )
+    return RefYouTubeVOS(test_root, "valid")
 
 
 def is_motion_expression(text: str) -> bool:
