@@ -59,6 +59,58 @@ def test_forward_outputs_and_loss_fall_on_a_fixed_batch(shapes_root, tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_loss_weights_dice_term_and_the_family_reads_shared_keys():
+    """LocaterLossWeights: the balanced BCE's foreground / background means (pixels labelled -1 left out), the aux
+    weight, and the optional dice term, computed by hand; a dict of keys several families share (``dice``) is
+    read with the trained model's family, and keys of another family are refused."""
+    from lvseg.errors import ConfigError
+    from lvseg.train.engine import TrainConfig
+    from lvseg.train.losses import LocaterCriterion, LocaterLossWeights, LossWeights
+    from lvseg.train.objectives import make_objective
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 2, 4, 4, generator=g) * 3
+    aux = torch.randn(1, 2, 2, 4, 4, generator=g) * 3
+    target = (torch.rand(1, 2, 4, 4, generator=g) > 0.6).float()
+    target[0, 1, 0] = -1  # a row without supervision
+    outputs = {"logits": logits, "aux_logits": aux}
+
+    def by_hand(lg, tg, fore, back):
+        valid = tg >= 0
+        p, t = lg[valid].sigmoid().clamp(1e-4, 1 - 1e-4), tg[valid]
+        pos, neg = t == 1, t == 0
+        bce = (-fore * torch.log(p[pos]).sum() / (fore * pos.sum() + 1e-4)
+               - back * torch.log(1 - lg[valid][neg].sigmoid()).sum() / (back * neg.sum() + 1e-4))
+        dice = []
+        for i in range(lg.shape[0]):
+            v = tg[i] >= 0
+            q, u = lg[i][v].sigmoid(), tg[i][v]
+            dice.append(1 - (2 * (q * u).sum() + 1) / (q.sum() + u.sum() + 1))
+        return bce, torch.stack(dice).mean()
+
+    flat_t = target.flatten(0, 1)
+    main_bce, main_dice = by_hand(logits.flatten(0, 1), flat_t, 1.5, 0.5)
+    aux_terms = [by_hand(aux[:, :, k].flatten(0, 1), flat_t, 1.5, 0.5) for k in range(2)]
+    aux_bce = sum(b for b, _ in aux_terms)
+    aux_dice = sum(d for _, d in aux_terms)
+    plain = LocaterCriterion()(outputs, [target])
+    torch.testing.assert_close(plain["loss"], main_bce + 0.4 * aux_bce)
+    assert "loss_dice" not in plain
+    weighted = LocaterCriterion(LocaterLossWeights(aux_weight=0.25, dice=2.0))(outputs, [target])
+    torch.testing.assert_close(weighted["loss"], main_bce + 0.25 * aux_bce + 2.0 * (main_dice + 0.25 * aux_dice))
+    torch.testing.assert_close(weighted["loss_dice"], main_dice)
+
+    assert isinstance(TrainConfig(loss_weights={"aux_weight": 0.3}).loss_weights, LocaterLossWeights)
+    shared = TrainConfig(loss_weights={"dice": 1.0}).loss_weights  # ReferFormer, MTTR, VLP-RVOS and Locater
+    assert shared == {"dice": 1.0}
+    assert make_objective("locater", shared).criterion.weights == LocaterLossWeights(dice=1.0)
+    assert make_objective("referformer", shared).criterion.weights == LossWeights(dice=1.0)
+    with pytest.raises(ConfigError, match=r"\['fore'\] are not 'mttr' loss weights; MTTRLossWeights has"):
+        make_objective("mttr", {"fore": 1.0})
+    with pytest.raises(ConfigError, match="Locater takes LocaterLossWeights"):
+        make_objective("locater", LossWeights())
+
+
 def test_train_resume_is_bit_identical_and_the_result_loads(shapes_root, tmp_path):
     import lvseg
     from lvseg.train.presets import shapes_data

@@ -46,7 +46,7 @@ from .distributed import (
     barrier,
     broadcast_object,
 )
-from .losses import LossWeights, MTTRLossWeights, VLPRVOSLossWeights
+from .losses import LocaterLossWeights, LossWeights, MTTRLossWeights, VLPRVOSLossWeights
 from .objectives import Objective, build_mttr_targets, build_targets, make_objective
 from .plot import plot_curves
 
@@ -72,7 +72,10 @@ class TrainConfig:
     Learning rates: ``lr`` for the heads/transformer, ``lr_backbone`` for parameters under ``backbone.``,
     ``lr_text_encoder`` for the text encoder (``text_encoder.``; MTTR's ``transformer.text_encoder.``), frozen
     when ``freeze_text_encoder``. ``loss_weights``: None for the family's official coefficients, or
-    :class:`~lvseg.train.losses.LossWeights` (ReferFormer) / :class:`~lvseg.train.losses.MTTRLossWeights` (MTTR).
+    :class:`~lvseg.train.losses.LossWeights` (ReferFormer) / :class:`~lvseg.train.losses.MTTRLossWeights` (MTTR) /
+    :class:`~lvseg.train.losses.VLPRVOSLossWeights` / :class:`~lvseg.train.losses.LocaterLossWeights`, or a dict
+    of their fields (read with the class whose fields it names; keys several classes share, such as ``dice``
+    alone, are read with the trained model's family).
     The LR is multiplied by ``lr_gamma`` at every epoch in ``lr_drops`` (or every step in ``lr_drop_steps``),
     after ``warmup_steps`` of linear warm-up. ``batch_size`` is per process; the global batch is
     ``batch_size * world_size * grad_accum``. ``max_steps`` (optimizer steps) stops the run early; ``epochs``
@@ -119,7 +122,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_last: int = 2
     resume: bool = False
-    loss_weights: LossWeights | MTTRLossWeights | VLPRVOSLossWeights | None = None
+    loss_weights: LossWeights | MTTRLossWeights | VLPRVOSLossWeights | LocaterLossWeights | dict[str, float] | None = (
+        None
+    )
     prepare_steps: int | None = None
     progress: bool = True
     tensorboard: bool = True
@@ -188,16 +193,19 @@ class TrainConfig:
         if isinstance(self.loss_weights, dict) and not self.loss_weights:
             self.loss_weights = None  # the family's official weights
         if isinstance(self.loss_weights, dict):
-            kinds = (LossWeights, MTTRLossWeights, VLPRVOSLossWeights)
+            kinds = (LossWeights, MTTRLossWeights, VLPRVOSLossWeights, LocaterLossWeights)
             names = {k: {f.name for f in fields(k)} for k in kinds}
-            kind = next((k for k in kinds if set(self.loss_weights) <= names[k]), None)
-            if kind is None:
+            fit = [k for k in kinds if set(self.loss_weights) <= names[k]]
+            if not fit:
                 raise ConfigError(
                     f"loss_weights keys {sorted(self.loss_weights)} fit no family: ReferFormer takes "
                     f"{sorted(names[LossWeights])}, MTTR {sorted(names[MTTRLossWeights])}, VLP-RVOS "
-                    f"{sorted(names[VLPRVOSLossWeights])}"
+                    f"{sorted(names[VLPRVOSLossWeights])}, Locater {sorted(names[LocaterLossWeights])}"
                 )
-            self.loss_weights = kind(**self.loss_weights)
+            if len(fit) == 1:
+                self.loss_weights = fit[0](**self.loss_weights)
+            # keys several families share (e.g. only "dice") stay a dict: the trainer reads them with the model's
+            # family (lvseg.train.objectives.make_objective)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -391,11 +391,37 @@ def balanced_bce_with_logits(
     return pos_loss + neg_loss
 
 
+@dataclass(frozen=True)
+class LocaterLossWeights:
+    """Locater's loss coefficients (lvseg's choice; the official training code was never released): ``fore`` /
+    ``back`` weigh the balanced BCE's foreground and background means, ``aux_weight`` the auxiliary decoders'
+    terms, ``dice`` an optional dice term on the main and auxiliary logits (0: off, the default)."""
+
+    aux_weight: float = 0.4
+    fore: float = 1.5
+    back: float = 0.5
+    dice: float = 0.0
+
+
+def masked_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over masks of ``1 - (2 |p g| + 1) / (|p| + |g| + 1)`` with pixels of ``target`` -1 left out.
+
+    logits, target: [N, H, W] (target 1 / 0 / -1) -> scalar."""
+    valid = (target >= 0).to(logits.dtype)
+    prob = logits.sigmoid() * valid
+    truth = target.clamp(min=0).to(logits.dtype) * valid
+    numerator = 2 * (prob * truth).flatten(1).sum(-1) + 1
+    denominator = prob.flatten(1).sum(-1) + truth.flatten(1).sum(-1) + 1
+    return (1 - numerator / denominator).mean()
+
+
 class LocaterCriterion(torch.nn.Module):
     """The Locater training loss lvseg uses (the official training code was never released): Locater's balanced
     BCE (:func:`balanced_bce_with_logits`, fore 1.5 / back 0.5) on the main decoder's logits of every frame, plus
     ``aux_weight`` times the same loss on each auxiliary decoder (one per fusion stage, the official
-    ``aux_decoders``). Which loss and which weights the authors used is not known (see docs/models/locater.md).
+    ``aux_decoders``); with ``weights.dice`` > 0, that weight times a dice term (:func:`masked_dice_loss`) on the
+    main logits plus ``aux_weight`` times it on each auxiliary decoder's. Which loss and which weights the authors
+    used is not known (see docs/models/locater.md).
 
     ``forward(outputs, targets, normaliser)``: ``outputs`` the dict of :meth:`Locater.forward` (logits
     [B, T, S, S], aux_logits [B, T, K, S, S]); ``targets`` a one-element list holding float [B, T, H, W] masks
@@ -403,26 +429,37 @@ class LocaterCriterion(torch.nn.Module):
     ``Resize``). ``normaliser`` is unused.
     """
 
-    def __init__(self, aux_weight: float = 0.4, fore: float = 1.5, back: float = 0.5) -> None:
+    def __init__(self, weights: LocaterLossWeights | None = None) -> None:
         super().__init__()
-        self.aux_weight, self.fore, self.back = aux_weight, fore, back
+        self.weights = weights or LocaterLossWeights()
+
+    def _term(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = self.weights
+        bce = balanced_bce_with_logits(logits, target, w.fore, w.back)
+        return bce, (masked_dice_loss(logits, target) if w.dice > 0 else None)
 
     def forward(
         self, outputs: dict[str, torch.Tensor], targets: list[torch.Tensor], normaliser: float = 1.0
     ) -> dict[str, torch.Tensor]:
+        w = self.weights
         logits = outputs["logits"].float()
         target = targets[0]
         if target.shape[-2:] != logits.shape[-2:]:
             target = F.interpolate(target.flatten(0, 1)[:, None].float(), size=logits.shape[-2:], mode="nearest")
             target = target[:, 0].unflatten(0, logits.shape[:2])
-        main = balanced_bce_with_logits(logits.flatten(0, 1), target.flatten(0, 1), self.fore, self.back)
+        target = target.flatten(0, 1)
+        main, main_dice = self._term(logits.flatten(0, 1), target)
         aux_logits = outputs["aux_logits"].float()
-        aux = sum(
-            (
-                balanced_bce_with_logits(aux_logits[:, :, k].flatten(0, 1), target.flatten(0, 1), self.fore, self.back)
-                for k in range(aux_logits.shape[2])
-            ),
-            torch.zeros((), device=logits.device),
-        )
-        loss = main + self.aux_weight * aux
-        return {"loss": loss, "loss_mask": main.detach(), "loss_aux": aux.detach()}
+        aux = torch.zeros((), device=logits.device)
+        aux_dice = torch.zeros((), device=logits.device)
+        for k in range(aux_logits.shape[2]):
+            bce, dice = self._term(aux_logits[:, :, k].flatten(0, 1), target)
+            aux = aux + bce
+            if dice is not None:
+                aux_dice = aux_dice + dice
+        loss = main + w.aux_weight * aux
+        out = {"loss_mask": main.detach(), "loss_aux": aux.detach()}
+        if main_dice is not None:
+            loss = loss + w.dice * (main_dice + w.aux_weight * aux_dice)
+            out["loss_dice"] = main_dice.detach()
+        return {"loss": loss, **out}

@@ -12,6 +12,7 @@ The :class:`~lvseg.train.engine.Trainer` is family-agnostic; it asks :func:`make
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from .boxes import mask_boxes_cxcywh
 from .losses import (
     LAVTCriterion,
     LocaterCriterion,
+    LocaterLossWeights,
     LossWeights,
     MTTRCriterion,
     MTTRLossWeights,
@@ -304,7 +306,24 @@ def make_objective(
     """The :class:`Objective` of ``family``; ``loss_weights`` (:class:`LossWeights` for ReferFormer,
     :class:`MTTRLossWeights` for MTTR, or None for the official ones) or a ready ``criterion``. ``mask_stride``:
     input pixels per predicted mask cell (ReferFormer's ``config.mask_stride``: 4, or 1 with ``mask_refine``);
-    the ground truth is subsampled to that grid."""
+    the ground truth is subsampled to that grid. A ``dict`` of weights (as :class:`~lvseg.train.TrainConfig` keeps
+    keys that several families share) is read with ``family``'s class."""
+    if isinstance(loss_weights, dict):
+        kind = {
+            "referformer": LossWeights,
+            "mttr": MTTRLossWeights,
+            "vlp_rvos": VLPRVOSLossWeights,
+            "locater": LocaterLossWeights,
+        }.get(family)
+        if kind is None:
+            raise ConfigError(f"the {family!r} family's loss has no weights to set, got loss_weights={loss_weights}")
+        allowed = {f.name for f in dataclasses.fields(kind)}
+        if not set(loss_weights) <= allowed:
+            raise ConfigError(
+                f"loss_weights {sorted(set(loss_weights) - allowed)} are not {family!r} loss weights; "
+                f"{kind.__name__} has {sorted(allowed)}"
+            )
+        loss_weights = kind(**loss_weights)
     if family == "referformer":
         if loss_weights is not None and not isinstance(loss_weights, LossWeights):
             raise ConfigError(
@@ -330,7 +349,9 @@ def make_objective(
             )
         return VLPRVOSObjective(criterion or VLPRVOSCriterion(loss_weights))
     if family == "locater":
-        if loss_weights is not None:
-            raise ConfigError("Locater's loss has no weights to set here; pass criterion=LocaterCriterion(...)")
-        return LocaterObjective(criterion or LocaterCriterion())
+        if loss_weights is not None and not isinstance(loss_weights, LocaterLossWeights):
+            raise ConfigError(
+                f"Locater takes LocaterLossWeights (aux_weight, fore, back, dice), got {type(loss_weights).__name__}"
+            )
+        return LocaterObjective(criterion or LocaterCriterion(loss_weights))
     raise ConfigError(f"lvseg.train supports the {', '.join(repr(f) for f in FAMILIES)} families, not {family!r}")
