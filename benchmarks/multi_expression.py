@@ -2,12 +2,13 @@
 
 Usage::
 
-    python benchmarks/multi_expression.py                       # ReferFormer R50 and MTTR, 3 x 192 x 320, 2 threads
+    python benchmarks/multi_expression.py                       # ReferFormer R50, MTTR, Locater; 3 x 192 x 320
     python benchmarks/multi_expression.py --frames 5 --height 360 --width 640
+    python benchmarks/multi_expression.py --families locater --frames 8    # ViT-B/16 at 320 x 320, 3 global frames
 
 The Predictor hands a family one clip expanded over the expressions (a view with batch stride 0). Families
-whose backbone never sees the text (ReferFormer, MTTR) run the backbone once on that clip and share its
-features, so only the text-dependent part is paid per expression. The target (issue 19) is
+whose backbone never sees the text (ReferFormer, MTTR, Locater's ViT) run the backbone once on that clip and share
+its features, so only the text-dependent part is paid per expression. The target (issue 19) is
 
     cost(N) <= cost(1) + (N - 1) * text_part,   text_part = cost(1) - backbone(1)
 
@@ -47,13 +48,22 @@ def run_family(family: str, args: argparse.Namespace) -> dict:
         config = ReferFormerConfig(backbone="resnet50", max_frames_per_pass=0)
         config.text_encoder["vocab_size"] = max(tok.vocab_size, 512)  # only the embedding table shrinks
         model: torch.nn.Module = ReferFormer(config, tokenizer=tok)
-    else:
+    elif family == "mttr":
         from lvseg.models.mttr.config import MTTRConfig
         from lvseg.models.mttr.model import MTTR
 
         model = MTTR(MTTRConfig(), tokenizer=tok)
+    else:
+        import dataclasses
+
+        from lvseg.models.locater.config import LocaterConfig
+        from lvseg.models.locater.model import Locater
+        from lvseg.train.presets import shapes_wordpiece_tokenizer
+
+        wordpiece = shapes_wordpiece_tokenizer()  # a small WordPiece vocabulary: only the embedding table shrinks
+        model = Locater(dataclasses.replace(LocaterConfig(), vocab_size=len(wordpiece)), tokenizer=wordpiece)
     model.eval()
-    backbone = model.backbone
+    backbone = model.vision_encoder if family == "locater" else model.backbone
     marks: list[float] = []
     backbone.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter()))
     backbone.register_forward_hook(lambda *_: marks.append(time.perf_counter()))
@@ -76,7 +86,7 @@ def run_family(family: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--families", nargs="+", default=["referformer", "mttr"], choices=["referformer", "mttr"])
+    parser.add_argument("--families", nargs="+", default=["referformer", "mttr", "locater"], choices=["referformer", "mttr", "locater"])
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=320)
@@ -92,7 +102,8 @@ def main() -> None:
     print(f"{'family':12s} {'N':>2s} {'cost(N) s':>10s} {'bound s':>9s} {'cost/bound':>10s}   "
           "(bound = cost(1) + (N-1) x (cost(1) - backbone(1)))")
     for family in args.families:
-        argv = [a for a in sys.argv[1:] if not a.startswith("--families")]
+        argv = [f"--frames={args.frames}", f"--height={args.height}", f"--width={args.width}",
+                f"--threads={args.threads}", f"--repeat={args.repeat}", "--counts", *map(str, args.counts)]
         out = subprocess.run([sys.executable, __file__, *argv, "--child", family], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{family}: failed\n{out.stderr[-2000:]}")

@@ -259,13 +259,16 @@ def build_lavt_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ tiny Locater
-def locater_shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
-    """A tiny Locater for Shapes frames (~0.3 M parameters, see :data:`PRESETS` ``locater-tiny-shapes``).
+def locater_shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE, image_size: int | None = None) -> Any:
+    """A tiny Locater for Shapes frames (538,167 parameters at the defaults, see :data:`PRESETS`
+    ``locater-tiny-shapes``).
 
-    The official architecture at toy sizes: 16-pixel patches (a 6x6 grid at 96 px), width 64, a 2-block ViT with
-    4 heads, 2 fusion stages of 1 + 1 blocks, a 1-layer BiLSTM over 32-wide embeddings of
-    :func:`shapes_wordpiece_tokenizer`'s ids, 4 memory / query heads, the HEAD memory sizes, 3 global frames,
-    frames kept at ``size`` x ``size`` and the official 22 token positions."""
+    The official architecture at toy sizes: 16-pixel patches, width 64, a 2-block ViT with 4 heads, 2 fusion
+    stages of 1 + 1 blocks, a 1-layer BiLSTM over 32-wide embeddings of :func:`shapes_wordpiece_tokenizer`'s ids,
+    4 memory / query heads, the HEAD memory sizes, 3 global frames, frames kept at ``size`` x ``size`` and the
+    official 22 token positions. The model resizes frames to ``image_size`` squares (default ``2 * size``: a 12x12
+    token grid on 96-pixel frames, so that a patch covers 8 frame pixels; at ``size`` itself the 6x6 grid left a
+    Shapes object one patch or less and the model learned little beyond objectness, docs/models/locater.md)."""
     from ..models.base import PreprocessConfig
     from ..models.locater.config import LocaterConfig
 
@@ -274,7 +277,7 @@ def locater_shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
     )
     return LocaterConfig(
         preprocessing=pre,
-        image_size=size,
+        image_size=2 * size if image_size is None else image_size,
         embed_dim=64,
         vision_depth=2,
         vision_heads=4,
@@ -291,12 +294,13 @@ def locater_shapes_tiny_config(vocab_size: int, size: int = SHAPES_SIZE) -> Any:
     )
 
 
-def build_locater_shapes_tiny(size: int = SHAPES_SIZE) -> Any:
-    """A freshly initialised tiny Locater for Shapes with its WordPiece tokenizer (random weights)."""
+def build_locater_shapes_tiny(size: int = SHAPES_SIZE, image_size: int | None = None) -> Any:
+    """A freshly initialised tiny Locater for Shapes with its WordPiece tokenizer (random weights); the sizes as
+    :func:`locater_shapes_tiny_config`."""
     from ..models.locater.model import Locater
 
     tokenizer = shapes_wordpiece_tokenizer()
-    return Locater(locater_shapes_tiny_config(len(tokenizer), size), tokenizer=tokenizer)
+    return Locater(locater_shapes_tiny_config(len(tokenizer), size, image_size), tokenizer=tokenizer)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -704,6 +708,9 @@ LAVT_SHAPES_RECIPE: dict[str, Any] = dict(
 # official training code, optimiser and schedule were never released)
 LOCATER_SHAPES_STEPS = 3000
 LOCATER_SHAPES_RECIPE: dict[str, Any] = dict(
+    # balanced BCE + dice (LocaterLossWeights): the balanced BCE alone averages the background over the whole
+    # frame, so a mask on every object costs little and the model learned objectness, not grounding
+    loss_weights={"aux_weight": 0.4, "fore": 1.5, "back": 0.5, "dice": 1.0},
     lr=1e-3,
     lr_backbone=1e-3,
     lr_text_encoder=1e-3,
@@ -886,8 +893,9 @@ PRESETS: dict[str, Preset] = {
         build_locater_shapes_tiny,
         train=dict(LOCATER_SHAPES_RECIPE),
         data=shapes_data,
-        description="a ~0.3 M-parameter Locater from scratch on Shapes clips (memory unrolled over each clip, "
-        "balanced BCE on the main and auxiliary decoders; lvseg's recipe, the official one is unreleased)",
+        description="a 0.55 M-parameter Locater from scratch on Shapes clips (frames resized to 192 px, memory "
+        "unrolled over each clip, balanced BCE + dice on the main and auxiliary decoders; lvseg's recipe, the "
+        "official one is unreleased)",
     ),
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d",
