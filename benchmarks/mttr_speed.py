@@ -10,7 +10,9 @@ comparison.
     python benchmarks/mttr_speed.py --frames 8 --dtypes float32 --repeats 2
 
 "eager" is the unoptimised implementation of the same math (``MTTRConfig(fused_attention=False)``: explicit
-``softmax(q k^T + bias + mask) v`` with the full [nW, N, N] shift mask), kept for this comparison.
+``softmax(q k^T + bias + mask) v`` with the full [nW, N, N] shift mask in the Video Swin windows, and
+``nn.MultiheadAttention`` with weights in the multimodal transformer, as the official code), kept for this
+comparison.
 """
 
 from __future__ import annotations

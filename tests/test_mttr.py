@@ -96,6 +96,26 @@ def test_every_window_size_from_1_to_16_fused_equals_eager(model):
             assert (fast["pred_is_referred"] - slow["pred_is_referred"]).abs().max() < 1e-4, t
 
 
+def test_eager_transformer_attention_is_the_explicit_softmax_of_the_official_code(model, monkeypatch):
+    """nn.MultiheadAttention with need_weights=False runs SDPA, which rounds differently from the explicit
+    softmax(q k^T) v the official code gets (default need_weights=True): the eager path must ask for the weights
+    (it is then bit-identical to mttr2021/MTTR on CPU), the fused path not."""
+    calls: list[bool] = []
+    forward = torch.nn.MultiheadAttention.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("need_weights", True))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.MultiheadAttention, "forward", spy)
+    eager = tiny_model(fused_attention=False)
+    with torch.no_grad():
+        for net, expected in ((eager, True), (model, False)):
+            calls.clear()
+            net(frames_of(0, 1, 2), TEXTS[:1])
+            assert len(calls) == 3 + 2 * 3 and set(calls) == {expected}  # 3 encoder, 3 decoder layers
+
+
 def test_frames_are_linked_in_time_only_through_the_backbone(model):
     """Changing a frame changes the other frames' outputs (Video Swin), and the decoded annotated frame alone
     equals the same frame decoded with all others (the transformer is per frame)."""

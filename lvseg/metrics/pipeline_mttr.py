@@ -22,8 +22,10 @@ A2D-Sentences follows ``Trainer.evaluate_a2d_sentences`` (``configs/a2d_sentence
 batch): the same resize rule, inputs and text cleaning on the window around the annotated frame, and
 ``A2DSentencesPostProcess`` on every query of that frame (:func:`mttr_a2d_queries`).
 
-The attention of the Video Swin windows is the model's (``config.fused_attention``); the official code computes it
-eagerly. Both give the same masks on the fixtures here (docs/metrics.md gives the measured counts).
+The attention (Video Swin windows and multimodal transformer) is the model's (``config.fused_attention``); the
+official code computes it eagerly, and lvseg's eager path (``fused_attention=False``) follows its order of
+operations bit for bit on CPU. Both give the same masks on the fixtures here up to pixels at the threshold
+(docs/metrics.md gives the measured counts).
 """
 
 from __future__ import annotations

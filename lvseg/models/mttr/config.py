@@ -35,8 +35,10 @@ class MTTRConfig(ModelConfig):
     spreads 0 -> 0.1 over all four stages (12 blocks), so block 10 gets 0.1 * 9 / 11.
     ``text_encoder`` holds ``transformers.RobertaConfig`` arguments (roberta-base); the model is built from
     them with random weights and the checkpoint provides every weight.
-    ``fused_attention`` selects the fast Video Swin attention (SDPA); ``False`` is the eager reference path
-    (same math, kept for the speed comparison in ``benchmarks/mttr_speed.py``).
+    ``fused_attention`` selects the fast attention (SDPA) for the Video Swin windows and the multimodal
+    transformer; ``False`` is the eager reference path (same math, kept for the speed comparison in
+    ``benchmarks/mttr_speed.py``): explicit ``softmax(q k^T) v`` in the order of the official code, which it
+    reproduces bit for bit on CPU.
     """
 
     architecture: str = "mttr"

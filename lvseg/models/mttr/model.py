@@ -38,10 +38,17 @@ logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------- transformer
 class EncoderLayer(nn.Module):
-    """Post-norm DETR encoder layer; queries and keys carry the position encoding, values do not."""
+    """Post-norm DETR encoder layer; queries and keys carry the position encoding, values do not.
 
-    def __init__(self, d: int, nheads: int, ffn: int, dropout: float) -> None:
+    ``fused``: PyTorch's fused attention kernels (``need_weights=False``); otherwise ``nn.MultiheadAttention``'s
+    explicit ``softmax(q k^T) v`` (it materialises the weights), which is what the official code runs: the same
+    operations in the same order, so the eager model reproduces it bit for bit (the fused kernels only up to
+    rounding).
+    """
+
+    def __init__(self, d: int, nheads: int, ffn: int, dropout: float, fused: bool = True) -> None:
         super().__init__()
+        self.fused = fused
         self.self_attn = nn.MultiheadAttention(d, nheads, dropout=dropout)
         self.linear1 = nn.Linear(d, ffn)
         self.linear2 = nn.Linear(ffn, d)
@@ -54,18 +61,21 @@ class EncoderLayer(nn.Module):
     def forward(self, src: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """src, pos: [N, B, d] (sequence first); key_padding_mask: bool [B, N] -> [N, B, d]."""
         qk = src + pos
-        src = self.norm1(
-            src + self.dropout1(self.self_attn(qk, qk, src, key_padding_mask=key_padding_mask, need_weights=False)[0])
-        )
+        attended = self.self_attn(qk, qk, src, key_padding_mask=key_padding_mask, need_weights=not self.fused)[0]
+        src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
 
 
 class DecoderLayer(nn.Module):
-    """Post-norm DETR decoder layer: query self-attention, cross-attention to the multimodal memory, FFN."""
+    """Post-norm DETR decoder layer: query self-attention, cross-attention to the multimodal memory, FFN.
 
-    def __init__(self, d: int, nheads: int, ffn: int, dropout: float) -> None:
+    ``fused`` as in :class:`EncoderLayer`.
+    """
+
+    def __init__(self, d: int, nheads: int, ffn: int, dropout: float, fused: bool = True) -> None:
         super().__init__()
+        self.fused = fused
         self.self_attn = nn.MultiheadAttention(d, nheads, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(d, nheads, dropout=dropout)
         self.linear1 = nn.Linear(d, ffn)
@@ -88,9 +98,13 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """tgt, query_pos: [q, B, d]; memory, pos: [N, B, d]; mask: bool [B, N] -> [q, B, d]."""
         qk = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt, need_weights=False)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt, need_weights=not self.fused)[0]))
         attended = self.multihead_attn(
-            tgt + query_pos, memory + pos, memory, key_padding_mask=memory_key_padding_mask, need_weights=False
+            tgt + query_pos,
+            memory + pos,
+            memory,
+            key_padding_mask=memory_key_padding_mask,
+            need_weights=not self.fused,
         )[0]
         tgt = self.norm2(tgt + self.dropout2(attended))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
@@ -98,9 +112,9 @@ class DecoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    def __init__(self, num_layers: int, d: int, nheads: int, ffn: int, dropout: float) -> None:
+    def __init__(self, num_layers: int, d: int, nheads: int, ffn: int, dropout: float, fused: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(d, nheads, ffn, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(EncoderLayer(d, nheads, ffn, dropout, fused) for _ in range(num_layers))
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:  # no final norm (post-norm layers)
@@ -109,9 +123,9 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    def __init__(self, num_layers: int, d: int, nheads: int, ffn: int, dropout: float) -> None:
+    def __init__(self, num_layers: int, d: int, nheads: int, ffn: int, dropout: float, fused: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(d, nheads, ffn, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(d, nheads, ffn, dropout, fused) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d)
 
     def forward(
@@ -150,8 +164,9 @@ class MultimodalTransformer(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.d_model = d
-        self.encoder = TransformerEncoder(cfg.num_encoder_layers, d, cfg.nheads, cfg.dim_feedforward, cfg.dropout)
-        self.decoder = TransformerDecoder(cfg.num_decoder_layers, d, cfg.nheads, cfg.dim_feedforward, cfg.dropout)
+        sizes = (d, cfg.nheads, cfg.dim_feedforward, cfg.dropout, cfg.fused_attention)
+        self.encoder = TransformerEncoder(cfg.num_encoder_layers, *sizes)
+        self.decoder = TransformerDecoder(cfg.num_decoder_layers, *sizes)
         for p in self.parameters():  # official init, applied before the text parts exist
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
