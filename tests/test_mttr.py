@@ -116,6 +116,26 @@ def test_eager_transformer_attention_is_the_explicit_softmax_of_the_official_cod
             assert len(calls) == 3 + 2 * 3 and set(calls) == {expected}  # 3 encoder, 3 decoder layers
 
 
+def test_eager_attention_switch_equals_a_model_built_eager_and_is_restored(model):
+    """``MTTR.eager_attention()`` (what the official evaluation pipelines use) turns a fused model into the eager
+    one exactly (same outputs as a model built with fused_attention=False, bit for bit), and restores it after."""
+    eager = tiny_model(fused_attention=False)
+    eager.load_state_dict(model.state_dict())
+    clip = frames_of(0, 1, 9)
+    with torch.no_grad():
+        reference = eager(clip, TEXTS[:1])
+        fused_before = model(clip, TEXTS[:1])
+        with model.eager_attention():
+            assert model.config.fused_attention is False
+            switched = model(clip, TEXTS[:1])
+        fused_after = model(clip, TEXTS[:1])
+    for key in ("pred_masks", "pred_is_referred"):
+        assert torch.equal(switched[key], reference[key]), key
+        assert torch.equal(fused_after[key], fused_before[key]), key
+    assert model.config.fused_attention is True and model.backbone.fused_attention is True
+    assert not torch.equal(fused_before["pred_masks"], reference["pred_masks"])  # the switch did change the path
+
+
 def test_frames_are_linked_in_time_only_through_the_backbone(model):
     """Changing a frame changes the other frames' outputs (Video Swin), and the decoded annotated frame alone
     equals the same frame decoded with all others (the transformer is per frame)."""

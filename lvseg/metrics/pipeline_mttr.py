@@ -22,10 +22,10 @@ A2D-Sentences follows ``Trainer.evaluate_a2d_sentences`` (``configs/a2d_sentence
 batch): the same resize rule, inputs and text cleaning on the window around the annotated frame, and
 ``A2DSentencesPostProcess`` on every query of that frame (:func:`mttr_a2d_queries`).
 
-The attention (Video Swin windows and multimodal transformer) is the model's (``config.fused_attention``); the
-official code computes it eagerly, and lvseg's eager path (``fused_attention=False``) follows its order of
-operations bit for bit on CPU. Both give the same masks on the fixtures here up to pixels at the threshold
-(docs/metrics.md gives the measured counts).
+Both pipelines run the model with its eager attention (``MTTR.eager_attention``: Video Swin windows and the
+multimodal transformer as the official code computes them, bit for bit on CPU), whatever ``config.fused_attention``
+says; the fused kernels (the default of ``model.predict``) round differently and can flip pixels whose logit is at
+the threshold (docs/metrics.md gives the measured counts).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def mttr_ytvos_masks(
     x = x.to(device=model.device, dtype=model.dtype)
     height, width = frames.shape[1:3]
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), model.eager_attention():
         # the whole video in one window; one query: argmax over queries of the time-averaged referred probability
         logits, scores = model.segment(x[None], [clean_text(text)], protocol="ytvos")  # [1, T, h/4, w/4], [1, T]
         # ReferYoutubeVOSPostProcess: bilinear to the (unpadded: one video per batch) input size, threshold,
@@ -198,7 +198,7 @@ def mttr_a2d_queries(
     x = mttr_input(frames, short_side, max_size, pre.mean, pre.std).to(device=model.device, dtype=model.dtype)
     height, width = frames.shape[1:3]
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), model.eager_attention():
         logits, scores = model.segment_annotated_frame(x[None], [clean_text(text)], center)  # [1, Q, h/4, w/4]
         up = F.interpolate(logits.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
         masks = F.interpolate((up.sigmoid() > 0.5).float(), size=(height, width), mode="nearest") > 0.5

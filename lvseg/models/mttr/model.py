@@ -14,8 +14,9 @@ query's kernel (MLP) dotted with that map gives its mask; a linear head says whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from ...errors import ConfigError, InvalidInputError, InvalidTextError
 from ..base import RVOSModel, check_clip_frames, validate_texts
 from ..layers.mlp import MLP
 from ..layers.position_encoding import PositionEmbeddingSine2D
-from ..layers.swin import SwinBackbone
+from ..layers.swin import SwinBackbone, WindowAttention3D
 from ..layers.text import build_roberta
 from .config import PROTOCOLS, MTTRConfig
 
@@ -324,6 +325,28 @@ class MTTR(RVOSModel):
         self.vid_embed_proj = nn.Conv2d(channels[-1], d, kernel_size=1)
         self.spatial_decoder = FPNSpatialDecoder(d, (channels[1], channels[0]), cfg.mask_kernels_dim)
         self.position_embedding = PositionEmbeddingSine2D(d // 2, normalize=True, offset=0.0)
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Switch every attention of the model (Video Swin windows, encoder, decoder) between the fused kernels
+        and the eager path that reproduces the official computation bit for bit; ``config.fused_attention``
+        follows. The weights are untouched."""
+        self.config.fused_attention = bool(fused)
+        self.backbone.fused_attention = bool(fused)
+        self.backbone._mask_cache.clear()
+        for module in self.modules():
+            if isinstance(module, (WindowAttention3D, EncoderLayer, DecoderLayer)):
+                module.fused = bool(fused)
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Run the block with the eager attention (the official computation), then restore the previous
+        setting; what the official evaluation pipelines (lvseg.metrics.pipeline_mttr) use."""
+        before = self.config.fused_attention
+        self.set_fused_attention(False)
+        try:
+            yield
+        finally:
+            self.set_fused_attention(before)
 
     # -------------------------------------------------------------------------------------------- inputs
     def _prepare_texts(self, text: str | Sequence[str]) -> list[str]:
