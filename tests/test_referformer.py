@@ -566,3 +566,12 @@ def test_expressions_on_one_clip_share_one_backbone_pass(r50):
     # channels-last ResNet kernels block a batch of 2 frames differently from one of 6: 1.5e-5 measured)
     assert_parity({"pred_masks": shared["pred_masks"][0]}, {"pred_masks": shared["pred_masks"][2]},
                   tolerance=RELATIVE_TOLERANCE)
+    # the text-dependent part runs expression by expression on the shared features: each expression's outputs are
+    # exactly those of a call with that expression alone (every decoder layer)
+    with torch.no_grad():
+        single = model(clip[None], [texts[1]])
+    for key in ("pred_logits", "pred_boxes", "pred_masks", "reference_points"):
+        assert torch.equal(shared[key][1:2], single[key]), key
+    for layer_shared, layer_single in zip(shared["aux_outputs"], single["aux_outputs"], strict=True):
+        assert all(torch.equal(layer_shared[k][1:2], layer_single[k]) for k in layer_single)
+    assert torch.equal(shared["pred_masks"][0], shared["pred_masks"][2])

@@ -69,6 +69,17 @@ def _build_backbone(config: ReferFormerConfig) -> TimmBackbone | ResNetBackbone 
     )
 
 
+def _concat_outputs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The outputs of :meth:`ReferFormer.forward` for several expressions run one at a time, joined on the batch."""
+    out: dict[str, Any] = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "aux_outputs"}
+    if "aux_outputs" in parts[0]:
+        out["aux_outputs"] = [
+            {key: torch.cat([p["aux_outputs"][i][key] for p in parts]) for key in layer}
+            for i, layer in enumerate(parts[0]["aux_outputs"])
+        ]
+    return out
+
+
 class ReferFormer(RVOSModel):
     """ReferFormer: the expression's sentence feature becomes the decoder queries of a Deformable-DETR; each
     query predicts a box, a score and the weights of a dynamic mask head applied to cross-modal FPN features.
@@ -254,10 +265,48 @@ class ReferFormer(RVOSModel):
             feats = self.backbone(clip.contiguous(memory_format=torch.channels_last))
         else:
             feats = self.backbone(clip)
-        if shared:
-            feats = [f.unflatten(0, (1, t)).expand(b, *([-1] * f.dim())).flatten(0, 1) for f in feats]
+        if shared and (valid_indices is None or len(valid_indices) == b):
+            # the text-dependent part expression by expression on the shared features: batching the expressions
+            # cost more than separate passes (the channels-last features of one clip are read as [(t h w), 1, C]
+            # without a copy; several expressions need copies), see docs/performance.md
+            parts = [
+                self._heads(
+                    feats,
+                    pad[:t],
+                    samples[:t],
+                    image_size[i : i + 1],
+                    [texts[i]],
+                    1,
+                    t,
+                    False,
+                    None if valid_indices is None else [valid_indices[i]],
+                    all_layer_masks,
+                )
+                for i in range(b)
+            ]
+            return _concat_outputs(parts)
+        return self._heads(
+            feats, pad, samples, image_size, texts, b, t, padding_mask is not None, valid_indices, all_layer_masks
+        )
+
+    def _heads(
+        self,
+        feats: list[torch.Tensor],
+        pad: torch.Tensor,
+        samples: torch.Tensor,
+        image_size: torch.Tensor,
+        texts: Sequence[str],
+        b: int,
+        t: int,
+        padded: bool,
+        valid_indices: Sequence[int] | None,
+        all_layer_masks: bool,
+    ) -> dict[str, Any]:
+        """Everything after the backbone: feats [(b t), C_l, H_l, W_l] per level, pad bool [(b t), H, W], samples
+        [(b t), 3, H, W], image_size [b, 2] -> the outputs of :meth:`forward` for ``b`` expressions."""
+        frames = samples
         masks = [F.interpolate(pad[None].float(), size=f.shape[-2:]).to(torch.bool)[0] for f in feats]
-        if padding_mask is None:
+        if not padded:
             # no padding: every frame has the same mask, so one frame's sine encoding, expanded, is every frame's
             poses = [
                 self.position_embedding(m[:1]).to(f.dtype).expand(m.shape[0], -1, -1, -1) for f, m in zip(feats, masks)
@@ -295,7 +344,7 @@ class ReferFormer(RVOSModel):
         extra_mask = F.interpolate(pad[None].float(), size=extra.shape[-2:]).to(torch.bool)[0]
         srcs.append(fuse(extra))
         src_masks.append(extra_mask)
-        if padding_mask is None:
+        if not padded:
             src_poses.append(self.position_embedding(extra_mask[:1]).to(extra.dtype).expand(extra.shape[0], -1, -1, -1))
         else:
             src_poses.append(self.position_embedding(extra_mask).to(extra.dtype))
