@@ -184,10 +184,19 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         else:
             from lvseg.models.lavt.video import LAVTVideo as Model
             from lvseg.models.lavt.video_config import LAVTVideoConfig as Config
+        from lvseg import hub
+
         config = Config.from_dict(json.loads((out / f"{args.case}.lvseg.json").read_text()))
-        model = Model(config).eval()
         state = load_file(str(out / f"{args.case}.lvseg.safetensors"))
-        model.load_state_dict(state, strict=True)
+        on_meta = getattr(hub, "parameters_on_meta", None)
+        if on_meta is not None:  # what lvseg.load does since 2026-12-06: parameters built on the meta device
+            with on_meta():
+                model = Model(config)
+            hub.load_state_dict_strict(model, state, str(out))
+        else:  # an older lvseg tree (--baseline-lvseg): random initialisation, then the weights
+            model = Model(config)
+            model.load_state_dict(state, strict=True)
+        model.eval()
         del state
 
         def forward(x: dict[str, Any]) -> Any:
