@@ -32,23 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-BERT_BASE = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "initializer_range": 0.02,
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-}
-
 # official LAVT sizes (research notes §1; parameter counts match ../reference/state_dicts/lavt_base.json)
 MODELS: dict[str, dict[str, Any]] = {
     "lavt-swin-b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window=12),
@@ -99,6 +82,7 @@ def make_folder(name: str, out: Path) -> None:
     from lvseg.models.base import PreprocessConfig
     from lvseg.models.lavt.config import IMAGE_TOKEN_BUDGET, LAVTConfig
     from lvseg.models.lavt.model import LAVT
+    from lvseg.models.layers.text import BERT_BASE_CONFIG
 
     torch.manual_seed(0)
     sizes = MODELS[name]
@@ -107,7 +91,7 @@ def make_folder(name: str, out: Path) -> None:
         fusion_heads=(1, 1, 1, 1),
         drop_path_rate=0.3,
         image_size=480,
-        text_encoder=dict(BERT_BASE),
+        text_encoder=dict(BERT_BASE_CONFIG),
         **sizes,
     )
     model = LAVT(config)
