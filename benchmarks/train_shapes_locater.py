@@ -54,14 +54,18 @@ def run_one(args: argparse.Namespace) -> dict:
     if not args.eval_only:
         if args.control:
             train_ds = ShuffledExpressions(train_ds, seed=0)
-        options: dict = {"resume": args.resume, "progress": False}
+        options: dict = {"resume": args.resume, "progress": False, "data_root": root}
+        if args.pretrain_steps is not None:
+            options["prepare_steps"] = args.pretrain_steps
         if args.max_steps is not None:
             options.update(max_steps=args.max_steps, lr_drop_steps=(args.max_steps * 3 // 4,))
             options.update(eval_every=max(1, args.max_steps // 3), checkpoint_every=max(1, args.max_steps // 12))
         if args.lr is not None:
             options.update(lr=args.lr, lr_backbone=args.lr, lr_text_encoder=args.lr)
         preset = get_preset("locater-tiny-shapes")
-        lvseg.train(preset.model, train_ds, val_ds, out, preset="locater-tiny-shapes", **options)
+        # stage 1 (the ViT's attribute pre-training) runs here unless --pretrained names its result (--both)
+        start = args.pretrained if args.pretrained else preset.model
+        lvseg.train(start, train_ds, val_ds, out, preset="locater-tiny-shapes", **options)
     train_s = time.time() - t0
     best = best_of(out)
     model = lvseg.load(str(best), device="cpu")
@@ -71,12 +75,34 @@ def run_one(args: argparse.Namespace) -> dict:
     if log.is_file():
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         steps = max((r.get("step", 0) for r in records), default=None)
+    stage1 = Path(args.pretrained or out) / "prepare.json"
     result = {"run": str(out), "control": args.control, "checkpoint": str(best), "steps": steps,
+              "vit_pretraining": json.loads(stage1.read_text()) if stage1.is_file() else None,
               "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"],
               "F": metrics["F"], "parameters": sum(p.numel() for p in model.parameters()),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def pretrain_once(args: argparse.Namespace, folder: Path) -> Path:
+    """Stage 1 of the preset (the ViT's attribute pre-training) on a fresh tiny Locater, saved to ``folder``
+    (with its ``prepare.json``); an existing result is reused."""
+    from lvseg.hub import save_pretrained
+    from lvseg.train.presets import get_preset, locater_shapes_prepare
+
+    if (folder / "prepare.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    torch.set_num_threads(2 * args.threads)
+    torch.manual_seed(0)  # as lvseg.train seeds before building the preset's model
+    model = get_preset("locater-tiny-shapes").model()
+    t0 = time.time()
+    record = locater_shapes_prepare(model, Path(args.data_root), seed=0, progress=False, steps=args.pretrain_steps)
+    record["seconds"] = round(time.time() - t0, 1)
+    save_pretrained(model, folder)
+    (folder / "prepare.json").write_text(json.dumps({"preset": "locater-tiny-shapes", **record}, indent=2) + "\n")
+    print(json.dumps(record))
+    return folder
 
 
 def run_both(args: argparse.Namespace, argv: list[str]) -> int:
@@ -88,6 +114,9 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     if i is not None:
         del passed[i : i + 2]
     passed = [a for a in passed if not a.startswith("--output-dir=")]
+    if not args.eval_only and args.pretrain_steps != 0 and not args.pretrained:
+        # stage 1 is text-free and seeded: run it once and start both runs from its result
+        passed += ["--pretrained", str(pretrain_once(args, out / "pretrained"))]
     procs = {}
     for name in ("model", "control"):
         cmd = [sys.executable, __file__, "--output-dir", str(out / name), *passed]
@@ -122,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None,
                    help="override the preset's 3000 steps (LR drop at 3/4, validation every third)")
     p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate (all groups)")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="override the preset's 10,000 steps of stage 1 (the ViT's attribute pre-training; 0 skips it)")
+    p.add_argument("--pretrained", default=None,
+                   help="start from this stage-1 result (a model folder) instead of running stage 1")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

@@ -287,6 +287,20 @@ def test_segment_shares_the_backbone_pass_across_expressions(official_state, tok
         hook.remove()
     assert_parity({"logits": shared, "scores": shared_scores}, {"logits": copied, "scores": copied_scores},
                   tolerance=1e-5)
+    # the text-dependent part runs expression by expression: each expression's outputs are exactly its own call's
+    for i, text in enumerate(texts):
+        alone, alone_scores = model.segment(clip[None], [text])
+        assert torch.equal(shared[i : i + 1], alone) and torch.equal(shared_scores[i : i + 1], alone_scores)
+    # and so is the state carried to the next window (the memories of every expression)
+    state_shared = model.segment_window(expanded[:, :3], texts)[2]
+    out_shared = model.segment_window(expanded[:, 3:], texts, state_shared)
+    for i, text in enumerate(texts):
+        state = model.segment_window(clip[None, :3], [text])[2]
+        logits, scores, after = model.segment_window(clip[None, 3:], [text], state)
+        assert torch.equal(out_shared[0][i : i + 1], logits) and torch.equal(out_shared[1][i : i + 1], scores)
+        assert torch.equal(out_shared[2].local_mem[i : i + 1], after.local_mem)
+        assert torch.equal(out_shared[2].global_mem[i : i + 1], after.global_mem)
+    assert out_shared[2].texts == tuple(texts) and out_shared[2].frames == 5
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 255, size=(7, 24, 40, 3), dtype=np.uint8)
     predictor = Predictor(model, window=3, progress=False)

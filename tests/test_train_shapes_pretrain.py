@@ -170,3 +170,31 @@ def test_the_preset_runs_its_stage_on_fresh_runs_only(root, tmp_path):
     result = lvseg.train(get_preset("referformer-tiny-shapes").model, train_ds, None, tmp_path / "y",
                          preset="referformer-tiny-shapes", max_steps=1, prepare_steps=0, progress=False, device="cpu")
     assert result.steps == 1 and not (tmp_path / "y" / "prepare.json").exists()
+
+
+def test_locater_vit_pretraining_and_preset_stage(root, tmp_path):
+    """The tiny Locater's ViT gets the same stage: its patch tokens as one map (a patch covers 8 frame pixels at
+    image_size = 2 x frame size), shape / colour / size only (a per-frame ViT cannot see motion), nothing but the
+    ViT trained; the locater-tiny-shapes preset runs it on fresh runs."""
+    from lvseg.train.api import main_cli
+    from lvseg.train.presets import build_locater_shapes_tiny
+    from lvseg.train.shapes_pretrain import pretrain_backbone_on_shapes
+
+    torch.manual_seed(0)
+    model = build_locater_shapes_tiny(SIZE)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record = pretrain_backbone_on_shapes(model, root, steps=30, batch_size=2, lr=3e-3, seed=0, progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision_encoder.") for k in changed)
+    assert "vision_encoder.patch_embed.proj.weight" in changed
+    assert set(record["accuracy"]) == {"shape", "color", "size"}
+    assert all(set(acc) == {"stride8"} for acc in record["accuracy"].values())
+    assert record["accuracy"]["color"]["stride8"] > 0.5  # chance: 1/6
+
+    out = tmp_path / "locater"
+    args = ["--preset", "locater-tiny-shapes", "--data-root", str(root), "-o", str(out), "--max-steps", "1",
+            "--eval-max-samples", "1", "--no-progress", "--device", "cpu", "--prepare-steps", "2", "--batch-size", "1"]
+    assert main_cli(args) == 0
+    stage = json.loads((out / "prepare.json").read_text())
+    assert stage["preset"] == "locater-tiny-shapes" and stage["steps"] == 2 and "motion" not in stage["accuracy"]

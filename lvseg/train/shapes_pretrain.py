@@ -1,4 +1,4 @@
-"""Stage 1 of the embedded Shapes model: dense attribute pre-training of the CNN backbone, from scratch.
+"""Stage 1 of the Shapes recipes: dense attribute pre-training of the visual encoder, from scratch.
 
 Official ReferFormer models start from an ImageNet-pretrained backbone; the embedded model cannot download one and
 a CNN trained from scratch on the referring loss alone learns colour within a few hundred steps but not shape in
@@ -7,6 +7,9 @@ ImageNet's part with the Shapes generator's own ground truth: every pixel of a t
 the shape, colour, size and motion of the object drawn there (0 = background), and a 1x1 convolution per
 backbone level and attribute is trained to predict them. The heads are discarded afterwards; only the backbone
 weights (and its temporal mixing layers, which see the motion) carry over to the referring training.
+
+The tiny Locater of the ``locater-tiny-shapes`` preset gets the same stage for its ViT (one level: the patch tokens
+as a map; shape, colour and size only, since the ViT encodes each frame on its own and cannot see motion).
 
 Only the ``train`` split's annotations are used (the same videos as the referring training), and no expression
 text: the stage teaches the backbone what is drawn, not which object an expression means.
@@ -41,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "motion": MOTIONS}
+_INDEX = {name: i for i, name in enumerate(ATTRIBUTES)}  # the attribute's row in the labels
 _SWAP = {"left": "right", "right": "left"}
 
 
@@ -121,12 +125,21 @@ class ShapesAttributeClips(Dataset):
 
 
 class AttributeHeads(nn.Module):
-    """One 1x1 convolution per backbone level and attribute (class 0 = background)."""
+    """One 1x1 convolution per backbone level and attribute (class 0 = background).
 
-    def __init__(self, channels: Sequence[int]) -> None:
+    Args:
+        channels: the channels of each level.
+        attributes: the names (keys of :data:`ATTRIBUTES`) to predict; all of them by default.
+    """
+
+    def __init__(self, channels: Sequence[int], attributes: Sequence[str] | None = None) -> None:
         super().__init__()
+        names = list(ATTRIBUTES) if attributes is None else list(attributes)
+        unknown = [a for a in names if a not in ATTRIBUTES]
+        if unknown or not names:
+            raise ConfigError(f"attributes must be a non-empty subset of {list(ATTRIBUTES)}, got {names}")
         self.heads = nn.ModuleList(
-            nn.ModuleDict({a: nn.Conv2d(c, len(v) + 1, kernel_size=1) for a, v in ATTRIBUTES.items()}) for c in channels
+            nn.ModuleDict({a: nn.Conv2d(c, len(ATTRIBUTES[a]) + 1, kernel_size=1) for a in names}) for c in channels
         )
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -150,9 +163,9 @@ def _attribute_loss(
     for lvl, out in enumerate(outputs):
         size = next(iter(out.values())).shape[-2:]
         target = F.interpolate(flat, size=size, mode="nearest").long()  # [B*T, A, h, w]
-        for i, (attr, logits) in enumerate(out.items()):
+        for attr, logits in out.items():
             logits = logits.float()
-            tgt = target[:, i]
+            tgt = target[:, _INDEX[attr]]
             fg = tgt > 0
             objectness = torch.stack([logits[:, 0], torch.logsumexp(logits[:, 1:], 1)], 1)
             total = total + background_weight * F.cross_entropy(objectness, fg.long())
@@ -160,7 +173,7 @@ def _attribute_loss(
                 fg_logits = logits[:, 1:].permute(0, 2, 3, 1)[fg]  # [P, K]
                 total = total + F.cross_entropy(fg_logits, tgt[fg] - 1)
                 acc[f"{attr}/{lvl}"] = float((fg_logits.argmax(1) == tgt[fg] - 1).float().mean())
-    return total / (len(outputs) * a), acc
+    return total / (len(outputs) * len(outputs[0])), acc
 
 
 def _object_loss(
@@ -181,13 +194,14 @@ def _object_loss(
         present = count > 1e-3
         target = torch.einsum("nohw,nahw->noa", onehot, flat) / onehot.sum((2, 3)).clamp_min(1)[..., None]
         target = target.round().long()  # [BT, O, A] class + 1 of each object
-        for i, (attr, logits) in enumerate(out.items()):
+        for attr, logits in out.items():
+            i = _INDEX[attr]
             pooled = torch.einsum("nohw,nkhw->nok", cover, logits[:, 1:].float()) / count.clamp_min(1e-3)[..., None]
             sel = present & (target[..., i] > 0)
             if sel.any():
                 total = total + F.cross_entropy(pooled[sel], target[..., i][sel] - 1)
                 acc[f"{attr}/{lvl}"] = float((pooled[sel].argmax(1) == target[..., i][sel] - 1).float().mean())
-    return total / (len(outputs) * a), acc
+    return total / (len(outputs) * len(outputs[0])), acc
 
 
 def _recent_accuracy(history: list[dict[str, float]], last: int = 50) -> dict[str, float]:
@@ -199,6 +213,44 @@ def _recent_accuracy(history: list[dict[str, float]], last: int = 50) -> dict[st
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in batch]) for k in ("frames", "labels", "ids")}
+
+
+class _DenseEncoder:
+    """What the pre-training trains in a model and how it reads its feature maps.
+
+    ``module``: the trained part; ``channels`` / ``strides``: per level (strides in pixels of the frames as the
+    model receives them); ``attributes``: what its features can know (a per-frame encoder cannot see motion);
+    ``features(frames [B, T, 3, H, W]) -> per level [B*T, C_l, h_l, w_l]``.
+    """
+
+    def __init__(self, model: Any) -> None:
+        backbone = getattr(model, "backbone", None)
+        vision = getattr(model, "vision_encoder", None)
+        if backbone is not None and hasattr(backbone, "num_channels"):  # ReferFormer (timm CNN + temporal mixing)
+            self.module: nn.Module = backbone
+            self.channels = list(backbone.num_channels)
+            self.strides = [float(s) for s in getattr(backbone, "strides", range(len(self.channels)))]
+            self.attributes = list(ATTRIBUTES)
+            self.features = lambda frames: backbone(frames.flatten(0, 1), num_frames=frames.shape[1])
+        elif vision is not None and hasattr(model, "_square") and hasattr(model.config, "grid"):  # Locater's ViT
+            cfg = model.config
+            self.module = vision
+            self.channels = [cfg.embed_dim]
+            # the ViT sees the frames resized to image_size: one patch covers patch_size * H / image_size pixels
+            self.strides = [cfg.patch_size * model.preprocessing.short_side / cfg.image_size]
+            # the ViT encodes each frame on its own: motion is not in its features (the memories see it later)
+            self.attributes = [a for a in ATTRIBUTES if a != "motion"]
+
+            def features(frames: torch.Tensor) -> list[torch.Tensor]:
+                tokens = vision(model._square(frames).flatten(0, 1))[:, 1:]  # [B*T, P, C] without the class token
+                return [tokens.transpose(1, 2).unflatten(2, (cfg.grid, cfg.grid))]
+
+            self.features = features
+        else:
+            raise ConfigError(
+                "pretrain_backbone_on_shapes needs a ReferFormer with a CNN .backbone (backbone='timm') or a "
+                f"Locater (its ViT .vision_encoder); got {type(model).__name__}"
+            )
 
 
 def pretrain_backbone_on_shapes(
@@ -215,11 +267,13 @@ def pretrain_backbone_on_shapes(
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model.backbone`` (in place) to predict per-pixel Shapes attributes; see the module docstring.
+    """Train the visual encoder (in place) to predict per-pixel Shapes attributes; see the module docstring.
 
     Args:
         model: a ReferFormer with a timm backbone (``model.backbone(frames, num_frames=T)`` returning the four
-            feature maps); its preprocessing (input size, mean/std) is used for the frames.
+            feature maps: all four attributes at every level) or a Locater (its ViT ``vision_encoder``, whose
+            patch tokens form one level: shape, colour and size, not motion, which a per-frame encoder cannot
+            see); its preprocessing (input size, mean/std) is used for the frames.
         root: the Shapes root of the referring training (its ``train`` split).
         steps, batch_size, lr, weight_decay: AdamW schedule (constant LR after a 5 % linear warm-up).
         background_weight: weight of the object-vs-background term (``objective="pixel"``).
@@ -233,11 +287,8 @@ def pretrain_backbone_on_shapes(
     """
     from .engine import prepare_frames
 
-    backbone = getattr(model, "backbone", None)
-    if backbone is None or not hasattr(backbone, "num_channels"):
-        raise ConfigError(
-            "pretrain_backbone_on_shapes needs a model with a CNN .backbone (ReferFormer with backbone='timm')"
-        )
+    encoder = _DenseEncoder(model)
+    backbone = encoder.module
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if objective not in ("pixel", "object"):
@@ -247,7 +298,7 @@ def pretrain_backbone_on_shapes(
     dataset = ShapesAttributeClips(root, "train", num_frames=num_frames, size=size)
     generator = torch.Generator().manual_seed(seed)
     random.seed(seed)
-    heads = AttributeHeads(backbone.num_channels).to(device)
+    heads = AttributeHeads(encoder.channels, encoder.attributes).to(device)
     params = [p for p in backbone.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
@@ -270,9 +321,7 @@ def pretrain_backbone_on_shapes(
         )
         for batch in loader:
             frames = prepare_frames(batch["frames"], model, device)  # [B, T, 3, H, W]
-            t = frames.shape[1]
-            feats = backbone(frames.flatten(0, 1), num_frames=t)
-            outputs = heads(feats)
+            outputs = heads(encoder.features(frames))
             if objective == "object":
                 loss, acc = _object_loss(outputs, batch["labels"].to(device), batch["ids"].to(device))
             else:
@@ -299,10 +348,10 @@ def pretrain_backbone_on_shapes(
                 break
     bar.close()
     backbone.train(was_training)
-    strides = getattr(backbone, "strides", list(range(len(backbone.num_channels))))
     recent = _recent_accuracy(history)
+    levels = [(f"stride{s:g}", lvl) for lvl, s in enumerate(encoder.strides)]
     accuracy = {
-        attr: {f"stride{s}": recent[f"{attr}/{lvl}"] for lvl, s in enumerate(strides) if f"{attr}/{lvl}" in recent}
-        for attr in ATTRIBUTES
+        attr: {name: recent[f"{attr}/{lvl}"] for name, lvl in levels if f"{attr}/{lvl}" in recent}
+        for attr in encoder.attributes
     }
     return {"steps": step, "loss": float(np.mean(losses[-25:])), "objective": objective, "accuracy": accuracy}

@@ -518,28 +518,35 @@ class Locater(RVOSModel):
         return flat.unflatten(0, frames.shape[:2])
 
     # ------------------------------------------------------------------------------------------- network
-    def encode_frames(self, frames: torch.Tensor, words: torch.Tensor, intermediate: bool = False) -> Any:
+    def encode_frames(
+        self, frames: torch.Tensor, words: torch.Tensor, intermediate: bool = False, tokens: torch.Tensor | None = None
+    ) -> Any:
         """ViT + cascaded fusion of square frames.
 
         Args:
             frames: [B, T, 3, S, S] normalised frames.
             words: [B, L, C] word features.
             intermediate: also return every fusion stage's visual tokens (for the auxiliary decoders).
+            tokens: the ViT's output for these frames when already computed ([B*T, 1+P, C]); ``frames`` is then
+                only read for its shape.
 
         Returns:
             fused visual tokens without the class token [B, T, P, C] (and, with ``intermediate``, a list of the K
             stage outputs [B, T, P, C]).
 
         The ViT never sees the text: when ``frames`` is one clip expanded for several expressions (batch stride 0,
-        as the Predictor passes it) it runs once on that clip's T frames and its tokens are shared by every
-        expression; only the fusion, which reads the words, runs per expression.
+        as the Predictor passes it) it runs once on that clip's T frames, and the fusion, which reads the words,
+        runs expression by expression on those tokens (each expression's output is then that of a call with it
+        alone; batched, the fusion cost more than linearly in the expressions).
         """
         b, t = frames.shape[:2]
-        if _is_shared_clip(frames):
-            x = self.vision_encoder(frames[0])  # [T, 1+P, C]
-            x = x.unsqueeze(0).expand(b, -1, -1, -1).flatten(0, 1)  # [B*T, 1+P, C]
-        else:
-            x = self.vision_encoder(frames.flatten(0, 1))  # [B*T, 1+P, C]
+        if tokens is None and _is_shared_clip(frames):
+            shared = self.vision_encoder(frames[0])  # [T, 1+P, C]
+            outs = [self.encode_frames(frames[:1], words[i : i + 1], intermediate, shared) for i in range(b)]
+            if intermediate:
+                return torch.cat([o[0] for o in outs]), [torch.cat(k) for k in zip(*(o[1] for o in outs))]
+            return torch.cat(outs)
+        x = self.vision_encoder(frames.flatten(0, 1)) if tokens is None else tokens  # [B*T, 1+P, C]
         stages = []
         for stage in self.trans_fusion:
             x = stage(x, words)
@@ -591,8 +598,16 @@ class Locater(RVOSModel):
         """
         texts = validate_texts(text)
         self._check_frames(context, texts)
+        square = self._square(context.to(self.dtype))
+        if _is_shared_clip(context):  # one ViT pass on the sampled frames, the rest expression by expression
+            tokens = self.vision_encoder(square[0])
+            return _merge_states([self._init_state(square[:1], [t], tokens) for t in texts])
+        return self._init_state(square, texts)
+
+    def _init_state(self, square: torch.Tensor, texts: list[str], tokens: torch.Tensor | None = None) -> LocaterState:
+        """:meth:`init_stream_state` on square frames [B, N1, 3, S, S] (``tokens``: their ViT output if known)."""
         words = self.encode_text(self.tokenize(texts))
-        fused = self.encode_frames(self._square(context.to(self.dtype)), words)
+        fused = self.encode_frames(square, words, tokens=tokens)
         return LocaterState(words, self.global_memory(fused), None, 0, tuple(texts))
 
     @torch.no_grad()
@@ -612,19 +627,39 @@ class Locater(RVOSModel):
         """
         texts = validate_texts(text)
         self._check_frames(frames, texts)
-        if state is None:
-            picks = self.stream_context_indices(frames.shape[1])
-            if _is_shared_clip(frames):  # keep the expanded view: the sampled frames' ViT pass runs once
-                context = frames[:1, picks].expand(frames.shape[0], -1, -1, -1, -1)
-            else:
-                context = frames[:, picks]
-            state = self.init_stream_state(context, texts)
-        elif not isinstance(state, LocaterState) or state.texts != tuple(texts):
+        if state is not None and (not isinstance(state, LocaterState) or state.texts != tuple(texts)):
             raise InvalidInputError(
                 "the state passed to Locater.segment_window belongs to other expressions; start a new video with "
                 "state=None"
             )
-        fused = self.encode_frames(self._square(frames.to(self.dtype)), state.words)
+        if _is_shared_clip(frames):
+            return self._segment_shared_window(frames, texts, state)
+        if state is None:
+            state = self.init_stream_state(frames[:, self.stream_context_indices(frames.shape[1])], texts)
+        return self._segment_window(frames, state)
+
+    def _segment_shared_window(
+        self, frames: torch.Tensor, texts: list[str], state: LocaterState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, LocaterState]:
+        """:meth:`segment_window` on one clip expanded for B expressions: the ViT runs once on the clip (and once
+        on the sampled global-memory frames), everything that reads the text runs expression by expression, so
+        each expression's outputs are those of a call with it alone and N expressions cost one ViT pass plus N
+        times the rest."""
+        if state is None:
+            picks = self.stream_context_indices(frames.shape[1])
+            state = self.init_stream_state(frames[:1, picks].expand(len(texts), -1, -1, -1, -1), texts)
+        square = self._square(frames[:1].to(self.dtype))
+        tokens = self.vision_encoder(square[0])  # [T, 1+P, C], shared by every expression
+        outs = [self._segment_window(square, s, tokens) for s in _split_state(state)]
+        logits = torch.cat([o[0] for o in outs])
+        return logits, torch.cat([o[1] for o in outs]), _merge_states([o[2] for o in outs])
+
+    def _segment_window(
+        self, frames: torch.Tensor, state: LocaterState, tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, LocaterState]:
+        """The recurrence over one window's frames [B, T, 3, H, W] from ``state`` (``tokens``: the frames' ViT
+        output when already computed)."""
+        fused = self.encode_frames(self._square(frames.to(self.dtype)), state.words, tokens=tokens)
         local = state.local_mem
         out = []
         for t in range(fused.shape[1]):
@@ -697,6 +732,33 @@ class Locater(RVOSModel):
             "aux_logits": torch.stack(aux, 2),
             "query_attention": torch.stack(attns, 1),
         }
+
+
+def _split_state(state: LocaterState) -> list[LocaterState]:
+    """One :class:`LocaterState` per expression."""
+    local = state.local_mem
+    return [
+        LocaterState(
+            state.words[i : i + 1],
+            state.global_mem[i : i + 1],
+            None if local is None else local[i : i + 1],
+            state.frames,
+            (text,),
+        )
+        for i, text in enumerate(state.texts)
+    ]
+
+
+def _merge_states(states: list[LocaterState]) -> LocaterState:
+    """The states of single expressions (the same frames seen) as one."""
+    local = [s.local_mem for s in states]
+    return LocaterState(
+        torch.cat([s.words for s in states]),
+        torch.cat([s.global_mem for s in states]),
+        None if any(m is None for m in local) else torch.cat(local),  # type: ignore[arg-type]
+        states[0].frames,
+        tuple(t for s in states for t in s.texts),
+    )
 
 
 def _is_shared_clip(frames: torch.Tensor) -> bool:
