@@ -9,7 +9,9 @@ Recipe: the ``locater-tiny-shapes`` preset (a 545,079-parameter Locater from scr
 on 16-pixel patches of the frames resized to 192 x 192, a 12x12 grid; a 1-layer BiLSTM over a WordPiece
 vocabulary of the Shapes words; both memories unrolled over each training clip; balanced BCE + dice on the main
 and auxiliary decoders; AdamW 1e-3, batch 4, 3,000 steps, LR x0.1 at 3/4), with ``--max-steps`` to size the run
-to the CPU at hand.
+to the CPU at hand. Stage 1 of the preset pre-trains the ViT on the Shapes attributes (shape, colour and size of
+the object under each patch; 10,000 steps, ``--pretrain-steps``; no text); ``--both`` runs it once (into
+``<output-dir>/pretrained``, at twice ``--threads``) and starts the model and the control from its result.
 Data: the Shapes of ``benchmarks/train_shapes.py`` (seed 0 under ``--data-root``: 1200 training videos, 60 for
 model selection; 100 held-out videos, seed 1, under ``<data-root>-test``; 8 frames of 96x96), all expressions
 (motion phrases included: Locater is a video model and its memories see the earlier frames); training samples are
