@@ -9,9 +9,10 @@ Recipe: the ``locater-tiny-shapes`` preset (a 545,079-parameter Locater from scr
 on 16-pixel patches of the frames resized to 192 x 192, a 12x12 grid; a 1-layer BiLSTM over a WordPiece
 vocabulary of the Shapes words; both memories unrolled over each training clip; balanced BCE + dice on the main
 and auxiliary decoders; AdamW 1e-3, batch 4, 3,000 steps, LR x0.1 at 3/4), with ``--max-steps`` to size the run
-to the CPU at hand. Stage 1 of the preset pre-trains the ViT on the Shapes attributes (shape, colour and size of
-the object under each patch; 10,000 steps, ``--pretrain-steps``; no text); ``--both`` runs it once (into
-``<output-dir>/pretrained``, at twice ``--threads``) and starts the model and the control from its result.
+to the CPU at hand. ``--pretrain-steps N`` (an experiment, not the preset: measured to lower the gap, see
+docs/models/locater.md) first pre-trains the ViT on the Shapes attributes (shape, colour and size of the object
+under each patch, ``lvseg.train.shapes_pretrain``; no text) once, into ``<output-dir>/pretrained`` at twice
+``--threads``, and starts the model and the control from its result.
 Data: the Shapes of ``benchmarks/train_shapes.py`` (seed 0 under ``--data-root``: 1200 training videos, 60 for
 model selection; 100 held-out videos, seed 1, under ``<data-root>-test``; 8 frames of 96x96), all expressions
 (motion phrases included: Locater is a video model and its memories see the earlier frames); training samples are
@@ -56,17 +57,14 @@ def run_one(args: argparse.Namespace) -> dict:
     if not args.eval_only:
         if args.control:
             train_ds = ShuffledExpressions(train_ds, seed=0)
-        options: dict = {"resume": args.resume, "progress": False, "data_root": root}
-        if args.pretrain_steps is not None:
-            options["prepare_steps"] = args.pretrain_steps
+        options: dict = {"resume": args.resume, "progress": False}
         if args.max_steps is not None:
             options.update(max_steps=args.max_steps, lr_drop_steps=(args.max_steps * 3 // 4,))
             options.update(eval_every=max(1, args.max_steps // 3), checkpoint_every=max(1, args.max_steps // 12))
         if args.lr is not None:
             options.update(lr=args.lr, lr_backbone=args.lr, lr_text_encoder=args.lr)
         preset = get_preset("locater-tiny-shapes")
-        # stage 1 (the ViT's attribute pre-training) runs here unless --pretrained names its result (--both)
-        start = args.pretrained if args.pretrained else preset.model
+        start = args.pretrained if args.pretrained else preset.model  # --pretrained: a ViT pre-trained first
         lvseg.train(start, train_ds, val_ds, out, preset="locater-tiny-shapes", **options)
     train_s = time.time() - t0
     best = best_of(out)
@@ -91,7 +89,8 @@ def pretrain_once(args: argparse.Namespace, folder: Path) -> Path:
     """Stage 1 of the preset (the ViT's attribute pre-training) on a fresh tiny Locater, saved to ``folder``
     (with its ``prepare.json``); an existing result is reused."""
     from lvseg.hub import save_pretrained
-    from lvseg.train.presets import get_preset, locater_shapes_prepare
+    from lvseg.train.presets import get_preset
+    from lvseg.train.shapes_pretrain import pretrain_backbone_on_shapes
 
     if (folder / "prepare.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
@@ -99,7 +98,8 @@ def pretrain_once(args: argparse.Namespace, folder: Path) -> Path:
     torch.manual_seed(0)  # as lvseg.train seeds before building the preset's model
     model = get_preset("locater-tiny-shapes").model()
     t0 = time.time()
-    record = locater_shapes_prepare(model, Path(args.data_root), seed=0, progress=False, steps=args.pretrain_steps)
+    record = pretrain_backbone_on_shapes(model, Path(args.data_root), steps=args.pretrain_steps, lr=2e-3, seed=0,
+                                         progress=False)
     record["seconds"] = round(time.time() - t0, 1)
     save_pretrained(model, folder)
     (folder / "prepare.json").write_text(json.dumps({"preset": "locater-tiny-shapes", **record}, indent=2) + "\n")
@@ -116,8 +116,8 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     if i is not None:
         del passed[i : i + 2]
     passed = [a for a in passed if not a.startswith("--output-dir=")]
-    if not args.eval_only and args.pretrain_steps != 0 and not args.pretrained:
-        # stage 1 is text-free and seeded: run it once and start both runs from its result
+    if not args.eval_only and args.pretrain_steps and not args.pretrained:
+        # the ViT's pre-training is text-free and seeded: run it once and start both runs from its result
         passed += ["--pretrained", str(pretrain_once(args, out / "pretrained"))]
     procs = {}
     for name in ("model", "control"):
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None,
                    help="override the preset's 3000 steps (LR drop at 3/4, validation every third)")
     p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate (all groups)")
-    p.add_argument("--pretrain-steps", type=int, default=None,
-                   help="override the preset's 10,000 steps of stage 1 (the ViT's attribute pre-training; 0 skips it)")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="pre-train the ViT on the Shapes attributes for this many steps first (with --both; 0: no)")
     p.add_argument("--pretrained", default=None,
                    help="start from this stage-1 result (a model folder) instead of running stage 1")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -28,7 +28,6 @@ __all__ = [
     "shapes_tiny_config",
     "build_shapes_tiny",
     "shapes_prepare",
-    "locater_shapes_prepare",
     "ensure_shapes",
     "ShuffledExpressions",
     "SHAPES_SIZE",
@@ -188,26 +187,6 @@ def shapes_prepare(
     ensure_shapes(data_root)
     return pretrain_backbone_on_shapes(
         model, data_root, steps=steps or SHAPES_PRETRAIN_STEPS, lr=3e-3, seed=seed, progress=progress
-    )
-
-
-LOCATER_SHAPES_PRETRAIN_STEPS = 10000  # stage 1 of locater-tiny-shapes: attribute pre-training of the ViT
-
-
-def locater_shapes_prepare(
-    model: Any, data_root: Path, seed: int, progress: bool = True, steps: int | None = None
-) -> dict[str, Any]:
-    """Stage 1 of ``locater-tiny-shapes``: :func:`lvseg.train.shapes_pretrain.pretrain_backbone_on_shapes` on the
-    tiny Locater's ViT (shape, colour and size of the object under each patch; AdamW 2e-3, batch 4 clips of 4
-    frames), ``LOCATER_SHAPES_PRETRAIN_STEPS`` steps unless ``steps`` says otherwise. A ViT from scratch learns
-    colour within a few hundred steps but shape only after thousands (measured: shape accuracy at chance until
-    about step 3,000), and without shape an expression such as "the red circle" cannot be told from "the red
-    square"."""
-    from .shapes_pretrain import pretrain_backbone_on_shapes
-
-    ensure_shapes(data_root)
-    return pretrain_backbone_on_shapes(
-        model, data_root, steps=steps or LOCATER_SHAPES_PRETRAIN_STEPS, lr=2e-3, seed=seed, progress=progress
     )
 
 
@@ -914,10 +893,9 @@ PRESETS: dict[str, Preset] = {
         build_locater_shapes_tiny,
         train=dict(LOCATER_SHAPES_RECIPE),
         data=shapes_data,
-        prepare=locater_shapes_prepare,
-        description="a 0.55 M-parameter Locater from scratch on Shapes clips (stage 1: the ViT pre-trained on the "
-        "Shapes attributes; then frames resized to 192 px, memory unrolled over each clip, balanced BCE + dice on "
-        "the main and auxiliary decoders; lvseg's recipe, the official one is unreleased)",
+        description="a 0.55 M-parameter Locater from scratch on Shapes clips (frames resized to 192 px, memory "
+        "unrolled over each clip, balanced BCE + dice on the main and auxiliary decoders; lvseg's recipe, the "
+        "official one is unreleased)",
     ),
     "mttr-swin-t-a2d": Preset(
         "mttr-swin-t-a2d",

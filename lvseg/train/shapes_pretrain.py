@@ -8,8 +8,10 @@ the shape, colour, size and motion of the object drawn there (0 = background), a
 backbone level and attribute is trained to predict them. The heads are discarded afterwards; only the backbone
 weights (and its temporal mixing layers, which see the motion) carry over to the referring training.
 
-The tiny Locater of the ``locater-tiny-shapes`` preset gets the same stage for its ViT (one level: the patch tokens
-as a map; shape, colour and size only, since the ViT encodes each frame on its own and cannot see motion).
+A Locater's ViT can be pre-trained the same way (one level: the patch tokens as a map; shape, colour and size only,
+since the ViT encodes each frame on its own and cannot see motion): ``benchmarks/train_shapes_locater.py
+--pretrain-steps``, an experiment that did not help the tiny Locater's grounding (docs/models/locater.md), so the
+``locater-tiny-shapes`` preset has no such stage.
 
 Only the ``train`` split's annotations are used (the same videos as the referring training), and no expression
 text: the stage teaches the backbone what is drawn, not which object an expression means.
