@@ -86,8 +86,8 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def pretrain_once(args: argparse.Namespace, folder: Path) -> Path:
-    """Stage 1 of the preset (the ViT's attribute pre-training) on a fresh tiny Locater, saved to ``folder``
-    (with its ``prepare.json``); an existing result is reused."""
+    """The ViT's attribute pre-training (``--pretrain-steps``, not part of the preset) on a fresh tiny Locater,
+    saved to ``folder`` (with its ``prepare.json``); an existing result is reused."""
     from lvseg.hub import save_pretrained
     from lvseg.train.presets import get_preset
     from lvseg.train.shapes_pretrain import pretrain_backbone_on_shapes
@@ -156,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="pre-train the ViT on the Shapes attributes for this many steps first (with --both; 0: no)")
     p.add_argument("--pretrained", default=None,
-                   help="start from this stage-1 result (a model folder) instead of running stage 1")
+                   help="start from this pre-trained model folder (what --both --pretrain-steps writes to "
+                   "<output-dir>/pretrained)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")
     args = p.parse_args(argv)
+    if args.pretrain_steps and not (args.both or args.pretrained):
+        p.error("--pretrain-steps runs with --both (the pre-training runs once for the model and the control); "
+                "for one run, pass --pretrained with the folder of an earlier pre-training")
     if args.both:
         return run_both(args, argv)
     torch.set_num_threads(args.threads)
