@@ -50,7 +50,7 @@ def run_one(args: argparse.Namespace) -> dict:
     import lvseg
     from lvseg.train.engine import evaluate_jf
     from lvseg.train.presets import ShuffledExpressions, shapes_test_data
-    from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, vlp_shapes_data
+    from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, clip_patch_size, vlp_shapes_data
 
     if args.variant != "random" and args.backbone is None:
         raise SystemExit(f"--variant {args.variant} needs --backbone (the Shapes CLIP folder)")
@@ -62,7 +62,13 @@ def run_one(args: argparse.Namespace) -> dict:
     if not args.eval_only:
         if args.variant == "control":
             train_ds = ShuffledExpressions(train_ds, seed=0)
-        model = build_vlp_shapes_tiny(None if args.variant == "random" else args.backbone)
+        if args.variant == "random":  # the same sizes as the CLIP of the other variants (its patch)
+            patch = args.patch
+            if patch is None and args.backbone is not None:
+                patch = clip_patch_size(args.backbone)
+            model = build_vlp_shapes_tiny(None, patch=patch)
+        else:
+            model = build_vlp_shapes_tiny(args.backbone, patch=args.patch)
         options: dict = {"resume": args.resume, "progress": False}
         if args.max_steps is not None:
             options.update(max_steps=args.max_steps, lr_drop_steps=(args.max_steps * 3 // 4,))
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarise", action="store_true", help="only combine the three finished runs' results.json")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's steps (LR drop at 3/4)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="image patch size (default: the --backbone CLIP's, else the recipe's 8; 6 gives a 16x16 grid)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

@@ -208,3 +208,20 @@ def test_held_out_test_set_is_generated_once_and_its_size_is_checked(tmp_path: P
     assert not (tmp_path / "shapes").exists()  # the training root is not touched
     with pytest.raises(DatasetError, match=r"holds 2 held-out Shapes videos, not the 3 asked for; pass --num-test 2"):
         shapes_test_data(root, 3)
+
+
+def test_grid_bound_benchmark_scores_ground_truth_through_a_grid(tmp_path: Path) -> None:
+    """benchmarks/shapes_grid_bound.py: a grid as fine as the frame gives the ground truth back (J&F 100); a
+    coarse grid loses small objects and scores lower than a finer one."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_grid_bound.py"
+    root = tmp_path / "shapes"
+    out = subprocess.run(
+        [sys.executable, str(script), "--data-root", str(root), "--num-test", "2", "--grids", "96", "24", "4"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = {r["grid"]: r for r in map(json.loads, out.splitlines())}
+    assert rows[96]["J&F"] == 100.0 and rows[96]["expressions"] > 0
+    assert rows[4]["J&F"] < rows[24]["J&F"] < 100.0

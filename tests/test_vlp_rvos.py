@@ -448,6 +448,33 @@ def test_shapes_clip_recipe_is_the_tiny_models_backbone(tmp_path):
         vlp_shapes_tiny_config(vocab_size=7)
 
 
+def test_shapes_model_takes_the_patch_of_its_clip(tmp_path):
+    """A Shapes CLIP trained with another patch (6: a 16 x 16 grid at 96 px) builds a tiny VLP-RVOS with that patch
+    (read from the CLIP folder) and loads strictly; a patch that disagrees with the folder, or does not divide the
+    frame, is refused with the fix."""
+    from lvseg.errors import ConfigError
+    from lvseg.train.shapes_clip import ShapesClipConfig, train_shapes_clip
+    from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, clip_patch_size, vlp_shapes_tiny_config
+
+    config = ShapesClipConfig(steps=1, num_train=4, frames=2, batch=4, warmup=1, patch=6)
+    clip, _, _ = train_shapes_clip(tmp_path / "clip", config, progress=False)
+    assert clip_patch_size(tmp_path / "clip") == 6 and clip_patch_size(tmp_path) is None
+    model = build_vlp_shapes_tiny(backbone=tmp_path / "clip").eval()
+    assert model.config.vision["patch_size"] == 6
+    for key, value in clip.state_dict().items():
+        assert torch.equal(model.backbone.clip.state_dict()[key], value), key
+    control = build_vlp_shapes_tiny(patch=6)  # the random-backbone control of the same sizes
+    shapes = {k: v.shape for k, v in clip.state_dict().items()}
+    assert {k: v.shape for k, v in control.backbone.clip.state_dict().items()} == shapes
+    with torch.no_grad():
+        out = model(torch.randn(1, 4, 3, 96, 96), ["the red circle"])
+    assert out["pred_masks"].shape == (1, 4, 96, 96) and out["similarity"].shape == (1, 4, 16, 16)
+    with pytest.raises(ConfigError, match="trained with patch 6"):
+        build_vlp_shapes_tiny(backbone=tmp_path / "clip", patch=8)
+    with pytest.raises(ConfigError, match="divisor"):
+        vlp_shapes_tiny_config(patch=7)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_matches_cpu(tokenizer, dtype):

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 __all__ = [
     "VLP_RVOS_RECIPE",
@@ -30,6 +30,7 @@ __all__ = [
     "VLP_SHAPES_RECIPE",
     "vlp_shapes_tiny_config",
     "build_vlp_shapes_tiny",
+    "clip_patch_size",
     "vlp_shapes_data",
 ]
 
@@ -201,7 +202,7 @@ VLP_SHAPES_RECIPE: dict[str, Any] = dict(
 )
 
 
-def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96) -> Any:
+def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96, patch: int | None = None) -> Any:
     """The tiny VLP-RVOS for the Shapes world (:func:`lvseg.models.vlp_rvos.config.tiny_config` at 96 px, clips of
     4 frames). Its frozen backbone has exactly the towers of the tiny Shapes CLIP
     (:class:`lvseg.train.shapes_clip.ShapesClipConfig`, the one place its sizes are written; read through
@@ -209,11 +210,17 @@ def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96) -> Any
 
     Args:
         vocab_size: must equal that tokenizer's size when given (kept for callers that pass it).
+        patch: the image tower's patch size (default: the recipe's, 8: a 12 x 12 grid at 96 px; 6 gives 16 x 16);
+            it must divide ``size``.
     """
     from ..models.vlp_rvos.config import tiny_config
     from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer, shapes_clip_towers
 
     clip = ShapesClipConfig(size=size)
+    if patch is not None:
+        clip.patch = patch
+    if clip.patch < 1 or size % clip.patch:
+        raise ConfigError(f"patch={clip.patch} must be a positive divisor of the frame size {size}")
     tokenizer = shapes_clip_tokenizer(clip.context)
     if vocab_size is not None and vocab_size != len(tokenizer):
         raise ConfigError(
@@ -232,22 +239,49 @@ def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96) -> Any
     )
 
 
-def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96) -> Any:
+def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96, patch: int | None = None) -> Any:
     """The tiny Shapes VLP-RVOS with the Shapes CLIP tokenizer, on a frozen backbone: the tiny Shapes CLIP
     pre-trained contrastively on Shapes frames and expressions (``backbone``: its ``CLIPModel.save_pretrained``
     folder as ``benchmarks/train_shapes_clip.py`` writes it, loaded strictly, tokenizer included), or None for a
     randomly initialised frozen backbone of the same sizes (the control that shows whether the aligned space is
-    used)."""
+    used).
+
+    ``patch``: the image tower's patch size (see :func:`vlp_shapes_tiny_config`). With a ``backbone`` folder it
+    defaults to the one that CLIP was trained with (``config.json``), and a different value is an error.
+    """
     from ..models.vlp_rvos.model import VLPRVOS
     from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer
 
+    if backbone is not None:
+        trained = clip_patch_size(backbone)
+        if patch is not None and trained is not None and patch != trained:
+            raise ConfigError(
+                f"patch={patch} but the CLIP in {backbone} was trained with patch {trained}: leave patch out to "
+                "use the CLIP's, or train a CLIP with that patch (benchmarks/train_shapes_clip.py --patch)"
+            )
+        patch = trained if patch is None else patch
     tokenizer = shapes_clip_tokenizer(ShapesClipConfig().context)
-    model = VLPRVOS(vlp_shapes_tiny_config(size=size), tokenizer)
+    model = VLPRVOS(vlp_shapes_tiny_config(size=size, patch=patch), tokenizer)
     if backbone is not None:
         from ..models.vlp_rvos.entries import load_clip_backbone
 
         load_clip_backbone(model, backbone, tokenizer=True)  # the CLIP's own tokenizer: the ids it was trained on
     return model
+
+
+def clip_patch_size(folder: str | Path) -> int | None:
+    """The vision tower's patch size written in a saved CLIP folder's ``config.json`` (None when it has none: the
+    strict loading that follows reports a folder that is not a CLIP)."""
+    import json
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("vision_config", {}).get("patch_size")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a readable CLIP config ({exc}); re-save the CLIP folder") from exc
+    return int(value) if value is not None else None
 
 
 def vlp_shapes_data(
