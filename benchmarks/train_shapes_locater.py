@@ -28,6 +28,7 @@ the gap; each run writes ``results.json`` into its folder (``<output-dir>/model`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import subprocess
@@ -47,7 +48,13 @@ def run_one(args: argparse.Namespace) -> dict:
     """Train (unless ``--eval-only``) and score one run; returns its results (also written to results.json)."""
     import lvseg
     from lvseg.train.engine import evaluate_jf
-    from lvseg.train.presets import ShuffledExpressions, get_preset, shapes_data, shapes_test_data
+    from lvseg.train.presets import (
+        ShuffledExpressions,
+        build_locater_shapes_tiny,
+        get_preset,
+        shapes_data,
+        shapes_test_data,
+    )
 
     root = Path(args.data_root)
     train_ds, val_ds = shapes_data(root)
@@ -65,6 +72,10 @@ def run_one(args: argparse.Namespace) -> dict:
             options.update(lr=args.lr, lr_backbone=args.lr, lr_text_encoder=args.lr)
         preset = get_preset("locater-tiny-shapes")
         start = args.pretrained if args.pretrained else preset.model  # --pretrained: a ViT pre-trained first
+        if args.image_size is not None:  # a finer token grid (built after lvseg.train seeds, as the preset's)
+            if args.pretrained:
+                raise SystemExit("--image-size builds a fresh model; it cannot change a --pretrained one")
+            start = functools.partial(build_locater_shapes_tiny, image_size=args.image_size)
         lvseg.train(start, train_ds, val_ds, out, preset="locater-tiny-shapes", **options)
     train_s = time.time() - t0
     best = best_of(out)
@@ -77,6 +88,7 @@ def run_one(args: argparse.Namespace) -> dict:
         steps = max((r.get("step", 0) for r in records), default=None)
     stage1 = Path(args.pretrained or out) / "prepare.json"
     result = {"run": str(out), "control": args.control, "checkpoint": str(best), "steps": steps,
+              "image_size": model.config.image_size, "grid": model.config.grid,
               "vit_pretraining": json.loads(stage1.read_text()) if stage1.is_file() else None,
               "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"],
               "F": metrics["F"], "parameters": sum(p.numel() for p in model.parameters()),
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None,
                    help="override the preset's 3000 steps (LR drop at 3/4, validation every third)")
     p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate (all groups)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="square input size of the ViT (default: the preset's 192, a 12x12 grid of 16-pixel patches; "
+                   "256 gives 16x16); a multiple of 16")
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="pre-train the ViT on the Shapes attributes for this many steps first (with --both; 0: no)")
     p.add_argument("--pretrained", default=None,
