@@ -181,7 +181,7 @@ def vlp_rvos_presets() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ Shapes (tiny)
 VLP_SHAPES_CLIP = 4  # frames per clip of the tiny model; a training sample holds two clips
-VLP_SHAPES_STEPS = 500  # sized to the CPU budget of the proof (docs/models/vlp_rvos.md)
+VLP_SHAPES_STEPS = 10000  # the measured proof run (docs/models/vlp_rvos.md): at 500 the text was not used yet
 VLP_SHAPES_RECIPE: dict[str, Any] = dict(
     lr=1e-3,
     lr_backbone=0.0,
@@ -313,5 +313,6 @@ def vlp_shapes_preset() -> Any:
         data=vlp_shapes_data,
         description="a tiny VLP-RVOS on Shapes (CPU). The preset's own model has a randomly initialised frozen "
         "backbone (the control); pass model=build_vlp_shapes_tiny(backbone=DIR) for a dual encoder pre-trained on "
-        "Shapes. Prepared, not yet run (docs/models/vlp_rvos.md)",
+        "Shapes. Measured: held-out J&F 41.7 on the Shapes CLIP, 12.4 above the text-blind control, short of the "
+        "proof's 25 (docs/models/vlp_rvos.md)",
     )
