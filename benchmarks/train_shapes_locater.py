@@ -73,8 +73,6 @@ def run_one(args: argparse.Namespace) -> dict:
         preset = get_preset("locater-tiny-shapes")
         start = args.pretrained if args.pretrained else preset.model  # --pretrained: a ViT pre-trained first
         if args.image_size is not None:  # a finer token grid (built after lvseg.train seeds, as the preset's)
-            if args.pretrained:
-                raise SystemExit("--image-size builds a fresh model; it cannot change a --pretrained one")
             start = functools.partial(build_locater_shapes_tiny, image_size=args.image_size)
         lvseg.train(start, train_ds, val_ds, out, preset="locater-tiny-shapes", **options)
     train_s = time.time() - t0
@@ -180,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pretrain_steps and not (args.both or args.pretrained):
         p.error("--pretrain-steps runs with --both (the pre-training runs once for the model and the control); "
                 "for one run, pass --pretrained with the folder of an earlier pre-training")
+    if args.image_size is not None and (args.pretrain_steps or args.pretrained):
+        p.error("--image-size builds a fresh model; it does not combine with --pretrain-steps or --pretrained")
     if args.both:
         return run_both(args, argv)
     torch.set_num_threads(args.threads)
