@@ -32,8 +32,6 @@ def grid_bound(data_root: str | Path, grids: list[int], num_test: int = 100) -> 
     samples = [data[i] for i in range(len(data))]
     rows = []
     for grid in grids:
-        if grid < 1:
-            raise SystemExit(f"--grids must be positive, got {grid}")
         evaluator = ExpressionJF("Shapes held-out")
         for s in samples:
             gt = s["masks"]  # bool [T, H, W]
@@ -51,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grids", type=int, nargs="+", default=[6, 12, 24])
     p.add_argument("--num-test", type=int, default=100)
     args = p.parse_args(argv)
+    if min(args.grids) < 1:
+        p.error(f"--grids must be positive, got {args.grids}")
     for row in grid_bound(args.data_root, args.grids, args.num_test):
         print(json.dumps(row))
     return 0

@@ -270,18 +270,21 @@ def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96, pa
 
 
 def clip_patch_size(folder: str | Path) -> int | None:
-    """The vision tower's patch size written in a saved CLIP folder's ``config.json`` (None when it has none: the
-    strict loading that follows reports a folder that is not a CLIP)."""
+    """The vision tower's patch size of a saved CLIP folder, read from its ``config.json`` as ``CLIPConfig`` (as
+    :func:`~lvseg.models.vlp_rvos.clip_convert.convert_clip` reads it); None when the folder has no
+    ``config.json`` (the strict loading that follows reports a folder that is not a CLIP)."""
     import json
 
-    path = Path(folder) / "config.json"
-    if not path.is_file():
+    from transformers import CLIPConfig
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("vision_config", {}).get("patch_size")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise CheckpointError(f"{path} is not a readable CLIP config ({exc}); re-save the CLIP folder") from exc
-    return int(value) if value is not None else None
+        config: Any = CLIPConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {folder / 'config.json'} as a CLIPConfig ({exc})") from exc
+    return int(config.vision_config.patch_size)
 
 
 def vlp_shapes_data(
