@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's 800)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     ap.add_argument("--patch", type=int, default=None, help="image patch size (default: the recipe's 8)")
+    ap.add_argument(
+        "--targets",
+        choices=("diagonal", "fits"),
+        default=None,
+        help="contrastive targets: CLIP's diagonal, or every frame the text fits (default: the recipe's)",
+    )
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--eval-only", action="store_true", help="score an existing folder, do not train")
@@ -69,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.lr = args.lr
     if args.patch is not None:
         config.patch = args.patch
+    if args.targets is not None:
+        config.targets = args.targets
     if not args.eval_only:
         train_shapes_clip(out, config, overwrite=args.overwrite)
     record = json.loads((out / "training.json").read_text())

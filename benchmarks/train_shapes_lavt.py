@@ -39,6 +39,7 @@ def best_of(run: Path) -> Path:
 def run_one(args: argparse.Namespace) -> dict:
     """Train (unless ``--eval-only``) and score one run; returns its results (also written to results.json)."""
     import lvseg
+    from lvseg.data.shapes import expression_kind
     from lvseg.train.engine import evaluate_jf
     from lvseg.train.presets import (
         ExpressionSubset,
@@ -65,7 +66,7 @@ def run_one(args: argparse.Namespace) -> dict:
     train_s = time.time() - t0
     best = best_of(out)
     model = lvseg.load(str(best), device="cpu")
-    metrics = evaluate_jf(model, test_ds, progress=False)
+    metrics = evaluate_jf(model, test_ds, progress=False, group_by=expression_kind)
     log = out / "log.jsonl"
     steps = None
     if log.is_file():
@@ -73,7 +74,8 @@ def run_one(args: argparse.Namespace) -> dict:
         steps = max((r.get("step", 0) for r in records), default=None)
     result = {"run": str(out), "control": args.control, "checkpoint": str(best), "steps": steps,
               "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"],
-              "F": metrics["F"], "parameters": sum(p.numel() for p in model.parameters()),
+              "F": metrics["F"], "by_kind": metrics["groups"],
+              "parameters": sum(p.numel() for p in model.parameters()),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -22,7 +22,9 @@ clips of 4 consecutive frames. The control trains on the same samples with the e
 Score: the best checkpoint (by validation J&F) of each run on the held-out videos, with the Ref-YouTube-VOS-style
 J&F evaluator of the Shapes tooling (each video streamed through Locater's memories frame by frame).
 ``--both`` runs the two trainings as two processes with ``--threads`` threads each and prints both scores and
-the gap; each run writes ``results.json`` into its folder (``<output-dir>/model``, ``<output-dir>/control``).
+the gap; each run writes ``results.json`` into its folder (``<output-dir>/model``, ``<output-dir>/control``),
+with the score of each kind of expression (``by_kind``, :func:`lvseg.data.shapes.expression_kind`: what the text
+names, e.g. ``color_shape`` or ``shape_motion``); the summary lists the kinds side by side (``by_kind_J&F``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def best_of(run: Path) -> Path:
 def run_one(args: argparse.Namespace) -> dict:
     """Train (unless ``--eval-only``) and score one run; returns its results (also written to results.json)."""
     import lvseg
+    from lvseg.data.shapes import expression_kind
     from lvseg.train.engine import evaluate_jf
     from lvseg.train.presets import (
         ShuffledExpressions,
@@ -78,7 +81,7 @@ def run_one(args: argparse.Namespace) -> dict:
     train_s = time.time() - t0
     best = best_of(out)
     model = lvseg.load(str(best), device="cpu")
-    metrics = evaluate_jf(model, test_ds, progress=False)
+    metrics = evaluate_jf(model, test_ds, progress=False, group_by=expression_kind)
     log = out / "log.jsonl"
     steps = None
     if log.is_file():
@@ -89,7 +92,8 @@ def run_one(args: argparse.Namespace) -> dict:
               "image_size": model.config.image_size, "grid": model.config.grid,
               "vit_pretraining": json.loads(stage1.read_text()) if stage1.is_file() else None,
               "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"],
-              "F": metrics["F"], "parameters": sum(p.numel() for p in model.parameters()),
+              "F": metrics["F"], "by_kind": metrics["groups"],
+              "parameters": sum(p.numel() for p in model.parameters()),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -147,6 +151,9 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     results = {name: json.loads((out / name / "results.json").read_text()) for name in procs}
     summary = {"model": results["model"], "control": results["control"],
                "gap_J&F": results["model"]["J&F"] - results["control"]["J&F"]}
+    kinds = sorted(set().union(*(r.get("by_kind") or {} for r in results.values())))
+    summary["by_kind_J&F"] = {kind: {name: round(r["by_kind"][kind]["J&F"], 1) for name, r in results.items()
+                                     if kind in (r.get("by_kind") or {})} for kind in kinds}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0

@@ -23,6 +23,9 @@ head on a randomly initialised frozen backbone of the same sizes). Score: each r
 J&F) on the held-out videos with the Ref-YouTube-VOS-style J&F of the Shapes tooling (whole videos, clip by clip,
 prompts carried). ``--all`` runs the three as three processes with ``--threads`` threads each, writes
 ``<output-dir>/results.json`` and prints the three numbers and the gaps.
+Each ``results.json`` also holds the score of each kind of expression (``by_kind``,
+:func:`lvseg.data.shapes.expression_kind`: ``color``, ``color_shape``, ``shape_motion``, ``position``, ...), and the
+summary lists the kinds of the three runs side by side (``by_kind_J&F``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def best_of(run: Path) -> Path:
 def run_one(args: argparse.Namespace) -> dict:
     """Train (unless ``--eval-only``) and score one variant; returns its results (also written to results.json)."""
     import lvseg
+    from lvseg.data.shapes import expression_kind
     from lvseg.train.engine import evaluate_jf
     from lvseg.train.presets import ShuffledExpressions, shapes_test_data
     from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, clip_patch_size, vlp_shapes_data
@@ -76,7 +80,7 @@ def run_one(args: argparse.Namespace) -> dict:
     train_s = time.time() - t0
     best = best_of(out)
     model = lvseg.load(str(best), device="cpu")
-    metrics = evaluate_jf(model, test_ds, progress=False)
+    metrics = evaluate_jf(model, test_ds, progress=False, group_by=expression_kind)
     log = out / "log.jsonl"
     steps = None
     if log.is_file():
@@ -84,7 +88,7 @@ def run_one(args: argparse.Namespace) -> dict:
         steps = max((r.get("step", 0) for r in records), default=None)
     result = {"run": str(out), "variant": args.variant, "backbone": args.backbone, "checkpoint": str(best),
               "steps": steps, "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"],
-              "J": metrics["J"], "F": metrics["F"],
+              "J": metrics["J"], "F": metrics["F"], "by_kind": metrics["groups"],
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -122,6 +126,9 @@ def summarise(out: Path) -> dict:
     results = {name: json.loads((out / name / "results.json").read_text()) for name in VARIANTS}
     summary = {**results, "gap_vs_text_blind": results["model"]["J&F"] - results["control"]["J&F"],
                "gap_vs_random_backbone": results["model"]["J&F"] - results["random"]["J&F"]}
+    kinds = sorted(set().union(*(r.get("by_kind") or {} for r in results.values())))
+    summary["by_kind_J&F"] = {kind: {name: round(r["by_kind"][kind]["J&F"], 1) for name, r in results.items()
+                                     if kind in (r.get("by_kind") or {})} for kind in kinds}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -126,6 +126,24 @@ def test_expressions_are_unambiguous_and_rendering_matches_scene() -> None:
     assert all(v > 5 for v in kinds_seen.values()), kinds_seen
 
 
+def test_expression_kind_names_what_the_generator_chose() -> None:
+    """``expression_kind`` recovers the generator's kind of every candidate expression (all twelve kinds occur),
+    and is None outside the grammar."""
+    from lvseg.data.shapes import _candidate_expressions, expression_kind
+
+    seen: set[str] = set()
+    for index in range(30):
+        video, _, _ = shapes.make_video(seed=3, split="train", index=index, num_frames=8, height=96, width=96)
+        for kind, text, _ in _candidate_expressions(video.objects):
+            assert shapes.expression_kind(text) == kind, text
+            seen.add(kind)
+    assert len(seen) == 12, seen
+    assert expression_kind("the object") == "object"
+    assert expression_kind("the small red circles moving up") == "plural_size_color_shape_motion"
+    for text in ("a red circle", "the red", "the leftmost circles", "the purple banana", "the"):
+        assert expression_kind(text) is None, text
+
+
 def test_generate_writes_ytvos_layout_that_the_loader_reads(tmp_path: Path) -> None:
     shapes.generate(tmp_path, "train", num_videos=3, frames=6, size=(64, 80), seed=5, progress=False)
     shapes.generate(tmp_path, "valid", num_videos=2, frames=6, size=64, seed=5, progress=False)

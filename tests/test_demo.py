@@ -43,8 +43,15 @@ def test_embedded_model_grounds_the_expressions_on_unseen_videos(tmp_path):
     shapes.generate(tmp_path, "valid", num_videos=6, frames=SHAPES_FRAMES, size=SHAPES_SIZE, seed=7, progress=False)
     data = RefYouTubeVOS(tmp_path, "valid")
     model = lvseg.load(NAME, device="cpu")
-    right = evaluate_jf(model, data)["J&F"]
+    scores = evaluate_jf(model, data, group_by=shapes.expression_kind)
+    right = scores["J&F"]
     shuffled = evaluate_jf(model, ShuffledExpressions(data, seed=0))["J&F"]
+    # the per-kind breakdown covers every expression once, and its weighted mean is the overall score
+    groups = scores["groups"]
+    assert set(groups) == {shapes.expression_kind(data[i]["text"]) for i in range(len(data))}
+    assert sum(g["num_expressions"] for g in groups.values()) == scores["num_expressions"] == len(data)
+    weighted = sum(g["J&F"] * g["num_expressions"] for g in groups.values()) / scores["num_expressions"]
+    assert abs(weighted - right) < 1e-6 * max(1.0, right)
     # measured: 83.7 and 15.2 (the previous, stride-4 model: 67.6 and 10.2)
     assert right > 75 and right - shuffled > 40, (right, shuffled)
 

@@ -475,6 +475,61 @@ def test_shapes_model_takes_the_patch_of_its_clip(tmp_path):
         vlp_shapes_tiny_config(patch=7)
 
 
+def test_shapes_clip_fits_targets_do_not_push_a_text_from_frames_it_describes():
+    """``targets="fits"``: each text's target is spread over every frame of the batch whose video it describes
+    (Shapes semantics), so the loss equals a hand computation with those soft targets, differs from CLIP's
+    diagonal loss when a batch holds such a false negative, and equals it when none does; a matrix that is not
+    [B, B] with a True diagonal is refused."""
+    import torch.nn.functional as F
+
+    from lvseg.errors import ConfigError
+    from lvseg.train.shapes_clip import (
+        ShapesClipConfig,
+        ShapesPairs,
+        contrastive_loss,
+        normalise_frames,
+        shapes_clip_model_config,
+        shapes_clip_tokenizer,
+    )
+    from transformers import CLIPModel
+
+    pairs = ShapesPairs(0, "train", 12, frames=2)
+    rng = np.random.default_rng(0)
+    frames, texts, videos = pairs.sample_with_videos(12, rng)
+    fits = pairs.fits(texts, videos)
+    assert fits.shape == (12, 12) and bool(fits.diagonal().all())
+    from lvseg.data.shapes import expression_semantics
+
+    for i, text in enumerate(texts):  # the matrix is the Shapes semantics of each text on each video
+        for j, v in enumerate(videos):
+            assert bool(fits[i, j]) == bool(expression_semantics(text, pairs.objects[v]))
+    off_diagonal = fits & ~torch.eye(12, dtype=torch.bool)
+    assert bool(off_diagonal.any())  # this batch has in-batch false negatives (a text fitting another video)
+
+    torch.manual_seed(0)
+    tokenizer = shapes_clip_tokenizer()
+    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval()
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    pixels = normalise_frames(frames)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels, **enc).logits_per_image  # [image, text]
+        fit = fits.float()
+        by_image = -(F.log_softmax(logits, dim=1) * (fit.t() / fit.t().sum(1, keepdim=True))).sum(1).mean()
+        by_text = -(F.log_softmax(logits.t(), dim=1) * (fit / fit.sum(1, keepdim=True))).sum(1).mean()
+        soft = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"], fits)
+        diagonal = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"])
+        eye = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"], torch.eye(12, dtype=torch.bool))
+    assert torch.allclose(soft, (by_image + by_text) / 2, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(eye, diagonal, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(soft, diagonal)
+    with pytest.raises(ConfigError, match="True diagonal"):
+        contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"], torch.zeros(12, 12, dtype=torch.bool))
+    with pytest.raises(ConfigError, match="targets"):
+        from lvseg.train.shapes_clip import train_shapes_clip
+
+        train_shapes_clip(None, ShapesClipConfig(targets="all"), progress=False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_matches_cpu(tokenizer, dtype):

@@ -61,6 +61,7 @@ __all__ = [
     "render_video",
     "generate",
     "expression_semantics",
+    "expression_kind",
     "frame_names",
 ]
 
@@ -394,13 +395,19 @@ def _dominant(objs: Sequence[ShapeObject], position: str) -> ShapeObject | None:
     return None
 
 
-def expression_semantics(text: str, objects: Sequence[ShapeObject]) -> set[int] | None:
-    """The ids of the objects that satisfy a Shapes expression, or ``None`` if the text is not in the grammar.
+@dataclass(frozen=True)
+class _Parsed:
+    position: str | None
+    size: str | None
+    color: str | None
+    shape: str | None
+    motion: str | None
+    plural: bool
 
-    Grammar: ``the [POSITION] [SIZE] [COLOR] (SHAPE | object) [MOTION PHRASE]`` for one object, and
-    ``the [COLOR] (SHAPEs | objects) [MOTION PHRASE]`` for several. Attributes are a conjunction; a position
-    word picks the object that is the most extreme among those matching the rest of the phrase in every frame.
-    """
+
+def _parse(text: str) -> _Parsed | None:
+    """The parts of a Shapes expression, or None if the text is not in the grammar (see
+    :func:`expression_semantics`)."""
     words = text.split()
     if len(words) < 2 or words[0] != "the":
         return None
@@ -428,20 +435,59 @@ def expression_semantics(text: str, objects: Sequence[ShapeObject]) -> set[int] 
             color = w
         else:
             return None
+    if position is not None and plural:
+        return None
+    return _Parsed(position, size, color, shape, motion, plural)
+
+
+def expression_semantics(text: str, objects: Sequence[ShapeObject]) -> set[int] | None:
+    """The ids of the objects that satisfy a Shapes expression, or ``None`` if the text is not in the grammar.
+
+    Grammar: ``the [POSITION] [SIZE] [COLOR] (SHAPE | object) [MOTION PHRASE]`` for one object, and
+    ``the [COLOR] (SHAPEs | objects) [MOTION PHRASE]`` for several. Attributes are a conjunction; a position
+    word picks the object that is the most extreme among those matching the rest of the phrase in every frame.
+    """
+    parsed = _parse(text)
+    if parsed is None:
+        return None
     match = [
         o
         for o in objects
-        if (shape is None or o.shape == shape)
-        and (size is None or o.size == size)
-        and (color is None or o.color == color)
-        and (motion is None or o.motion == motion)
+        if (parsed.shape is None or o.shape == parsed.shape)
+        and (parsed.size is None or o.size == parsed.size)
+        and (parsed.color is None or o.color == parsed.color)
+        and (parsed.motion is None or o.motion == parsed.motion)
     ]
-    if position is not None:
-        if plural:
-            return None
-        dom = _dominant(match, position)
+    if parsed.position is not None:
+        dom = _dominant(match, parsed.position)
         return {dom.obj_id} if dom is not None else set()
     return {o.obj_id for o in match}
+
+
+def expression_kind(text: str) -> str | None:
+    """The kind of a Shapes expression, as the generator names it, or None if the text is not in the grammar.
+
+    The kind lists the parts the text names, in the grammar's order (``position``, ``size``, ``color``,
+    ``shape``, ``motion``), joined by ``_`` and prefixed ``plural_`` for several objects: ``"the red circle"`` ->
+    ``color_shape``, ``"the object moving left"`` -> ``motion``, ``"the circles"`` -> ``plural_shape``; ``"the
+    object"`` alone -> ``object``. Used to break scores down by what an expression asks the model to read.
+    """
+    parsed = _parse(text)
+    if parsed is None:
+        return None
+    parts = [
+        name
+        for name, value in (
+            ("position", parsed.position),
+            ("size", parsed.size),
+            ("color", parsed.color),
+            ("shape", parsed.shape),
+            ("motion", parsed.motion),
+        )
+        if value is not None
+    ]
+    kind = "_".join(parts) or "object"
+    return f"plural_{kind}" if parsed.plural else kind
 
 
 def _candidate_expressions(objs: Sequence[ShapeObject]) -> list[tuple[str, str, tuple[int, ...]]]:

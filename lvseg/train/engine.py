@@ -316,12 +316,19 @@ def evaluate_jf(
     dist_info: DistInfo | None = None,
     max_samples: int | None = None,
     progress: bool = False,
-) -> dict[str, float]:
+    group_by: Callable[[str], str | None] | None = None,
+) -> dict[str, Any]:
     """Ref-YouTube-VOS-style J&F of ``model`` on a dataset whose samples carry ground-truth ``masks``.
 
     Each sample (all frames of one expression) goes through ``model.segment`` at the model's preprocessing size;
     logits are resized (bilinear) to the original size and thresholded at 0. With several ranks the samples are
-    split between them and the per-expression scores gathered. Returns ``{"J&F", "J", "F"}`` in percent.
+    split between them and the per-expression scores gathered. Returns ``{"J&F", "J", "F"}`` in percent and
+    ``num_expressions``.
+
+    Args:
+        group_by: optional, maps an expression's text to a group name (e.g.
+            :func:`lvseg.data.shapes.expression_kind`); the result then has ``"groups"``: ``{name: {"J&F", "J",
+            "F", "num_expressions"}}`` over the expressions of each group (texts mapped to None are in no group).
     """
     from ..metrics.rvos import ExpressionJF
 
@@ -334,7 +341,7 @@ def evaluate_jf(
     was_training = model.training
     model.eval()
     device = model.device
-    scores: dict[str, tuple[float, float]] = {}
+    scores: dict[str, tuple[float, float, str]] = {}
     evaluator = ExpressionJF("Shapes/Ref-YouTube-VOS")
     for i in tqdm(mine, desc="eval", disable=not (progress and info.is_main), leave=False):
         sample = dataset[i]
@@ -350,15 +357,28 @@ def evaluate_jf(
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
         pred = (logits[0] > 0).cpu().numpy()
         j, f = evaluator.add(str(sample["video"]), str(sample["exp_id"]), pred, sample["masks"].numpy())
-        scores[f"{sample['video']}_{sample['exp_id']}"] = (j, f)
+        scores[f"{sample['video']}_{sample['exp_id']}"] = (j, f, str(sample["text"]))
     if was_training:
         model.train()
-    merged: dict[str, tuple[float, float]] = {}
+    merged: dict[str, tuple[float, float, str]] = {}
     for part in all_gather_objects(scores):
         merged.update(part)
-    j_mean = float(np.mean([v[0] for v in merged.values()]))
-    f_mean = float(np.mean([v[1] for v in merged.values()]))
-    return {"J&F": 100 * (j_mean + f_mean) / 2, "J": 100 * j_mean, "F": 100 * f_mean, "num_expressions": len(merged)}
+    result: dict[str, Any] = _jf_summary(list(merged.values()))
+    if group_by is not None:
+        groups: dict[str, list[tuple[float, float, str]]] = {}
+        for item in merged.values():
+            name = group_by(item[2])
+            if name is not None:
+                groups.setdefault(name, []).append(item)
+        result["groups"] = {name: _jf_summary(items) for name, items in sorted(groups.items())}
+    return result
+
+
+def _jf_summary(items: Sequence[tuple[float, float, str]]) -> dict[str, Any]:
+    """Mean J, F and J&F (percent) of per-expression ``(J, F, text)`` scores, and their number."""
+    j_mean = float(np.mean([v[0] for v in items]))
+    f_mean = float(np.mean([v[1] for v in items]))
+    return {"J&F": 100 * (j_mean + f_mean) / 2, "J": 100 * j_mean, "F": 100 * f_mean, "num_expressions": len(items)}
 
 
 # ------------------------------------------------------------------------------------------------ trainer

@@ -66,6 +66,9 @@ class ShapesClipConfig:
         text_width, text_layers, text_heads: text tower (``context`` positions); embed: joint embedding size.
         steps, batch, lr, weight_decay, warmup: AdamW with linear warm-up then cosine decay to 0.
         num_train: training videos (seed 0, split "train"); frames: frames per video (the Shapes recipes' 8).
+        targets: ``"diagonal"`` (CLIP's InfoNCE: the i-th frame and text are the only pair) or ``"fits"`` (every
+            frame of the batch whose video the text describes is a positive of that text, with equal weight: the
+            in-batch false negatives of CLIP's loss are not pushed apart; :func:`contrastive_loss`).
     """
 
     size: int = 96
@@ -87,6 +90,7 @@ class ShapesClipConfig:
     num_train: int = 1200
     frames: int = 8
     seed: int = 0
+    targets: str = "diagonal"
 
 
 def shapes_clip_tokenizer(context: int = 40) -> Any:
@@ -189,10 +193,20 @@ class ShapesPairs:
     def sample(self, batch: int, generator: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         """``batch`` distinct videos, a random frame and a random expression of each: ``(frames [B, H, W, 3],
         texts)``."""
+        frames, texts, _ = self.sample_with_videos(batch, generator)
+        return frames, texts
+
+    def sample_with_videos(self, batch: int, generator: np.random.Generator) -> tuple[np.ndarray, list[str], list[int]]:
+        """As :meth:`sample`, with the index of each sample's video: ``(frames, texts, videos)``."""
         videos = generator.choice(len(self), size=min(batch, len(self)), replace=False)
         t = generator.integers(0, self.frames.shape[1], size=len(videos))
         texts = [self.texts[v][int(generator.integers(len(self.texts[v])))] for v in videos]
-        return self.frames[videos, t], texts
+        return self.frames[videos, t], texts, [int(v) for v in videos]
+
+    def fits(self, texts: Sequence[str], videos: Sequence[int]) -> torch.Tensor:
+        """bool ``[len(texts), len(videos)]``: whether text i describes something in video j (its referent exists
+        there, :func:`~lvseg.data.shapes.expression_semantics`)."""
+        return torch.tensor([[_matches(t, self.objects[v]) for v in videos] for t in texts], dtype=torch.bool)
 
 
 def normalise_frames(frames: np.ndarray) -> torch.Tensor:
@@ -204,14 +218,35 @@ def normalise_frames(frames: np.ndarray) -> torch.Tensor:
 
 
 def contrastive_loss(
-    model: Any, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: Any,
+    pixels: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE: cross-entropy of image->text and text->image logits ``[B, B]`` (the i-th image
-    and text are a pair), scaled by ``exp(logit_scale)``, averaged."""
+    """CLIP's symmetric InfoNCE: cross-entropy of image->text and text->image logits ``[B, B]``, scaled by
+    ``exp(logit_scale)``, averaged over both directions.
+
+    Args:
+        pixels: ``[B, 3, H, W]``; input_ids, attention_mask: ``[B, L]`` (the i-th image and text are a pair).
+        positives: optional bool ``[B, B]``, ``positives[i, j]``: text i describes image j (the diagonal must be
+            True). None: the diagonal only (CLIP). Otherwise each row's (and column's) target is spread evenly over
+            its positives, so a text is not pushed away from the other images it describes.
+    """
     out = model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask)
-    logits = out.logits_per_image  # [B, B]
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    logits = out.logits_per_image  # [B, B]: image i x text j
+    if positives is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    if positives.shape != logits.shape or not bool(positives.diagonal().all()):
+        raise ConfigError(
+            f"positives must be a bool [B, B] = {tuple(logits.shape)} matrix with a True diagonal (each text "
+            f"describes its own image), got {tuple(positives.shape)}"
+        )
+    fit = positives.to(device=logits.device, dtype=logits.dtype)  # [text, image]
+    per_image = fit.t() / fit.t().sum(dim=1, keepdim=True)  # image i: its texts
+    per_text = fit / fit.sum(dim=1, keepdim=True)  # text j: its images
+    return (F.cross_entropy(logits, per_image) + F.cross_entropy(logits.t(), per_text)) / 2
 
 
 def _tokenize(tokenizer: Any, texts: Sequence[str], context: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,6 +272,8 @@ def train_shapes_clip(
     from ..utils import atomic_folder, check_output_folder
 
     config = config or ShapesClipConfig()
+    if config.targets not in ("diagonal", "fits"):
+        raise ConfigError(f"ShapesClipConfig.targets must be 'diagonal' or 'fits', got {config.targets!r}")
     if output_dir is not None:
         check_output_folder(output_dir, overwrite=overwrite, option="--overwrite")
     torch.manual_seed(config.seed)
@@ -261,9 +298,10 @@ def train_shapes_clip(
     running = 0.0
     bar = tqdm(range(config.steps), desc="Shapes CLIP", disable=not progress)
     for step in bar:
-        frames, texts = data.sample(config.batch, rng)
+        frames, texts, videos = data.sample_with_videos(config.batch, rng)
         ids, mask = _tokenize(tokenizer, texts, config.context)
-        loss = contrastive_loss(model, normalise_frames(frames), ids, mask)
+        positives = data.fits(texts, videos) if config.targets == "fits" else None
+        loss = contrastive_loss(model, normalise_frames(frames), ids, mask, positives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
