@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="contrastive targets: CLIP's diagonal, or every frame the text fits (default: the recipe's)",
     )
+    ap.add_argument(
+        "--pool",
+        choices=("cls", "mean"),
+        default=None,
+        help="image embedding: the class token (OpenAI CLIP) or the mean of the projected patch tokens "
+        "(default: the recipe's cls)",
+    )
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--eval-only", action="store_true", help="score an existing folder, do not train")
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.patch = args.patch
     if args.targets is not None:
         config.targets = args.targets
+    if args.pool is not None:
+        config.pool = args.pool
     if not args.eval_only:
         train_shapes_clip(out, config, overwrite=args.overwrite)
     record = json.loads((out / "training.json").read_text())
@@ -85,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(config.seed)
     random_init = CLIPModel(shapes_clip_model_config(config, tokenizer)).eval()
+    if config.pool != "cls":
+        random_init.config.lvseg_image_pool = config.pool  # scored with the same pooling as the trained one
     test = ShapesPairs(1, "valid", args.num_test, config.frames, config.size)
     start = time.time()
     results = {

@@ -530,6 +530,62 @@ def test_shapes_clip_fits_targets_do_not_push_a_text_from_frames_it_describes():
         train_shapes_clip(None, ShapesClipConfig(targets="all"), progress=False)
 
 
+def test_shapes_clip_mean_pool_embeds_the_mean_of_the_projected_patch_tokens(tmp_path):
+    """pool="mean": the image embedding is the mean of the projected patch tokens (what VLP-RVOS's pixel-text
+    similarity reads), the contrastive loss uses it, and the choice survives save and strict loading."""
+    import torch.nn.functional as F
+    from transformers import CLIPModel
+
+    from lvseg.errors import ConfigError
+    from lvseg.models.vlp_rvos.backbones import clip_image_features, clip_image_pool, clip_text_features, load_clip
+    from lvseg.train.shapes_clip import (
+        ShapesClipConfig,
+        contrastive_loss,
+        shapes_clip_model_config,
+        shapes_clip_tokenizer,
+        train_shapes_clip,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = shapes_clip_tokenizer()
+    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval()
+    pixels = torch.randn(3, 3, 96, 96)
+    texts = ["the red circle", "the small square", "the leftmost object"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        cls = clip_image_features(model, pixels)
+        assert clip_image_pool(model) == "cls"
+        model.config.lvseg_image_pool = "mean"
+        assert clip_image_pool(model) == "mean"
+        mean = clip_image_features(model, pixels)
+        tokens = model.vision_model(pixel_values=pixels).last_hidden_state  # [3, 1 + 144, 64]
+        by_hand = model.visual_projection(model.vision_model.post_layernorm(tokens[:, 1:])).mean(1)
+        assert torch.allclose(mean, by_hand, rtol=1e-5, atol=1e-6)
+        assert torch.equal(clip_image_features(model, pixels, pool="cls"), cls)
+        assert not torch.allclose(mean, cls, atol=1e-3)
+        image = F.normalize(mean, dim=-1)
+        text = F.normalize(clip_text_features(model, enc["input_ids"], enc["attention_mask"]), dim=-1)
+        logits = model.logit_scale.exp() * image @ text.t()
+        target = torch.arange(3)
+        expected = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"])
+        assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="pool must be one of"):
+        clip_image_features(model, pixels, pool="max")
+    model.config.lvseg_image_pool = "max"
+    with pytest.raises(ConfigError, match="lvseg_image_pool"):
+        clip_image_features(model, pixels)
+
+    config = ShapesClipConfig(steps=2, batch=4, num_train=4, frames=2, pool="mean")
+    trained, _, _ = train_shapes_clip(tmp_path / "clip", config, progress=False)
+    loaded = load_clip(tmp_path / "clip")  # the strict loader VLP-RVOS uses keeps the pooling
+    assert clip_image_pool(loaded) == "mean"
+    with torch.no_grad():
+        assert torch.allclose(clip_image_features(loaded, pixels), clip_image_features(trained, pixels), atol=1e-6)
+    with pytest.raises(ConfigError, match="pool"):
+        train_shapes_clip(None, ShapesClipConfig(pool="max"), progress=False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_matches_cpu(tokenizer, dtype):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import MOTION_PHRASES, VOCABULARY, ShapeObject, expression_semantics, make_video
 from ..errors import ConfigError
-from ..models.vlp_rvos.backbones import clip_image_features, clip_text_features
+from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_image_features, clip_text_features
 
 __all__ = [
     "ShapesClipConfig",
@@ -69,6 +69,10 @@ class ShapesClipConfig:
         targets: ``"diagonal"`` (CLIP's InfoNCE: the i-th frame and text are the only pair) or ``"fits"`` (every
             frame of the batch whose video the text describes is a positive of that text, with equal weight: the
             in-batch false negatives of CLIP's loss are not pushed apart; :func:`contrastive_loss`).
+        pool: the image embedding: ``"cls"`` (OpenAI CLIP's class token) or ``"mean"`` (the mean of the projected
+            patch tokens, open_clip's ``pool_type="avg"``: every patch token must carry what the text names, so
+            the dense features are aligned with the text; :func:`~lvseg.models.vlp_rvos.backbones.clip_image_features`).
+            Saved in the CLIP's ``config.json`` as ``lvseg_image_pool``.
     """
 
     size: int = 96
@@ -91,6 +95,7 @@ class ShapesClipConfig:
     frames: int = 8
     seed: int = 0
     targets: str = "diagonal"
+    pool: str = "cls"
 
 
 def shapes_clip_tokenizer(context: int = 40) -> Any:
@@ -225,7 +230,8 @@ def contrastive_loss(
     positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's symmetric InfoNCE: cross-entropy of image->text and text->image logits ``[B, B]``, scaled by
-    ``exp(logit_scale)``, averaged over both directions.
+    ``exp(logit_scale)``, averaged over both directions. The image embedding is pooled as the model's config says
+    (:func:`~lvseg.models.vlp_rvos.backbones.clip_image_pool`; ``"cls"``: ``model(...).logits_per_image``).
 
     Args:
         pixels: ``[B, 3, H, W]``; input_ids, attention_mask: ``[B, L]`` (the i-th image and text are a pair).
@@ -233,8 +239,9 @@ def contrastive_loss(
             True). None: the diagonal only (CLIP). Otherwise each row's (and column's) target is spread evenly over
             its positives, so a text is not pushed away from the other images it describes.
     """
-    out = model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask)
-    logits = out.logits_per_image  # [B, B]: image i x text j
+    image = F.normalize(clip_image_features(model, pixels), dim=-1)  # pooled as the model's config says
+    text = F.normalize(clip_text_features(model, input_ids, attention_mask), dim=-1)
+    logits = model.logit_scale.exp() * image @ text.t()  # [B, B]: image i x text j
     if positives is None:
         target = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
@@ -274,11 +281,15 @@ def train_shapes_clip(
     config = config or ShapesClipConfig()
     if config.targets not in ("diagonal", "fits"):
         raise ConfigError(f"ShapesClipConfig.targets must be 'diagonal' or 'fits', got {config.targets!r}")
+    if config.pool not in IMAGE_POOLS:
+        raise ConfigError(f"ShapesClipConfig.pool must be one of {IMAGE_POOLS}, got {config.pool!r}")
     if output_dir is not None:
         check_output_folder(output_dir, overwrite=overwrite, option="--overwrite")
     torch.manual_seed(config.seed)
     tokenizer = shapes_clip_tokenizer(config.context)
     model = CLIPModel(shapes_clip_model_config(config, tokenizer)).train()
+    if config.pool != "cls":  # OpenAI's pooling is the config's default: only another one is written down
+        model.config.lvseg_image_pool = config.pool
     data = ShapesPairs(config.seed, "train", config.num_train, config.frames, config.size, progress=progress)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]

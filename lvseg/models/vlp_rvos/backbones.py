@@ -31,6 +31,8 @@ __all__ = [
     "load_backbone",
     "freeze",
     "clip_image_features",
+    "clip_image_pool",
+    "IMAGE_POOLS",
     "clip_text_features",
 ]
 
@@ -227,13 +229,36 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def clip_image_features(model: Any, pixels: torch.Tensor) -> torch.Tensor:
+IMAGE_POOLS = ("cls", "mean")
+
+
+def clip_image_pool(model: Any) -> str:
+    """How ``model`` pools its image embedding: ``"cls"`` (OpenAI CLIP: the class token) unless its config says
+    ``lvseg_image_pool = "mean"`` (the mean of the projected patch tokens, as open_clip's ``pool_type="avg"``;
+    set by :func:`lvseg.train.shapes_clip.train_shapes_clip` for a CLIP trained that way)."""
+    pool = getattr(model.config, "lvseg_image_pool", "cls")
+    if pool not in IMAGE_POOLS:
+        raise ConfigError(f"the CLIP config's lvseg_image_pool is {pool!r}; expected one of {IMAGE_POOLS}")
+    return str(pool)
+
+
+def clip_image_features(model: Any, pixels: torch.Tensor, pool: str | None = None) -> torch.Tensor:
     """CLIP image embeddings ``[B, E]`` (projected, not normalised) of normalised ``pixels [B, 3, H, W]``; another
-    size than the config's interpolates the position embedding (bicubic, as transformers does)."""
+    size than the config's interpolates the position embedding (bicubic, as transformers does).
+
+    ``pool``: ``"cls"`` (the class token after ``post_layernorm``, projected: OpenAI CLIP) or ``"mean"`` (every
+    patch token after ``post_layernorm``, projected, then averaged: the dense features that VLP-RVOS's pixel-text
+    similarity reads); None: the model's own (:func:`clip_image_pool`)."""
+    pool = clip_image_pool(model) if pool is None else pool
+    if pool not in IMAGE_POOLS:
+        raise ConfigError(f"pool must be one of {IMAGE_POOLS}, got {pool!r}")
     size = model.config.vision_config.image_size
     interpolate = tuple(pixels.shape[-2:]) != (size, size)
     out = model.vision_model(pixel_values=pixels, interpolate_pos_encoding=interpolate)
-    return model.visual_projection(out.pooler_output)
+    if pool == "cls":
+        return model.visual_projection(out.pooler_output)
+    patches = model.vision_model.post_layernorm(out.last_hidden_state[:, 1:])  # [B, P, Dv]
+    return model.visual_projection(patches).mean(dim=1)
 
 
 def clip_text_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
