@@ -15,7 +15,10 @@ The control trains on the same samples with the expressions shuffled among them 
 Score: the best checkpoint (by validation J&F) of each run on the held-out videos' non-motion expressions,
 with the Ref-YouTube-VOS-style J&F evaluator of the Shapes tooling (every frame segmented independently).
 ``--both`` runs the two trainings as two processes with ``--threads`` threads each and prints both scores and
-the gap; each run writes ``results.json`` into its folder (``<output-dir>/model``, ``<output-dir>/control``).
+the gap; each run writes ``results.json`` into its folder (``<output-dir>/model``, ``<output-dir>/control``), with
+the score of each kind of expression (``by_kind``, :func:`lvseg.data.shapes.expression_kind`), and the summary
+lists the kinds side by side (``by_kind_J&F``). ``--eval-only`` re-scores a finished run and keeps its training
+time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from shapes_report import kinds_side_by_side, write_run_results, write_summary
 
 
 def best_of(run: Path) -> Path:
@@ -77,8 +81,7 @@ def run_one(args: argparse.Namespace) -> dict:
               "F": metrics["F"], "by_kind": metrics["groups"],
               "parameters": sum(p.numel() for p in model.parameters()),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_run_results(out, result, args.eval_only)
 
 
 def run_both(args: argparse.Namespace, argv: list[str]) -> int:
@@ -108,7 +111,8 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     results = {name: json.loads((out / name / "results.json").read_text()) for name in procs}
     summary = {"model": results["model"], "control": results["control"],
                "gap_J&F": results["model"]["J&F"] - results["control"]["J&F"]}
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["by_kind_J&F"] = kinds_side_by_side(results)
+    write_summary(out, summary)
     print(json.dumps(summary, indent=2))
     return 0
 

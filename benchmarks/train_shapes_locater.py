@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from shapes_report import kinds_side_by_side, write_run_results, write_summary
 
 
 def best_of(run: Path) -> Path:
@@ -95,8 +96,7 @@ def run_one(args: argparse.Namespace) -> dict:
               "F": metrics["F"], "by_kind": metrics["groups"],
               "parameters": sum(p.numel() for p in model.parameters()),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_run_results(out, result, args.eval_only)
 
 
 def pretrain_once(args: argparse.Namespace, folder: Path) -> Path:
@@ -151,10 +151,8 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     results = {name: json.loads((out / name / "results.json").read_text()) for name in procs}
     summary = {"model": results["model"], "control": results["control"],
                "gap_J&F": results["model"]["J&F"] - results["control"]["J&F"]}
-    kinds = sorted(set().union(*(r.get("by_kind") or {} for r in results.values())))
-    summary["by_kind_J&F"] = {kind: {name: round(r["by_kind"][kind]["J&F"], 1) for name, r in results.items()
-                                     if kind in (r.get("by_kind") or {})} for kind in kinds}
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["by_kind_J&F"] = kinds_side_by_side(results)
+    write_summary(out, summary)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from shapes_report import kinds_side_by_side, write_run_results, write_summary
 
 VARIANTS = ("model", "control", "random")
 
@@ -91,8 +92,7 @@ def run_one(args: argparse.Namespace) -> dict:
               "J": metrics["J"], "F": metrics["F"], "by_kind": metrics["groups"],
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "train_seconds": None if args.eval_only else round(train_s, 1), "threads": args.threads}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_run_results(out, result, args.eval_only)
 
 
 def run_all(args: argparse.Namespace, argv: list[str]) -> int:
@@ -126,10 +126,8 @@ def summarise(out: Path) -> dict:
     results = {name: json.loads((out / name / "results.json").read_text()) for name in VARIANTS}
     summary = {**results, "gap_vs_text_blind": results["model"]["J&F"] - results["control"]["J&F"],
                "gap_vs_random_backbone": results["model"]["J&F"] - results["random"]["J&F"]}
-    kinds = sorted(set().union(*(r.get("by_kind") or {} for r in results.values())))
-    summary["by_kind_J&F"] = {kind: {name: round(r["by_kind"][kind]["J&F"], 1) for name, r in results.items()
-                                     if kind in (r.get("by_kind") or {})} for kind in kinds}
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["by_kind_J&F"] = kinds_side_by_side(results)
+    write_summary(out, summary)
     return summary
 
 
