@@ -16,7 +16,9 @@ frame): for every expression (no motion phrase), the frames of all 100 videos ar
 is the expression's own video. The same architecture with its random initialisation (same seed) is scored too,
 and ``chance`` is a random ranking's expected ``top1``. A probe with fixed one-attribute queries (colour, shape,
 colour+shape, size+shape, position; :func:`lvseg.train.shapes_clip.attribute_probe`) shows what the encoder tells
-apart. The numbers go to ``<output-dir>/retrieval.json``.
+apart, and a linear probe of each patch token (after each layer) for the shape, size and colour of the object under
+it (:func:`lvseg.train.shapes_clip.patch_attribute_probe`) shows what the dense features that the VLP-RVOS head
+reads know. The numbers go to ``<output-dir>/retrieval.json``.
 
 The saved folder (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``) loads with
 ``lvseg.models.vlp_rvos.backbones.load_clip(folder)``.
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         ShapesClipConfig,
         ShapesPairs,
         attribute_probe,
+        patch_attribute_probe,
         retrieval_accuracy,
         shapes_clip_model_config,
         train_shapes_clip,
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trained": attribute_probe(model, tokenizer, test, context=config.context),
         "random_init": attribute_probe(random_init, tokenizer, test, context=config.context),
     }
+    results["patch_probe"] = {"trained": patch_attribute_probe(model), "random_init": patch_attribute_probe(random_init)}
     results["eval_seconds"] = round(time.time() - start, 1)
     atomic_write_text(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
     for name in ("trained", "random_init"):
@@ -120,6 +124,14 @@ def main(argv: list[str] | None = None) -> dict:
         rnd = results["probe"]["random_init"][family]["top1"]
         print(f"probe {family:13s} trained {100 * r['top1']:5.1f}%  random init {100 * rnd:5.1f}%  "
               f"chance {100 * r['chance']:5.1f}%")
+    majority = results["patch_probe"]["trained"]["majority"]
+    for layer, r in results["patch_probe"]["trained"].items():
+        if layer == "majority":
+            continue
+        rnd = results["patch_probe"]["random_init"][layer]
+        print(f"patch probe {layer}: " + "  ".join(
+            f"{k} {100 * v:5.1f}% (random init {100 * rnd[k]:5.1f}%, majority {100 * majority[k]:5.1f}%)"
+            for k, v in r.items()))
     print(f"training: {config.steps} steps in {record['train_seconds']} s on {record['torch_threads']} thread(s)")
     return results
 

@@ -597,3 +597,35 @@ def test_gpu_matches_cpu(tokenizer, dtype):
     assert out.device.type == "cuda" and scores.shape == (2, 8)
     tolerance = 1e-3 if dtype == torch.float32 else 0.1  # TF32/bf16 matmuls on the GPU
     assert float((out.float().cpu() - ref).abs().max()) < tolerance * float(ref.abs().max())
+
+
+def test_patch_attribute_probe_reads_colour_from_any_tower_and_labels_only_covered_patches():
+    """The per-patch probe: colour is in the pixels, so even a random tower's patch tokens give it away; shape and
+    size are scored against real labels (patches more than half covered by one object), with their majority."""
+    from transformers import CLIPModel
+
+    from lvseg.data.shapes import COLORS, SHAPES, SIZES, make_video
+    from lvseg.train.shapes_clip import (
+        ShapesClipConfig,
+        _patch_labels,
+        patch_attribute_probe,
+        shapes_clip_model_config,
+        shapes_clip_tokenizer,
+    )
+
+    frames, labels = _patch_labels(1, "valid", 3, 96, 8)
+    assert frames.shape == (3, 96, 96, 3) and labels.shape == (3, 144, 3)
+    video, rendered, ids = make_video(1, "valid", 0, 8, 96, 96)
+    assert np.array_equal(frames[0], rendered[4])
+    for k in np.flatnonzero(labels[0, :, 0] >= 0):  # a labelled patch is mostly that object
+        cell = ids[4][(k // 12) * 8 : (k // 12 + 1) * 8, (k % 12) * 8 : (k % 12 + 1) * 8]
+        obj = next(o for o in video.objects if (cell == o.obj_id).sum() > 32)
+        assert tuple(labels[0, k]) == (SHAPES.index(obj.shape), SIZES.index(obj.size), list(COLORS).index(obj.color))
+    assert 0 < int((labels[..., 0] >= 0).sum()) < labels.shape[0] * labels.shape[1]
+
+    torch.manual_seed(0)
+    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), shapes_clip_tokenizer()))
+    probe = patch_attribute_probe(model, num_train=30, num_test=10, steps=100)
+    assert set(probe) == {"layer1", "layer2", "layer3", "layer4", "majority"}
+    assert all(set(r) == {"shape", "size", "color"} for r in probe.values())
+    assert min(r["color"] for k, r in probe.items() if k != "majority") > 0.9 > probe["majority"]["color"] + 0.4

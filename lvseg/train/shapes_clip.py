@@ -44,6 +44,7 @@ __all__ = [
     "train_shapes_clip",
     "retrieval_accuracy",
     "attribute_probe",
+    "patch_attribute_probe",
 ]
 
 logger = logging.getLogger(__name__)
@@ -403,4 +404,86 @@ def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int 
         top1 = float(fits[torch.arange(len(queries)), best].double().mean())
         chance = float(fits.double().mean())
         out[family] = {"top1": top1, "chance": chance}
+    return out
+
+
+def _patch_labels(seed: int, split: str, num_videos: int, size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The middle frame of each video ``uint8 [N, H, W, 3]`` and, per patch, the shape / size / colour index of the
+    object that covers more than half of it (-1: none) ``int64 [N, P, 3]``."""
+    from ..data.shapes import COLORS, SHAPES, SIZES
+
+    colors = list(COLORS)
+    grid = size // patch
+    frames, labels = [], []
+    for i in range(num_videos):
+        video, rendered, ids = make_video(seed, split, i, 8, size, size)
+        t = len(rendered) // 2
+        objects = {o.obj_id: o for o in video.objects}
+        cells = ids[t][: grid * patch, : grid * patch].reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
+        cells = cells.reshape(grid * grid, patch * patch)
+        lab = np.full((grid * grid, 3), -1, dtype=np.int64)
+        for k, cell in enumerate(cells):
+            values, counts = np.unique(cell, return_counts=True)
+            best = int(counts.argmax())
+            if values[best] != 0 and counts[best] * 2 > patch * patch:
+                o = objects[int(values[best])]
+                lab[k] = (SHAPES.index(o.shape), SIZES.index(o.size), colors.index(o.color))
+        frames.append(rendered[t])
+        labels.append(lab)
+    return np.stack(frames), np.stack(labels)
+
+
+def patch_attribute_probe(
+    model: Any, num_train: int = 400, num_test: int = 100, steps: int = 300, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """What each patch token of the image tower knows about the object under it: a linear probe (softmax
+    regression on standardised tokens, Adam, ``steps`` full-batch steps) of the object's shape, size and colour
+    from the patch tokens after each layer, trained on the middle frames of ``num_train`` training videos (seed 0)
+    and scored on ``num_test`` held-out ones (seed 1, split ``valid``). Only patches more than half covered by
+    one object count.
+
+    This is the question the dense features of VLP-RVOS answer: the head reads patch tokens, not the pooled
+    embedding, so an attribute that only the pooled embedding separates is invisible to it.
+
+    Returns:
+        ``{"layer<i>": {"shape", "size", "color"}}`` (held-out accuracy, i = 1 .. layers) and ``"majority"`` (the
+        accuracy of always answering the most frequent held-out class).
+    """
+    from ..data.shapes import COLORS, SHAPES, SIZES
+
+    vision = model.config.vision_config
+    size, patch = int(vision.image_size), int(vision.patch_size)
+    x_train, y_train = _patch_labels(0, "train", num_train, size, patch)
+    x_test, y_test = _patch_labels(1, "valid", num_test, size, patch)
+    model.eval()
+    with torch.no_grad():
+        train_states = model.vision_model(pixel_values=normalise_frames(x_train), output_hidden_states=True)
+        test_states = model.vision_model(pixel_values=normalise_frames(x_test), output_hidden_states=True)
+    classes = {"shape": len(SHAPES), "size": len(SIZES), "color": len(COLORS)}
+    yt, ye = torch.from_numpy(y_train.reshape(-1, 3)), torch.from_numpy(y_test.reshape(-1, 3))
+    out: dict[str, dict[str, float]] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for layer in range(1, len(train_states.hidden_states)):
+        a = train_states.hidden_states[layer][:, 1:].reshape(-1, vision.hidden_size)
+        b = test_states.hidden_states[layer][:, 1:].reshape(-1, vision.hidden_size)
+        scores = {}
+        for j, (name, n) in enumerate(classes.items()):
+            keep, keep_test = yt[:, j] >= 0, ye[:, j] >= 0
+            xa, xb = a[keep], b[keep_test]
+            mean, std = xa.mean(0), xa.std(0) + 1e-6
+            xa, xb = (xa - mean) / std, (xb - mean) / std
+            weight = (torch.randn(xa.shape[1], n, generator=generator) * 0.01).requires_grad_()
+            bias = torch.zeros(n, requires_grad=True)
+            optimizer = torch.optim.Adam([weight, bias], lr=1e-2, weight_decay=1e-4)
+            for _ in range(steps):
+                optimizer.zero_grad()
+                F.cross_entropy(xa @ weight + bias, yt[keep, j]).backward()
+                optimizer.step()
+            with torch.no_grad():
+                scores[name] = float(((xb @ weight + bias).argmax(1) == ye[keep_test, j]).double().mean())
+        out[f"layer{layer}"] = scores
+    out["majority"] = {
+        name: float(torch.bincount(ye[ye[:, j] >= 0, j]).max() / (ye[:, j] >= 0).sum())
+        for j, name in enumerate(classes)
+    }
     return out
