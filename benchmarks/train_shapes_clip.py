@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument(
         "--pool",
-        choices=("cls", "mean"),
+        choices=("cls", "mean", "max"),
         default=None,
-        help="image embedding: the class token (OpenAI CLIP) or the mean of the projected patch tokens "
+        help="how an image meets a text: the class token (OpenAI CLIP), the mean of the projected patch tokens, "
+        "or the patch token that matches the text best "
         "(default: the recipe's cls)",
     )
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")

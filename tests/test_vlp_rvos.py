@@ -530,14 +530,22 @@ def test_shapes_clip_fits_targets_do_not_push_a_text_from_frames_it_describes():
         train_shapes_clip(None, ShapesClipConfig(targets="all"), progress=False)
 
 
-def test_shapes_clip_mean_pool_embeds_the_mean_of_the_projected_patch_tokens(tmp_path):
+def test_shapes_clip_pools_the_projected_patch_tokens_as_configured(tmp_path):
     """pool="mean": the image embedding is the mean of the projected patch tokens (what VLP-RVOS's pixel-text
-    similarity reads), the contrastive loss uses it, and the choice survives save and strict loading."""
+    similarity reads); pool="max": a text's score is its best patch's cosine. The contrastive loss uses the
+    model's pooling, and the choice survives save and strict loading."""
     import torch.nn.functional as F
     from transformers import CLIPModel
 
     from lvseg.errors import ConfigError
-    from lvseg.models.vlp_rvos.backbones import clip_image_features, clip_image_pool, clip_text_features, load_clip
+    from lvseg.models.vlp_rvos.backbones import (
+        clip_cosine,
+        clip_image_features,
+        clip_image_pool,
+        clip_patch_features,
+        clip_text_features,
+        load_clip,
+    )
     from lvseg.train.shapes_clip import (
         ShapesClipConfig,
         contrastive_loss,
@@ -571,10 +579,29 @@ def test_shapes_clip_mean_pool_embeds_the_mean_of_the_projected_patch_tokens(tmp
         loss = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"])
         assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="pool must be one of"):
-        clip_image_features(model, pixels, pool="max")
-    model.config.lvseg_image_pool = "max"
+        clip_image_features(model, pixels, pool="median")
+    model.config.lvseg_image_pool = "median"
     with pytest.raises(ConfigError, match="lvseg_image_pool"):
         clip_image_features(model, pixels)
+
+    # pool="max": each image scores a text by its best-matching projected patch token (no single image embedding)
+    model.config.lvseg_image_pool = "max"
+    with pytest.raises(ConfigError, match="clip_cosine"):
+        clip_image_features(model, pixels)
+    with torch.no_grad():
+        words = clip_text_features(model, enc["input_ids"], enc["attention_mask"])
+        cosine = clip_cosine(model, pixels, words)  # [3 images, 3 texts]
+        by_hand_patches = model.visual_projection(model.vision_model.post_layernorm(tokens[:, 1:]))  # [3, 144, 32]
+        patches = F.normalize(by_hand_patches, dim=-1)
+        for i in range(3):
+            for j in range(3):
+                best = (patches[i] @ F.normalize(words[j], dim=0)).max()
+                assert torch.allclose(cosine[i, j], best, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(clip_patch_features(model, pixels), by_hand_patches)
+        loss = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"])
+        logits = model.logit_scale.exp() * cosine
+        expected = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
 
     config = ShapesClipConfig(steps=2, batch=4, num_train=4, frames=2, pool="mean")
     trained, _, _ = train_shapes_clip(tmp_path / "clip", config, progress=False)
@@ -583,7 +610,7 @@ def test_shapes_clip_mean_pool_embeds_the_mean_of_the_projected_patch_tokens(tmp
     with torch.no_grad():
         assert torch.allclose(clip_image_features(loaded, pixels), clip_image_features(trained, pixels), atol=1e-6)
     with pytest.raises(ConfigError, match="pool"):
-        train_shapes_clip(None, ShapesClipConfig(pool="max"), progress=False)
+        train_shapes_clip(None, ShapesClipConfig(pool="median"), progress=False)
 
 
 @pytest.mark.gpu

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import MOTION_PHRASES, VOCABULARY, ShapeObject, expression_semantics, make_video
 from ..errors import ConfigError
-from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_image_features, clip_text_features
+from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_cosine, clip_text_features
 
 __all__ = [
     "ShapesClipConfig",
@@ -70,10 +70,11 @@ class ShapesClipConfig:
         targets: ``"diagonal"`` (CLIP's InfoNCE: the i-th frame and text are the only pair) or ``"fits"`` (every
             frame of the batch whose video the text describes is a positive of that text, with equal weight: the
             in-batch false negatives of CLIP's loss are not pushed apart; :func:`contrastive_loss`).
-        pool: the image embedding: ``"cls"`` (OpenAI CLIP's class token) or ``"mean"`` (the mean of the projected
-            patch tokens, open_clip's ``pool_type="avg"``: every patch token must carry what the text names, so
-            the dense features are aligned with the text; :func:`~lvseg.models.vlp_rvos.backbones.clip_image_features`).
-            Saved in the CLIP's ``config.json`` as ``lvseg_image_pool``.
+        pool: how an image is compared with a text: ``"cls"`` (OpenAI CLIP's class token), ``"mean"`` (the mean
+            of the projected patch tokens, open_clip's ``pool_type="avg"``) or ``"max"`` (the patch token that
+            matches the text best, token-wise as in FILIP: the text must match some patch, so the dense features
+            that VLP-RVOS reads are trained); :func:`~lvseg.models.vlp_rvos.backbones.clip_cosine`. Saved in the
+            CLIP's ``config.json`` as ``lvseg_image_pool``.
     """
 
     size: int = 96
@@ -240,9 +241,8 @@ def contrastive_loss(
             True). None: the diagonal only (CLIP). Otherwise each row's (and column's) target is spread evenly over
             its positives, so a text is not pushed away from the other images it describes.
     """
-    image = F.normalize(clip_image_features(model, pixels), dim=-1)  # pooled as the model's config says
-    text = F.normalize(clip_text_features(model, input_ids, attention_mask), dim=-1)
-    logits = model.logit_scale.exp() * image @ text.t()  # [B, B]: image i x text j
+    text = clip_text_features(model, input_ids, attention_mask)
+    logits = model.logit_scale.exp() * clip_cosine(model, pixels, text)  # [B, B]: image i x text j, model's pooling
     if positives is None:
         target = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
@@ -363,11 +363,10 @@ def retrieval_accuracy(
     model.eval()
     t = data.frames.shape[1] // 2 if frame is None else frame
     pixels = normalise_frames(data.frames[:, t])
-    image = F.normalize(clip_image_features(model, pixels), dim=-1)  # [N, E]
     queries = [(v, text) for v, texts in enumerate(data.texts) for text in texts]
     ids, mask = _tokenize(tokenizer, [q[1] for q in queries], context)
-    text = F.normalize(clip_text_features(model, ids, mask), dim=-1)  # [Q, E]
-    best = (text @ image.t()).argmax(dim=1).tolist()
+    text = clip_text_features(model, ids, mask)  # [Q, E]
+    best = clip_cosine(model, pixels, text).argmax(dim=0).tolist()  # [N, Q] -> each query's best frame
     fits = data.fits([q for _, q in queries], range(len(data)))  # [Q, N]
     top1 = float(fits[torch.arange(len(best)), torch.tensor(best)].double().mean())
     own = float(np.mean([b == v for (v, _), b in zip(queries, best)]))
@@ -394,12 +393,11 @@ def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int 
     }
     model.eval()
     pixels = normalise_frames(data.frames[:, data.frames.shape[1] // 2])
-    image = F.normalize(clip_image_features(model, pixels), dim=-1)
     out: dict[str, dict[str, float]] = {}
     for family, queries in families.items():
         ids, mask = _tokenize(tokenizer, queries, context)
-        text = F.normalize(clip_text_features(model, ids, mask), dim=-1)
-        best = (text @ image.t()).argmax(dim=1)
+        text = clip_text_features(model, ids, mask)
+        best = clip_cosine(model, pixels, text).argmax(dim=0)  # [frames, queries] -> each query's best frame
         fits = data.fits(queries, range(len(data)))  # [queries, frames]
         top1 = float(fits[torch.arange(len(queries)), best].double().mean())
         chance = float(fits.double().mean())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
@@ -32,6 +33,8 @@ __all__ = [
     "freeze",
     "clip_image_features",
     "clip_image_pool",
+    "clip_patch_features",
+    "clip_cosine",
     "IMAGE_POOLS",
     "clip_text_features",
 ]
@@ -229,13 +232,15 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-IMAGE_POOLS = ("cls", "mean")
+IMAGE_POOLS = ("cls", "mean", "max")
 
 
 def clip_image_pool(model: Any) -> str:
-    """How ``model`` pools its image embedding: ``"cls"`` (OpenAI CLIP: the class token) unless its config says
-    ``lvseg_image_pool = "mean"`` (the mean of the projected patch tokens, as open_clip's ``pool_type="avg"``;
-    set by :func:`lvseg.train.shapes_clip.train_shapes_clip` for a CLIP trained that way)."""
+    """How ``model`` compares an image with a text: ``"cls"`` (OpenAI CLIP: the class token) unless its config's
+    ``lvseg_image_pool`` says ``"mean"`` (the mean of the projected patch tokens, as open_clip's
+    ``pool_type="avg"``) or ``"max"`` (the best-matching patch: the largest cosine of a projected patch token and
+    the text, token-wise as in FILIP); set by :func:`lvseg.train.shapes_clip.train_shapes_clip` for a CLIP trained
+    that way."""
     pool = getattr(model.config, "lvseg_image_pool", "cls")
     if pool not in IMAGE_POOLS:
         raise ConfigError(f"the CLIP config's lvseg_image_pool is {pool!r}; expected one of {IMAGE_POOLS}")
@@ -248,17 +253,45 @@ def clip_image_features(model: Any, pixels: torch.Tensor, pool: str | None = Non
 
     ``pool``: ``"cls"`` (the class token after ``post_layernorm``, projected: OpenAI CLIP) or ``"mean"`` (every
     patch token after ``post_layernorm``, projected, then averaged: the dense features that VLP-RVOS's pixel-text
-    similarity reads); None: the model's own (:func:`clip_image_pool`)."""
+    similarity reads); None: the model's own (:func:`clip_image_pool`). A ``"max"`` CLIP has no single image
+    embedding (its score depends on the text): compare with :func:`clip_cosine`."""
+    pool = clip_image_pool(model) if pool is None else pool
+    if pool not in ("cls", "mean"):
+        raise ConfigError(
+            f"pool must be one of ('cls', 'mean') for an image embedding, got {pool!r}"
+            + ("; a max-pooled CLIP compares images and texts with clip_cosine" if pool == "max" else "")
+        )
+    if pool == "cls":
+        return model.visual_projection(_vision(model, pixels).pooler_output)
+    return clip_patch_features(model, pixels).mean(dim=1)
+
+
+def _vision(model: Any, pixels: torch.Tensor) -> Any:
+    size = model.config.vision_config.image_size
+    interpolate = tuple(pixels.shape[-2:]) != (size, size)
+    return model.vision_model(pixel_values=pixels, interpolate_pos_encoding=interpolate)
+
+
+def clip_patch_features(model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """The projected patch tokens ``[B, P, E]`` (after ``post_layernorm``, not normalised) of normalised
+    ``pixels [B, 3, H, W]``: CLIP's dense features in the joint space, as VLP-RVOS's pixel-text similarity reads
+    them."""
+    tokens = _vision(model, pixels).last_hidden_state[:, 1:]  # [B, P, Dv]
+    return model.visual_projection(model.vision_model.post_layernorm(tokens))
+
+
+def clip_cosine(model: Any, pixels: torch.Tensor, text: torch.Tensor, pool: str | None = None) -> torch.Tensor:
+    """Cosine similarity ``[B, T]`` of images ``pixels [B, 3, H, W]`` and text embeddings ``text [T, E]``
+    (:func:`clip_text_features`), with the model's pooling (:func:`clip_image_pool`) unless ``pool`` is given:
+    ``"cls"``/``"mean"`` compare the image embedding, ``"max"`` the best-matching patch of each image."""
     pool = clip_image_pool(model) if pool is None else pool
     if pool not in IMAGE_POOLS:
         raise ConfigError(f"pool must be one of {IMAGE_POOLS}, got {pool!r}")
-    size = model.config.vision_config.image_size
-    interpolate = tuple(pixels.shape[-2:]) != (size, size)
-    out = model.vision_model(pixel_values=pixels, interpolate_pos_encoding=interpolate)
-    if pool == "cls":
-        return model.visual_projection(out.pooler_output)
-    patches = model.vision_model.post_layernorm(out.last_hidden_state[:, 1:])  # [B, P, Dv]
-    return model.visual_projection(patches).mean(dim=1)
+    text = F.normalize(text, dim=-1)
+    if pool != "max":
+        return F.normalize(clip_image_features(model, pixels, pool), dim=-1) @ text.t()
+    patches = F.normalize(clip_patch_features(model, pixels), dim=-1)  # [B, P, E]
+    return torch.einsum("bpe,te->bpt", patches, text).amax(dim=1)
 
 
 def clip_text_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
