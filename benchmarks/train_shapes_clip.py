@@ -18,7 +18,8 @@ and ``chance`` is a random ranking's expected ``top1``. A probe with fixed one-a
 colour+shape, size+shape, position; :func:`lvseg.train.shapes_clip.attribute_probe`) shows what the encoder tells
 apart, and a linear probe of each patch token (after each layer) for the shape, size and colour of the object under
 it (:func:`lvseg.train.shapes_clip.patch_attribute_probe`) shows what the dense features that the VLP-RVOS head
-reads know. The numbers go to ``<output-dir>/retrieval.json``.
+reads know; the pointing game (:func:`lvseg.train.shapes_clip.pointing_game`) asks whether the patch that matches
+an expression best lies on its referent. The numbers go to ``<output-dir>/retrieval.json``.
 
 The saved folder (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``) loads with
 ``lvseg.models.vlp_rvos.backbones.load_clip(folder)``.
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         ShapesPairs,
         attribute_probe,
         patch_attribute_probe,
+        pointing_game,
         retrieval_accuracy,
         shapes_clip_model_config,
         train_shapes_clip,
@@ -115,6 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
         "random_init": attribute_probe(random_init, tokenizer, test, context=config.context),
     }
     results["patch_probe"] = {"trained": patch_attribute_probe(model), "random_init": patch_attribute_probe(random_init)}
+    results["pointing"] = {
+        "trained": pointing_game(model, tokenizer, args.num_test, config.context),
+        "random_init": pointing_game(random_init, tokenizer, args.num_test, config.context),
+    }
     results["eval_seconds"] = round(time.time() - start, 1)
     atomic_write_text(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
     for name in ("trained", "random_init"):
@@ -133,6 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"patch probe {layer}: " + "  ".join(
             f"{k} {100 * v:5.1f}% (random init {100 * rnd[k]:5.1f}%, majority {100 * majority[k]:5.1f}%)"
             for k, v in r.items()))
+    for kind, r in results["pointing"]["trained"].items():
+        rnd = results["pointing"]["random_init"][kind]["hits"]
+        print(f"pointing {kind:17s} trained {100 * r['hits']:5.1f}%  random init {100 * rnd:5.1f}%  "
+              f"chance {100 * r['chance']:5.1f}%  ({int(r['expressions'])} expressions)")
     print(f"training: {config.steps} steps in {record['train_seconds']} s on {record['torch_threads']} thread(s)")
     return results
 

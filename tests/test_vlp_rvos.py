@@ -656,3 +656,46 @@ def test_patch_attribute_probe_reads_colour_from_any_tower_and_labels_only_cover
     assert set(probe) == {"layer1", "layer2", "layer3", "layer4", "majority"}
     assert all(set(r) == {"shape", "size", "color"} for r in probe.values())
     assert min(r["color"] for k, r in probe.items() if k != "majority") > 0.9 > probe["majority"]["color"] + 0.4
+
+
+def test_pointing_game_counts_a_hit_when_the_best_patch_lies_on_the_referent():
+    """The pointing game of the Shapes CLIP, checked by hand on six held-out videos: per expression, the best
+    patch's 8x8 cell either holds a referent pixel (hit) or not; kinds and 'all' count every expression once."""
+    import torch.nn.functional as F
+    from transformers import CLIPModel
+
+    from lvseg.data.shapes import expression_kind, expression_semantics, make_video
+    from lvseg.models.vlp_rvos.backbones import clip_patch_features, clip_text_features
+    from lvseg.train.shapes_clip import (
+        ShapesClipConfig,
+        _is_motion,
+        normalise_frames,
+        pointing_game,
+        shapes_clip_model_config,
+        shapes_clip_tokenizer,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = shapes_clip_tokenizer()
+    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval()
+    result = pointing_game(model, tokenizer, num_videos=6)
+    hits, chance, kinds = [], [], {}
+    for i in range(6):
+        video, frames, ids = make_video(1, "valid", i, 8, 96, 96)
+        for text in (t for t, _ in video.expressions if not _is_motion(t)):
+            enc = tokenizer([text], return_tensors="pt")
+            with torch.no_grad():
+                patches = F.normalize(clip_patch_features(model, normalise_frames(frames[4][None])), dim=-1)[0]
+                sentence = F.normalize(clip_text_features(model, enc["input_ids"], enc["attention_mask"]), dim=-1)[0]
+            best = int((patches @ sentence).argmax())
+            row, col = divmod(best, 12)
+            referent = np.isin(ids[4], list(expression_semantics(text, video.objects)))
+            hits.append(float(referent[row * 8 : row * 8 + 8, col * 8 : col * 8 + 8].any()))
+            cells = referent.reshape(12, 8, 12, 8).any(axis=(1, 3))
+            chance.append(float(cells.mean()))
+            kinds[expression_kind(text)] = kinds.get(expression_kind(text), 0) + 1
+    assert result["all"]["expressions"] == len(hits) > 0
+    assert 0 < sum(hits) < len(hits)  # this untrained tower hits some referents by chance: both cases are checked
+    assert result["all"]["hits"] == pytest.approx(np.mean(hits))
+    assert result["all"]["chance"] == pytest.approx(np.mean(chance))
+    assert {k: int(v["expressions"]) for k, v in result.items() if k != "all"} == kinds

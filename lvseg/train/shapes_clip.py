@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import MOTION_PHRASES, VOCABULARY, ShapeObject, expression_semantics, make_video
 from ..errors import ConfigError
-from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_cosine, clip_text_features
+from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_cosine, clip_patch_features, clip_text_features
 
 __all__ = [
     "ShapesClipConfig",
@@ -45,6 +45,7 @@ __all__ = [
     "retrieval_accuracy",
     "attribute_probe",
     "patch_attribute_probe",
+    "pointing_game",
 ]
 
 logger = logging.getLogger(__name__)
@@ -485,3 +486,49 @@ def patch_attribute_probe(
         for j, name in enumerate(classes)
     }
     return out
+
+
+@torch.no_grad()
+def pointing_game(model: Any, tokenizer: Any, num_videos: int = 100, context: int = 40) -> dict[str, dict[str, float]]:
+    """Do CLIP's dense features point at what a text names? For each expression without motion of the middle frame
+    of ``num_videos`` held-out videos (seed 1, split ``valid``), the patch whose projected token
+    (:func:`~lvseg.models.vlp_rvos.backbones.clip_patch_features`) has the largest cosine with the text is a hit
+    when its cell holds a pixel of the expression's referent(s).
+
+    This is what VLP-RVOS's pixel-text similarity needs from the frozen backbone; the pooled embedding that the
+    retrieval scores can be right while no patch is.
+
+    Returns:
+        ``{kind: {"hits", "chance", "expressions"}}`` per :func:`~lvseg.data.shapes.expression_kind` and ``"all"``;
+        ``chance``: the mean share of cells that hold the referent (a random patch's hit rate).
+    """
+    from ..data.shapes import expression_kind
+
+    model.eval()
+    vision = model.config.vision_config
+    size, patch = int(vision.image_size), int(vision.patch_size)
+    grid = size // patch
+    hits: dict[str, list[float]] = {}
+    chance: dict[str, list[float]] = {}
+    for i in range(num_videos):
+        video, rendered, ids = make_video(1, "valid", i, 8, size, size)
+        t = len(rendered) // 2
+        texts = [text for text, _ in video.expressions if not _is_motion(text)]
+        if not texts:
+            continue
+        patches = F.normalize(clip_patch_features(model, normalise_frames(rendered[t][None])), dim=-1)[0]  # [P, E]
+        enc_ids, enc_mask = _tokenize(tokenizer, texts, context)
+        text = F.normalize(clip_text_features(model, enc_ids, enc_mask), dim=-1)  # [Q, E]
+        best = (patches @ text.t()).argmax(dim=0).tolist()
+        cells = ids[t][: grid * patch, : grid * patch].reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
+        cells = cells.reshape(grid * grid, patch * patch)
+        for expression, b in zip(texts, best):
+            referents = sorted(expression_semantics(expression, video.objects) or ())
+            on = np.asarray(np.isin(cells, referents).any(axis=1), dtype=bool)  # [P]: cells holding a referent
+            for key in (expression_kind(expression) or "other", "all"):
+                hits.setdefault(key, []).append(float(on[b]))
+                chance.setdefault(key, []).append(float(on.mean()))
+    return {
+        key: {"hits": float(np.mean(v)), "chance": float(np.mean(chance[key])), "expressions": float(len(v))}
+        for key, v in sorted(hits.items())
+    }
