@@ -699,3 +699,36 @@ def test_pointing_game_counts_a_hit_when_the_best_patch_lies_on_the_referent():
     assert result["all"]["hits"] == pytest.approx(np.mean(hits))
     assert result["all"]["chance"] == pytest.approx(np.mean(chance))
     assert {k: int(v["expressions"]) for k, v in result.items() if k != "all"} == kinds
+
+
+def test_shapes_clip_attribute_pretraining_labels_covered_patches_and_learns_colour():
+    """cell_attributes labels a patch with the object covering more than half of it (row-major, -1 elsewhere);
+    attribute_steps trains the image tower on those labels before the contrastive stage (colour, a per-pixel
+    property, is learned within a few dozen steps), and a negative count is refused."""
+    from lvseg.data.shapes import COLORS, SHAPES, SIZES, ShapeObject
+    from lvseg.errors import ConfigError
+    from lvseg.train.shapes_clip import ShapesClipConfig, cell_attributes, train_shapes_clip
+
+    def obj(i, color, shape, size):
+        return ShapeObject(i, color, shape, size, "still", 16, np.zeros(1, np.int64), np.zeros(1, np.int64))
+
+    idmap = np.zeros((8, 12), dtype=np.uint8)  # cells of 4 x 4: a 2 x 3 grid
+    idmap[0:4, 0:3] = 1  # 12 of 16 pixels: object 1 covers cell (0, 0)
+    idmap[0:2, 4:8] = 2  # 8 of 16: exactly half, not more: cell (0, 1) stays unlabelled
+    idmap[4:8, 8:12] = 3  # the whole cell (1, 2)
+    objects = [obj(1, "red", "circle", "big"), obj(2, "blue", "star", "small"), obj(3, "green", "square", "small")]
+    labels = cell_attributes(idmap, objects, 4)
+    colors = list(COLORS)
+    expected = np.full((6, 3), -1)
+    expected[0] = (SHAPES.index("circle"), SIZES.index("big"), colors.index("red"))
+    expected[5] = (SHAPES.index("square"), SIZES.index("small"), colors.index("green"))
+    assert np.array_equal(labels, expected)
+
+    config = ShapesClipConfig(steps=1, batch=8, num_train=12, frames=2, attribute_steps=100)
+    _, _, record = train_shapes_clip(None, config, progress=False)
+    history = record["attribute_pretraining"]["accuracy_every_50_steps"]
+    assert [step for step, _ in history] == [50, 100]
+    assert history[-1][1]["color"] > 0.6 > 1 / len(COLORS) + 0.3  # well above chance on the labelled patches
+    assert history[-1][1]["color"] > history[0][1]["color"]
+    with pytest.raises(ConfigError, match="attribute_steps"):
+        train_shapes_clip(None, ShapesClipConfig(attribute_steps=-1), progress=False)

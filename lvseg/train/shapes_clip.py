@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.shapes import MOTION_PHRASES, VOCABULARY, ShapeObject, expression_semantics, make_video
@@ -46,6 +47,8 @@ __all__ = [
     "attribute_probe",
     "patch_attribute_probe",
     "pointing_game",
+    "cell_attributes",
+    "pretrain_patch_attributes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,13 @@ class ShapesClipConfig:
             matches the text best, token-wise as in FILIP: the text must match some patch, so the dense features
             that VLP-RVOS reads are trained); :func:`~lvseg.models.vlp_rvos.backbones.clip_cosine`. Saved in the
             CLIP's ``config.json`` as ``lvseg_image_pool``.
+        attribute_steps: steps of dense attribute pre-training of the image tower before the contrastive stage
+            (0: none, the recipe). A linear head per attribute reads each projected patch token
+            (:func:`~lvseg.models.vlp_rvos.backbones.clip_patch_features`) and is trained with cross-entropy on the
+            shape, size and colour of the object covering more than half of the patch (:func:`cell_attributes`),
+            frames of the training videos, batch ``batch``, AdamW at ``lr`` with the warm-up; the heads are
+            discarded. It plays the part of the supervised initialisation a CLIP tower can start from, and teaches
+            the patch tokens what the VLP-RVOS head reads from them.
     """
 
     size: int = 96
@@ -99,6 +109,7 @@ class ShapesClipConfig:
     seed: int = 0
     targets: str = "diagonal"
     pool: str = "cls"
+    attribute_steps: int = 0
 
 
 def shapes_clip_tokenizer(context: int = 40) -> Any:
@@ -176,7 +187,8 @@ class ShapesPairs:
     """Shapes videos rendered in memory, with their expressions that name no motion.
 
     Attributes:
-        frames: uint8 ``[N, T, H, W, 3]``; objects: each video's objects; texts: each video's expressions.
+        frames: uint8 ``[N, T, H, W, 3]``; ids: uint8 ``[N, T, H, W]`` object-id maps (0 = background);
+        objects: each video's objects; texts: each video's expressions.
     """
 
     def __init__(
@@ -184,16 +196,18 @@ class ShapesPairs:
     ) -> None:
         if num_videos < 2:
             raise ConfigError(f"ShapesPairs needs at least 2 videos (contrast needs negatives), got {num_videos}")
-        clips, self.objects, self.texts = [], [], []
+        clips, maps, self.objects, self.texts = [], [], [], []
         for i in tqdm(range(num_videos), desc=f"render Shapes {split}", disable=not progress):
-            video, rendered, _ = make_video(seed, split, i, frames, size, size)
+            video, rendered, ids = make_video(seed, split, i, frames, size, size)
             texts = [t for t, _ in video.expressions if not _is_motion(t)]
             if not texts:
                 continue
             clips.append(np.stack(rendered))
+            maps.append(np.stack(ids))
             self.objects.append(list(video.objects))
             self.texts.append(texts)
         self.frames = np.stack(clips)
+        self.ids = np.stack(maps)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -263,6 +277,64 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], context: int) -> tuple[torch
     return enc["input_ids"], enc["attention_mask"]
 
 
+def pretrain_patch_attributes(
+    model: Any, data: ShapesPairs, config: ShapesClipConfig, rng: np.random.Generator, progress: bool = True
+) -> dict[str, Any]:
+    """Dense attribute pre-training of ``model``'s image tower (``config.attribute_steps`` steps; see
+    :class:`ShapesClipConfig`). Trains ``model.vision_model`` and ``model.visual_projection`` in place.
+
+    Returns:
+        ``{"steps", "seconds", "accuracy_every_50_steps": [(step, {"shape", "size", "color"}), ...]}``: each
+        attribute's accuracy on the labelled patches of the last 50 training batches.
+    """
+    from ..data.shapes import COLORS, SHAPES, SIZES
+
+    patch = int(model.config.vision_config.patch_size)
+    dim = int(model.config.projection_dim)
+    torch.manual_seed(config.seed)
+    heads = nn.ModuleList(nn.Linear(dim, n) for n in (len(SHAPES), len(SIZES), len(COLORS)))
+    params = [*model.vision_model.parameters(), *model.visual_projection.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, config.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    names = ("shape", "size", "color")
+    correct = {n: 0 for n in names}
+    total = {n: 0 for n in names}
+    history: list[tuple[int, dict[str, float]]] = []
+    start = time.time()
+    for step in tqdm(range(config.attribute_steps), desc="Shapes CLIP attributes", disable=not progress):
+        videos = rng.choice(len(data), size=min(config.batch, len(data)), replace=False)
+        t = rng.integers(0, data.frames.shape[1], size=len(videos))
+        labels = torch.from_numpy(
+            np.stack([cell_attributes(data.ids[v, f], data.objects[v], patch) for v, f in zip(videos, t)])
+        ).flatten(0, 1)  # [B*P, 3]
+        tokens = clip_patch_features(model, normalise_frames(data.frames[videos, t])).flatten(0, 1)  # [B*P, E]
+        loss = tokens.new_zeros(())
+        for j, (name, head) in enumerate(zip(names, heads)):
+            keep = labels[:, j] >= 0
+            if not bool(keep.any()):
+                continue
+            logits = head(tokens[keep])
+            loss = loss + F.cross_entropy(logits, labels[keep, j])
+            correct[name] += int((logits.argmax(1) == labels[keep, j]).sum())
+            total[name] += int(keep.sum())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % 50 == 0 or step + 1 == config.attribute_steps:
+            accuracy = {n: correct[n] / max(1, total[n]) for n in names}
+            history.append((step + 1, accuracy))
+            logger.info("attribute pre-training step %d: patch accuracy %s", step + 1, accuracy)
+            correct = {n: 0 for n in names}
+            total = {n: 0 for n in names}
+    return {
+        "steps": config.attribute_steps,
+        "seconds": round(time.time() - start, 1),
+        "accuracy_every_50_steps": history,
+    }
+
+
 def train_shapes_clip(
     output_dir: str | Path | None,
     config: ShapesClipConfig | None = None,
@@ -285,6 +357,8 @@ def train_shapes_clip(
         raise ConfigError(f"ShapesClipConfig.targets must be 'diagonal' or 'fits', got {config.targets!r}")
     if config.pool not in IMAGE_POOLS:
         raise ConfigError(f"ShapesClipConfig.pool must be one of {IMAGE_POOLS}, got {config.pool!r}")
+    if config.attribute_steps < 0:
+        raise ConfigError(f"ShapesClipConfig.attribute_steps must be >= 0, got {config.attribute_steps}")
     if output_dir is not None:
         check_output_folder(output_dir, overwrite=overwrite, option="--overwrite")
     torch.manual_seed(config.seed)
@@ -306,6 +380,7 @@ def train_shapes_clip(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     rng = np.random.default_rng(config.seed)
+    attributes = pretrain_patch_attributes(model, data, config, rng, progress) if config.attribute_steps else None
     losses: list[tuple[int, float]] = []
     start = time.time()
     running = 0.0
@@ -333,6 +408,7 @@ def train_shapes_clip(
         "loss_every_50_steps": losses,
         "train_seconds": round(time.time() - start, 1),
         "train_videos": len(data),
+        "attribute_pretraining": attributes,
         "torch_threads": torch.get_num_threads(),
     }
     if output_dir is not None:
@@ -406,29 +482,36 @@ def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int 
     return out
 
 
-def _patch_labels(seed: int, split: str, num_videos: int, size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The middle frame of each video ``uint8 [N, H, W, 3]`` and, per patch, the shape / size / colour index of the
-    object that covers more than half of it (-1: none) ``int64 [N, P, 3]``."""
+def cell_attributes(idmap: np.ndarray, objects: Sequence[ShapeObject], patch: int) -> np.ndarray:
+    """Per ``patch`` x ``patch`` cell of an object-id map ``[H, W]`` (row-major, as a ViT orders its patch tokens):
+    the shape / size / colour index of the object that covers more than half of the cell, -1 where none does:
+    ``int64 [P, 3]``."""
     from ..data.shapes import COLORS, SHAPES, SIZES
 
     colors = list(COLORS)
-    grid = size // patch
+    top = max([o.obj_id for o in objects] + [int(idmap.max())])
+    table = np.full((top + 1, 3), -1, dtype=np.int64)  # object id -> its attribute indices (0: background)
+    for o in objects:
+        table[o.obj_id] = (SHAPES.index(o.shape), SIZES.index(o.size), colors.index(o.color))
+    gh, gw = idmap.shape[0] // patch, idmap.shape[1] // patch
+    cells = idmap[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3)
+    cells = cells.reshape(gh * gw, patch * patch).astype(np.int64)
+    counts = (cells[:, :, None] == np.arange(top + 1)).sum(axis=1)  # [P, ids]: pixels of each id in each cell
+    best = counts.argmax(axis=1)
+    covered = (best != 0) & (counts[np.arange(len(cells)), best] * 2 > patch * patch)
+    labels = np.full((gh * gw, 3), -1, dtype=np.int64)
+    labels[covered] = table[best[covered]]
+    return labels
+
+
+def _patch_labels(seed: int, split: str, num_videos: int, size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The middle frame of each video ``uint8 [N, H, W, 3]`` and its :func:`cell_attributes` ``int64 [N, P, 3]``."""
     frames, labels = [], []
     for i in range(num_videos):
         video, rendered, ids = make_video(seed, split, i, 8, size, size)
         t = len(rendered) // 2
-        objects = {o.obj_id: o for o in video.objects}
-        cells = ids[t][: grid * patch, : grid * patch].reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
-        cells = cells.reshape(grid * grid, patch * patch)
-        lab = np.full((grid * grid, 3), -1, dtype=np.int64)
-        for k, cell in enumerate(cells):
-            values, counts = np.unique(cell, return_counts=True)
-            best = int(counts.argmax())
-            if values[best] != 0 and counts[best] * 2 > patch * patch:
-                o = objects[int(values[best])]
-                lab[k] = (SHAPES.index(o.shape), SIZES.index(o.size), colors.index(o.color))
         frames.append(rendered[t])
-        labels.append(lab)
+        labels.append(cell_attributes(ids[t], video.objects, patch))
     return np.stack(frames), np.stack(labels)
 
 
