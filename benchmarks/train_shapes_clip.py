@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_clip(out)  # the loader the VLP-RVOS model uses: strict, from the saved folder
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(config.seed)
-    random_init = CLIPModel(shapes_clip_model_config(config, tokenizer)).eval()
-    if config.pool != "cls":
-        random_init.config.lvseg_image_pool = config.pool  # scored with the same pooling as the trained one
+    random_init = CLIPModel(shapes_clip_model_config(config, tokenizer)).eval()  # the trained one's pooling too
     test = ShapesPairs(1, "valid", args.num_test, config.frames, config.size)
     start = time.time()
     results = {

@@ -475,6 +475,17 @@ def test_shapes_model_takes_the_patch_of_its_clip(tmp_path):
         vlp_shapes_tiny_config(patch=7)
 
 
+def _untrained_shapes_clip():
+    """The tiny Shapes CLIP at the recipe's sizes, untrained (seed 0), in eval mode, and its tokenizer."""
+    from transformers import CLIPModel
+
+    from lvseg.train.shapes_clip import ShapesClipConfig, shapes_clip_model_config, shapes_clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = shapes_clip_tokenizer()
+    return CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval(), tokenizer
+
+
 def test_shapes_clip_fits_targets_do_not_push_a_text_from_frames_it_describes():
     """``targets="fits"``: each text's target is spread over every frame of the batch whose video it describes
     (Shapes semantics), so the loss equals a hand computation with those soft targets, differs from CLIP's
@@ -488,10 +499,7 @@ def test_shapes_clip_fits_targets_do_not_push_a_text_from_frames_it_describes():
         ShapesPairs,
         contrastive_loss,
         normalise_frames,
-        shapes_clip_model_config,
-        shapes_clip_tokenizer,
     )
-    from transformers import CLIPModel
 
     pairs = ShapesPairs(0, "train", 12, frames=2)
     rng = np.random.default_rng(0)
@@ -506,9 +514,7 @@ def test_shapes_clip_fits_targets_do_not_push_a_text_from_frames_it_describes():
     off_diagonal = fits & ~torch.eye(12, dtype=torch.bool)
     assert bool(off_diagonal.any())  # this batch has in-batch false negatives (a text fitting another video)
 
-    torch.manual_seed(0)
-    tokenizer = shapes_clip_tokenizer()
-    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval()
+    model, tokenizer = _untrained_shapes_clip()
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     pixels = normalise_frames(frames)
     with torch.no_grad():
@@ -535,7 +541,6 @@ def test_shapes_clip_pools_the_projected_patch_tokens_as_configured(tmp_path):
     similarity reads); pool="max": a text's score is its best patch's cosine. The contrastive loss uses the
     model's pooling, and the choice survives save and strict loading."""
     import torch.nn.functional as F
-    from transformers import CLIPModel
 
     from lvseg.errors import ConfigError
     from lvseg.models.vlp_rvos.backbones import (
@@ -549,14 +554,10 @@ def test_shapes_clip_pools_the_projected_patch_tokens_as_configured(tmp_path):
     from lvseg.train.shapes_clip import (
         ShapesClipConfig,
         contrastive_loss,
-        shapes_clip_model_config,
-        shapes_clip_tokenizer,
         train_shapes_clip,
     )
 
-    torch.manual_seed(0)
-    tokenizer = shapes_clip_tokenizer()
-    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval()
+    model, tokenizer = _untrained_shapes_clip()
     pixels = torch.randn(3, 3, 96, 96)
     texts = ["the red circle", "the small square", "the leftmost object"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
@@ -629,15 +630,11 @@ def test_gpu_matches_cpu(tokenizer, dtype):
 def test_patch_attribute_probe_reads_colour_from_any_tower_and_labels_only_covered_patches():
     """The per-patch probe: colour is in the pixels, so even a random tower's patch tokens give it away; shape and
     size are scored against real labels (patches more than half covered by one object), with their majority."""
-    from transformers import CLIPModel
 
     from lvseg.data.shapes import COLORS, SHAPES, SIZES, make_video
     from lvseg.train.shapes_clip import (
-        ShapesClipConfig,
         _patch_labels,
         patch_attribute_probe,
-        shapes_clip_model_config,
-        shapes_clip_tokenizer,
     )
 
     frames, labels = _patch_labels(1, "valid", 3, 96, 8)
@@ -650,8 +647,7 @@ def test_patch_attribute_probe_reads_colour_from_any_tower_and_labels_only_cover
         assert tuple(labels[0, k]) == (SHAPES.index(obj.shape), SIZES.index(obj.size), list(COLORS).index(obj.color))
     assert 0 < int((labels[..., 0] >= 0).sum()) < labels.shape[0] * labels.shape[1]
 
-    torch.manual_seed(0)
-    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), shapes_clip_tokenizer()))
+    model, _ = _untrained_shapes_clip()
     probe = patch_attribute_probe(model, num_train=30, num_test=10, steps=100)
     assert set(probe) == {"layer1", "layer2", "layer3", "layer4", "majority"}
     assert all(set(r) == {"shape", "size", "color"} for r in probe.values())
@@ -662,22 +658,16 @@ def test_pointing_game_counts_a_hit_when_the_best_patch_lies_on_the_referent():
     """The pointing game of the Shapes CLIP, checked by hand on six held-out videos: per expression, the best
     patch's 8x8 cell either holds a referent pixel (hit) or not; kinds and 'all' count every expression once."""
     import torch.nn.functional as F
-    from transformers import CLIPModel
 
     from lvseg.data.shapes import expression_kind, expression_semantics, make_video
     from lvseg.models.vlp_rvos.backbones import clip_patch_features, clip_text_features
     from lvseg.train.shapes_clip import (
-        ShapesClipConfig,
         _is_motion,
         normalise_frames,
         pointing_game,
-        shapes_clip_model_config,
-        shapes_clip_tokenizer,
     )
 
-    torch.manual_seed(0)
-    tokenizer = shapes_clip_tokenizer()
-    model = CLIPModel(shapes_clip_model_config(ShapesClipConfig(), tokenizer)).eval()
+    model, tokenizer = _untrained_shapes_clip()
     result = pointing_game(model, tokenizer, num_videos=6)
     hits, chance, kinds = [], [], {}
     for i in range(6):

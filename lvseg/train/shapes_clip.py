@@ -30,7 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.shapes import MOTION_PHRASES, VOCABULARY, ShapeObject, expression_semantics, make_video
+from ..data.shapes import (
+    COLORS,
+    MOTION_PHRASES,
+    SHAPES,
+    SIZES,
+    VOCABULARY,
+    ShapeObject,
+    expression_semantics,
+    make_video,
+)
 from ..errors import ConfigError
 from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_cosine, clip_patch_features, clip_text_features
 
@@ -48,6 +57,7 @@ __all__ = [
     "patch_attribute_probe",
     "pointing_game",
     "cell_attributes",
+    "CELL_ATTRIBUTES",
     "pretrain_patch_attributes",
 ]
 
@@ -168,15 +178,23 @@ def shapes_clip_towers(config: ShapesClipConfig, tokenizer: Any) -> tuple[dict[s
 
 
 def shapes_clip_model_config(config: ShapesClipConfig, tokenizer: Any) -> Any:
-    """The ``transformers.CLIPConfig`` of the tiny Shapes CLIP."""
+    """The ``transformers.CLIPConfig`` of the tiny Shapes CLIP; a pooling other than OpenAI's class token is
+    written down as ``lvseg_image_pool`` (:func:`~lvseg.models.vlp_rvos.backbones.clip_image_pool` reads it)."""
     from transformers import CLIPConfig
 
     vision, text, embed = shapes_clip_towers(config, tokenizer)
-    return CLIPConfig(
+    clip = CLIPConfig(
         text_config={**text, "projection_dim": embed},
         vision_config={**vision, "projection_dim": embed},
         projection_dim=embed,
     )
+    if config.pool != "cls":
+        clip.lvseg_image_pool = config.pool
+    return clip
+
+
+# What a patch is labelled with (:func:`cell_attributes`): each attribute's classes, in the labels' column order.
+CELL_ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "size": SIZES, "color": tuple(COLORS)}
 
 
 def _is_motion(text: str) -> bool:
@@ -287,17 +305,15 @@ def pretrain_patch_attributes(
         ``{"steps", "seconds", "accuracy_every_50_steps": [(step, {"shape", "size", "color"}), ...]}``: each
         attribute's accuracy on the labelled patches of the last 50 training batches.
     """
-    from ..data.shapes import COLORS, SHAPES, SIZES
-
     patch = int(model.config.vision_config.patch_size)
     dim = int(model.config.projection_dim)
     torch.manual_seed(config.seed)
-    heads = nn.ModuleList(nn.Linear(dim, n) for n in (len(SHAPES), len(SIZES), len(COLORS)))
+    names = tuple(CELL_ATTRIBUTES)
+    heads = nn.ModuleList(nn.Linear(dim, len(classes)) for classes in CELL_ATTRIBUTES.values())
     params = [*model.vision_model.parameters(), *model.visual_projection.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    names = ("shape", "size", "color")
     correct = {n: 0 for n in names}
     total = {n: 0 for n in names}
     history: list[tuple[int, dict[str, float]]] = []
@@ -364,8 +380,6 @@ def train_shapes_clip(
     torch.manual_seed(config.seed)
     tokenizer = shapes_clip_tokenizer(config.context)
     model = CLIPModel(shapes_clip_model_config(config, tokenizer)).train()
-    if config.pool != "cls":  # OpenAI's pooling is the config's default: only another one is written down
-        model.config.lvseg_image_pool = config.pool
     data = ShapesPairs(config.seed, "train", config.num_train, config.frames, config.size, progress=progress)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -459,7 +473,7 @@ def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int 
     Families: ``color`` ("the red object", one per colour), ``plural_shape`` ("the circles"), ``color_shape``
     ("the red circle", every pair), ``size_shape`` ("the small circle"), ``position`` ("the leftmost object").
     """
-    from ..data.shapes import COLORS, POSITIONS, SHAPES, SIZES
+    from ..data.shapes import POSITIONS
 
     families = {
         "color": [f"the {c} object" for c in COLORS],
@@ -484,24 +498,26 @@ def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int 
 
 def cell_attributes(idmap: np.ndarray, objects: Sequence[ShapeObject], patch: int) -> np.ndarray:
     """Per ``patch`` x ``patch`` cell of an object-id map ``[H, W]`` (row-major, as a ViT orders its patch tokens):
-    the shape / size / colour index of the object that covers more than half of the cell, -1 where none does:
-    ``int64 [P, 3]``."""
-    from ..data.shapes import COLORS, SHAPES, SIZES
-
-    colors = list(COLORS)
+    the class index of each of :data:`CELL_ATTRIBUTES` (shape, size, colour) of the object that covers more than
+    half of the cell, -1 where none does: ``int64 [P, 3]``."""
     top = max([o.obj_id for o in objects] + [int(idmap.max())])
-    table = np.full((top + 1, 3), -1, dtype=np.int64)  # object id -> its attribute indices (0: background)
+    table = np.full((top + 1, len(CELL_ATTRIBUTES)), -1, dtype=np.int64)  # object id -> its classes (0: background)
     for o in objects:
-        table[o.obj_id] = (SHAPES.index(o.shape), SIZES.index(o.size), colors.index(o.color))
-    gh, gw = idmap.shape[0] // patch, idmap.shape[1] // patch
-    cells = idmap[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3)
-    cells = cells.reshape(gh * gw, patch * patch).astype(np.int64)
+        table[o.obj_id] = [classes.index(getattr(o, name)) for name, classes in CELL_ATTRIBUTES.items()]
+    cells = _cells(idmap, patch).astype(np.int64)
     counts = (cells[:, :, None] == np.arange(top + 1)).sum(axis=1)  # [P, ids]: pixels of each id in each cell
     best = counts.argmax(axis=1)
     covered = (best != 0) & (counts[np.arange(len(cells)), best] * 2 > patch * patch)
-    labels = np.full((gh * gw, 3), -1, dtype=np.int64)
+    labels = np.full((len(cells), len(CELL_ATTRIBUTES)), -1, dtype=np.int64)
     labels[covered] = table[best[covered]]
     return labels
+
+
+def _cells(idmap: np.ndarray, patch: int) -> np.ndarray:
+    """The ``patch`` x ``patch`` cells of an ``[H, W]`` map, row-major: ``[P, patch * patch]``."""
+    gh, gw = idmap.shape[0] // patch, idmap.shape[1] // patch
+    cells = idmap[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3)
+    return cells.reshape(gh * gw, patch * patch)
 
 
 def _patch_labels(seed: int, split: str, num_videos: int, size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -531,8 +547,6 @@ def patch_attribute_probe(
         ``{"layer<i>": {"shape", "size", "color"}}`` (held-out accuracy, i = 1 .. layers) and ``"majority"`` (the
         accuracy of always answering the most frequent held-out class).
     """
-    from ..data.shapes import COLORS, SHAPES, SIZES
-
     vision = model.config.vision_config
     size, patch = int(vision.image_size), int(vision.patch_size)
     x_train, y_train = _patch_labels(0, "train", num_train, size, patch)
@@ -541,7 +555,7 @@ def patch_attribute_probe(
     with torch.no_grad():
         train_states = model.vision_model(pixel_values=normalise_frames(x_train), output_hidden_states=True)
         test_states = model.vision_model(pixel_values=normalise_frames(x_test), output_hidden_states=True)
-    classes = {"shape": len(SHAPES), "size": len(SIZES), "color": len(COLORS)}
+    classes = {name: len(values) for name, values in CELL_ATTRIBUTES.items()}
     yt, ye = torch.from_numpy(y_train.reshape(-1, 3)), torch.from_numpy(y_test.reshape(-1, 3))
     out: dict[str, dict[str, float]] = {}
     generator = torch.Generator().manual_seed(seed)
@@ -590,7 +604,6 @@ def pointing_game(model: Any, tokenizer: Any, num_videos: int = 100, context: in
     model.eval()
     vision = model.config.vision_config
     size, patch = int(vision.image_size), int(vision.patch_size)
-    grid = size // patch
     hits: dict[str, list[float]] = {}
     chance: dict[str, list[float]] = {}
     for i in range(num_videos):
@@ -603,8 +616,7 @@ def pointing_game(model: Any, tokenizer: Any, num_videos: int = 100, context: in
         enc_ids, enc_mask = _tokenize(tokenizer, texts, context)
         text = F.normalize(clip_text_features(model, enc_ids, enc_mask), dim=-1)  # [Q, E]
         best = (patches @ text.t()).argmax(dim=0).tolist()
-        cells = ids[t][: grid * patch, : grid * patch].reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
-        cells = cells.reshape(grid * grid, patch * patch)
+        cells = _cells(ids[t], patch)
         for expression, b in zip(texts, best):
             referents = sorted(expression_semantics(expression, video.objects) or ())
             on = np.asarray(np.isin(cells, referents).any(axis=1), dtype=bool)  # [P]: cells holding a referent
