@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="steps of dense attribute pre-training of the image tower before the contrastive stage (default: 0)",
     )
+    ap.add_argument(
+        "--grounding-weight",
+        type=float,
+        default=None,
+        help="weight of the dense text-to-patch grounding loss added to the contrastive stage (default: 0, none)",
+    )
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--eval-only", action="store_true", help="score an existing folder, do not train")
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.pool = args.pool
     if args.attribute_steps is not None:
         config.attribute_steps = args.attribute_steps
+    if args.grounding_weight is not None:
+        config.grounding_weight = args.grounding_weight
     if not args.eval_only:
         train_shapes_clip(out, config, overwrite=args.overwrite)
     record = json.loads((out / "training.json").read_text())

@@ -59,6 +59,8 @@ __all__ = [
     "cell_attributes",
     "CELL_ATTRIBUTES",
     "pretrain_patch_attributes",
+    "referent_coverage",
+    "grounding_loss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,12 @@ class ShapesClipConfig:
             frames of the training videos, batch ``batch``, AdamW at ``lr`` with the warm-up; the heads are
             discarded. It plays the part of the supervised initialisation a CLIP tower can start from, and teaches
             the patch tokens what the VLP-RVOS head reads from them.
+        grounding_weight: weight of a dense text-to-patch grounding loss added to the contrastive loss (0: none,
+            the recipe): each text is compared with every projected patch token of its own frame, and the softmax
+            over the patches is trained towards the share of each patch that the text's referent(s) cover
+            (:func:`grounding_loss`, :func:`referent_coverage`), as GLIP-style grounded pre-training aligns words
+            with regions. A frame-level contrastive loss cannot teach a word such as "leftmost" (every frame has a
+            leftmost object, so the text fits every frame); this loss can, because it asks *where*.
     """
 
     size: int = 96
@@ -120,6 +128,7 @@ class ShapesClipConfig:
     targets: str = "diagonal"
     pool: str = "cls"
     attribute_steps: int = 0
+    grounding_weight: float = 0.0
 
 
 def shapes_clip_tokenizer(context: int = 40) -> Any:
@@ -238,10 +247,31 @@ class ShapesPairs:
 
     def sample_with_videos(self, batch: int, generator: np.random.Generator) -> tuple[np.ndarray, list[str], list[int]]:
         """As :meth:`sample`, with the index of each sample's video: ``(frames, texts, videos)``."""
+        frames, texts, videos, _ = self.sample_indexed(batch, generator)
+        return frames, texts, videos
+
+    def sample_indexed(
+        self, batch: int, generator: np.random.Generator
+    ) -> tuple[np.ndarray, list[str], list[int], list[int]]:
+        """As :meth:`sample`, with each sample's video and frame index: ``(frames, texts, videos, times)``."""
         videos = generator.choice(len(self), size=min(batch, len(self)), replace=False)
         t = generator.integers(0, self.frames.shape[1], size=len(videos))
         texts = [self.texts[v][int(generator.integers(len(self.texts[v])))] for v in videos]
-        return self.frames[videos, t], texts, [int(v) for v in videos]
+        return self.frames[videos, t], texts, [int(v) for v in videos], [int(f) for f in t]
+
+    def referent_coverage(
+        self, texts: Sequence[str], videos: Sequence[int], times: Sequence[int], patch: int
+    ) -> torch.Tensor:
+        """float ``[len(texts), P]``: for text i, the share of each ``patch`` x ``patch`` cell of frame
+        ``times[i]`` of video ``videos[i]`` that its referent(s) cover (:func:`referent_coverage`)."""
+        return torch.from_numpy(
+            np.stack(
+                [
+                    referent_coverage(self.ids[v, t], expression_semantics(text, self.objects[v]) or (), patch)
+                    for text, v, t in zip(texts, videos, times)
+                ]
+            )
+        )
 
     def fits(self, texts: Sequence[str], videos: Sequence[int]) -> torch.Tensor:
         """bool ``[len(texts), len(videos)]``: whether text i describes something in video j (its referent exists
@@ -275,7 +305,11 @@ def contrastive_loss(
             its positives, so a text is not pushed away from the other images it describes.
     """
     text = clip_text_features(model, input_ids, attention_mask)
-    logits = model.logit_scale.exp() * clip_cosine(model, pixels, text)  # [B, B]: image i x text j, model's pooling
+    return _info_nce(model.logit_scale.exp() * clip_cosine(model, pixels, text), positives)
+
+
+def _info_nce(logits: torch.Tensor, positives: torch.Tensor | None) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy of scaled image x text logits ``[B, B]`` (see :func:`contrastive_loss`)."""
     if positives is None:
         target = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
@@ -288,6 +322,41 @@ def contrastive_loss(
     per_image = fit.t() / fit.t().sum(dim=1, keepdim=True)  # image i: its texts
     per_text = fit / fit.sum(dim=1, keepdim=True)  # text j: its images
     return (F.cross_entropy(logits, per_image) + F.cross_entropy(logits.t(), per_text)) / 2
+
+
+def referent_coverage(idmap: np.ndarray, referents: Sequence[int] | set[int], patch: int) -> np.ndarray:
+    """Per ``patch`` x ``patch`` cell of an object-id map ``[H, W]`` (row-major, as a ViT orders its patch tokens):
+    the share of the cell's pixels that belong to one of ``referents`` (object ids): ``float32 [P]``, in [0, 1]."""
+    cells = _cells(idmap, patch)
+    return np.isin(cells, np.asarray(sorted(referents), dtype=cells.dtype)).mean(axis=1).astype(np.float32)
+
+
+def grounding_loss(
+    patches: torch.Tensor, text: torch.Tensor, coverage: torch.Tensor, scale: torch.Tensor | float
+) -> torch.Tensor:
+    """Dense text-to-patch grounding: cross-entropy of the softmax over each text's own frame's patches
+    (``scale`` x cosine) against the referent's coverage of each patch, normalised to sum to 1.
+
+    Args:
+        patches: projected patch tokens ``[B, P, E]`` (:func:`~lvseg.models.vlp_rvos.backbones.clip_patch_features`);
+        text: text embeddings ``[B, E]`` (text i describes frame i); coverage: ``[B, P]`` (:func:`referent_coverage`),
+        rows without any referent pixel (an occluded referent) are left out; scale: CLIP's ``logit_scale.exp()``.
+
+    Returns:
+        the mean loss over the rows with a referent (0 when there is none, with a gradient path).
+    """
+    if patches.shape[:2] != coverage.shape or patches.shape[0] != text.shape[0]:
+        raise ConfigError(
+            f"grounding_loss needs patches [B, P, E], text [B, E] and coverage [B, P]; got {tuple(patches.shape)}, "
+            f"{tuple(text.shape)} and {tuple(coverage.shape)}"
+        )
+    logits = scale * torch.einsum("bpe,be->bp", F.normalize(patches, dim=-1), F.normalize(text, dim=-1))
+    mass = coverage.sum(dim=1)
+    keep = mass > 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    target = coverage[keep] / mass[keep, None]
+    return F.cross_entropy(logits[keep], target.to(logits.dtype))
 
 
 def _tokenize(tokenizer: Any, texts: Sequence[str], context: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,6 +444,8 @@ def train_shapes_clip(
         raise ConfigError(f"ShapesClipConfig.pool must be one of {IMAGE_POOLS}, got {config.pool!r}")
     if config.attribute_steps < 0:
         raise ConfigError(f"ShapesClipConfig.attribute_steps must be >= 0, got {config.attribute_steps}")
+    if not config.grounding_weight >= 0:
+        raise ConfigError(f"ShapesClipConfig.grounding_weight must be >= 0, got {config.grounding_weight}")
     if output_dir is not None:
         check_output_folder(output_dir, overwrite=overwrite, option="--overwrite")
     torch.manual_seed(config.seed)
@@ -396,14 +467,29 @@ def train_shapes_clip(
     rng = np.random.default_rng(config.seed)
     attributes = pretrain_patch_attributes(model, data, config, rng, progress) if config.attribute_steps else None
     losses: list[tuple[int, float]] = []
+    grounding: list[tuple[int, float]] = []
     start = time.time()
-    running = 0.0
+    running = running_grounding = 0.0
     bar = tqdm(range(config.steps), desc="Shapes CLIP", disable=not progress)
     for step in bar:
-        frames, texts, videos = data.sample_with_videos(config.batch, rng)
+        frames, texts, videos, times = data.sample_indexed(config.batch, rng)
         ids, mask = _tokenize(tokenizer, texts, config.context)
         positives = data.fits(texts, videos) if config.targets == "fits" else None
-        loss = contrastive_loss(model, normalise_frames(frames), ids, mask, positives)
+        pixels = normalise_frames(frames)
+        if config.grounding_weight:
+            text = clip_text_features(model, ids, mask)
+            patches = clip_patch_features(model, pixels)  # [B, P, E]
+            if config.pool == "max":  # one image forward for both losses (clip_cosine's max pooling, inlined)
+                unit = F.normalize(patches, dim=-1)
+                cosine = torch.einsum("bpe,te->bpt", unit, F.normalize(text, dim=-1)).amax(dim=1)
+            else:
+                cosine = clip_cosine(model, pixels, text)
+            scale = model.logit_scale.exp()
+            dense = grounding_loss(patches, text, data.referent_coverage(texts, videos, times, config.patch), scale)
+            loss = _info_nce(scale * cosine, positives) + config.grounding_weight * dense
+            running_grounding += float(dense.detach())
+        else:
+            loss = contrastive_loss(model, pixels, ids, mask, positives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -414,12 +500,16 @@ def train_shapes_clip(
         if (step + 1) % 50 == 0:
             losses.append((step + 1, running / 50))
             bar.set_postfix(loss=f"{running / 50:.3f}")
-            logger.info("step %d: contrastive loss %.4f", step + 1, running / 50)
-            running = 0.0
+            logger.info("step %d: loss %.4f", step + 1, running / 50)
+            if config.grounding_weight:
+                grounding.append((step + 1, running_grounding / 50))
+                logger.info("step %d: grounding loss %.4f", step + 1, running_grounding / 50)
+            running = running_grounding = 0.0
     model.eval()
     record = {
         "config": asdict(config),
         "loss_every_50_steps": losses,
+        "grounding_loss_every_50_steps": grounding,
         "train_seconds": round(time.time() - start, 1),
         "train_videos": len(data),
         "attribute_pretraining": attributes,
