@@ -71,9 +71,9 @@ def run_one(args: argparse.Namespace) -> dict:
             patch = args.patch
             if patch is None and args.backbone is not None:
                 patch = clip_patch_size(args.backbone)
-            model = build_vlp_shapes_tiny(None, patch=patch)
+            model = build_vlp_shapes_tiny(None, patch=patch, cube_size=args.cube_size)
         else:
-            model = build_vlp_shapes_tiny(args.backbone, patch=args.patch)
+            model = build_vlp_shapes_tiny(args.backbone, patch=args.patch, cube_size=args.cube_size)
         options: dict = {"resume": args.resume, "progress": False}
         if args.max_steps is not None:
             options.update(max_steps=args.max_steps, lr_drop_steps=(args.max_steps * 3 // 4,))
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's steps (LR drop at 3/4)")
     p.add_argument("--patch", type=int, default=None,
                    help="image patch size (default: the --backbone CLIP's, else the recipe's 8; 6 gives a 16x16 grid)")
+    p.add_argument("--cube-size", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
+                   help="cube-frame attention cube (default: the preset's 2 4 4; 4 4 4 spans the 4-frame clip)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

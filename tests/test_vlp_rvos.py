@@ -385,9 +385,9 @@ def test_vlmo_backbone_driven_one_by_one_equals_vlmo_and_the_model_runs(tokenize
 
 
 def test_shapes_preset_loads_a_pretrained_dual_encoder_strictly_and_trains(shapes_root, tmp_path):
-    import lvseg
     from transformers import CLIPModel
 
+    import lvseg
     from lvseg.errors import CheckpointError
     from lvseg.train.presets import get_preset
     from lvseg.train.vlp_rvos_presets import build_vlp_shapes_tiny, vlp_shapes_data
@@ -732,6 +732,7 @@ def test_shapes_clip_grounding_loss_targets_the_referent_cells_and_trains_the_pa
     import torch.nn.functional as F
 
     from lvseg.errors import ConfigError
+    from lvseg.models.vlp_rvos.backbones import clip_patch_features, clip_text_features
     from lvseg.train.shapes_clip import (
         ShapesClipConfig,
         ShapesPairs,
@@ -741,7 +742,6 @@ def test_shapes_clip_grounding_loss_targets_the_referent_cells_and_trains_the_pa
         referent_coverage,
         train_shapes_clip,
     )
-    from lvseg.models.vlp_rvos.backbones import clip_patch_features, clip_text_features
 
     idmap = np.zeros((8, 12), dtype=np.uint8)  # cells of 4 x 4: a 2 x 3 grid
     idmap[0:4, 0:3] = 1  # 12 of 16 pixels of cell (0, 0)

@@ -202,7 +202,12 @@ VLP_SHAPES_RECIPE: dict[str, Any] = dict(
 )
 
 
-def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96, patch: int | None = None) -> Any:
+def vlp_shapes_tiny_config(
+    vocab_size: int | None = None,
+    size: int = 96,
+    patch: int | None = None,
+    cube_size: tuple[int, int, int] | None = None,
+) -> Any:
     """The tiny VLP-RVOS for the Shapes world (:func:`lvseg.models.vlp_rvos.config.tiny_config` at 96 px, clips of
     4 frames). Its frozen backbone has exactly the towers of the tiny Shapes CLIP
     (:class:`lvseg.train.shapes_clip.ShapesClipConfig`, the one place its sizes are written; read through
@@ -212,6 +217,8 @@ def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96, patch:
         vocab_size: must equal that tokenizer's size when given (kept for callers that pass it).
         patch: the image tower's patch size (default: the recipe's, 8: a 12 x 12 grid at 96 px; 6 gives 16 x 16);
             it must divide ``size``.
+        cube_size: the cube-frame attention's (t, h, w) cube (default: ``tiny_config``'s (2, 4, 4); (4, 4, 4)
+            spans the whole 4-frame clip, so that a token sees its neighbours in every frame).
     """
     from ..models.vlp_rvos.config import tiny_config
     from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer, shapes_clip_towers
@@ -236,17 +243,24 @@ def vlp_shapes_tiny_config(vocab_size: int | None = None, size: int = 96, patch:
         text=text,
         projection_dim=projection,
         guide_heads=int(vision["num_attention_heads"]),
+        **({} if cube_size is None else {"cube_size": tuple(cube_size)}),
     )
 
 
-def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96, patch: int | None = None) -> Any:
+def build_vlp_shapes_tiny(
+    backbone: str | Path | None = None,
+    size: int = 96,
+    patch: int | None = None,
+    cube_size: tuple[int, int, int] | None = None,
+) -> Any:
     """The tiny Shapes VLP-RVOS with the Shapes CLIP tokenizer, on a frozen backbone: the tiny Shapes CLIP
     pre-trained contrastively on Shapes frames and expressions (``backbone``: its ``CLIPModel.save_pretrained``
     folder as ``benchmarks/train_shapes_clip.py`` writes it, loaded strictly, tokenizer included), or None for a
     randomly initialised frozen backbone of the same sizes (the control that shows whether the aligned space is
     used).
 
-    ``patch``: the image tower's patch size (see :func:`vlp_shapes_tiny_config`). With a ``backbone`` folder it
+    ``patch``: the image tower's patch size and ``cube_size`` the cube-frame attention's cube (see
+    :func:`vlp_shapes_tiny_config`). With a ``backbone`` folder it
     defaults to the one that CLIP was trained with (``config.json``), and a different value is an error.
     """
     from ..models.vlp_rvos.model import VLPRVOS
@@ -261,7 +275,7 @@ def build_vlp_shapes_tiny(backbone: str | Path | None = None, size: int = 96, pa
             )
         patch = trained if patch is None else patch
     tokenizer = shapes_clip_tokenizer(ShapesClipConfig().context)
-    model = VLPRVOS(vlp_shapes_tiny_config(size=size, patch=patch), tokenizer)
+    model = VLPRVOS(vlp_shapes_tiny_config(size=size, patch=patch, cube_size=cube_size), tokenizer)
     if backbone is not None:
         from ..models.vlp_rvos.entries import load_clip_backbone
 
