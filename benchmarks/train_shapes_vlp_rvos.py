@@ -67,13 +67,16 @@ def run_one(args: argparse.Namespace) -> dict:
     if not args.eval_only:
         if args.variant == "control":
             train_ds = ShuffledExpressions(train_ds, seed=0)
+        head: dict = {} if args.cube_size is None else {"cube_size": tuple(args.cube_size)}
+        if args.volume_position:
+            head["volume_position"] = True
         if args.variant == "random":  # the same sizes as the CLIP of the other variants (its patch)
             patch = args.patch
             if patch is None and args.backbone is not None:
                 patch = clip_patch_size(args.backbone)
-            model = build_vlp_shapes_tiny(None, patch=patch, cube_size=args.cube_size)
+            model = build_vlp_shapes_tiny(None, patch=patch, **head)
         else:
-            model = build_vlp_shapes_tiny(args.backbone, patch=args.patch, cube_size=args.cube_size)
+            model = build_vlp_shapes_tiny(args.backbone, patch=args.patch, **head)
         options: dict = {"resume": args.resume, "progress": False}
         if args.max_steps is not None:
             options.update(max_steps=args.max_steps, lr_drop_steps=(args.max_steps * 3 // 4,))
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="image patch size (default: the --backbone CLIP's, else the recipe's 8; 6 gives a 16x16 grid)")
     p.add_argument("--cube-size", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
                    help="cube-frame attention cube (default: the preset's 2 4 4; 4 4 4 spans the 4-frame clip)")
+    p.add_argument("--volume-position", action="store_true",
+                   help="add the (row, column, frame) sine embedding to the fused volume "
+                        "(VLPRVOSConfig.volume_position)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

@@ -217,6 +217,30 @@ def test_cube_frame_attention_shapes_and_locality():
     assert float(delta[:, 4, 6, 3].max()) > 0
 
 
+def test_volume_position_tells_every_token_apart_and_is_off_by_default(tokenizer):
+    """The optional (row, column, frame) embedding: one part per axis, distinct for every token of a clip; the
+    model with it has the same parameters (it is fixed) and another output; a config without the field (written
+    before it existed) reads as off."""
+    from lvseg.models.vlp_rvos.config import VLPRVOSConfig, tiny_config
+    from lvseg.models.vlp_rvos.modules import volume_position
+
+    pos = volume_position(4, 5, 6, 32)
+    assert pos.shape == (4, 5, 6, 32)
+    assert torch.unique(pos.reshape(-1, 32), dim=0).shape[0] == 4 * 5 * 6
+    assert torch.equal(pos[..., :10], pos[:1, :, :1, :10].expand(4, 5, 6, 10))  # rows: the row index only
+    assert torch.equal(pos[..., 10:20], pos[:1, :1, :, 10:20].expand(4, 5, 6, 10))  # columns
+    assert torch.equal(pos[..., 20:], pos[:, :1, :1, 20:].expand(4, 5, 6, 12))  # frames
+    data = json.loads(tiny_config(len(tokenizer)).to_json_string())
+    assert data.pop("volume_position") is False
+    assert VLPRVOSConfig.from_dict(data).volume_position is False
+    plain, placed = _model(tokenizer), _model(tokenizer, volume_position=True)
+    placed.load_state_dict(plain.state_dict())  # strict: no new parameters
+    frames = _frames(1, 4)
+    with torch.no_grad():
+        a, b = plain(frames, ["the red circle"])["pred_masks"], placed(frames, ["the red circle"])["pred_masks"]
+    assert a.shape == b.shape and float((a - b).abs().max()) > 1e-3 * float(a.abs().max())
+
+
 def test_segmentor_upsamples_to_the_input_size():
     from lvseg.models.vlp_rvos.modules import Segmentor
 
@@ -469,6 +493,11 @@ def test_shapes_model_takes_the_patch_of_its_clip(tmp_path):
     with torch.no_grad():
         out = model(torch.randn(1, 4, 3, 96, 96), ["the red circle"])
     assert out["pred_masks"].shape == (1, 4, 96, 96) and out["similarity"].shape == (1, 4, 16, 16)
+    assert tuple(model.config.cube_size) == (2, 4, 4)  # the recipe's cube; a clip-long cube on request
+    wide = build_vlp_shapes_tiny(backbone=tmp_path / "clip", cube_size=(4, 4, 4))
+    assert tuple(wide.config.cube_size) == (4, 4, 4) and wide.str_encoders[0].cube_pos.shape == (64, 32)
+    with pytest.raises(ConfigError, match="projection_dim.*Shapes CLIP"):
+        vlp_shapes_tiny_config(projection_dim=16)
     with pytest.raises(ConfigError, match="trained with patch 6"):
         build_vlp_shapes_tiny(backbone=tmp_path / "clip", patch=8)
     with pytest.raises(ConfigError, match="divisor"):

@@ -206,7 +206,7 @@ def vlp_shapes_tiny_config(
     vocab_size: int | None = None,
     size: int = 96,
     patch: int | None = None,
-    cube_size: tuple[int, int, int] | None = None,
+    **changes: Any,
 ) -> Any:
     """The tiny VLP-RVOS for the Shapes world (:func:`lvseg.models.vlp_rvos.config.tiny_config` at 96 px, clips of
     4 frames). Its frozen backbone has exactly the towers of the tiny Shapes CLIP
@@ -217,12 +217,20 @@ def vlp_shapes_tiny_config(
         vocab_size: must equal that tokenizer's size when given (kept for callers that pass it).
         patch: the image tower's patch size (default: the recipe's, 8: a 12 x 12 grid at 96 px; 6 gives 16 x 16);
             it must divide ``size``.
-        cube_size: the cube-frame attention's (t, h, w) cube (default: ``tiny_config``'s (2, 4, 4); (4, 4, 4)
-            spans the whole 4-frame clip, so that a token sees its neighbours in every frame).
+        changes: other fields of the head (:class:`~lvseg.models.vlp_rvos.config.VLPRVOSConfig`), e.g.
+            ``cube_size=(4, 4, 4)`` (a cube over the whole 4-frame clip; the default is ``tiny_config``'s (2, 4, 4))
+            or ``volume_position=True``. The backbone's fields (``vision``, ``text``, ``projection_dim``,
+            ``image_size``, ``clip_frames``) are the CLIP's and cannot be changed here.
     """
     from ..models.vlp_rvos.config import tiny_config
     from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer, shapes_clip_towers
 
+    fixed = sorted(set(changes) & {"vision", "text", "projection_dim", "image_size", "clip_frames", "preprocessing"})
+    if fixed:
+        raise ConfigError(
+            f"{fixed} of the tiny Shapes VLP-RVOS are those of the Shapes CLIP it is built on: change "
+            "ShapesClipConfig (or pass size/patch) instead"
+        )
     clip = ShapesClipConfig(size=size)
     if patch is not None:
         clip.patch = patch
@@ -235,6 +243,7 @@ def vlp_shapes_tiny_config(
             "VLP-RVOS reads the Shapes CLIP's ids; leave vocab_size out"
         )
     vision, text, projection = shapes_clip_towers(clip, tokenizer)
+    head: dict[str, Any] = {"guide_heads": int(vision["num_attention_heads"]), **changes}
     return tiny_config(
         len(tokenizer),
         image_size=size,
@@ -242,8 +251,7 @@ def vlp_shapes_tiny_config(
         vision=vision,
         text=text,
         projection_dim=projection,
-        guide_heads=int(vision["num_attention_heads"]),
-        **({} if cube_size is None else {"cube_size": tuple(cube_size)}),
+        **head,
     )
 
 
@@ -251,7 +259,7 @@ def build_vlp_shapes_tiny(
     backbone: str | Path | None = None,
     size: int = 96,
     patch: int | None = None,
-    cube_size: tuple[int, int, int] | None = None,
+    **changes: Any,
 ) -> Any:
     """The tiny Shapes VLP-RVOS with the Shapes CLIP tokenizer, on a frozen backbone: the tiny Shapes CLIP
     pre-trained contrastively on Shapes frames and expressions (``backbone``: its ``CLIPModel.save_pretrained``
@@ -259,9 +267,9 @@ def build_vlp_shapes_tiny(
     randomly initialised frozen backbone of the same sizes (the control that shows whether the aligned space is
     used).
 
-    ``patch``: the image tower's patch size and ``cube_size`` the cube-frame attention's cube (see
-    :func:`vlp_shapes_tiny_config`). With a ``backbone`` folder it
-    defaults to the one that CLIP was trained with (``config.json``), and a different value is an error.
+    ``patch``: the image tower's patch size; ``changes``: other fields of the head (both: see
+    :func:`vlp_shapes_tiny_config`). With a ``backbone`` folder the patch defaults to the one that CLIP was
+    trained with (``config.json``), and a different value is an error.
     """
     from ..models.vlp_rvos.model import VLPRVOS
     from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer
@@ -275,7 +283,7 @@ def build_vlp_shapes_tiny(
             )
         patch = trained if patch is None else patch
     tokenizer = shapes_clip_tokenizer(ShapesClipConfig().context)
-    model = VLPRVOS(vlp_shapes_tiny_config(size=size, patch=patch, cube_size=cube_size), tokenizer)
+    model = VLPRVOS(vlp_shapes_tiny_config(size=size, patch=patch, **changes), tokenizer)
     if backbone is not None:
         from ..models.vlp_rvos.entries import load_clip_backbone
 

@@ -133,6 +133,9 @@ class VLPRVOSConfig(ModelConfig):
     fusion (``fusion_layers`` dual-propagation layers), then ``str_layers`` spatial-temporal reasoning steps
     (cube-frame attention over ``cube_size`` = (t, h, w) cubes and per-frame summary tokens, plus a decoder whose
     queries are the shallow features and keys the words), width ``hidden_dim``, ``num_heads`` heads, ``ffn_dim``.
+    ``volume_position`` adds a fixed sinusoidal embedding of each token's (row, column, frame in the clip) to the
+    fused volume before spatial-temporal reasoning, so that its values, not only its attention weights, carry
+    where and when a token is (lvseg's option; off by default, parameter-free).
     The released ``Segmentor`` (``segmentor_dim`` channels) decodes the fused map and the pixel-text similarity map
     to one mask per frame at ``image_size``.
     """
@@ -162,10 +165,12 @@ class VLPRVOSConfig(ModelConfig):
     str_layers: int = 4
     cube_size: tuple[int, int, int] = (2, 8, 8)
     segmentor_dim: int = 256
+    volume_position: bool = False
     detach_history: bool = True
 
-    # runtime switches only (see ModelConfig.optional_fields)
-    optional_fields: ClassVar[tuple[str, ...]] = ("detach_history",)
+    # may be absent from a config.json (see ModelConfig.optional_fields): runtime switches, and fields added later
+    # whose default is the earlier architecture
+    optional_fields: ClassVar[tuple[str, ...]] = ("detach_history", "volume_position")
 
     @property
     def num_layers(self) -> int:

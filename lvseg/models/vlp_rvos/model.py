@@ -30,6 +30,7 @@ from .modules import (
     ShallowDecoderLayer,
     VLBackbone,
     build_backbone,
+    volume_position,
 )
 
 __all__ = ["VLPRVOS"]
@@ -218,6 +219,8 @@ class VLPRVOS(RVOSModel):
         )
         # spatial-temporal reasoning: cube-frame encoder on the fused volume + decoder on the shallow features
         volume = fused.view(b, t, gh, gw, d)
+        if cfg.volume_position:  # where and when each token is, in its values (lvseg's option)
+            volume = volume + volume_position(t, gh, gw, d, volume.device).to(volume.dtype)
         shallow = self.shallow_proj(taps[0]).reshape(b, t * n_patch, d)
         for encoder, decoder in zip(self.str_encoders, self.str_decoders):
             shallow = decoder(shallow, fused_words, word_pad)

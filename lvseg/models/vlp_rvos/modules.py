@@ -420,6 +420,16 @@ def _sine(index: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(out, (0, dim - 2 * half))
 
 
+def volume_position(t: int, h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Fixed sinusoidal embedding [t, h, w, dim] of each token's (row, column, frame): ``dim`` split into three
+    even parts (row, column; the frame takes the rest), each :func:`_sine` of the integer index."""
+    part = (dim // 3) // 2 * 2
+    rows = _sine(torch.arange(h, device=device), part)[None, :, None].expand(t, h, w, part)
+    cols = _sine(torch.arange(w, device=device), part)[None, None, :].expand(t, h, w, part)
+    frames = _sine(torch.arange(t, device=device), dim - 2 * part)[:, None, None].expand(t, h, w, dim - 2 * part)
+    return torch.cat([rows, cols, frames], -1)
+
+
 class CubeFrameAttention(nn.Module):
     """Cube-frame attention (one layer of the spatial-temporal encoder), lvseg's reading of the name: every token
     attends within its local spatio-temporal cube of ``cube`` = (t, h, w) tokens (local motion), then to per-frame
