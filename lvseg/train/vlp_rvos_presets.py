@@ -220,7 +220,7 @@ def vlp_shapes_tiny_config(
         changes: other fields of the head (:class:`~lvseg.models.vlp_rvos.config.VLPRVOSConfig`), e.g.
             ``cube_size=(4, 4, 4)`` (a cube over the whole 4-frame clip; the default is ``tiny_config``'s (2, 4, 4))
             or ``volume_position=True``. The backbone's fields (``vision``, ``text``, ``projection_dim``,
-            ``image_size``, ``clip_frames``) are the CLIP's and cannot be changed here.
+            ``image_size``, ``clip_frames``, ``preprocessing``) are the CLIP's and cannot be changed here.
     """
     from ..models.vlp_rvos.config import tiny_config
     from .shapes_clip import ShapesClipConfig, shapes_clip_tokenizer, shapes_clip_towers
