@@ -18,7 +18,9 @@ and ``chance`` is a random ranking's expected ``top1``. A probe with fixed one-a
 colour+shape, size+shape, position; :func:`lvseg.train.shapes_clip.attribute_probe`) shows what the encoder tells
 apart, and a linear probe of each patch token (after each layer) for the shape, size and colour of the object under
 it (:func:`lvseg.train.shapes_clip.patch_attribute_probe`) shows what the dense features that the VLP-RVOS head
-reads know; the pointing game (:func:`lvseg.train.shapes_clip.pointing_game`) asks whether the patch that matches
+reads know; the mean cosine between expressions that differ only in their motion phrase (or colour,
+:func:`lvseg.train.shapes_clip.motion_separation`) shows whether the text tower tells motions apart; the pointing
+game (:func:`lvseg.train.shapes_clip.pointing_game`) asks whether the patch that matches
 an expression best lies on its referent. The numbers go to ``<output-dir>/retrieval.json``.
 
 The saved folder (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``) loads with
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="weight of the dense text-to-patch grounding loss added to the contrastive stage (default: 0, none)",
     )
+    ap.add_argument(
+        "--motion-weight",
+        type=float,
+        default=None,
+        help="weight of the text-side motion loss added to the contrastive stage (default: 0, none)",
+    )
     ap.add_argument("--num-test", type=int, default=100, help="held-out videos for retrieval (seed 1, valid)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--eval-only", action="store_true", help="score an existing folder, do not train")
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         ShapesClipConfig,
         ShapesPairs,
         attribute_probe,
+        motion_separation,
         patch_attribute_probe,
         pointing_game,
         retrieval_accuracy,
@@ -108,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.attribute_steps = args.attribute_steps
     if args.grounding_weight is not None:
         config.grounding_weight = args.grounding_weight
+    if args.motion_weight is not None:
+        config.motion_weight = args.motion_weight
     if not args.eval_only:
         train_shapes_clip(out, config, overwrite=args.overwrite)
     record = json.loads((out / "training.json").read_text())
@@ -135,6 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
         "trained": pointing_game(model, tokenizer, args.num_test, config.context),
         "random_init": pointing_game(random_init, tokenizer, args.num_test, config.context),
     }
+    results["text_separation"] = {
+        "trained": motion_separation(model, tokenizer, config.context),
+        "random_init": motion_separation(random_init, tokenizer, config.context),
+    }
     results["eval_seconds"] = round(time.time() - start, 1)
     atomic_write_text(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
     for name in ("trained", "random_init"):
@@ -157,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
         rnd = results["pointing"]["random_init"][kind]["hits"]
         print(f"pointing {kind:17s} trained {100 * r['hits']:5.1f}%  random init {100 * rnd:5.1f}%  "
               f"chance {100 * r['chance']:5.1f}%  ({int(r['expressions'])} expressions)")
+    for name in ("trained", "random_init"):
+        r = results["text_separation"][name]
+        print(f"text cosine between variants ({name}): motion phrases {r['motion']:.3f}, colours {r['color']:.3f}")
     print(f"training: {config.steps} steps in {record['train_seconds']} s on {record['torch_threads']} thread(s)")
     return results
 

@@ -815,3 +815,41 @@ def test_shapes_clip_grounding_loss_targets_the_referent_cells_and_trains_the_pa
     assert trained > before + 0.25, (trained, before)
     with pytest.raises(ConfigError, match="grounding_weight"):
         train_shapes_clip(None, ShapesClipConfig(grounding_weight=-1.0), progress=False)
+
+
+def test_shapes_clip_motion_loss_separates_the_motion_phrases():
+    """motion_class reads the motion phrase an expression ends with (0: none); motion_weight adds a text-side
+    motion classifier to the contrastive stage, after which the text tower puts "the object moving left" and
+    "the object moving right" far apart (the untrained and the motion-free towers do not); a negative weight is
+    refused."""
+    from lvseg.data.shapes import MOTIONS
+    from lvseg.errors import ConfigError
+    from lvseg.train.shapes_clip import (
+        ShapesClipConfig,
+        ShapesPairs,
+        motion_class,
+        motion_separation,
+        train_shapes_clip,
+    )
+
+    assert motion_class("the object") == 0
+    assert motion_class("the red circle moving left") == 1 + MOTIONS.index("left")
+    assert motion_class("the big squares bouncing around") == 1 + MOTIONS.index("bouncing")
+    assert motion_class("The Star Standing Still") == 1 + MOTIONS.index("still")
+    assert motion_class("the leftmost object") == 0  # "left" inside a word is not a motion
+    data = ShapesPairs(0, "train", 12, frames=2)
+    assert data.motion_texts and all(motion_class(t) > 0 for t in data.motion_texts)
+    assert all(motion_class(t) == 0 for texts in data.texts for t in texts)
+
+    base = dict(steps=100, batch=16, num_train=24, frames=2)
+    plain, tokenizer, plain_record = train_shapes_clip(None, ShapesClipConfig(**base), progress=False)
+    moving, _, record = train_shapes_clip(None, ShapesClipConfig(**base, motion_weight=1.0), progress=False)
+    untrained, _ = _untrained_shapes_clip()
+    history = record["motion_loss_accuracy_every_50_steps"]
+    assert [step for step, _, _ in history] == [50, 100] and history[-1][2] > 0.9, history
+    assert plain_record["motion_loss_accuracy_every_50_steps"] == []
+    separated = motion_separation(moving, tokenizer)["motion"]
+    assert separated < motion_separation(plain, tokenizer)["motion"] - 0.3
+    assert separated < motion_separation(untrained, tokenizer)["motion"] - 0.3
+    with pytest.raises(ConfigError, match="motion_weight"):
+        train_shapes_clip(None, ShapesClipConfig(motion_weight=-1.0), progress=False)

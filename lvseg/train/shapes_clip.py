@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..data.shapes import (
     COLORS,
     MOTION_PHRASES,
+    MOTIONS,
     SHAPES,
     SIZES,
     VOCABULARY,
@@ -61,6 +62,8 @@ __all__ = [
     "pretrain_patch_attributes",
     "referent_coverage",
     "grounding_loss",
+    "motion_class",
+    "motion_separation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +107,15 @@ class ShapesClipConfig:
             (:func:`grounding_loss`, :func:`referent_coverage`), as GLIP-style grounded pre-training aligns words
             with regions. A frame-level contrastive loss cannot teach a word such as "leftmost" (every frame has a
             leftmost object, so the text fits every frame); this loss can, because it asks *where*.
+        motion_weight: weight of a text-side motion loss added to the contrastive stage (0: none, the recipe): a
+            linear head on the text embedding is trained with cross-entropy to tell which motion phrase an
+            expression names (:func:`motion_class`: none, or one of :data:`~lvseg.data.shapes.MOTIONS`), on
+            ``batch`` expressions that name one and the batch's expressions that name none; the head is discarded.
+            A single frame cannot show a motion, so the contrastive stage never sees the motion phrases and the
+            text tower learns to ignore them ("moving left" and "moving right" end up with nearly the same
+            features); a CLIP trained on web captions has read verbs of motion. This plays that part for the text
+            tower, as ``attribute_steps`` does for the image tower. Its samples come from a generator of their
+            own (seed + 1), so the contrastive stage sees the same batches with and without it.
     """
 
     size: int = 96
@@ -129,6 +141,7 @@ class ShapesClipConfig:
     pool: str = "cls"
     attribute_steps: int = 0
     grounding_weight: float = 0.0
+    motion_weight: float = 0.0
 
 
 def shapes_clip_tokenizer(context: int = 40) -> Any:
@@ -210,12 +223,24 @@ def _is_motion(text: str) -> bool:
     return any(phrase in text for phrase in MOTION_PHRASES.values())
 
 
+def motion_class(text: str) -> int:
+    """Which motion phrase a Shapes expression ends with: 0 for none, ``1 + i`` for ``MOTIONS[i]``
+    (:data:`~lvseg.data.shapes.MOTION_PHRASES`: "moving left", ..., "bouncing around")."""
+    words = text.lower().split()
+    for i, motion in enumerate(MOTIONS):
+        phrase = MOTION_PHRASES[motion].split()
+        if words[-len(phrase) :] == phrase:
+            return 1 + i
+    return 0
+
+
 class ShapesPairs:
     """Shapes videos rendered in memory, with their expressions that name no motion.
 
     Attributes:
         frames: uint8 ``[N, T, H, W, 3]``; ids: uint8 ``[N, T, H, W]`` object-id maps (0 = background);
-        objects: each video's objects; texts: each video's expressions.
+        objects: each video's objects; texts: each video's expressions that name no motion; motion_texts: the
+        expressions of these videos that name one (all videos together).
     """
 
     def __init__(
@@ -224,6 +249,7 @@ class ShapesPairs:
         if num_videos < 2:
             raise ConfigError(f"ShapesPairs needs at least 2 videos (contrast needs negatives), got {num_videos}")
         clips, maps, self.objects, self.texts = [], [], [], []
+        self.motion_texts: list[str] = []
         for i in tqdm(range(num_videos), desc=f"render Shapes {split}", disable=not progress):
             video, rendered, ids = make_video(seed, split, i, frames, size, size)
             texts = [t for t, _ in video.expressions if not _is_motion(t)]
@@ -233,6 +259,7 @@ class ShapesPairs:
             maps.append(np.stack(ids))
             self.objects.append(list(video.objects))
             self.texts.append(texts)
+            self.motion_texts.extend(t for t, _ in video.expressions if _is_motion(t))
         self.frames = np.stack(clips)
         self.ids = np.stack(maps)
 
@@ -446,14 +473,25 @@ def train_shapes_clip(
         raise ConfigError(f"ShapesClipConfig.attribute_steps must be >= 0, got {config.attribute_steps}")
     if not config.grounding_weight >= 0:
         raise ConfigError(f"ShapesClipConfig.grounding_weight must be >= 0, got {config.grounding_weight}")
+    if not config.motion_weight >= 0:
+        raise ConfigError(f"ShapesClipConfig.motion_weight must be >= 0, got {config.motion_weight}")
     if output_dir is not None:
         check_output_folder(output_dir, overwrite=overwrite, option="--overwrite")
     torch.manual_seed(config.seed)
     tokenizer = shapes_clip_tokenizer(config.context)
     model = CLIPModel(shapes_clip_model_config(config, tokenizer)).train()
     data = ShapesPairs(config.seed, "train", config.num_train, config.frames, config.size, progress=progress)
+    if config.motion_weight and not data.motion_texts:
+        raise ConfigError("ShapesClipConfig.motion_weight needs training expressions that name a motion; none found")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    motion_head = None
+    if config.motion_weight:
+        with torch.random.fork_rng():  # the model's own random stream stays that of a run without the head
+            torch.manual_seed(config.seed + 1)
+            motion_head = nn.Linear(int(model.config.projection_dim), 1 + len(MOTIONS))
+        decay.append(motion_head.weight)
+        rest.append(motion_head.bias)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
     )
@@ -466,10 +504,13 @@ def train_shapes_clip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     rng = np.random.default_rng(config.seed)
     attributes = pretrain_patch_attributes(model, data, config, rng, progress) if config.attribute_steps else None
+    motion_rng = np.random.default_rng(config.seed + 1)  # motion samples do not shift the contrastive batches
     losses: list[tuple[int, float]] = []
     grounding: list[tuple[int, float]] = []
+    motion: list[tuple[int, float, float]] = []
     start = time.time()
-    running = running_grounding = 0.0
+    running = running_grounding = running_motion = 0.0
+    motion_correct = motion_total = 0
     bar = tqdm(range(config.steps), desc="Shapes CLIP", disable=not progress)
     for step in bar:
         frames, texts, videos, times = data.sample_indexed(config.batch, rng)
@@ -490,6 +531,18 @@ def train_shapes_clip(
             running_grounding += float(dense.detach())
         else:
             loss = contrastive_loss(model, pixels, ids, mask, positives)
+        if motion_head is not None:
+            few = len(data.motion_texts) < config.batch
+            picks = motion_rng.choice(len(data.motion_texts), size=config.batch, replace=few)
+            motion_texts = [*texts, *(data.motion_texts[int(i)] for i in picks)]
+            labels = torch.tensor([motion_class(t) for t in motion_texts])
+            m_ids, m_mask = _tokenize(tokenizer, motion_texts, config.context)
+            logits = motion_head(clip_text_features(model, m_ids, m_mask))
+            motion_loss = F.cross_entropy(logits, labels)
+            loss = loss + config.motion_weight * motion_loss
+            running_motion += float(motion_loss.detach())
+            motion_correct += int((logits.argmax(1) == labels).sum())
+            motion_total += len(labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -504,12 +557,17 @@ def train_shapes_clip(
             if config.grounding_weight:
                 grounding.append((step + 1, running_grounding / 50))
                 logger.info("step %d: grounding loss %.4f", step + 1, running_grounding / 50)
-            running = running_grounding = 0.0
+            if motion_head is not None:
+                motion.append((step + 1, running_motion / 50, motion_correct / max(1, motion_total)))
+                logger.info("step %d: motion loss %.4f, accuracy %.3f", step + 1, *motion[-1][1:])
+            running = running_grounding = running_motion = 0.0
+            motion_correct = motion_total = 0
     model.eval()
     record = {
         "config": asdict(config),
         "loss_every_50_steps": losses,
         "grounding_loss_every_50_steps": grounding,
+        "motion_loss_accuracy_every_50_steps": motion,
         "train_seconds": round(time.time() - start, 1),
         "train_videos": len(data),
         "attribute_pretraining": attributes,
@@ -584,6 +642,34 @@ def attribute_probe(model: Any, tokenizer: Any, data: ShapesPairs, context: int 
         chance = float(fits.double().mean())
         out[family] = {"top1": top1, "chance": chance}
     return out
+
+
+@torch.no_grad()
+def motion_separation(model: Any, tokenizer: Any, context: int = 40) -> dict[str, float]:
+    """How far apart the text tower puts expressions that differ only in their motion phrase, next to ones that
+    differ only in their colour: the mean cosine between the text embeddings of every pair of variants, over a
+    fixed set of expressions ("the object moving left" vs "the object moving right", ...; "the red circle" vs
+    "the blue circle", ...). 1.0: the tower does not tell them apart.
+
+    Returns:
+        ``{"motion": mean cosine over the motion variants, "color": the same over the colour variants}``.
+    """
+    model.eval()
+
+    def mean_pair_cosine(groups: list[list[str]]) -> float:
+        values = []
+        for texts in groups:
+            ids, mask = _tokenize(tokenizer, texts, context)
+            unit = F.normalize(clip_text_features(model, ids, mask), dim=-1)
+            cos = unit @ unit.t()
+            off = ~torch.eye(len(texts), dtype=torch.bool)
+            values.append(cos[off].mean())
+        return float(torch.stack(values).mean())
+
+    bases = ["the object", *(f"the {c} {s}" for c in list(COLORS)[:3] for s in SHAPES), "the big circles"]
+    motion = [[f"{b} {phrase}" for phrase in MOTION_PHRASES.values()] for b in bases]
+    color = [[f"the {c} {s}" for c in COLORS] for s in SHAPES] + [[f"the {c} object" for c in COLORS]]
+    return {"motion": mean_pair_cosine(motion), "color": mean_pair_cosine(color)}
 
 
 def cell_attributes(idmap: np.ndarray, objects: Sequence[ShapeObject], patch: int) -> np.ndarray:
