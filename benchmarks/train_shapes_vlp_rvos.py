@@ -70,6 +70,8 @@ def run_one(args: argparse.Namespace) -> dict:
         head: dict = {} if args.cube_size is None else {"cube_size": tuple(args.cube_size)}
         if args.volume_position:
             head["volume_position"] = True
+        if args.volume_motion:
+            head["volume_motion"] = args.volume_motion
         if args.variant == "random":  # the same sizes as the CLIP of the other variants (its patch)
             patch = args.patch
             if patch is None and args.backbone is not None:
@@ -152,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--volume-position", action="store_true",
                    help="add the (row, column, frame) sine embedding to the fused volume "
                         "(VLPRVOSConfig.volume_position)")
+    p.add_argument("--volume-motion", type=int, default=0, metavar="R",
+                   help="add each token's correlation with the previous frame in a (2R+1)^2 window, projected "
+                        "(VLPRVOSConfig.volume_motion; default 0: off)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

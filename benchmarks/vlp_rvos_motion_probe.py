@@ -13,8 +13,9 @@ left, right, up, down, still, bouncing) on the training objects and scored on th
 Features: ``centroid`` (the object's pixel centroid in each of the 4 frames, from the id maps: what a perfect
 position encoder would give), ``vision_layer<i>`` (the frozen CLIP image tower's patch tokens after layer i, the 4
 frames concatenated), ``projected`` (the projected patch tokens the head's pixel-text similarity reads, 4 frames
-concatenated), and ``volume`` (the volume that the mask decoder reads, after spatial-temporal reasoning, averaged
-over the 4 frames: it has seen every frame of the clip). ``majority``: always answering the most frequent class.
+concatenated), ``volume`` (the volume that the mask decoder reads, after spatial-temporal reasoning, averaged
+over the 4 frames: a token that has seen the clip could hold the motion itself) and ``volume_frames`` (the same, the
+4 frames concatenated: motion as a change of place from frame to frame). ``majority``: always answering the most frequent class.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def object_features(model, seed: int, split: str, count: int) -> tuple[dict[str,
                     **{f"vision_layer{i}": per_frame(h[:, 1:]).flatten() for i, h in enumerate(states) if i > 0},
                     "projected": per_frame(projected).flatten(),
                     "volume": per_frame(volume).mean(0),
+                    "volume_frames": per_frame(volume).flatten(),
                 }
                 for name, value in feats.items():
                     rows.setdefault(name, []).append(value)

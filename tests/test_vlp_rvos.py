@@ -241,6 +241,48 @@ def test_volume_position_tells_every_token_apart_and_is_off_by_default(tokenizer
     assert a.shape == b.shape and float((a - b).abs().max()) > 1e-3 * float(a.abs().max())
 
 
+
+def test_local_motion_finds_where_a_token_came_from_and_starts_silent(tokenizer):
+    """LocalMotion: the softmax over the previous frame's window peaks at the offset the content came from (a
+    token moved one cell right is found one cell to its left), frame 0 is compared with itself; the projection
+    starts at zero (the model's output is unchanged until training moves it) and receives a gradient; off by
+    default, and a config without the field reads as off."""
+    from lvseg.models.vlp_rvos.config import VLPRVOSConfig, tiny_config
+    from lvseg.models.vlp_rvos.modules import LocalMotion
+
+    gen = torch.Generator().manual_seed(0)
+    background = torch.randn(1, 1, 5, 6, 16, generator=gen).expand(1, 3, 5, 6, 16).clone()
+    thing = torch.randn(16, generator=gen) * 3
+    for frame, col in enumerate((1, 2, 3)):  # one cell to the right per frame, row 2
+        background[0, frame, 2, col] = thing
+    motion = LocalMotion(16, radius=1)
+    weights = motion.weights(background)  # [1, 3, 5, 6, 9], offsets (dy, dx) row-major from (-1, -1)
+    assert weights.shape == (1, 3, 5, 6, 9)
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 3, 5, 6))
+    assert int(weights[0, 1, 2, 2].argmax()) == 3  # frame 1, the thing at column 2: it was at (0, -1)
+    assert int(weights[0, 2, 2, 3].argmax()) == 3
+    assert int(weights[0, 0, 2, 1].argmax()) == 4  # frame 0: compared with itself, (0, 0)
+    assert float(motion(background).abs().max()) == 0.0  # zero-initialised projection
+    motion(background).sum().backward()
+    assert motion.proj.weight.grad is not None and float(motion.proj.weight.grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="radius"):
+        LocalMotion(16, radius=0)
+
+    data = json.loads(tiny_config(len(tokenizer)).to_json_string())
+    assert data.pop("volume_motion") == 0
+    assert VLPRVOSConfig.from_dict(data).volume_motion == 0
+    plain, moving = _model(tokenizer), _model(tokenizer, volume_motion=1)
+    extra = set(moving.state_dict()) - set(plain.state_dict())
+    assert extra == {"motion.scale", "motion.proj.weight", "motion.proj.bias"}
+    assert not set(plain.state_dict()) - set(moving.state_dict())
+    moving.load_state_dict({**moving.state_dict(), **plain.state_dict()})
+    frames = _frames(1, 4)
+    with torch.no_grad():
+        a, b = plain(frames, ["the red circle"])["pred_masks"], moving(frames, ["the red circle"])["pred_masks"]
+    assert torch.equal(a, b)  # the zero projection adds exactly nothing
+    moving(frames, ["the red circle"])["pred_masks"].sum().backward()
+    assert float(moving.motion.proj.weight.grad.abs().max()) > 0
+
 def test_segmentor_upsamples_to_the_input_size():
     from lvseg.models.vlp_rvos.modules import Segmentor
 

@@ -135,7 +135,10 @@ class VLPRVOSConfig(ModelConfig):
     queries are the shallow features and keys the words), width ``hidden_dim``, ``num_heads`` heads, ``ffn_dim``.
     ``volume_position`` adds a fixed sinusoidal embedding of each token's (row, column, frame in the clip) to the
     fused volume before spatial-temporal reasoning, so that its values, not only its attention weights, carry
-    where and when a token is (lvseg's option; off by default, parameter-free).
+    where and when a token is (lvseg's option; off by default, parameter-free). ``volume_motion`` = r > 0 adds
+    where each token's content was one frame earlier: a local correlation with the previous frame's tokens in a
+    (2r + 1)^2 window, projected (:class:`~lvseg.models.vlp_rvos.modules.LocalMotion`; lvseg's option, off by
+    default).
     The released ``Segmentor`` (``segmentor_dim`` channels) decodes the fused map and the pixel-text similarity map
     to one mask per frame at ``image_size``.
     """
@@ -166,11 +169,12 @@ class VLPRVOSConfig(ModelConfig):
     cube_size: tuple[int, int, int] = (2, 8, 8)
     segmentor_dim: int = 256
     volume_position: bool = False
+    volume_motion: int = 0
     detach_history: bool = True
 
     # may be absent from a config.json (see ModelConfig.optional_fields): runtime switches, and fields added later
     # whose default is the earlier architecture
-    optional_fields: ClassVar[tuple[str, ...]] = ("detach_history", "volume_position")
+    optional_fields: ClassVar[tuple[str, ...]] = ("detach_history", "volume_position", "volume_motion")
 
     @property
     def num_layers(self) -> int:
@@ -216,6 +220,7 @@ class VLPRVOSConfig(ModelConfig):
                 "fusion_layers": (0, None),
                 "str_layers": (0, None),
                 "cube_size": (1, None),
+                "volume_motion": (0, None),
                 "segmentor_dim": (8, None),
             },
         )

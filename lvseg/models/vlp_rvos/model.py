@@ -24,6 +24,7 @@ from .config import VLPRVOSConfig
 from .modules import (
     CubeFrameAttention,
     FeatureFusion,
+    LocalMotion,
     PromptEncoder,
     ReferenceGuide,
     Segmentor,
@@ -90,6 +91,7 @@ class VLPRVOS(RVOSModel):
         self.similarity_scale = nn.Parameter(torch.tensor(10.0))
         self.similarity_bias = nn.Parameter(torch.tensor(0.0))
         self.segDecoder = Segmentor(d + 1, 1, cfg.segmentor_dim)
+        self.motion = LocalMotion(d, cfg.volume_motion) if cfg.volume_motion else None
         self._deep_index = {layer: k for k, layer in enumerate(cfg.deep_prompt_layers)}
 
     # ------------------------------------------------------------------------------------------- frozen parts
@@ -219,8 +221,11 @@ class VLPRVOS(RVOSModel):
         )
         # spatial-temporal reasoning: cube-frame encoder on the fused volume + decoder on the shallow features
         volume = fused.view(b, t, gh, gw, d)
+        motion = self.motion(volume) if self.motion is not None else None  # from the contents, before positions
         if cfg.volume_position:  # where and when each token is, in its values (lvseg's option)
             volume = volume + volume_position(t, gh, gw, d, volume.device).to(volume.dtype)
+        if motion is not None:  # where each token's content was a frame earlier (lvseg's option)
+            volume = volume + motion
         shallow = self.shallow_proj(taps[0]).reshape(b, t * n_patch, d)
         for encoder, decoder in zip(self.str_encoders, self.str_decoders):
             shallow = decoder(shallow, fused_words, word_pad)

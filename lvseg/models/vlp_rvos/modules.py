@@ -28,6 +28,7 @@ __all__ = [
     "ReferenceGuide",
     "FeatureFusion",
     "CubeFrameAttention",
+    "LocalMotion",
     "ShallowDecoderLayer",
     "Segmentor",
 ]
@@ -428,6 +429,48 @@ def volume_position(t: int, h: int, w: int, dim: int, device: torch.device | Non
     cols = _sine(torch.arange(w, device=device), part)[None, None, :].expand(t, h, w, part)
     frames = _sine(torch.arange(t, device=device), dim - 2 * part)[:, None, None].expand(t, h, w, dim - 2 * part)
     return torch.cat([rows, cols, frames], -1)
+
+
+class LocalMotion(nn.Module):
+    """Where each token's content was one frame earlier (lvseg's option, ``VLPRVOSConfig.volume_motion``): the
+    cosine of every token of frame t with the tokens of frame t - 1 in a (2r + 1) x (2r + 1) window around it (a
+    local correlation, as a flow network's cost volume), softmax over the window with a learnable temperature, and
+    the K = (2r + 1)^2 weights projected to the token width. The projection starts at zero, so the module adds
+    nothing until training finds a use for it. Frame 0 of a clip is compared with itself; windows past the border
+    read zeros.
+
+    ``forward(x [B, T, H, W, d])`` -> [B, T, H, W, d] (to be added to ``x``); :meth:`weights` gives the
+    [B, T, H, W, K] softmax (offsets row-major, (-r, -r) first).
+    """
+
+    def __init__(self, dim: int, radius: int) -> None:
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"LocalMotion needs radius >= 1, got {radius}")
+        self.radius = radius
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.proj = nn.Linear((2 * radius + 1) ** 2, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h, w, d = x.shape
+        r = self.radius
+        unit = F.normalize(x, dim=-1).permute(0, 1, 4, 2, 3).reshape(b * t, d, h, w)
+        previous = torch.cat([unit.view(b, t, d, h, w)[:, :1], unit.view(b, t, d, h, w)[:, :-1]], 1)
+        padded = F.pad(previous.reshape(b * t, d, h, w), (r, r, r, r))
+        cosine = torch.stack(
+            [
+                (unit * padded[:, :, dy : dy + h, dx : dx + w]).sum(1)
+                for dy in range(2 * r + 1)
+                for dx in range(2 * r + 1)
+            ],
+            -1,
+        )  # [B*T, H, W, K]
+        return (self.scale * cosine).softmax(-1).view(b, t, h, w, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.weights(x))
 
 
 class CubeFrameAttention(nn.Module):
