@@ -247,6 +247,7 @@ def test_local_motion_finds_where_a_token_came_from_and_starts_silent(tokenizer)
     token moved one cell right is found one cell to its left), frame 0 is compared with itself; the projection
     starts at zero (the model's output is unchanged until training moves it) and receives a gradient; off by
     default, and a config without the field reads as off."""
+    from lvseg.errors import ConfigError
     from lvseg.models.vlp_rvos.config import VLPRVOSConfig, tiny_config
     from lvseg.models.vlp_rvos.modules import LocalMotion
 
@@ -265,7 +266,7 @@ def test_local_motion_finds_where_a_token_came_from_and_starts_silent(tokenizer)
     assert float(motion(background).abs().max()) == 0.0  # zero-initialised projection
     motion(background).sum().backward()
     assert motion.proj.weight.grad is not None and float(motion.proj.weight.grad.abs().max()) > 0
-    with pytest.raises(ValueError, match="radius"):
+    with pytest.raises(ConfigError, match="radius"):
         LocalMotion(16, radius=0)
 
     data = json.loads(tiny_config(len(tokenizer)).to_json_string())

@@ -446,7 +446,9 @@ class LocalMotion(nn.Module):
     def __init__(self, dim: int, radius: int) -> None:
         super().__init__()
         if radius < 1:
-            raise ValueError(f"LocalMotion needs radius >= 1, got {radius}")
+            raise ConfigError(
+                f"LocalMotion needs radius >= 1 (VLPRVOSConfig.volume_motion = 0 turns it off), got {radius}"
+            )
         self.radius = radius
         self.scale = nn.Parameter(torch.tensor(10.0))
         self.proj = nn.Linear((2 * radius + 1) ** 2, dim)
