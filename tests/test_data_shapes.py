@@ -144,6 +144,26 @@ def test_expression_kind_names_what_the_generator_chose() -> None:
         assert expression_kind(text) is None, text
 
 
+def test_expression_motion_reads_the_trailing_motion_phrase() -> None:
+    """``expression_motion`` names the motion of every generated expression whose kind has one (and no other),
+    ignores case, and does not read a motion word inside another word."""
+    from lvseg.data.shapes import _candidate_expressions
+
+    for index in range(10):
+        video, _, _ = shapes.make_video(seed=3, split="train", index=index, num_frames=8, height=96, width=96)
+        by_id = {o.obj_id: o for o in video.objects}
+        for kind, text, ids in _candidate_expressions(video.objects):
+            motion = shapes.expression_motion(text)
+            if "motion" in kind:
+                assert motion is not None and {by_id[i].motion for i in ids} == {motion}, text
+            else:
+                assert motion is None, text
+    assert shapes.expression_motion("The Star Standing Still") == "still"
+    assert shapes.expression_motion("the leftmost object") is None
+    assert shapes.expression_motion("the object moving left quickly") is None  # the phrase must end the text
+    assert shapes.expression_motion("") is None
+
+
 def test_generate_writes_ytvos_layout_that_the_loader_reads(tmp_path: Path) -> None:
     shapes.generate(tmp_path, "train", num_videos=3, frames=6, size=(64, 80), seed=5, progress=False)
     shapes.generate(tmp_path, "valid", num_videos=2, frames=6, size=64, seed=5, progress=False)

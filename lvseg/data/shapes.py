@@ -62,6 +62,7 @@ __all__ = [
     "generate",
     "expression_semantics",
     "expression_kind",
+    "expression_motion",
     "frame_names",
 ]
 
@@ -405,19 +406,31 @@ class _Parsed:
     plural: bool
 
 
+def _split_motion(words: list[str]) -> tuple[str | None, list[str]]:
+    """``(motion, the words before its phrase)`` if ``words`` end with a motion phrase, else ``(None, words)``."""
+    for motion, phrase in MOTION_PHRASES.items():
+        p = phrase.split()
+        if words[-len(p) :] == p:
+            return motion, words[: -len(p)]
+    return None, words
+
+
+def expression_motion(text: str) -> str | None:
+    """The motion (a key of :data:`MOTION_PHRASES`: ``"left"``, ..., ``"bouncing"``) whose phrase a Shapes
+    expression ends with, ignoring case and the rest of the grammar; ``None`` if it names no motion.
+
+    ``"The Star Standing Still"`` -> ``"still"``, ``"the leftmost object"`` -> ``None``.
+    """
+    return _split_motion(text.lower().split())[0]
+
+
 def _parse(text: str) -> _Parsed | None:
     """The parts of a Shapes expression, or None if the text is not in the grammar (see
     :func:`expression_semantics`)."""
     words = text.split()
     if len(words) < 2 or words[0] != "the":
         return None
-    words = words[1:]
-    motion = None
-    for m, phrase in MOTION_PHRASES.items():
-        p = phrase.split()
-        if words[-len(p) :] == p:
-            motion, words = m, words[: -len(p)]
-            break
+    motion, words = _split_motion(words[1:])
     if not words:
         return None
     noun = words[-1]

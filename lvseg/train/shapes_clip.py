@@ -38,6 +38,7 @@ from ..data.shapes import (
     SIZES,
     VOCABULARY,
     ShapeObject,
+    expression_motion,
     expression_semantics,
     make_video,
 )
@@ -220,18 +221,15 @@ CELL_ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "size": SIZES, "
 
 
 def _is_motion(text: str) -> bool:
-    return any(phrase in text for phrase in MOTION_PHRASES.values())
+    return expression_motion(text) is not None
 
 
 def motion_class(text: str) -> int:
     """Which motion phrase a Shapes expression ends with: 0 for none, ``1 + i`` for ``MOTIONS[i]``
-    (:data:`~lvseg.data.shapes.MOTION_PHRASES`: "moving left", ..., "bouncing around")."""
-    words = text.lower().split()
-    for i, motion in enumerate(MOTIONS):
-        phrase = MOTION_PHRASES[motion].split()
-        if words[-len(phrase) :] == phrase:
-            return 1 + i
-    return 0
+    (:func:`~lvseg.data.shapes.expression_motion`; :data:`~lvseg.data.shapes.MOTION_PHRASES`: "moving left",
+    ..., "bouncing around")."""
+    motion = expression_motion(text)
+    return 0 if motion is None else 1 + MOTIONS.index(motion)
 
 
 class ShapesPairs:
@@ -517,8 +515,8 @@ def train_shapes_clip(
         ids, mask = _tokenize(tokenizer, texts, config.context)
         positives = data.fits(texts, videos) if config.targets == "fits" else None
         pixels = normalise_frames(frames)
+        text = clip_text_features(model, ids, mask)  # [B, E], shared by every loss below
         if config.grounding_weight:
-            text = clip_text_features(model, ids, mask)
             patches = clip_patch_features(model, pixels)  # [B, P, E]
             if config.pool == "max":  # one image forward for both losses (clip_cosine's max pooling, inlined)
                 unit = F.normalize(patches, dim=-1)
@@ -529,15 +527,15 @@ def train_shapes_clip(
             dense = grounding_loss(patches, text, data.referent_coverage(texts, videos, times, config.patch), scale)
             loss = _info_nce(scale * cosine, positives) + config.grounding_weight * dense
             running_grounding += float(dense.detach())
-        else:
-            loss = contrastive_loss(model, pixels, ids, mask, positives)
+        else:  # contrastive_loss's computation, on the text embeddings already at hand
+            loss = _info_nce(model.logit_scale.exp() * clip_cosine(model, pixels, text), positives)
         if motion_head is not None:
             few = len(data.motion_texts) < config.batch
             picks = motion_rng.choice(len(data.motion_texts), size=config.batch, replace=few)
-            motion_texts = [*texts, *(data.motion_texts[int(i)] for i in picks)]
-            labels = torch.tensor([motion_class(t) for t in motion_texts])
-            m_ids, m_mask = _tokenize(tokenizer, motion_texts, config.context)
-            logits = motion_head(clip_text_features(model, m_ids, m_mask))
+            extra = [data.motion_texts[int(i)] for i in picks]
+            labels = torch.tensor([motion_class(t) for t in [*texts, *extra]])
+            m_ids, m_mask = _tokenize(tokenizer, extra, config.context)
+            logits = motion_head(torch.cat([text, clip_text_features(model, m_ids, m_mask)]))
             motion_loss = F.cross_entropy(logits, labels)
             loss = loss + config.motion_weight * motion_loss
             running_motion += float(motion_loss.detach())
