@@ -72,6 +72,8 @@ def run_one(args: argparse.Namespace) -> dict:
             head["volume_position"] = True
         if args.volume_motion:
             head["volume_motion"] = args.volume_motion
+        if args.motion_before_fusion:
+            head["motion_before_fusion"] = True
         if args.variant == "random":  # the same sizes as the CLIP of the other variants (its patch)
             patch = args.patch
             if patch is None and args.backbone is not None:
@@ -157,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--volume-motion", type=int, default=0, metavar="R",
                    help="add each token's correlation with the previous frame in a (2R+1)^2 window, projected "
                         "(VLPRVOSConfig.volume_motion; default 0: off)")
+    p.add_argument("--motion-before-fusion", action="store_true",
+                   help="compute --volume-motion on the visual tokens before the VL fusion "
+                        "(VLPRVOSConfig.motion_before_fusion)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")

@@ -284,6 +284,39 @@ def test_local_motion_finds_where_a_token_came_from_and_starts_silent(tokenizer)
     moving(frames, ["the red circle"])["pred_masks"].sum().backward()
     assert float(moving.motion.proj.weight.grad.abs().max()) > 0
 
+
+def test_motion_before_fusion_feeds_the_fusion_and_needs_the_module(tokenizer):
+    """motion_before_fusion moves LocalMotion to the visual tokens ahead of the VL fusion: the same parameters,
+    nothing added while the projection is zero, a gradient through the fusion once it is not, and outputs that
+    differ from the placement after the fusion; without volume_motion it is a ConfigError; a config without the
+    field reads as off."""
+    from lvseg.errors import ConfigError
+    from lvseg.models.vlp_rvos.config import VLPRVOSConfig, tiny_config
+
+    data = json.loads(tiny_config(len(tokenizer)).to_json_string())
+    assert data.pop("motion_before_fusion") is False
+    assert VLPRVOSConfig.from_dict(data).motion_before_fusion is False
+    with pytest.raises(ConfigError, match="volume_motion"):
+        VLPRVOSConfig.from_dict({**data, "motion_before_fusion": True})
+    plain = _model(tokenizer)
+    after, before = _model(tokenizer, volume_motion=1), _model(tokenizer, volume_motion=1, motion_before_fusion=True)
+    assert set(before.state_dict()) == set(after.state_dict())
+    before.load_state_dict({**before.state_dict(), **plain.state_dict()})
+    frames = _frames(1, 4)
+    with torch.no_grad():
+        reference = plain(frames, ["the red circle"])["pred_masks"]
+        assert torch.equal(before(frames, ["the red circle"])["pred_masks"], reference)
+    gen = torch.Generator().manual_seed(1)
+    weights = {"motion.proj.weight": torch.randn(before.motion.proj.weight.shape, generator=gen)}
+    before.load_state_dict({**before.state_dict(), **weights})
+    after.load_state_dict(before.state_dict())
+    out = before(frames, ["the red circle"])["pred_masks"]
+    with torch.no_grad():
+        assert not torch.allclose(out, after(frames, ["the red circle"])["pred_masks"])
+    out.sum().backward()
+    assert float(before.fusion.to_vision[0].attn.in_proj_weight.grad.abs().max()) > 0
+    assert float(before.motion.scale.grad.abs()) > 0  # the correlation itself is trained through the fusion
+
 def test_segmentor_upsamples_to_the_input_size():
     from lvseg.models.vlp_rvos.modules import Segmentor
 

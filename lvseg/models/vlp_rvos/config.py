@@ -138,7 +138,8 @@ class VLPRVOSConfig(ModelConfig):
     where and when a token is (lvseg's option; off by default, parameter-free). ``volume_motion`` = r > 0 adds
     where each token's content was one frame earlier: a local correlation with the previous frame's tokens in a
     (2r + 1)^2 window, projected (:class:`~lvseg.models.vlp_rvos.modules.LocalMotion`; lvseg's option, off by
-    default).
+    default). With ``motion_before_fusion`` it is computed on the visual tokens (the summed taps) and added before
+    the VL feature fusion instead, so that the fusion's attention between the tokens and the words sees it.
     The released ``Segmentor`` (``segmentor_dim`` channels) decodes the fused map and the pixel-text similarity map
     to one mask per frame at ``image_size``.
     """
@@ -170,11 +171,17 @@ class VLPRVOSConfig(ModelConfig):
     segmentor_dim: int = 256
     volume_position: bool = False
     volume_motion: int = 0
+    motion_before_fusion: bool = False
     detach_history: bool = True
 
     # may be absent from a config.json (see ModelConfig.optional_fields): runtime switches, and fields added later
     # whose default is the earlier architecture
-    optional_fields: ClassVar[tuple[str, ...]] = ("detach_history", "volume_position", "volume_motion")
+    optional_fields: ClassVar[tuple[str, ...]] = (
+        "detach_history",
+        "volume_position",
+        "volume_motion",
+        "motion_before_fusion",
+    )
 
     @property
     def num_layers(self) -> int:
@@ -239,6 +246,11 @@ class VLPRVOSConfig(ModelConfig):
                     "VLMo is one multiway transformer: text and vision need the same hidden_size, "
                     "num_hidden_layers and num_attention_heads, and projection_dim equal to that width"
                 )
+        if self.motion_before_fusion and not self.volume_motion:
+            raise ConfigError(
+                "motion_before_fusion places the LocalMotion module, which volume_motion = 0 turns off: "
+                "set volume_motion to a radius >= 1, or motion_before_fusion to False"
+            )
         layers = self.num_layers
         for name in ("deep_prompt_layers", "temporal_layers", "guide_layers", "extract_layers"):
             bad = [i for i in getattr(self, name) if i >= layers]

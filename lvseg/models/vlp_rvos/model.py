@@ -216,12 +216,16 @@ class VLPRVOS(RVOSModel):
         d = cfg.hidden_dim
         vis = sum(reduce(tap) for reduce, tap in zip(self.reduce, taps))  # [B*T, P, d]
         assert isinstance(vis, torch.Tensor)
+        if self.motion is not None and cfg.motion_before_fusion:  # motion in the tokens the words attend to
+            vis = vis + self.motion(vis.view(b, t, gh, gw, d)).view(b * t, n_patch, d)
         fused, fused_words = self.fusion(
             vis.reshape(b, t * n_patch, d), self.word_proj(words), word_pad, self.sentence_proj(sentence)
         )
         # spatial-temporal reasoning: cube-frame encoder on the fused volume + decoder on the shallow features
         volume = fused.view(b, t, gh, gw, d)
-        motion = self.motion(volume) if self.motion is not None else None  # from the contents, before positions
+        motion = None
+        if self.motion is not None and not cfg.motion_before_fusion:
+            motion = self.motion(volume)  # from the contents, before positions
         if cfg.volume_position:  # where and when each token is, in its values (lvseg's option)
             volume = volume + volume_position(t, gh, gw, d, volume.device).to(volume.dtype)
         if motion is not None:  # where each token's content was a frame earlier (lvseg's option)
