@@ -329,7 +329,13 @@ def contrastive_loss(
             True). None: the diagonal only (CLIP). Otherwise each row's (and column's) target is spread evenly over
             its positives, so a text is not pushed away from the other images it describes.
     """
-    text = clip_text_features(model, input_ids, attention_mask)
+    return _text_contrastive_loss(model, pixels, clip_text_features(model, input_ids, attention_mask), positives)
+
+
+def _text_contrastive_loss(
+    model: Any, pixels: torch.Tensor, text: torch.Tensor, positives: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`contrastive_loss` on text embeddings ``[B, E]`` already computed."""
     return _info_nce(model.logit_scale.exp() * clip_cosine(model, pixels, text), positives)
 
 
@@ -527,8 +533,8 @@ def train_shapes_clip(
             dense = grounding_loss(patches, text, data.referent_coverage(texts, videos, times, config.patch), scale)
             loss = _info_nce(scale * cosine, positives) + config.grounding_weight * dense
             running_grounding += float(dense.detach())
-        else:  # contrastive_loss's computation, on the text embeddings already at hand
-            loss = _info_nce(model.logit_scale.exp() * clip_cosine(model, pixels, text), positives)
+        else:
+            loss = _text_contrastive_loss(model, pixels, text, positives)
         if motion_head is not None:
             few = len(data.motion_texts) < config.batch
             picks = motion_rng.choice(len(data.motion_texts), size=config.batch, replace=few)
