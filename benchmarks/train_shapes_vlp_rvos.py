@@ -74,6 +74,8 @@ def run_one(args: argparse.Namespace) -> dict:
             head["volume_motion"] = args.volume_motion
         if args.motion_before_fusion:
             head["motion_before_fusion"] = True
+        if args.hidden_dim is not None:  # the head's width; its feed-forward layers stay twice as wide
+            head.update(hidden_dim=args.hidden_dim, ffn_dim=2 * args.hidden_dim)
         if args.variant == "random":  # the same sizes as the CLIP of the other variants (its patch)
             patch = args.patch
             if patch is None and args.backbone is not None:
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--motion-before-fusion", action="store_true",
                    help="compute --volume-motion on the visual tokens before the VL fusion "
                         "(VLPRVOSConfig.motion_before_fusion)")
+    p.add_argument("--hidden-dim", type=int, default=None,
+                   help="width of the added modules (VLPRVOSConfig.hidden_dim; default: the tiny model's 32), their "
+                   "feed-forward layers twice as wide")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")
