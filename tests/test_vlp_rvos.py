@@ -649,6 +649,7 @@ def test_shapes_clip_pools_the_projected_patch_tokens_as_configured(tmp_path):
 
     from lvseg.errors import ConfigError
     from lvseg.models.vlp_rvos.backbones import (
+        best_patch_cosine,
         clip_cosine,
         clip_image_features,
         clip_image_pool,
@@ -704,6 +705,8 @@ def test_shapes_clip_pools_the_projected_patch_tokens_as_configured(tmp_path):
                 best = (patches[i] @ F.normalize(words[j], dim=0)).max()
                 assert torch.allclose(cosine[i, j], best, rtol=1e-5, atol=1e-6)
         assert torch.allclose(clip_patch_features(model, pixels), by_hand_patches)
+        # the training loop's one-forward path: the same pooling on patch tokens already computed, exactly
+        assert torch.equal(best_patch_cosine(clip_patch_features(model, pixels), words), cosine)
         loss = contrastive_loss(model, pixels, enc["input_ids"], enc["attention_mask"])
         logits = model.logit_scale.exp() * cosine
         expected = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

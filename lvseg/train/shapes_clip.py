@@ -43,7 +43,13 @@ from ..data.shapes import (
     make_video,
 )
 from ..errors import ConfigError
-from ..models.vlp_rvos.backbones import IMAGE_POOLS, clip_cosine, clip_patch_features, clip_text_features
+from ..models.vlp_rvos.backbones import (
+    IMAGE_POOLS,
+    best_patch_cosine,
+    clip_cosine,
+    clip_patch_features,
+    clip_text_features,
+)
 
 __all__ = [
     "ShapesClipConfig",
@@ -524,9 +530,8 @@ def train_shapes_clip(
         text = clip_text_features(model, ids, mask)  # [B, E], shared by every loss below
         if config.grounding_weight:
             patches = clip_patch_features(model, pixels)  # [B, P, E]
-            if config.pool == "max":  # one image forward for both losses (clip_cosine's max pooling, inlined)
-                unit = F.normalize(patches, dim=-1)
-                cosine = torch.einsum("bpe,te->bpt", unit, F.normalize(text, dim=-1)).amax(dim=1)
+            if config.pool == "max":  # one image forward for both losses
+                cosine = best_patch_cosine(patches, text)
             else:
                 cosine = clip_cosine(model, pixels, text)
             scale = model.logit_scale.exp()

@@ -35,6 +35,7 @@ __all__ = [
     "clip_image_pool",
     "clip_patch_features",
     "clip_cosine",
+    "best_patch_cosine",
     "IMAGE_POOLS",
     "clip_text_features",
 ]
@@ -287,11 +288,17 @@ def clip_cosine(model: Any, pixels: torch.Tensor, text: torch.Tensor, pool: str 
     pool = clip_image_pool(model) if pool is None else pool
     if pool not in IMAGE_POOLS:
         raise ConfigError(f"pool must be one of {IMAGE_POOLS}, got {pool!r}")
-    text = F.normalize(text, dim=-1)
     if pool != "max":
-        return F.normalize(clip_image_features(model, pixels, pool), dim=-1) @ text.t()
-    patches = F.normalize(clip_patch_features(model, pixels), dim=-1)  # [B, P, E]
-    return torch.einsum("bpe,te->bpt", patches, text).amax(dim=1)
+        return F.normalize(clip_image_features(model, pixels, pool), dim=-1) @ F.normalize(text, dim=-1).t()
+    return best_patch_cosine(clip_patch_features(model, pixels), text)
+
+
+def best_patch_cosine(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The ``"max"`` pooling of :func:`clip_cosine` on projected patch tokens already computed: for each image
+    (``patches [B, P, E]``, :func:`clip_patch_features`) and text embedding (``text [T, E]``), the cosine of its
+    best-matching patch, ``[B, T]``."""
+    unit = F.normalize(patches, dim=-1)
+    return torch.einsum("bpe,te->bpt", unit, F.normalize(text, dim=-1)).amax(dim=1)
 
 
 def clip_text_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
