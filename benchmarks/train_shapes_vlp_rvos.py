@@ -76,6 +76,9 @@ def run_one(args: argparse.Namespace) -> dict:
             head["motion_before_fusion"] = True
         if args.hidden_dim is not None:  # the head's width; its feed-forward layers stay twice as wide
             head.update(hidden_dim=args.hidden_dim, ffn_dim=2 * args.hidden_dim)
+        # the head's random initialisation seeded, as lvseg.train seeds before building a preset's model (runs
+        # before 2026-12-08 did not seed it: two runs of one command started from different heads)
+        torch.manual_seed(args.seed)
         if args.variant == "random":  # the same sizes as the CLIP of the other variants (its patch)
             patch = args.patch
             if patch is None and args.backbone is not None:
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-dim", type=int, default=None,
                    help="width of the added modules (VLPRVOSConfig.hidden_dim; default: the tiny model's 32), their "
                    "feed-forward layers twice as wide")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's (and the random backbone's) initialisation")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")
