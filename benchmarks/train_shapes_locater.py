@@ -74,6 +74,8 @@ def run_one(args: argparse.Namespace) -> dict:
             options.update(eval_every=max(1, args.max_steps // 3), checkpoint_every=max(1, args.max_steps // 12))
         if args.lr is not None:
             options.update(lr=args.lr, lr_backbone=args.lr, lr_text_encoder=args.lr)
+        if args.vit_lr is not None:  # the ViT (vision_encoder.*) at its own learning rate; 0 freezes it
+            options.update(lr_groups=((r"vision_encoder\.", args.vit_lr),))
         preset = get_preset("locater-tiny-shapes")
         start = args.pretrained if args.pretrained else preset.model  # --pretrained: a ViT pre-trained first
         if args.image_size is not None:  # a finer token grid (built after lvseg.train seeds, as the preset's)
@@ -91,7 +93,7 @@ def run_one(args: argparse.Namespace) -> dict:
     stage1 = Path(args.pretrained or out) / "prepare.json"
     result = {"run": str(out), "control": args.control, "checkpoint": str(best), "steps": steps,
               "image_size": model.config.image_size, "grid": model.config.grid,
-              "vit_pretraining": json.loads(stage1.read_text()) if stage1.is_file() else None,
+              "vit_pretraining": json.loads(stage1.read_text()) if stage1.is_file() else None, "vit_lr": args.vit_lr,
               "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"],
               "F": metrics["F"], "by_kind": metrics["groups"],
               "parameters": sum(p.numel() for p in model.parameters()),
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", default=None,
                    help="start from this pre-trained model folder (what --both --pretrain-steps writes to "
                    "<output-dir>/pretrained)")
+    p.add_argument("--vit-lr", type=float, default=None,
+                   help="learning rate of the ViT (vision_encoder) alone; 0 keeps it frozen, e.g. as --pretrain-steps "
+                   "left it (default: the preset's, that of every group)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")
