@@ -74,8 +74,13 @@ def run_one(args: argparse.Namespace) -> dict:
             options.update(eval_every=max(1, args.max_steps // 3), checkpoint_every=max(1, args.max_steps // 12))
         if args.lr is not None:
             options.update(lr=args.lr, lr_backbone=args.lr, lr_text_encoder=args.lr)
+        groups = []
         if args.vit_lr is not None:  # the ViT (vision_encoder.*) at its own learning rate; 0 freezes it
-            options.update(lr_groups=((r"vision_encoder\.", args.vit_lr),))
+            groups.append((r"vision_encoder\.", args.vit_lr))
+        if args.text_lr is not None:  # the text encoder (lang_encoder.*) likewise
+            groups.append((r"lang_encoder\.", args.text_lr))
+        if groups:
+            options.update(lr_groups=tuple(groups))
         preset = get_preset("locater-tiny-shapes")
         start = args.pretrained if args.pretrained else preset.model  # --pretrained: a ViT pre-trained first
         if args.image_size is not None:  # a finer token grid (built after lvseg.train seeds, as the preset's)
@@ -94,6 +99,7 @@ def run_one(args: argparse.Namespace) -> dict:
     result = {"run": str(out), "control": args.control, "checkpoint": str(best), "steps": steps,
               "image_size": model.config.image_size, "grid": model.config.grid,
               "vit_pretraining": json.loads(stage1.read_text()) if stage1.is_file() else None, "vit_lr": args.vit_lr,
+              "text_lr": args.text_lr,
               "test_expressions": metrics["num_expressions"], "J&F": metrics["J&F"], "J": metrics["J"],
               "F": metrics["F"], "by_kind": metrics["groups"],
               "parameters": sum(p.numel() for p in model.parameters()),
@@ -123,6 +129,31 @@ def pretrain_once(args: argparse.Namespace, folder: Path) -> Path:
     return folder
 
 
+def ground_once(args: argparse.Namespace, folder: Path, start: str | None) -> Path:
+    """The grounding pre-training of the ViT and the text encoder (``--ground-steps``, not part of the preset,
+    :func:`lvseg.train.shapes_grounding.pretrain_locater_grounding`) on ``start`` (a model folder, e.g. the
+    attribute pre-training's) or on a fresh tiny Locater, saved to ``folder`` with its ``prepare.json`` (the
+    earlier stage's record under ``"before"``); an existing result is reused."""
+    import lvseg
+    from lvseg.hub import save_pretrained
+    from lvseg.train.presets import get_preset
+    from lvseg.train.shapes_grounding import pretrain_locater_grounding
+
+    if (folder / "prepare.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    torch.set_num_threads(2 * args.threads)
+    torch.manual_seed(0)  # as lvseg.train seeds before building the preset's model
+    model = lvseg.load(start, device="cpu") if start else get_preset("locater-tiny-shapes").model()
+    before = Path(start) / "prepare.json" if start else None
+    record = pretrain_locater_grounding(model, steps=args.ground_steps, seed=0, progress=False)
+    save_pretrained(model.train(), folder)
+    stage = {"preset": "locater-tiny-shapes", "start": start, "grounding": record,
+             "before": json.loads(before.read_text()) if before is not None and before.is_file() else None}
+    (folder / "prepare.json").write_text(json.dumps(stage, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("steps", "held_out_pointing", "seconds")}))
+    return folder
+
+
 def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     """The model and its control as two processes side by side; prints both scores and the gap."""
     out = Path(args.output_dir)
@@ -131,10 +162,17 @@ def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     i = passed.index("--output-dir") if "--output-dir" in passed else None
     if i is not None:
         del passed[i : i + 2]
-    passed = [a for a in passed if not a.startswith("--output-dir=")]
+    passed = [a for a in passed if not a.startswith(("--output-dir=", "--ground-steps="))]
+    if "--ground-steps" in passed:  # the children start from its result
+        i = passed.index("--ground-steps")
+        del passed[i : i + 2]
     if not args.eval_only and args.pretrain_steps and not args.pretrained:
         # the ViT's pre-training is text-free and seeded: run it once and start both runs from its result
-        passed += ["--pretrained", str(pretrain_once(args, out / "pretrained"))]
+        args.pretrained = str(pretrain_once(args, out / "pretrained"))
+        passed += ["--pretrained", args.pretrained]
+    if not args.eval_only and args.ground_steps:
+        # seeded, and trained on the true expressions: run it once, both runs (the control too) start from it
+        passed += ["--pretrained", str(ground_once(args, out / "grounded", args.pretrained))]
     procs = {}
     for name in ("model", "control"):
         cmd = [sys.executable, __file__, "--output-dir", str(out / name), *passed]
@@ -181,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vit-lr", type=float, default=None,
                    help="learning rate of the ViT (vision_encoder) alone; 0 keeps it frozen, e.g. as --pretrain-steps "
                    "left it (default: the preset's, that of every group)")
+    p.add_argument("--text-lr", type=float, default=None,
+                   help="learning rate of the text encoder (lang_encoder) alone; 0 keeps it frozen")
+    p.add_argument("--ground-steps", type=int, default=0,
+                   help="pre-train the ViT and the text encoder for this many steps with a contrastive and a dense "
+                   "text-to-patch grounding loss first (with --both; after --pretrain-steps or from --pretrained "
+                   "when given; 0: no)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--eval-only", action="store_true", help="score existing runs' best models on test")
@@ -188,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pretrain_steps and not (args.both or args.pretrained):
         p.error("--pretrain-steps runs with --both (the pre-training runs once for the model and the control); "
                 "for one run, pass --pretrained with the folder of an earlier pre-training")
-    if args.image_size is not None and (args.pretrain_steps or args.pretrained):
+    if args.ground_steps and not args.both:
+        p.error("--ground-steps runs with --both (the pre-training runs once for the model and the control); for one "
+                "run, pass --pretrained with the <output-dir>/grounded folder of an earlier --both run")
+    if args.image_size is not None and (args.pretrain_steps or args.pretrained or args.ground_steps):
         p.error("--image-size builds a fresh model; it does not combine with --pretrain-steps or --pretrained")
     if args.both:
         return run_both(args, argv)
