@@ -12,7 +12,10 @@ and auxiliary decoders; AdamW 1e-3, batch 4, 3,000 steps, LR x0.1 at 3/4), with 
 to the CPU at hand. ``--pretrain-steps N`` (an experiment, not the preset: measured to lower the gap, see
 docs/models/locater.md) first pre-trains the ViT on the Shapes attributes (shape, colour and size of the object
 under each patch, ``lvseg.train.shapes_pretrain``; no text) once, into ``<output-dir>/pretrained`` at twice
-``--threads``, and starts the model and the control from its result.
+``--threads``, and starts the model and the control from its result. ``--ground-steps N`` (an experiment too) then
+pre-trains the ViT and the text encoder together with a contrastive and a dense text-to-patch grounding loss
+(``lvseg.train.shapes_grounding``, the stage that made the tiny VLP-RVOS's frozen backbone ground shape) into
+``<output-dir>/grounded``; ``--vit-lr`` / ``--text-lr`` set the two encoders' learning rates (0 keeps them frozen).
 Data: the Shapes of ``benchmarks/train_shapes.py`` (seed 0 under ``--data-root``: 1200 training videos, 60 for
 model selection; 100 held-out videos, seed 1, under ``<data-root>-test``; 8 frames of 96x96), all expressions
 (motion phrases included: Locater is a video model and its memories see the earlier frames); training samples are
