@@ -157,25 +157,35 @@ def ground_once(args: argparse.Namespace, folder: Path, start: str | None) -> Pa
     return folder
 
 
+def _drop_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
 def run_both(args: argparse.Namespace, argv: list[str]) -> int:
     """The model and its control as two processes side by side; prints both scores and the gap."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     passed = [a for a in argv if a != "--both"]
-    i = passed.index("--output-dir") if "--output-dir" in passed else None
-    if i is not None:
-        del passed[i : i + 2]
-    passed = [a for a in passed if not a.startswith(("--output-dir=", "--ground-steps="))]
-    if "--ground-steps" in passed:  # the children start from its result
-        i = passed.index("--ground-steps")
-        del passed[i : i + 2]
-    if not args.eval_only and args.pretrain_steps and not args.pretrained:
+    for option in ("--output-dir", "--ground-steps", "--pretrained"):  # set per child below
+        passed = _drop_option(passed, option)
+    start = args.pretrained
+    if not args.eval_only and args.pretrain_steps and not start:
         # the ViT's pre-training is text-free and seeded: run it once and start both runs from its result
-        args.pretrained = str(pretrain_once(args, out / "pretrained"))
-        passed += ["--pretrained", args.pretrained]
+        start = str(pretrain_once(args, out / "pretrained"))
     if not args.eval_only and args.ground_steps:
         # seeded, and trained on the true expressions: run it once, both runs (the control too) start from it
-        passed += ["--pretrained", str(ground_once(args, out / "grounded", args.pretrained))]
+        start = str(ground_once(args, out / "grounded", start))
+    if start:
+        passed += ["--pretrained", start]
     procs = {}
     for name in ("model", "control"):
         cmd = [sys.executable, __file__, "--output-dir", str(out / name), *passed]

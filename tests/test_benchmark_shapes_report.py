@@ -45,3 +45,28 @@ def test_shapes_benchmarks_import_the_report_helpers(script):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--eval-only" in out.stdout
+
+
+def test_locater_both_passes_each_child_one_start_folder(tmp_path, monkeypatch):
+    """``train_shapes_locater.py --both``: the pre-training stages run once, and each child gets the last stage's
+    folder as its one ``--pretrained`` (the stages' own options are not passed on)."""
+    import train_shapes_locater as bench
+
+    calls = []
+
+    class Child:
+        def __init__(self, cmd, **_):
+            calls.append(cmd[2:])
+
+        def wait(self):
+            return 1  # stop before reading results
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Child)
+    monkeypatch.setattr(bench, "ground_once", lambda args, folder, start: folder)
+    out = tmp_path / "run"
+    argv = ["--output-dir", str(out), "--both", "--pretrained", "earlier", "--ground-steps=40", "--vit-lr", "0"]
+    assert bench.main(argv) == 1
+    child = ["--vit-lr", "0", "--pretrained", str(out / "grounded")]
+    model, control = ["--output-dir", str(out / "model"), *child], ["--output-dir", str(out / "control"), *child]
+    assert calls == [model, [*control, "--control"]]
+    assert bench._drop_option(["--a", "1", "--b=2", "--c", "--b", "3"], "--b") == ["--a", "1", "--c"]
