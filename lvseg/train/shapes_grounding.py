@@ -43,6 +43,8 @@ __all__ = ["GroundingHeads", "locater_grounding_features", "pretrain_locater_gro
 
 logger = logging.getLogger(__name__)
 
+FRAME_SIZE = 96  # the Shapes recipes' frames (lvseg.train.presets.SHAPES_SIZE)
+
 
 class GroundingHeads(nn.Module):
     """The throw-away heads of the grounding pre-training: linear projections of the patch tokens and of the
@@ -170,10 +172,9 @@ def pretrain_locater_grounding(
         )
     if not grounding_weight >= 0:
         raise ConfigError(f"grounding_weight must be >= 0, got {grounding_weight}")
-    data = ShapesPairs(0, "train", num_videos, progress=progress)
-    patch = _check_locater(model, data.frames.shape[2])
+    patch = _check_locater(model, FRAME_SIZE)
+    data = ShapesPairs(0, "train", num_videos, size=FRAME_SIZE, progress=progress)
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         heads = GroundingHeads(model.config.embed_dim, embed).to(device)
@@ -191,7 +192,8 @@ def pretrain_locater_grounding(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    # the sampling's own stream, drawn from the seed through torch (the measured runs of docs/models/locater.md)
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed))))
     was_training = [m.training for m in encoders]
     for m in encoders:
         m.train()
@@ -241,7 +243,7 @@ def pretrain_locater_grounding(
     if num_test:
         model_mode = model.training
         model.eval()
-        held_out = pointing_accuracy(model, heads, ShapesPairs(1, "valid", num_test))
+        held_out = pointing_accuracy(model, heads, ShapesPairs(1, "valid", num_test, size=FRAME_SIZE))
         model.train(model_mode)
     return {
         "steps": steps,
