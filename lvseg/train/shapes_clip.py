@@ -457,6 +457,23 @@ def pretrain_patch_attributes(
     }
 
 
+def warmup_cosine_adamw(
+    decay: list[nn.Parameter], rest: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """CLIP's optimiser: AdamW with ``weight_decay`` on ``decay`` and none on ``rest``, the learning rate rising
+    linearly over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
+    )
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
 def train_shapes_clip(
     output_dir: str | Path | None,
     config: ShapesClipConfig | None = None,
@@ -502,16 +519,7 @@ def train_shapes_clip(
             motion_head = nn.Linear(int(model.config.projection_dim), 1 + len(MOTIONS))
         decay.append(motion_head.weight)
         rest.append(motion_head.bias)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
-    )
-
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup) / max(1, config.steps - config.warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    optimizer, scheduler = warmup_cosine_adamw(decay, rest, config.lr, config.weight_decay, config.warmup, config.steps)
     rng = np.random.default_rng(config.seed)
     attributes = pretrain_patch_attributes(model, data, config, rng, progress) if config.attribute_steps else None
     motion_rng = np.random.default_rng(config.seed + 1)  # motion samples do not shift the contrastive batches

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..data.shapes import expression_kind
 from ..errors import ConfigError
 from ..models.vlp_rvos.backbones import best_patch_cosine
-from .shapes_clip import ShapesPairs, _info_nce, grounding_loss
+from .shapes_clip import ShapesPairs, _info_nce, grounding_loss, warmup_cosine_adamw
 
 __all__ = ["GroundingHeads", "locater_grounding_features", "pretrain_locater_grounding", "pointing_accuracy"]
 
@@ -182,16 +182,7 @@ def pretrain_locater_grounding(
     named = [(n, p) for m in [*encoders, heads] for n, p in m.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.dim() >= 2 and "emb" not in n]
     rest = [p for n, p in named if not (p.dim() >= 2 and "emb" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
-    )
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    optimizer, scheduler = warmup_cosine_adamw(decay, rest, lr, weight_decay, warmup, steps)
     # the sampling's own stream, drawn from the seed through torch (the measured runs of docs/models/locater.md)
     rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed))))
     was_training = [m.training for m in encoders]
